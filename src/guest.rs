@@ -1,0 +1,271 @@
+//! Running a guest under QEMU and watching its console: the part of `run`
+//! and `record` that does not depend on tracing. The guest's `/init` prints
+//! `HVTRACE-EXIT <status>` when the command ends; a kernel panic, a timeout
+//! or a signal to hvtrace end the run too, and QEMU is always reaped.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// What to boot and how: the engine-independent description of one run.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// `/init` reported the command's exit status.
+    Exited(i32),
+    /// The kernel panicked; the line that said so.
+    Panicked(String),
+    /// The guest stopped (powered off or QEMU died) without a marker line.
+    NoMarker,
+    TimedOut,
+    Interrupted,
+}
+
+/// Scans console output line by line for the marker and for panics.
+#[derive(Default)]
+pub struct MarkerScanner {
+    line: Vec<u8>,
+    end: Option<GuestEnd>,
+}
+
+impl MarkerScanner {
+    /// Feeds console bytes; returns the end of the run once it is known.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<&GuestEnd> {
+        for &b in bytes {
+            if b == b'\n' {
+                self.scan_line();
+                self.line.clear();
+            } else if self.line.len() < 4096 {
+                self.line.push(b);
+            }
+        }
+        self.end.as_ref()
+    }
+
+    fn scan_line(&mut self) {
+        if self.end.is_some() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.line);
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("HVTRACE-EXIT ") {
+            if let Ok(status) = rest.trim().parse() {
+                self.end = Some(GuestEnd::Exited(status));
+            }
+        } else if let Some(at) = line.find("Kernel panic - not syncing") {
+            self.end = Some(GuestEnd::Panicked(line[at..].to_string()));
+        }
+    }
+}
+
+/// Encodes the guest command for `/init`: hex of the NUL-joined argv, so any
+/// byte survives the kernel's command-line parser.
+pub fn encode_command(argv: &[String]) -> String {
+    let joined = argv.join("\0");
+    joined.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The kernel command line for running `argv` with `/init`.
+pub fn kernel_cmdline(argv: &[String], append: &str) -> String {
+    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 i8042.noaux");
+    if !append.trim().is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(append.trim());
+    }
+    cmdline.push_str(" hvtrace.cmd=");
+    cmdline.push_str(&encode_command(argv));
+    cmdline
+}
+
+/// Set by SIGINT/SIGTERM: ends a run cleanly (QEMU gets SIGTERM so plugins
+/// flush what they hold) instead of killing hvtrace on the spot.
+pub fn install_interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registration only fails for forbidden signals, which these are not.
+        let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+    }
+    flag
+}
+
+/// The QEMU (TCG) command for a run; `extra` goes last (e.g. `-plugin`).
+pub fn qemu_command(run: &GuestRun, extra: &[OsString]) -> Command {
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args([
+        "-M",
+        "pc,accel=tcg",
+        "-cpu",
+        "max",
+        "-nodefaults",
+        "-no-user-config",
+    ])
+    .args(["-display", "none", "-no-reboot"])
+    .args(["-m", &run.memory_mib.to_string()])
+    .args(["-smp", &run.vcpus.to_string()])
+    .arg("-kernel")
+    .arg(&run.kernel)
+    .arg("-initrd")
+    .arg(&run.initrd)
+    .args(["-append", &run.cmdline])
+    .args([
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+    ])
+    .args(extra);
+    cmd
+}
+
+/// `$HVTRACE_QEMU` or `qemu-system-x86_64` on the PATH.
+pub fn qemu_binary() -> OsString {
+    std::env::var_os("HVTRACE_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// Runs QEMU to the end of the guest command, copying the console to
+/// `console_out`, and always reaps QEMU before returning.
+pub fn run_qemu(
+    mut cmd: Command,
+    timeout: Duration,
+    interrupt: &AtomicBool,
+    console_out: &mut (dyn Write + Send),
+) -> anyhow::Result<GuestEnd> {
+    use anyhow::Context;
+    // Its own process group: a terminal's Ctrl-C reaches hvtrace only, which
+    // then stops QEMU in order.
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "cannot start {} (install QEMU >= 10: scripts/install-deps.sh)",
+            qemu_binary().to_string_lossy()
+        )
+    })?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + timeout;
+    let mut scanner = MarkerScanner::default();
+    let end = loop {
+        if interrupt.load(Ordering::Relaxed) {
+            break GuestEnd::Interrupted;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break GuestEnd::TimedOut;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(100));
+        match rx.recv_timeout(wait) {
+            Ok(bytes) => {
+                let _ = console_out.write_all(&bytes);
+                if let Some(end) = scanner.feed(&bytes) {
+                    break end.clone();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break GuestEnd::NoMarker,
+        }
+    };
+    let _ = console_out.flush();
+    stop_qemu(&mut child, &end);
+    // Drain what QEMU printed while stopping (e.g. the power-off lines).
+    while let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
+        let _ = console_out.write_all(&bytes);
+    }
+    let _ = reader.join();
+    Ok(end)
+}
+
+/// Ends QEMU: a guest that reported its status powers off by itself; any
+/// other end gets SIGTERM (QEMU runs its exit path, plugins flush), then
+/// SIGKILL if it lingers.
+fn stop_qemu(child: &mut Child, end: &GuestEnd) {
+    let grace = match end {
+        GuestEnd::Exited(_) => Duration::from_secs(10),
+        _ => {
+            signal(child, libc::SIGTERM);
+            Duration::from_secs(10)
+        }
+    };
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => break,
+        }
+    }
+    signal(child, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill takes plain integers; the pid is our unreaped child, so it
+    // cannot have been recycled for another process.
+    unsafe { libc::kill(pid, sig) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_is_found_across_chunks() {
+        let mut s = MarkerScanner::default();
+        assert!(s.feed(b"boot\r\nHVTRACE-EX").is_none());
+        assert_eq!(s.feed(b"IT 42\r\n"), Some(&GuestEnd::Exited(42)));
+    }
+
+    #[test]
+    fn panic_line_ends_the_run() {
+        let mut s = MarkerScanner::default();
+        let end = s.feed(b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root\n");
+        assert!(matches!(end, Some(GuestEnd::Panicked(l)) if l.contains("VFS")));
+    }
+
+    #[test]
+    fn command_encoding_keeps_every_byte() {
+        let argv = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo \"$i\" > x; ' \\".into(),
+        ];
+        let hex = encode_command(&argv);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let back: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2], argv[2].as_bytes());
+    }
+}

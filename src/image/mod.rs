@@ -1,0 +1,284 @@
+//! `hvtrace image build`: a guest image from Debian's own packages (kernel,
+//! busybox-static) plus the workload programs and `/init` built here, cached
+//! by the content of its inputs.
+
+mod apt;
+mod cpio;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cache;
+
+/// The guest programs installed as `/bin/<name>`; `init` becomes `/init`.
+pub const WORKLOADS: &[&str] = &[
+    "syscalls", "pingpong", "forkexec", "deadlock", "spin", "keyecho",
+];
+
+/// Bump when the initramfs layout changes without any input changing.
+const LAYOUT_VERSION: u32 = 1;
+
+/// Read by `/bin/syscalls` on every round: a file with known content.
+pub const PROBE_FILE: (&str, &[u8]) = ("etc/hvtrace-probe", b"hvtrace probe file\n");
+
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Fetch the kernel and busybox, build the workloads and the initramfs;
+    /// prints the image folder as the last line.
+    Build {
+        /// Kernel line: the newest Debian 12 package of it is used.
+        #[arg(long, default_value = "6.1", value_parser = ["6.1", "6.12"])]
+        kernel_line: String,
+    },
+}
+
+pub fn run(args: ImageArgs) -> Result<()> {
+    match args.command {
+        ImageCommand::Build { kernel_line } => {
+            let dir = build(&kernel_line, true)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Input {
+    package: String,
+    version: String,
+    sha256: String,
+}
+
+#[derive(Serialize)]
+struct Manifest {
+    kernel_line: String,
+    kernel_release: String,
+    kernel: Input,
+    busybox: Input,
+    workloads: Vec<(String, String)>,
+    outputs: Vec<(String, String)>,
+    layout_version: u32,
+}
+
+fn step(msg: String, verbose: bool) -> ProgressBar {
+    let pb = if verbose {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template"),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb.set_message(msg);
+    pb
+}
+
+/// Builds (or finds in the cache) the image of a kernel line; returns its folder.
+pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
+    let root = cache::root();
+    let debs = root.join("debs");
+
+    let pb = step(
+        format!("looking up the newest {line} kernel and busybox-static"),
+        verbose,
+    );
+    let kernel_pkg = apt::newest_kernel(line)?;
+    let busybox_pkg = apt::candidate("busybox-static")?;
+    pb.finish_and_clear();
+
+    let pb = step(
+        format!("fetching {} {}", kernel_pkg.name, kernel_pkg.version),
+        verbose,
+    );
+    let kernel_deb = apt::download(&kernel_pkg, &debs)?;
+    pb.set_message(format!("fetching busybox-static {}", busybox_pkg.version));
+    let busybox_deb = apt::download(&busybox_pkg, &debs)?;
+    pb.finish_and_clear();
+
+    let pb = step("unpacking the kernel and busybox".into(), verbose);
+    let extract_dir = root.join("extract");
+    let kdir = extract_dir.join(format!("{}_{}", kernel_pkg.name, kernel_pkg.version));
+    if find_vmlinuz(&kdir).is_err() {
+        apt::extract(&kernel_deb, &["./boot/vmlinuz-*"], &kdir)?;
+    }
+    let (vmlinuz, release) = find_vmlinuz(&kdir)?;
+    let bdir = extract_dir.join(format!("busybox-static_{}", busybox_pkg.version));
+    let busybox = bdir.join("bin/busybox");
+    if !busybox.is_file() {
+        apt::extract(&busybox_deb, &["./bin/busybox"], &bdir)?;
+    }
+    pb.finish_and_clear();
+
+    let pb = step("building the static workload programs".into(), verbose);
+    let bins = workload_binaries(&root)?;
+    pb.finish_and_clear();
+
+    let kernel_in = Input {
+        package: kernel_pkg.name,
+        version: kernel_pkg.version,
+        sha256: cache::sha256_file_memo(&kernel_deb)?,
+    };
+    let busybox_in = Input {
+        package: busybox_pkg.name,
+        version: busybox_pkg.version,
+        sha256: cache::sha256_file_memo(&busybox_deb)?,
+    };
+    let mut workloads = Vec::new();
+    for (name, path) in &bins {
+        workloads.push((name.clone(), cache::sha256_file(path)?));
+    }
+    let key_text = format!(
+        "{LAYOUT_VERSION} {} {} {workloads:?}",
+        kernel_in.sha256, busybox_in.sha256
+    );
+    let key = &cache::sha256_hex(key_text.as_bytes())[..16];
+    let image_dir = root.join("images").join(format!("{release}-{key}"));
+    if image_dir.join("manifest.json").is_file() {
+        return Ok(image_dir);
+    }
+
+    let pb = step(format!("building the initramfs for {release}"), verbose);
+    let initrd = build_initramfs(&busybox, &bins)?;
+    let tmp = root
+        .join("images")
+        .join(format!(".tmp-{release}-{key}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    std::fs::copy(&vmlinuz, tmp.join("vmlinuz")).context("copying vmlinuz")?;
+    std::fs::write(tmp.join("initrd.img"), &initrd).context("writing initrd.img")?;
+    let manifest = Manifest {
+        kernel_line: line.to_string(),
+        kernel_release: release.clone(),
+        kernel: kernel_in,
+        busybox: busybox_in,
+        workloads,
+        outputs: vec![
+            ("vmlinuz".into(), cache::sha256_file(&tmp.join("vmlinuz"))?),
+            ("initrd.img".into(), cache::sha256_hex(&initrd)),
+        ],
+        layout_version: LAYOUT_VERSION,
+    };
+    std::fs::write(
+        tmp.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    // Another build may have finished first; either copy is the same image.
+    if std::fs::rename(&tmp, &image_dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    pb.finish_and_clear();
+    Ok(image_dir)
+}
+
+fn find_vmlinuz(dir: &Path) -> Result<(PathBuf, String)> {
+    let boot = dir.join("boot");
+    for entry in std::fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(release) = name.strip_prefix("vmlinuz-") {
+            return Ok((path.clone(), release.to_string()));
+        }
+    }
+    bail!("the kernel package holds no boot/vmlinuz-*")
+}
+
+/// Builds the workload programs statically (or takes them from
+/// `$HVTRACE_WORKLOADS_DIR`) and returns (name, path) for init and each workload.
+fn workload_binaries(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let names = std::iter::once("init").chain(WORKLOADS.iter().copied());
+    let dir = match std::env::var_os("HVTRACE_WORKLOADS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let target = root.join("workloads-target");
+            let triple = "x86_64-unknown-linux-gnu";
+            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "workloads",
+                    "--target",
+                    triple,
+                ])
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env(
+                    "RUSTFLAGS",
+                    "-C target-feature=+crt-static -C strip=debuginfo",
+                )
+                .status()
+                .context("cannot run cargo to build the workload programs")?;
+            if !status.success() {
+                bail!("building the workload programs failed ({status})");
+            }
+            target.join(triple).join("release")
+        }
+    };
+    names
+        .map(|n| {
+            let p = dir.join(n);
+            if p.is_file() {
+                Ok((n.to_string(), p))
+            } else {
+                bail!("workload program {} is missing", p.display())
+            }
+        })
+        .collect()
+}
+
+fn build_initramfs(busybox: &Path, bins: &[(String, PathBuf)]) -> Result<Vec<u8>> {
+    let mut a = cpio::NewcArchive::default();
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root",
+    ] {
+        a.dir(d);
+    }
+    a.char_dev("dev/console", 0o600, 5, 1);
+    a.char_dev("dev/null", 0o666, 1, 3);
+    a.file("bin/busybox", 0o755, &std::fs::read(busybox)?);
+    let list = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .context("cannot run busybox --list-full on the host")?;
+    let mut applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && l != "bin/busybox" && !l.contains(".."))
+        .collect();
+    applets.sort();
+    applets.dedup();
+    if applets.len() < 50 {
+        bail!("busybox --list-full listed only {} applets", applets.len());
+    }
+    for applet in &applets {
+        if !WORKLOADS.iter().any(|w| applet.ends_with(&format!("/{w}"))) {
+            a.symlink(applet, "/bin/busybox");
+        }
+    }
+    for (name, path) in bins {
+        let data = std::fs::read(path)?;
+        if name == "init" {
+            a.file("init", 0o755, &data);
+        } else {
+            a.file(&format!("bin/{name}"), 0o755, &data);
+        }
+    }
+    a.file(PROBE_FILE.0, 0o644, PROBE_FILE.1);
+    a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    Ok(cpio::gzip(&a.finish())?)
+}

@@ -1,0 +1,146 @@
+//! `hvtrace run`: boot the image, run one command in the guest, exit with
+//! its status.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::guest::{self, GuestEnd, GuestRun};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// QEMU's TCG binary translator (runs anywhere; the tracing engine here).
+    Qemu,
+    /// hvtrace's own KVM monitor (needs hardware virtualization to be fast).
+    Kvm,
+    /// `kvm` where /dev/kvm runs guest code natively, else `qemu`.
+    Auto,
+}
+
+/// The options every command that boots a guest shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GuestOptions {
+    /// Engine that runs the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+    /// Kernel line of the default image (ignored with --kernel/--initrd).
+    #[arg(long, default_value = "6.1", value_parser = ["6.1", "6.12"])]
+    pub kernel_line: String,
+    /// Kernel image (bzImage or ELF vmlinux) instead of the default image's.
+    #[arg(long, requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs to go with --kernel (it must contain hvtrace's /init).
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub memory: u32,
+    /// Give up after this many seconds of wall time (the guest is stopped).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Extra kernel command-line parameters (e.g. `nokaslr`).
+    #[arg(long, default_value = "")]
+    pub append: String,
+    /// Write the guest's second serial port (/dev/ttyS1) to this file: a
+    /// way to take bulk output out of the guest without the console.
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub guest: GuestOptions,
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl GuestOptions {
+    /// Resolves the image (building it when needed) into a run description.
+    pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
+        let (kernel, initrd) = match (&self.kernel, &self.initrd) {
+            (Some(k), Some(i)) => {
+                for p in [k, i] {
+                    if !p.is_file() {
+                        bail!("{} does not exist or is not a file", p.display());
+                    }
+                }
+                (k.clone(), i.clone())
+            }
+            _ => {
+                let dir = crate::image::build(&self.kernel_line, true)
+                    .context("building the default guest image")?;
+                (dir.join("vmlinuz"), dir.join("initrd.img"))
+            }
+        };
+        Ok(GuestRun {
+            kernel,
+            initrd,
+            cmdline: guest::kernel_cmdline(command, &self.append),
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            timeout: Duration::from_secs(self.timeout),
+        })
+    }
+
+    /// QEMU arguments that follow from these options beyond [`GuestRun`].
+    pub fn qemu_extra_args(&self) -> Vec<OsString> {
+        let mut extra = Vec::new();
+        if let Some(path) = &self.capture {
+            let mut spec = OsString::from("file:");
+            spec.push(path);
+            extra.push("-serial".into());
+            extra.push(spec);
+        }
+        extra
+    }
+}
+
+/// Picks the engine, saying why when it was asked to choose.
+pub fn choose_backend(requested: Backend) -> Result<Backend> {
+    match requested {
+        Backend::Auto => {
+            let (native, why) = crate::backend::native_kvm();
+            let chosen = if native { Backend::Kvm } else { Backend::Qemu };
+            eprintln!("hvtrace: backend {chosen:?} ({why})");
+            Ok(chosen)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Turns how the guest ended into hvtrace's exit status or an error.
+pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
+    match end {
+        GuestEnd::Exited(status) => Ok(status),
+        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
+        GuestEnd::NoMarker => {
+            bail!("the guest stopped without reporting the command's exit status")
+        }
+        GuestEnd::TimedOut => bail!(
+            "timed out after {} s; the guest was stopped",
+            timeout.as_secs()
+        ),
+        GuestEnd::Interrupted => bail!("interrupted; the guest was stopped"),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let interrupt = guest::install_interrupt_flag();
+    let backend = choose_backend(args.guest.backend)?;
+    let run = args.guest.guest_run(&args.command)?;
+    match backend {
+        Backend::Qemu => {
+            let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
+            let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::stderr())?;
+            outcome(end, run.timeout)
+        }
+        Backend::Kvm => crate::backend::run_kvm(&run),
+        Backend::Auto => unreachable!("choose_backend resolves auto"),
+    }
+}

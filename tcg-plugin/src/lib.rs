@@ -1,0 +1,307 @@
+//! QEMU TCG plugin engine: runs `introspect` inside QEMU.
+//!
+//! Arguments: `plan=PATH` (a JSON [`introspect::ProbePlan`]). Output (in
+//! the plan's `out_dir`): `raw/cpuN.bin` (records, see
+//! `introspect::codec`) and `plugin.json` (what the plugin found and did).
+//! QEMU's stderr is not used: it is unreliable for plugins.
+
+mod slots;
+mod vcpu;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use introspect::decode::{Event, SyscallStrings};
+use introspect::kernel::{find_slide, reloc};
+use introspect::task::for_each_task;
+use introspect::{decode, Kernel, ProbeKind, ProbePlan, Record, Task, VcpuState};
+use qemu_plugin::{
+    install::{Args, Info, Value},
+    plugin::{HasCallbacks, Register},
+    qemu_plugin_register_atexit_cb, register, CallbackFlags, PluginId, TranslationBlock, VCPUIndex,
+};
+
+use slots::{Slot, VcpuRuntime};
+use vcpu::QemuVcpu;
+
+/// Read-only after install, shared by all vCPU threads.
+struct Global {
+    plan: ProbePlan,
+    kernel: OnceLock<Kernel>,
+    strings: Vec<u8>,
+    slots: Box<[Slot]>,
+    statedump_done: AtomicBool,
+    epoch: Instant,
+    epoch_unix_ns: u64,
+    hits: AtomicU64,
+    reg_names: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
+}
+
+static G: OnceLock<Global> = OnceLock::new();
+
+fn note(s: String) {
+    if let Some(g) = G.get() {
+        if let Ok(mut n) = g.notes.lock() {
+            if n.len() < 200 {
+                n.push(s);
+            }
+        }
+    }
+}
+
+/// Translation-time state (under the qemu-plugin crate's lock).
+#[derive(Default)]
+struct Hv {
+    probes: HashMap<u64, ProbeKind>,
+    /// Return sites: the instruction after a call to a function whose return we trace.
+    ret_sites: HashMap<u64, ProbeKind>,
+    /// Runtime address of a callee → kind of its return sites.
+    call_targets: HashMap<u64, ProbeKind>,
+    slide_tries: u32,
+}
+
+impl Hv {
+    fn arm(&mut self, g: &Global, slide: u64) {
+        let s = &g.plan.symbols;
+        let ev = g.plan.events;
+        let mut add = |link: u64, kind: ProbeKind, on: bool| {
+            let a = reloc(link, slide);
+            if on && a != 0 {
+                self.probes.insert(a, kind);
+            }
+        };
+        add(s.do_syscall_64, ProbeKind::SyscallEntry, ev.syscalls);
+        add(s.switch_to, ProbeKind::SchedSwitch, ev.sched);
+        add(s.try_to_wake_up, ProbeKind::SchedWaking, ev.sched);
+        add(s.wake_up_new_task, ProbeKind::ProcessFork, ev.proc);
+        add(s.begin_new_exec, ProbeKind::ProcessExec, ev.proc);
+        add(s.do_exit, ProbeKind::ProcessExit, ev.proc);
+        add(s.handle_irq_event, ProbeKind::IrqEntry, ev.irq);
+        if ev.syscalls && s.do_syscall_64 != 0 {
+            self.call_targets
+                .insert(reloc(s.do_syscall_64, slide), ProbeKind::SyscallExit);
+        }
+        if ev.irq && s.handle_irq_event != 0 {
+            self.call_targets
+                .insert(reloc(s.handle_irq_event, slide), ProbeKind::IrqExit);
+        }
+    }
+}
+
+fn now_ns(g: &Global) -> u64 {
+    g.epoch.elapsed().as_nanos() as u64
+}
+
+fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {
+    let Some(g) = G.get() else { return };
+    let Some(k) = g.kernel.get() else { return };
+    let Some(slot) = g.slots.get(vcpu as usize) else {
+        return;
+    };
+    // SAFETY: this callback runs on the thread of vCPU `vcpu`.
+    let Some(rt) = (unsafe { slot.get() }).as_mut() else {
+        return;
+    };
+    g.hits.fetch_add(1, Ordering::Relaxed);
+    if !g.statedump_done.load(Ordering::Relaxed) && !g.statedump_done.swap(true, Ordering::AcqRel) {
+        statedump(g, k, rt);
+    }
+    let strings = SyscallStrings(&g.strings);
+    if decode(kind, &rt.ctx, k, &strings, &mut rt.state, &mut rt.rec) {
+        rt.rec.ts = now_ns(g);
+        rt.by_kind[kind as usize] += 1;
+        rt.emit();
+    }
+}
+
+fn statedump(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
+    let ts = now_ns(g);
+    let cpu = rt.ctx.vcpu_index_pub();
+    let mut recs = Vec::new();
+    for_each_task(&rt.ctx, k, |t, ppid| recs.push((*t, ppid)));
+    for (task, ppid) in recs {
+        rt.rec = Record {
+            cpu,
+            ts,
+            current: task,
+            event: Event::Statedump { task, ppid },
+        };
+        rt.emit();
+    }
+}
+
+impl Register for Hv {
+    fn register(&mut self, id: PluginId, args: &Args, info: &Info) -> qemu_plugin::Result<()> {
+        let plan = match args.parsed.get("plan") {
+            Some(Value::String(p)) => ProbePlan::load(p).ok(),
+            _ => None,
+        };
+        let plan = plan.unwrap_or_default();
+        let max = info
+            .system
+            .as_ref()
+            .map(|s| s.max_vcpus.max(s.smp_vcpus))
+            .unwrap_or(1)
+            .clamp(1, 1024) as usize;
+        let mut strings = vec![0u8; 1024];
+        for sc in &plan.syscalls {
+            if let Some(b) = strings.get_mut(sc.nr as usize) {
+                *b = sc.string_args;
+            }
+        }
+        let out = plan.out_dir.clone();
+        if !out.is_empty() {
+            let _ = std::fs::create_dir_all(format!("{out}/raw"));
+            let _ = std::fs::write(format!("{out}/plugin-started"), b"1\n");
+        }
+        let epoch_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let _ = G.set(Global {
+            plan,
+            kernel: OnceLock::new(),
+            strings,
+            slots: (0..max).map(|_| Slot::empty()).collect(),
+            statedump_done: AtomicBool::new(false),
+            epoch: Instant::now(),
+            epoch_unix_ns,
+            hits: AtomicU64::new(0),
+            reg_names: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
+        });
+        qemu_plugin_register_atexit_cb(id, |_| at_exit())?;
+        Ok(())
+    }
+}
+
+impl HasCallbacks for Hv {
+    fn on_vcpu_init(&mut self, _id: PluginId, vcpu: VCPUIndex) -> qemu_plugin::Result<()> {
+        let Some(g) = G.get() else { return Ok(()) };
+        let (ctx, names) = QemuVcpu::new(vcpu);
+        if let Ok(mut r) = g.reg_names.lock() {
+            if r.is_empty() {
+                *r = names;
+            }
+        }
+        let out = if g.plan.out_dir.is_empty() {
+            None
+        } else {
+            File::create(format!("{}/raw/cpu{vcpu}.bin", g.plan.out_dir))
+                .ok()
+                .map(|f| BufWriter::with_capacity(1 << 20, f))
+        };
+        if let Some(slot) = g.slots.get(vcpu as usize) {
+            // SAFETY: vCPU init runs on the vCPU's own thread before any of
+            // its trap callbacks.
+            let s = unsafe { slot.get() };
+            *s = Some(VcpuRuntime {
+                ctx,
+                state: VcpuState::default(),
+                rec: Record {
+                    cpu: vcpu,
+                    ts: 0,
+                    current: Task::UNKNOWN,
+                    event: Event::IrqExit { irq: 0, ret: 0 },
+                },
+                out,
+                events: 0,
+                write_errors: 0,
+                by_kind: [0; 16],
+            });
+        }
+        Ok(())
+    }
+
+    fn on_translation_block_translate(
+        &mut self,
+        _id: PluginId,
+        tb: TranslationBlock,
+    ) -> qemu_plugin::Result<()> {
+        let Some(g) = G.get() else { return Ok(()) };
+        if tb.vaddr() < 0xffff_ffff_8000_0000 {
+            return Ok(());
+        }
+        if g.kernel.get().is_none() {
+            if self.slide_tries > 64 {
+                return Ok(());
+            }
+            self.slide_tries += 1;
+            let probe_ctx = vcpu::MemOnly;
+            let banner = g.plan.banner_prefix.as_bytes();
+            match find_slide(&probe_ctx, g.plan.symbols.linux_banner, banner) {
+                Ok(slide) => {
+                    let _ = g.kernel.set(Kernel::new(&g.plan, slide));
+                    self.arm(g, slide);
+                    note(format!("slide {slide:#x} found at tb {:#x}", tb.vaddr()));
+                }
+                Err(e) => {
+                    note(format!("tb {:#x}: {e}", tb.vaddr()));
+                    return Ok(());
+                }
+            }
+        }
+        for insn in tb.instructions() {
+            let va = insn.vaddr();
+            let kind = self
+                .probes
+                .get(&va)
+                .or_else(|| self.ret_sites.get(&va))
+                .copied();
+            if let Some(kind) = kind {
+                insn.register_execute_callback_flags(
+                    move |vcpu| on_hit(kind, vcpu),
+                    CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+                );
+            }
+            if insn.size() == 5 && !self.call_targets.is_empty() {
+                let mut b = [0u8; 5];
+                if insn.read_data(&mut b) == 5 && b[0] == 0xe8 {
+                    let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+                    let target = va.wrapping_add(5).wrapping_add(rel as i64 as u64);
+                    if let Some(&k) = self.call_targets.get(&target) {
+                        self.ret_sites.insert(va + 5, k);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn at_exit() {
+    let Some(g) = G.get() else { return };
+    let mut per_cpu = Vec::new();
+    for (i, slot) in g.slots.iter().enumerate() {
+        // SAFETY: QEMU calls the exit hook after all vCPUs stopped.
+        if let Some(rt) = unsafe { slot.get() }.as_mut() {
+            rt.flush();
+            per_cpu.push(format!(
+                "{{\"cpu\":{i},\"events\":{},\"write_errors\":{},\"by_kind\":{:?}}}",
+                rt.events, rt.write_errors, rt.by_kind
+            ));
+        }
+    }
+    if g.plan.out_dir.is_empty() {
+        return;
+    }
+    let slide = g.kernel.get().map(|k| k.slide as i64).unwrap_or(-1);
+    let regs = g.reg_names.lock().map(|r| r.join(" ")).unwrap_or_default();
+    let notes = g.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let json = format!(
+        "{{\"slide\":{slide},\"epoch_unix_ns\":{},\"hits\":{},\"cpus\":[{}],\"registers\":{:?},\"notes\":{:?}}}\n",
+        g.epoch_unix_ns,
+        g.hits.load(Ordering::Relaxed),
+        per_cpu.join(","),
+        regs,
+        notes
+    );
+    let _ = std::fs::write(format!("{}/plugin.json", g.plan.out_dir), json);
+}
+
+register!(Hv::default());
