@@ -1,0 +1,296 @@
+//! Decoders: turn a trap at a probe into a fixed-size event record.
+//! Nothing here allocates; every guest value is bounded and validated.
+
+use crate::ctx::{is_kernel_addr, read_cstr, read_u32, read_u64, Reg, VcpuContext};
+use crate::kernel::Kernel;
+use crate::task::{current_task, current_task_addr, read_task, Task};
+
+/// Errors of decoding (the event is then still emitted, with marked fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("pt_regs at {0:#x} unreadable")]
+    Regs(u64),
+}
+
+/// Bytes kept of a string argument (NUL included).
+pub const STR_LEN: usize = 128;
+/// Bytes kept of an irq name.
+pub const IRQ_NAME_LEN: usize = 32;
+/// Deepest irq nesting tracked per vCPU.
+pub const IRQ_DEPTH: usize = 8;
+
+/// x86-64 `struct pt_regs` offsets (stable ABI of the entry code).
+pub mod pt_regs {
+    pub const R10: u64 = 56;
+    pub const R9: u64 = 64;
+    pub const R8: u64 = 72;
+    pub const AX: u64 = 80;
+    pub const DX: u64 = 96;
+    pub const SI: u64 = 104;
+    pub const DI: u64 = 112;
+    pub const ORIG_AX: u64 = 120;
+}
+
+/// What a probe point is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ProbeKind {
+    /// Entry of `do_syscall_64(regs, nr)`.
+    SyscallEntry,
+    /// Return site of the call to `do_syscall_64` in `entry_SYSCALL_64`
+    /// (RSP points at pt_regs, ax holds the return value).
+    SyscallExit,
+    /// Entry of `__switch_to(prev, next)`.
+    SchedSwitch,
+    /// Entry of `try_to_wake_up(p, state, flags)`.
+    SchedWaking,
+    /// Entry of `wake_up_new_task(p)`.
+    ProcessFork,
+    /// Entry of `begin_new_exec(bprm)`.
+    ProcessExec,
+    /// Entry of `do_exit(code)`.
+    ProcessExit,
+    /// Entry of `handle_irq_event(desc)`.
+    IrqEntry,
+    /// Return site of a call to `handle_irq_event` (rax = irqreturn_t).
+    IrqExit,
+}
+
+/// A user string, as read (NUL-padded) or marked unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestStr {
+    pub bytes: [u8; STR_LEN],
+    pub ok: bool,
+}
+
+impl Default for GuestStr {
+    fn default() -> Self {
+        Self {
+            bytes: [0; STR_LEN],
+            ok: false,
+        }
+    }
+}
+
+impl GuestStr {
+    /// Reads a string from guest virtual memory.
+    pub fn read<C: VcpuContext + ?Sized>(ctx: &C, va: u64) -> Self {
+        let mut s = Self::default();
+        s.ok = va != 0 && read_cstr(ctx, va, &mut s.bytes).is_ok();
+        s
+    }
+    /// The text up to the NUL ("" when unreadable).
+    pub fn as_str(&self) -> &str {
+        let n = self.bytes.iter().position(|&c| c == 0).unwrap_or(STR_LEN);
+        match std::str::from_utf8(&self.bytes[..n]) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&self.bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
+/// A decoded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    SyscallEntry {
+        nr: u32,
+        args: [u64; 6],
+        /// Index of the argument read as a string (if any).
+        str_arg: Option<u8>,
+        string: GuestStr,
+    },
+    SyscallExit {
+        nr: u32,
+        ret: i64,
+    },
+    SchedSwitch {
+        prev: Task,
+        next: Task,
+    },
+    SchedWaking {
+        task: Task,
+        target_cpu: i32,
+    },
+    ProcessFork {
+        parent: Task,
+        child: Task,
+    },
+    ProcessExec {
+        filename: GuestStr,
+        tid: i32,
+        old_tid: i32,
+    },
+    ProcessExit {
+        task: Task,
+    },
+    IrqEntry {
+        irq: i32,
+        name: [u8; IRQ_NAME_LEN],
+    },
+    IrqExit {
+        irq: i32,
+        ret: i32,
+    },
+    /// One task of the statedump at trace start.
+    Statedump {
+        task: Task,
+        ppid: i32,
+    },
+}
+
+/// One trace record: who, where, when, what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub cpu: u32,
+    pub ts: u64,
+    pub current: Task,
+    pub event: Event,
+}
+
+/// Per-vCPU decoder state (owned by the vCPU's thread).
+#[derive(Debug, Clone, Default)]
+pub struct VcpuState {
+    irq_stack: [i32; IRQ_DEPTH],
+    irq_depth: usize,
+}
+
+/// Syscall metadata the decoder needs per number: which argument is a user
+/// string. `string_args[nr]` bit i set = argument i.
+pub struct SyscallStrings<'a>(pub &'a [u8]);
+
+fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u64), DecodeError> {
+    let mut raw = [0u8; 128];
+    ctx.read_virt(regs, &mut raw)
+        .map_err(|_| DecodeError::Regs(regs))?;
+    let at = |off: u64| {
+        let o = off as usize;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    Ok((
+        [
+            at(pt_regs::DI),
+            at(pt_regs::SI),
+            at(pt_regs::DX),
+            at(pt_regs::R10),
+            at(pt_regs::R8),
+            at(pt_regs::R9),
+        ],
+        at(pt_regs::ORIG_AX),
+    ))
+}
+
+/// Decodes the trap at a probe of kind `kind` into `out`. Returns false when
+/// there is nothing to emit (e.g. a return site reached without a match).
+pub fn decode<C: VcpuContext + ?Sized>(
+    kind: ProbeKind,
+    ctx: &C,
+    k: &Kernel,
+    strings: &SyscallStrings<'_>,
+    st: &mut VcpuState,
+    out: &mut Record,
+) -> bool {
+    out.cpu = ctx.vcpu_index();
+    let event = match kind {
+        ProbeKind::SyscallEntry => {
+            let regs = ctx.read_reg(Reg::Rdi);
+            let nr_reg = ctx.read_reg(Reg::Rsi) as u32;
+            let (args, nr) = match arg_regs(ctx, regs) {
+                Ok((a, orig)) => (a, orig as u32),
+                Err(_) => ([0; 6], nr_reg),
+            };
+            let mask = strings.0.get(nr as usize).copied().unwrap_or(0);
+            let str_arg = (0..6u8).find(|i| mask & (1 << i) != 0);
+            let string = match str_arg {
+                Some(i) => GuestStr::read(ctx, args[i as usize]),
+                None => GuestStr::default(),
+            };
+            Event::SyscallEntry {
+                nr,
+                args,
+                str_arg,
+                string,
+            }
+        }
+        ProbeKind::SyscallExit => {
+            let regs = ctx.read_reg(Reg::Rsp);
+            let nr = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)).map(|v| v as u32);
+            let ret = read_u64(ctx, regs.wrapping_add(pt_regs::AX)).map(|v| v as i64);
+            match (nr, ret) {
+                (Ok(nr), Ok(ret)) => Event::SyscallExit { nr, ret },
+                _ => return false,
+            }
+        }
+        ProbeKind::SchedSwitch => Event::SchedSwitch {
+            prev: read_task(ctx, k, ctx.read_reg(Reg::Rdi)),
+            next: read_task(ctx, k, ctx.read_reg(Reg::Rsi)),
+        },
+        ProbeKind::SchedWaking => {
+            let p = ctx.read_reg(Reg::Rdi);
+            let target_cpu = read_u32(ctx, p.wrapping_add(k.off.task_cpu))
+                .map(|v| v as i32)
+                .unwrap_or(-1);
+            Event::SchedWaking {
+                task: read_task(ctx, k, p),
+                target_cpu,
+            }
+        }
+        ProbeKind::ProcessFork => Event::ProcessFork {
+            parent: current_task(ctx, k),
+            child: read_task(ctx, k, ctx.read_reg(Reg::Rdi)),
+        },
+        ProbeKind::ProcessExec => {
+            let bprm = ctx.read_reg(Reg::Rdi);
+            let fname = read_u64(ctx, bprm.wrapping_add(k.off.binprm_filename)).unwrap_or(0);
+            let cur = current_task(ctx, k);
+            Event::ProcessExec {
+                filename: GuestStr::read(ctx, fname),
+                tid: cur.tid,
+                old_tid: cur.tid,
+            }
+        }
+        ProbeKind::ProcessExit => Event::ProcessExit {
+            task: current_task(ctx, k),
+        },
+        ProbeKind::IrqEntry => {
+            let desc = ctx.read_reg(Reg::Rdi);
+            let irq = read_u32(ctx, desc.wrapping_add(k.off.irq_desc_irq))
+                .map(|v| v as i32)
+                .unwrap_or(-1);
+            let mut name = [0u8; IRQ_NAME_LEN];
+            let action = read_u64(ctx, desc.wrapping_add(k.off.irq_desc_action)).unwrap_or(0);
+            if is_kernel_addr(action) {
+                if let Ok(p) = read_u64(ctx, action.wrapping_add(k.off.irqaction_name)) {
+                    let _ = read_cstr(ctx, p, &mut name);
+                }
+            }
+            if st.irq_depth < IRQ_DEPTH {
+                st.irq_stack[st.irq_depth] = irq;
+            }
+            st.irq_depth = st.irq_depth.saturating_add(1);
+            Event::IrqEntry { irq, name }
+        }
+        ProbeKind::IrqExit => {
+            if st.irq_depth == 0 {
+                return false;
+            }
+            st.irq_depth -= 1;
+            let irq = if st.irq_depth < IRQ_DEPTH {
+                st.irq_stack[st.irq_depth]
+            } else {
+                -1
+            };
+            Event::IrqExit {
+                irq,
+                ret: ctx.read_reg(Reg::Rax) as i32,
+            }
+        }
+    };
+    out.current = match (kind, current_task_addr(ctx, k)) {
+        (_, Ok(a)) => read_task(ctx, k, a),
+        _ => Task::UNKNOWN,
+    };
+    out.event = event;
+    true
+}

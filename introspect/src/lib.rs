@@ -1,0 +1,20 @@
+//! Engine-independent guest introspection core: an engine hands a
+//! [`VcpuContext`] to the core on each trap; the core understands the guest
+//! kernel with the symbols and types of its image (a [`plan::ProbePlan`]).
+//!
+//! Every guest value is untrusted: reads are bounded, list walks capped and
+//! cycle-checked, and unreadable fields come out marked, never as a panic.
+
+pub mod codec;
+pub mod ctx;
+pub mod decode;
+pub mod kernel;
+pub mod paging;
+pub mod plan;
+pub mod task;
+
+pub use ctx::{MemError, Reg, VcpuContext};
+pub use decode::{decode, Event, ProbeKind, Record, VcpuState};
+pub use kernel::Kernel;
+pub use plan::ProbePlan;
+pub use task::Task;

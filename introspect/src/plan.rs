@@ -1,0 +1,140 @@
+//! The probe plan: everything the core needs to know about a kernel image,
+//! prepared on the host from the image's own symbols and types, handed to
+//! an engine (the TCG plugin reads it as JSON).
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("reading probe plan {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parsing probe plan: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("probe plan lacks {0}")]
+    Missing(&'static str),
+}
+
+/// Event classes a user can ask for.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventClasses {
+    pub syscalls: bool,
+    pub sched: bool,
+    pub irq: bool,
+    pub proc: bool,
+}
+
+impl EventClasses {
+    /// All classes.
+    pub fn all() -> Self {
+        Self {
+            syscalls: true,
+            sched: true,
+            irq: true,
+            proc: true,
+        }
+    }
+    /// Parses "syscalls,sched,irq,proc" (or "all").
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut c = Self::default();
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "all" => c = Self::all(),
+                "syscalls" | "syscall" => c.syscalls = true,
+                "sched" => c.sched = true,
+                "irq" => c.irq = true,
+                "proc" => c.proc = true,
+                _ => return None,
+            }
+        }
+        Some(c)
+    }
+}
+
+/// Link-time (unrelocated) addresses of the symbols the probes use.
+/// Absent symbols are 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Symbols {
+    pub linux_banner: u64,
+    pub entry_syscall_64: u64,
+    pub entry_syscall_64_size: u64,
+    pub do_syscall_64: u64,
+    pub switch_to: u64,
+    pub try_to_wake_up: u64,
+    pub wake_up_new_task: u64,
+    pub begin_new_exec: u64,
+    pub do_exit: u64,
+    pub handle_irq_event: u64,
+    pub sysvec_apic_timer_interrupt: u64,
+    pub init_task: u64,
+}
+
+/// Structure offsets (bytes) from BTF.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Offsets {
+    pub task_pid: u64,
+    pub task_tgid: u64,
+    pub task_comm: u64,
+    pub task_prio: u64,
+    pub task_state: u64,
+    /// Size of the state field (4 for `unsigned int __state`, 8 for `long state`).
+    pub task_state_size: u64,
+    pub task_real_parent: u64,
+    pub task_tasks: u64,
+    pub task_cpu: u64,
+    /// Offset of the current-task pointer in the per-CPU area
+    /// (`pcpu_hot.current_task` or the `current_task` per-cpu variable).
+    pub percpu_current_task: u64,
+    pub binprm_filename: u64,
+    pub irq_desc_irq: u64,
+    pub irq_desc_action: u64,
+    pub irqaction_name: u64,
+}
+
+/// One syscall of the kernel's table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Syscall {
+    pub nr: u32,
+    pub name: String,
+    pub args: Vec<String>,
+    /// Bit i set: argument i is a user string (`const char __user *`).
+    pub string_args: u8,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProbePlan {
+    /// Expected start of the running kernel's `linux_banner`, e.g.
+    /// "Linux version 6.1.0-56-amd64 ".
+    pub banner_prefix: String,
+    pub kernel_release: String,
+    pub symbols: Symbols,
+    pub offsets: Offsets,
+    pub syscalls: Vec<Syscall>,
+    pub events: EventClasses,
+    /// Output folder of the engine.
+    pub out_dir: String,
+}
+
+impl ProbePlan {
+    /// Reads a plan from a JSON file.
+    pub fn load(path: &str) -> Result<Self, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        let plan: ProbePlan = serde_json::from_str(&text)?;
+        if plan.symbols.linux_banner == 0 || plan.banner_prefix.is_empty() {
+            return Err(PlanError::Missing("linux_banner / banner_prefix"));
+        }
+        Ok(plan)
+    }
+
+    /// Serializes the plan.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,73 @@
+//! Per-vCPU state reached from trap callbacks without locks: one slot per
+//! vCPU, only ever touched by the thread running that vCPU (QEMU runs a
+//! vCPU's callbacks on its own thread; with round-robin TCG all vCPUs share
+//! one thread, still never concurrently), and by the exit hook once all
+//! vCPUs have stopped.
+
+use std::cell::UnsafeCell;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use introspect::codec::{encode, MAX_RECORD};
+use introspect::{Record, VcpuState};
+
+use crate::vcpu::QemuVcpu;
+
+/// Everything one vCPU's traps use.
+pub struct VcpuRuntime {
+    pub ctx: QemuVcpu,
+    pub state: VcpuState,
+    pub rec: Record,
+    pub out: Option<BufWriter<File>>,
+    pub events: u64,
+    pub write_errors: u64,
+    pub by_kind: [u64; 16],
+}
+
+impl VcpuRuntime {
+    /// Appends the record in `self.rec` to this vCPU's stream (no allocation:
+    /// the writer's buffer was allocated when the vCPU started).
+    pub fn emit(&mut self) {
+        let mut buf = [0u8; MAX_RECORD];
+        let n = encode(&self.rec, &mut buf);
+        self.events += 1;
+        if let Some(w) = self.out.as_mut() {
+            if w.write_all(&buf[..n]).is_err() {
+                self.write_errors += 1;
+            }
+        }
+    }
+
+    /// Flushes the stream.
+    pub fn flush(&mut self) {
+        if let Some(w) = self.out.as_mut() {
+            if w.flush().is_err() {
+                self.write_errors += 1;
+            }
+        }
+    }
+}
+
+/// One vCPU's slot.
+pub struct Slot(UnsafeCell<Option<VcpuRuntime>>);
+
+// SAFETY: a slot is only accessed by the thread running its vCPU, or by the
+// exit hook after every vCPU stopped (see the module comment).
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    pub fn empty() -> Self {
+        Self(UnsafeCell::new(None))
+    }
+
+    /// The slot's content.
+    ///
+    /// # Safety
+    /// Only the thread running this vCPU (or the exit hook once all vCPUs
+    /// stopped) may call this, and not re-entrantly.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get(&self) -> &mut Option<VcpuRuntime> {
+        // SAFETY: exclusivity is the caller's contract.
+        unsafe { &mut *self.0.get() }
+    }
+}
