@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""Read a CTF trace with babeltrace2's Python bindings and print one JSON
+object per message on stdout (events, discarded-events, packet bounds)."""
+import json
+import sys
+
+import bt2
+
+
+def conv(f):
+    if isinstance(f, bt2._StringFieldConst):
+        return str(f)
+    if isinstance(f, bt2._IntegerFieldConst):
+        return int(f)
+    if isinstance(f, bt2._ArrayFieldConst):
+        return [conv(x) for x in f]
+    if isinstance(f, bt2._StructureFieldConst):
+        return {k: conv(v) for k, v in f.items()}
+    if isinstance(f, bt2._RealFieldConst):
+        return float(f)
+    return repr(f)
+
+
+def main(path):
+    it = bt2.TraceCollectionMessageIterator(path)
+    for msg in it:
+        if type(msg) is bt2._EventMessageConst:
+            ev = msg.event
+            out = {
+                "t": "event",
+                "name": ev.name,
+                "ns": msg.default_clock_snapshot.ns_from_origin,
+                "cycles": msg.default_clock_snapshot.value,
+                "cpu": int(ev.packet.context_field["cpu_id"]),
+                "stream": ev.stream.name if ev.stream.name else "",
+                "ctx": conv(ev.common_context_field) if ev.common_context_field is not None else {},
+                "fields": conv(ev.payload_field) if ev.payload_field is not None else {},
+            }
+        elif type(msg) is bt2._DiscardedEventsMessageConst:
+            out = {"t": "discarded", "count": msg.count, "stream": msg.stream.name or ""}
+        elif type(msg) is bt2._DiscardedPacketsMessageConst:
+            out = {"t": "discarded_packets", "count": msg.count}
+        elif type(msg) is bt2._PacketBeginningMessageConst:
+            out = {"t": "packet", "ctx": conv(msg.packet.context_field)}
+            if msg.stream.cls.packets_have_beginning_default_clock_snapshot:
+                out["begin"] = msg.default_clock_snapshot.value
+        elif type(msg) is bt2._PacketEndMessageConst:
+            out = {"t": "packet_end", "ctx": conv(msg.packet.context_field)}
+            if msg.stream.cls.packets_have_end_default_clock_snapshot:
+                out["end"] = msg.default_clock_snapshot.value
+        else:
+            continue
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
