@@ -73,12 +73,23 @@ fn timeout_stops_a_stuck_guest_and_leaves_no_qemu() {
     let out = run_guest(&["--timeout", "5", "--", "/bin/sh", "-c", &script]);
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(125), "{}", console(&out));
-    assert!(console(&out).contains("timed out after 5 s"), "{}", console(&out));
+    assert!(
+        console(&out).contains("timed out after 5 s"),
+        "{}",
+        console(&out)
+    );
     // 5 s of guest time plus a bounded stop (SIGTERM, then SIGKILL after 10 s).
     assert!(took < Duration::from_secs(5 + 10 + 5), "took {took:?}");
     let hex: String = tag.bytes().map(|b| format!("{b:02x}")).collect();
-    let left = std::process::Command::new("pgrep").args(["-f", &hex]).output().unwrap();
-    assert!(left.stdout.is_empty(), "QEMU left behind: {}", String::from_utf8_lossy(&left.stdout));
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &hex])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "QEMU left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
@@ -88,14 +99,25 @@ fn guest_panic_is_reported_as_an_error() {
     // finds none, and panics.
     let out = run_guest(&["--append", "rdinit=/nonexistent", "--", "/bin/true"]);
     assert_eq!(out.status.code(), Some(125), "{}", console(&out));
-    assert!(console(&out).contains("the guest kernel panicked"), "{}", console(&out));
+    assert!(
+        console(&out).contains("the guest kernel panicked"),
+        "{}",
+        console(&out)
+    );
 }
 
 #[test]
 fn both_kernel_lines_boot() {
     for (line, prefix) in [("6.1", "6.1.0-"), ("6.12", "6.12.")] {
         common::image_dir(line);
-        let out = run_guest(&["--kernel-line", line, "--", "/bin/sh", "-c", "echo release=$(uname -r)"]);
+        let out = run_guest(&[
+            "--kernel-line",
+            line,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo release=$(uname -r)",
+        ]);
         assert_eq!(out.status.code(), Some(0), "{}", console(&out));
         let text = console(&out);
         let release = text
@@ -130,14 +152,28 @@ fn capture_port_carries_bulk_output_out_of_the_guest() {
 
 #[test]
 fn missing_kernel_is_a_clear_error() {
-    let out = run_guest(&["--kernel", "/nonexistent/vmlinuz", "--initrd", "/etc/hostname", "--", "/bin/true"]);
+    let out = run_guest(&[
+        "--kernel",
+        "/nonexistent/vmlinuz",
+        "--initrd",
+        "/etc/hostname",
+        "--",
+        "/bin/true",
+    ]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(console(&out).contains("/nonexistent/vmlinuz does not exist"), "{}", console(&out));
+    assert!(
+        console(&out).contains("/nonexistent/vmlinuz does not exist"),
+        "{}",
+        console(&out)
+    );
 }
 
 #[test]
 fn missing_command_is_a_usage_error() {
-    let out = common::hvtrace().args(["run", "--backend", "qemu"]).output().unwrap();
+    let out = common::hvtrace()
+        .args(["run", "--backend", "qemu"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(console(&out).contains("CMD"), "{}", console(&out));
 }
