@@ -28,6 +28,9 @@ pub fn image_dir(line: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let last = stdout.lines().last().expect("image build printed its folder");
+    let last = stdout
+        .lines()
+        .last()
+        .expect("image build printed its folder");
     PathBuf::from(last.trim())
 }
