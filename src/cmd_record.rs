@@ -133,7 +133,10 @@ pub fn run(args: RecordArgs) -> Result<i32> {
 fn path_str(p: &Path) -> Result<&str> {
     match p.to_str() {
         Some(s) if !s.contains(',') => Ok(s),
-        _ => bail!("{}: paths given to QEMU must be UTF-8 without commas", p.display()),
+        _ => bail!(
+            "{}: paths given to QEMU must be UTF-8 without commas",
+            p.display()
+        ),
     }
 }
 
@@ -248,8 +251,8 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
 /// kernel's syscall metadata with argument types).
 fn string_args_of(name: &str) -> u8 {
     match name {
-        "open" | "creat" | "execve" | "stat" | "lstat" | "access" | "chdir" | "mkdir"
-        | "rmdir" | "unlink" | "readlink" | "chmod" | "chown" | "truncate" => 1,
+        "open" | "creat" | "execve" | "stat" | "lstat" | "access" | "chdir" | "mkdir" | "rmdir"
+        | "unlink" | "readlink" | "chmod" | "chown" | "truncate" => 1,
         "openat" | "execveat" | "newfstatat" | "faccessat" | "faccessat2" | "mkdirat"
         | "unlinkat" | "readlinkat" | "fchmodat" | "statx" => 2,
         _ => 0,
@@ -267,7 +270,10 @@ fn offsets_from_btf(btf: &mini_btf::Btf, syms: &BTreeMap<&str, u64>) -> Result<O
     };
     // ≥ 6.2 (and some backports): pcpu_hot.current_task; else the per-cpu
     // variable current_task. Per-cpu symbols are offsets in the per-cpu area.
-    let percpu_current_task = match (syms.get("pcpu_hot"), btf.member_offset("pcpu_hot", "current_task")) {
+    let percpu_current_task = match (
+        syms.get("pcpu_hot"),
+        btf.member_offset("pcpu_hot", "current_task"),
+    ) {
         (Some(&base), Some(off)) => base + off,
         _ => *syms
             .get("current_task")
@@ -282,8 +288,7 @@ fn offsets_from_btf(btf: &mini_btf::Btf, syms: &BTreeMap<&str, u64>) -> Result<O
         task_state_size,
         task_real_parent: m("task_struct", "real_parent")?,
         task_tasks: m("task_struct", "tasks")?,
-        task_cpu: m("task_struct", "thread_info.cpu")
-            .or_else(|_| m("task_struct", "cpu"))?,
+        task_cpu: m("task_struct", "thread_info.cpu").or_else(|_| m("task_struct", "cpu"))?,
         percpu_current_task,
         binprm_filename: m("linux_binprm", "filename")?,
         irq_desc_irq: m("irq_desc", "irq_data.irq")?,
@@ -363,8 +368,11 @@ mod mini_btf {
             let mut structs = HashMap::new();
             let mut o = 0usize;
             while o + 12 <= types_d.len() {
-                let (name_off, info, st) =
-                    (u32_at(types_d, o)?, u32_at(types_d, o + 4)?, u32_at(types_d, o + 8)?);
+                let (name_off, info, st) = (
+                    u32_at(types_d, o)?,
+                    u32_at(types_d, o + 4)?,
+                    u32_at(types_d, o + 8)?,
+                );
                 let kind = (info >> 24) & 0x1f;
                 let vlen = (info & 0xffff) as usize;
                 let kflag = info >> 31 == 1;
@@ -378,7 +386,11 @@ mod mini_btf {
                             let m = o + i * 12;
                             let off = u32_at(types_d, m + 8)?;
                             let bits = if kflag { off & 0xff_ffff } else { off };
-                            members.push((name(u32_at(types_d, m)?), u32_at(types_d, m + 4)?, u64::from(bits)));
+                            members.push((
+                                name(u32_at(types_d, m)?),
+                                u32_at(types_d, m + 4)?,
+                                u64::from(bits),
+                            ));
                         }
                         vlen * 12
                     }

@@ -80,7 +80,7 @@ pub fn translate<R: PhysRead + ?Sized>(
         if entry & PRESENT == 0 {
             return Err(WalkError::NotPresent { va, level });
         }
-        if level <= 3 && level >= 2 && entry & PS != 0 {
+        if (2..=3).contains(&level) && entry & PS != 0 {
             let size = 1u64 << shift;
             let base = entry & ADDR_MASK & !(size - 1);
             // Bits 12..shift of a large-page entry hold PAT and must be

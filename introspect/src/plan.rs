@@ -117,6 +117,10 @@ pub struct ProbePlan {
     pub events: EventClasses,
     /// Output folder of the engine.
     pub out_dir: String,
+    /// Take the statedump when a task execs this file (the traced
+    /// command); empty: at the first probe hit.
+    #[serde(default)]
+    pub statedump_exec: String,
 }
 
 impl ProbePlan {

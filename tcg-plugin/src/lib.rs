@@ -108,14 +108,26 @@ fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {
         return;
     };
     g.hits.fetch_add(1, Ordering::Relaxed);
-    if !g.statedump_done.load(Ordering::Relaxed) && !g.statedump_done.swap(true, Ordering::AcqRel) {
-        statedump(g, k, rt);
+    let wanted = g.plan.statedump_exec.as_bytes();
+    if wanted.is_empty() {
+        statedump_once(g, k, rt);
     }
     let strings = SyscallStrings(&g.strings);
     if decode(kind, &rt.ctx, k, &strings, &mut rt.state, &mut rt.rec) {
         rt.rec.ts = now_ns(g);
         rt.by_kind[kind as usize] += 1;
         rt.emit();
+        if let Event::ProcessExec { filename, .. } = &rt.rec.event {
+            if !wanted.is_empty() && filename.as_str().as_bytes() == wanted {
+                statedump_once(g, k, rt);
+            }
+        }
+    }
+}
+
+fn statedump_once(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
+    if !g.statedump_done.load(Ordering::Relaxed) && !g.statedump_done.swap(true, Ordering::AcqRel) {
+        statedump(g, k, rt);
     }
 }
 
