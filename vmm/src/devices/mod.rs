@@ -1,0 +1,61 @@
+//! Legacy port-I/O devices: the 16550 serial console and the i8042.
+
+pub mod i8042;
+pub mod serial;
+
+use std::sync::{Arc, Mutex};
+
+use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL_PORT_BASE};
+
+/// What a port write asked the monitor to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoAction {
+    /// Nothing beyond the device's own effect.
+    None,
+    /// The guest asked for a reset through the i8042 (reboot=k).
+    Reset,
+}
+
+/// Port-I/O devices of a VM, shared by its vCPU threads.
+pub struct PioBus {
+    serial: Arc<Mutex<serial::SerialConsole>>,
+    i8042: Mutex<i8042::I8042>,
+}
+
+impl PioBus {
+    /// A bus with the serial console and an i8042.
+    pub fn new(serial: Arc<Mutex<serial::SerialConsole>>) -> Self {
+        PioBus {
+            serial,
+            i8042: Mutex::new(i8042::I8042::default()),
+        }
+    }
+
+    /// Handles an IN; unclaimed ports read as all ones.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        if (SERIAL_PORT_BASE..SERIAL_PORT_BASE + 8).contains(&port) && data.len() == 1 {
+            data[0] = lock(&self.serial).read((port - SERIAL_PORT_BASE) as u8);
+        } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
+            data[0] = lock(&self.i8042).read(port);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    /// Handles an OUT; unclaimed ports are ignored.
+    pub fn write(&self, port: u16, data: &[u8]) -> IoAction {
+        if (SERIAL_PORT_BASE..SERIAL_PORT_BASE + 8).contains(&port) && data.len() == 1 {
+            lock(&self.serial).write((port - SERIAL_PORT_BASE) as u8, data[0]);
+            IoAction::None
+        } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
+            lock(&self.i8042).write(port, data[0])
+        } else {
+            IoAction::None
+        }
+    }
+}
+
+/// Locks a device, recovering from a panic on another vCPU thread.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

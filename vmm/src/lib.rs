@@ -1,0 +1,131 @@
+//! The KVM virtual machine monitor: boots an unmodified Linux (ELF vmlinux or
+//! bzImage) or a synthetic guest, one thread per vCPU, and exposes the hooks
+//! introspection needs (registers, guest memory, hardware and software
+//! breakpoints, single-step, kicks) without knowing about symbols or trace
+//! formats.
+//!
+//! Structure follows Firecracker's `src/vmm`: addresses in [`layout`], pure
+//! boot-state writers in [`arch`], KVM objects in [`vstate`], devices in
+//! [`devices`], the boot order in [`builder`].
+
+pub mod arch;
+pub mod bench;
+pub mod builder;
+pub mod debug;
+pub mod devices;
+pub mod layout;
+pub mod probe;
+pub mod vstate;
+
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+pub use builder::{build, Boot, BuildError, HandlerFactory, Vm, VmConfig};
+pub use debug::{Action, DebugError, DebugEvent, DebugHandler, HwBreakpoint, VcpuCtx, Watch};
+pub use devices::serial::ConsoleOut;
+pub use kvm_bindings::{kvm_regs, kvm_sregs};
+pub use probe::{probe_native_virtualization, probe_sw_breakpoints, Probe};
+pub use vstate::control::{VcpuHandle, VcpuState};
+pub use vstate::vcpu::VmExit;
+
+use devices::lock;
+
+impl Vm {
+    /// Handles of all vCPUs.
+    pub fn vcpus(&self) -> Vec<VcpuHandle> {
+        self.shared
+            .iter()
+            .map(|s| VcpuHandle { shared: s.clone() })
+            .collect()
+    }
+
+    /// Handle of vCPU `i`.
+    pub fn vcpu(&self, i: usize) -> Option<VcpuHandle> {
+        self.shared.get(i).map(|s| VcpuHandle { shared: s.clone() })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Reads guest-physical memory.
+    pub fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), DebugError> {
+        self.mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| DebugError::Memory(gpa, buf.len()))
+    }
+
+    /// Writes guest-physical memory.
+    pub fn write_phys(&self, gpa: u64, buf: &[u8]) -> Result<(), DebugError> {
+        self.mem
+            .write_slice(buf, GuestAddress(gpa))
+            .map_err(|_| DebugError::Memory(gpa, buf.len()))
+    }
+
+    /// Queues console input for the guest (raises IRQ 4 with an irqchip).
+    pub fn inject_serial_input(&self, bytes: &[u8]) -> Result<usize, BuildError> {
+        Ok(lock(&self.serial).inject(bytes)?)
+    }
+
+    /// Pauses every vCPU; true if all parked within `timeout`.
+    pub fn pause_all(&self, timeout: Duration) -> bool {
+        let v = self.vcpus();
+        v.iter().for_each(|h| {
+            h.shared
+                .ctl_pending
+                .store(true, std::sync::atomic::Ordering::Release)
+        });
+        v.iter().all(|h| h.pause(timeout))
+    }
+
+    /// Resumes every vCPU.
+    pub fn resume_all(&self) {
+        self.vcpus().iter().for_each(VcpuHandle::resume);
+    }
+
+    /// Stops the VM (the exit reason becomes [`VmExit::Stopped`] unless it
+    /// already ended).
+    pub fn stop(&self) {
+        self.exit.end_vm(VmExit::Stopped);
+    }
+
+    /// Waits for the VM to end; `None` on timeout.
+    pub fn wait(&self, timeout: Duration) -> Option<VmExit> {
+        let deadline = Instant::now() + timeout;
+        let mut r = lock(&self.exit.reason);
+        loop {
+            if let Some(e) = r.clone() {
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            r = self
+                .exit
+                .cond
+                .wait_timeout(r, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops every vCPU and joins their threads.
+    pub fn shutdown(&mut self) {
+        for s in &self.shared {
+            VcpuHandle { shared: s.clone() }.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        debug_assert!(self.exit.all_done() || self.shared.is_empty());
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,6 @@
+//! KVM objects and their lifetimes: the VM, its memory, its vCPUs.
+
+pub mod control;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

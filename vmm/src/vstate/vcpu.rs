@@ -1,0 +1,425 @@
+//! vCPU creation and configuration, and the vCPU thread's run loop.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use kvm_bindings::{
+    kvm_mp_state, kvm_regs, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use super::control::{set_thread_kvm_run, Shared, VcpuState, Want};
+use crate::arch::{cpuid, msr, regs};
+use crate::debug::{Action, DebugEvent, DebugHandler, DebugState, RegCache, VcpuCtx};
+use crate::devices::{lock, IoAction, PioBus};
+
+/// Errors of creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("cannot create vCPU {0}: {1}")]
+    Create(u32, kvm_ioctls::Error),
+    /// A configuration ioctl failed.
+    #[error("configuring vCPU {0}: {1} failed: {2}")]
+    Ioctl(u32, &'static str, kvm_ioctls::Error),
+    /// Registers.
+    #[error("configuring vCPU {0}: {1}")]
+    Regs(u32, regs::RegsError),
+    /// MSRs.
+    #[error("configuring vCPU {0}: {1}")]
+    Msr(u32, msr::MsrError),
+}
+
+/// How the whole VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked for a reset (i8042 0xfe, or a KVM reset event).
+    Reset,
+    /// The guest asked to power off (KVM system event).
+    Shutdown,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault {
+        /// Which vCPU.
+        vcpu: u32,
+    },
+    /// Every vCPU executed HLT (only without the in-kernel irqchip).
+    Halted,
+    /// The host or a debug handler stopped it.
+    Stopped,
+    /// A vCPU failed.
+    Error {
+        /// Which vCPU.
+        vcpu: u32,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// How one vCPU thread ended.
+enum End {
+    Halted,
+    Stopped,
+    Vm(VmExit),
+}
+
+/// The VM-wide outcome, shared by all vCPU threads.
+pub(crate) struct ExitState {
+    pub(crate) reason: Mutex<Option<VmExit>>,
+    pub(crate) cond: Condvar,
+    live: AtomicUsize,
+    pub(crate) vcpus: OnceLock<Vec<Arc<Shared>>>,
+}
+
+impl ExitState {
+    pub(crate) fn new(n: usize) -> Arc<Self> {
+        Arc::new(ExitState {
+            reason: Mutex::new(None),
+            cond: Condvar::new(),
+            live: AtomicUsize::new(n),
+            vcpus: OnceLock::new(),
+        })
+    }
+
+    /// Records `exit` (the first one wins) and stops every vCPU.
+    pub(crate) fn end_vm(&self, exit: VmExit) {
+        {
+            let mut r = lock(&self.reason);
+            if r.is_none() {
+                *r = Some(exit);
+            }
+        }
+        for v in self.vcpus.get().into_iter().flatten() {
+            crate::VcpuHandle { shared: v.clone() }.stop();
+        }
+        self.cond.notify_all();
+    }
+
+    fn vcpu_done(&self, end: End) {
+        match end {
+            End::Vm(e) => self.end_vm(e),
+            End::Halted | End::Stopped => {}
+        }
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut r = lock(&self.reason);
+            if r.is_none() {
+                *r = Some(VmExit::Halted);
+            }
+        }
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn all_done(&self) -> bool {
+        self.live.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Per-vCPU configuration inputs.
+pub struct VcpuConfig {
+    /// Number of vCPUs in the VM.
+    pub count: u32,
+    /// In-kernel irqchip present (LAPIC LINT setup).
+    pub irqchip: bool,
+    /// Hide XSAVE from the guest.
+    pub hide_xsave: bool,
+    /// Make application processors runnable at once (synthetic guests with
+    /// an irqchip; Linux starts them with INIT/SIPI instead).
+    pub aps_runnable: bool,
+}
+
+/// Creates vCPU `index` and writes its boot state.
+pub fn create(
+    kvm: &Kvm,
+    vm: &VmFd,
+    index: u32,
+    cfg: &VcpuConfig,
+    boot: &kvm_regs,
+) -> Result<VcpuFd, VcpuError> {
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(|e| VcpuError::Create(index, e))?;
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VcpuError::Ioctl(index, "KVM_GET_SUPPORTED_CPUID", e))?;
+    cpuid::normalize(
+        cpuid.as_mut_slice(),
+        cpuid::CpuidParams {
+            vcpu_index: index,
+            vcpu_count: cfg.count,
+            hide_xsave: cfg.hide_xsave,
+        },
+    );
+    fd.set_cpuid2(&cpuid)
+        .map_err(|e| VcpuError::Ioctl(index, "KVM_SET_CPUID2", e))?;
+    msr::setup_msrs(&fd).map_err(|e| VcpuError::Msr(index, e))?;
+    regs::setup_vcpu_regs(&fd, boot).map_err(|e| VcpuError::Regs(index, e))?;
+    if cfg.irqchip {
+        regs::setup_lint(&fd).map_err(|e| VcpuError::Regs(index, e))?;
+        if cfg.aps_runnable && index != 0 {
+            let st = kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            };
+            fd.set_mp_state(st)
+                .map_err(|e| VcpuError::Ioctl(index, "KVM_SET_MP_STATE", e))?;
+        }
+    }
+    Ok(fd)
+}
+
+/// Everything a vCPU thread owns.
+pub(crate) struct Runner {
+    pub(crate) fd: VcpuFd,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) bus: Arc<PioBus>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) exit: Arc<ExitState>,
+    pub(crate) handler: Option<Box<dyn DebugHandler>>,
+    pub(crate) dbg: DebugState,
+    pub(crate) cache: RegCache,
+    pub(crate) rf: bool,
+}
+
+impl Runner {
+    /// The thread body.
+    pub(crate) fn run(mut self) {
+        self.shared.register_thread();
+        set_thread_kvm_run(self.fd.get_kvm_run() as *mut _);
+        self.shared.set_state(VcpuState::Running);
+        let end = self.run_loop();
+        set_thread_kvm_run(std::ptr::null_mut());
+        self.dbg.remove_all_sw(&self.mem);
+        {
+            let mut c = lock(&self.shared.control);
+            self.shared
+                .state
+                .store(VcpuState::Stopped as u8, Ordering::Release);
+            c.requests.clear();
+            self.shared.cond.notify_all();
+        }
+        self.exit.vcpu_done(end);
+    }
+
+    fn err(&self, message: String) -> End {
+        End::Vm(VmExit::Error {
+            vcpu: self.shared.index,
+            message,
+        })
+    }
+
+    fn call(&mut self, ev: DebugEvent) -> Action {
+        let Some(h) = self.handler.as_mut() else {
+            return Action::Continue;
+        };
+        let mut ctx = VcpuCtx {
+            index: self.shared.index,
+            fd: &self.fd,
+            mem: &self.mem,
+            dbg: &mut self.dbg,
+            cache: &mut self.cache,
+        };
+        h.on_event(&mut ctx, ev)
+    }
+
+    /// Applies a handler's decision; `Some` ends the loop.
+    fn act(&mut self, a: Action) -> Option<End> {
+        match a {
+            Action::Continue => None,
+            Action::Stop => Some(End::Vm(VmExit::Stopped)),
+            Action::Pause => {
+                let mut c = lock(&self.shared.control);
+                if c.want == Want::Run {
+                    c.want = Want::Pause;
+                }
+                self.shared.ctl_pending.store(true, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// Runs queued requests, parks while paused; `Some` on stop.
+    fn service_control(&mut self) -> Option<End> {
+        let mut c = lock(&self.shared.control);
+        self.shared.ctl_pending.store(false, Ordering::Release);
+        loop {
+            while let Some(req) = c.requests.pop_front() {
+                drop(c);
+                let mut ctx = VcpuCtx {
+                    index: self.shared.index,
+                    fd: &self.fd,
+                    mem: &self.mem,
+                    dbg: &mut self.dbg,
+                    cache: &mut self.cache,
+                };
+                req(&mut ctx);
+                c = lock(&self.shared.control);
+            }
+            let st = match c.want {
+                Want::Stop => return Some(End::Stopped),
+                Want::Run => VcpuState::Running,
+                Want::Pause => VcpuState::Paused,
+            };
+            if self.shared.state() != st {
+                self.shared.state.store(st as u8, Ordering::Release);
+                self.shared.cond.notify_all();
+            }
+            if st == VcpuState::Running {
+                return None;
+            }
+            c = self.shared.cond.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Writes back what the exit changed before re-entering the guest.
+    fn prepare_entry(&mut self) -> Result<(), String> {
+        self.dbg.apply(&self.fd).map_err(|e| e.to_string())?;
+        if self.rf {
+            let mut r = match self.cache.regs {
+                Some(r) => r,
+                None => self
+                    .fd
+                    .get_regs()
+                    .map_err(|e| format!("KVM_GET_REGS: {e}"))?,
+            };
+            r.rflags |= 1 << 16;
+            self.cache.regs = Some(r);
+            self.cache.dirty = true;
+            self.rf = false;
+        }
+        if self.cache.dirty {
+            if let Some(r) = self.cache.regs {
+                self.fd
+                    .set_regs(&r)
+                    .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+            }
+            self.cache.dirty = false;
+        }
+        self.cache.regs = None;
+        Ok(())
+    }
+
+    fn internal_error(&mut self) -> String {
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
+        // is the active member of the union.
+        let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let what = if sub == 1 {
+            " (instruction emulation failed: this KVM emulates guest code, e.g. KVM-PVM)"
+        } else {
+            ""
+        };
+        format!("KVM_EXIT_INTERNAL_ERROR suberror {sub}{what} at rip {rip:#x}")
+    }
+
+    fn run_loop(&mut self) -> End {
+        let a = self.call(DebugEvent::Started);
+        if let Some(end) = self.act(a) {
+            return end;
+        }
+        loop {
+            if self.shared.ctl_pending.load(Ordering::Acquire) {
+                if let Some(end) = self.service_control() {
+                    return end;
+                }
+            }
+            if let Err(e) = self.prepare_entry() {
+                return self.err(e);
+            }
+            let arch = match self.fd.run() {
+                Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        self.bus.read(port, data);
+                        continue;
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        if self.bus.write(port, data) == IoAction::Reset {
+                            return End::Vm(VmExit::Reset);
+                        }
+                        continue;
+                    }
+                    VcpuExit::MmioRead(_, data) => {
+                        data.fill(0xff);
+                        continue;
+                    }
+                    VcpuExit::MmioWrite(..) | VcpuExit::Intr => continue,
+                    VcpuExit::Hlt => return End::Halted,
+                    VcpuExit::Shutdown => {
+                        return End::Vm(VmExit::TripleFault {
+                            vcpu: self.shared.index,
+                        })
+                    }
+                    VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => {
+                        return End::Vm(VmExit::Reset)
+                    }
+                    VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
+                        return End::Vm(VmExit::Shutdown)
+                    }
+                    VcpuExit::Debug(arch) => arch,
+                    VcpuExit::InternalError => {
+                        let m = self.internal_error();
+                        return self.err(m);
+                    }
+                    other => {
+                        let m = format!("unexpected exit {other:?}");
+                        return self.err(m);
+                    }
+                },
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    if self.shared.kick_pending.swap(false, Ordering::AcqRel) {
+                        let a = self.call(DebugEvent::Kick);
+                        if let Some(end) = self.act(a) {
+                            return end;
+                        }
+                    }
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => continue,
+                Err(e) => return self.err(format!("KVM_RUN failed: {e}")),
+            };
+            if let Some(end) = self.debug_exit(arch) {
+                return end;
+            }
+        }
+    }
+
+    fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
+        const DR6_BS: u64 = 1 << 14;
+        let pc = arch.pc;
+        let ev = match arch.exception {
+            1 => {
+                let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
+                if let Some(slot) = hit {
+                    let watch = self.dbg.hw[slot].map(|b| b.watch)?;
+                    self.rf = watch == crate::debug::Watch::Exec;
+                    DebugEvent::HwBreakpoint {
+                        slot: slot as u8,
+                        watch,
+                        pc,
+                    }
+                } else if self.dbg.stepping_over.is_some() && arch.dr6 & DR6_BS != 0 {
+                    if self.dbg.end_step_over(&self.mem) {
+                        return None;
+                    }
+                    DebugEvent::SingleStep { pc }
+                } else if self.dbg.single_step {
+                    DebugEvent::SingleStep { pc }
+                } else {
+                    self.dbg.reinject(1);
+                    return None;
+                }
+            }
+            3 if self.dbg.is_ours_sw(pc) => DebugEvent::SwBreakpoint { pc },
+            3 => {
+                self.dbg.reinject(3);
+                return None;
+            }
+            _ => return None,
+        };
+        let a = self.call(ev);
+        if let DebugEvent::SwBreakpoint { pc } = ev {
+            self.dbg.begin_step_over(&self.mem, pc);
+        }
+        self.act(a)
+    }
+}
