@@ -1,7 +1,87 @@
 //! Struct layouts from the kernel's own `.BTF`: sizes and member offsets,
 //! through nested and anonymous members and bitfields.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The layouts `introspect` uses (see DESIGN.md, "Symbols and types").
+pub const INTROSPECTION_LAYOUT: &[(&str, &[&str])] = &[
+    (
+        "task_struct",
+        &[
+            "pid",
+            "tgid",
+            "comm",
+            "__state|state",
+            "prio",
+            "static_prio",
+            "normal_prio",
+            "policy",
+            "flags",
+            "mm",
+            "active_mm",
+            "tasks",
+            "real_parent",
+            "parent",
+            "children",
+            "sibling",
+            "group_leader",
+            "thread_pid",
+            "on_cpu",
+            "thread_info.cpu|cpu",
+            "nvcsw",
+            "nivcsw",
+            "se.sum_exec_runtime",
+            "stack",
+            "thread.sp",
+            "thread.fsbase",
+            "exit_state",
+            "exit_code",
+            "signal",
+            "files",
+        ],
+    ),
+    (
+        "mm_struct",
+        &[
+            "pgd",
+            "arg_start",
+            "arg_end",
+            "env_start",
+            "env_end",
+            "exe_file",
+        ],
+    ),
+    (
+        "pcpu_hot",
+        &[
+            "current_task",
+            "preempt_count",
+            "cpu_number",
+            "top_of_stack",
+        ],
+    ),
+    ("pt_regs", &["*"]),
+    ("list_head", &["next", "prev"]),
+    ("thread_info", &["flags", "cpu"]),
+    ("pid", &["numbers"]),
+    ("upid", &["nr", "ns"]),
+    ("signal_struct", &["nr_threads", "pids"]),
+    ("file", &["f_path"]),
+    ("path", &["dentry", "mnt"]),
+    ("dentry", &["d_name", "d_parent"]),
+    ("qstr", &["name", "len|hash_len"]),
+    (
+        "syscall_metadata",
+        &["name", "syscall_nr", "nb_args", "types", "args"],
+    ),
+];
+
+/// Size and members of one struct, for serialization.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StructLayout {
+    pub size: u64,
+    pub members: BTreeMap<String, Member>,
+}
 
 const MAGIC: u16 = 0xeb9f;
 const MAX_DEPTH: usize = 32;
@@ -331,8 +411,56 @@ impl KernelTypes {
             .find_map(|n| self.member(struct_name, n).map(|m| (*n, m)))
     }
 
-    /// Iterates `(name, type id)` of the BTF variables (VAR kind), e.g. the
-    /// per-cpu `current_task`.
+    /// Direct members of a struct/union in declaration order (anonymous
+    /// members are listed as they are, with an empty name).
+    pub fn members(&self, struct_name: &str) -> Vec<(String, Member)> {
+        let Some((_, t)) = self.composite_id(struct_name).and_then(|id| self.strip(id)) else {
+            return Vec::new();
+        };
+        (0..t.vlen as usize)
+            .filter_map(|i| {
+                let name = self.str_at(self.extra_u32(t, 3 * i)).to_string();
+                let m = self
+                    .member(struct_name, &name)
+                    .filter(|_| !name.is_empty())?;
+                Some((name, m))
+            })
+            .collect()
+    }
+
+    /// Resolves a list of `(struct, members)` requests; a member written
+    /// `a|b` takes the first alternative the kernel has (`__state|state`);
+    /// `*` lists every named direct member. Missing ones are left out.
+    pub fn layouts(&self, spec: &[(&str, &[&str])]) -> BTreeMap<String, StructLayout> {
+        let mut out = BTreeMap::new();
+        for &(s, members) in spec {
+            let Some(size) = self.struct_size(s) else {
+                continue;
+            };
+            let mut found = BTreeMap::new();
+            for m in members {
+                if *m == "*" {
+                    found.extend(self.members(s));
+                    continue;
+                }
+                let alts: Vec<&str> = m.split('|').collect();
+                if let Some((name, mem)) = self.member_any(s, &alts) {
+                    found.insert(name.to_string(), mem);
+                }
+            }
+            out.insert(
+                s.to_string(),
+                StructLayout {
+                    size,
+                    members: found,
+                },
+            );
+        }
+        out
+    }
+
+    /// True if BTF declares a variable of this name (e.g. the per-cpu
+    /// `current_task` of kernels before `pcpu_hot`).
     pub fn has_var(&self, name: &str) -> bool {
         self.types
             .iter()

@@ -185,3 +185,19 @@ fn hostile_blobs_are_errors() {
         }
     }
 }
+
+#[test]
+fn layouts_take_alternatives_and_wildcards() {
+    let t = KernelTypes::parse(sample()).unwrap();
+    let l = t.layouts(&[
+        ("task_struct", &["state|__state", "comm"]),
+        ("mm_struct", &["*"]),
+        ("nope", &["x"]),
+    ]);
+    assert_eq!(l.len(), 2);
+    let ts = &l["task_struct"];
+    assert_eq!(ts.size, 128);
+    assert_eq!(ts.members["__state"].offset, 0);
+    assert_eq!(ts.members["comm"].offset, 48);
+    assert_eq!(l["mm_struct"].members["pgd"].offset, 8);
+}

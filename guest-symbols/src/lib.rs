@@ -23,7 +23,7 @@ pub mod ksymtab;
 pub mod symbols;
 pub mod syscalls;
 
-pub use btf::{KernelTypes, Member};
+pub use btf::{KernelTypes, Member, StructLayout, INTROSPECTION_LAYOUT};
 pub use image::{
     extract_vmlinux, extract_vmlinux_to, ImageError, ImageFormat, Kernel, KernelImage, OpenOptions,
 };

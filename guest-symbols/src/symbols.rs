@@ -3,9 +3,16 @@
 use std::collections::HashMap;
 use std::fmt;
 
+/// Serializes an address as a `0x`-prefixed hex string (JSON numbers lose
+/// kernel addresses' low bits in most readers).
+pub fn hex_addr<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{addr:#018x}"))
+}
+
 /// One kernel symbol (as in /proc/kallsyms: address, type letter, name).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Symbol {
+    #[serde(serialize_with = "hex_addr")]
     pub addr: u64,
     /// nm-style type letter (`T`, `t`, `D`, `r`, `A`, ...).
     pub kind: char,
@@ -24,6 +31,7 @@ pub enum SymbolSource {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExportedSymbol {
     pub name: String,
+    #[serde(serialize_with = "hex_addr")]
     pub addr: u64,
     pub gpl: bool,
     pub namespace: String,

@@ -37,6 +37,7 @@ pub struct Syscall {
     /// `read`, `openat`, ...
     pub name: String,
     /// Handler address (link-time) and its symbol (`__x64_sys_read`).
+    #[serde(serialize_with = "crate::symbols::hex_addr")]
     pub handler: u64,
     pub handler_symbol: String,
     /// From the syscall metadata; `None` when the kernel has none for it.
