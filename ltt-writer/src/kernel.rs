@@ -259,7 +259,7 @@ impl Producer {
     }
 
     fn syscall(&mut self, ts: u64, ctx: &TaskCtx, nr: u32, ret: Option<i64>, args: &[Value<'_>]) -> Result<(), ProduceError> {
-        let catalog = std::sync::Arc::clone(&self.catalog);
+        let catalog = self.catalog();
         let mut vals = [Value::U(0); MAX_SYSCALL_ARGS + 1];
         let mut n = 0;
         let Some(ids) = catalog.syscall(nr) else {

@@ -92,6 +92,13 @@ pub(crate) struct ProducerShared {
 
 /// Producer of one vCPU's stream. `Send`; use it from one thread.
 pub struct Producer {
+    core: Core,
+    catalog: Arc<Catalog>,
+}
+
+/// Buffer state of a producer (split from the catalog so that a field
+/// writer and a catalog lookup can be alive together).
+struct Core {
     cpu: u32,
     buf: Option<Box<[u8]>>,
     pos: usize,
@@ -106,7 +113,6 @@ pub struct Producer {
     tx: Sender<Msg>,
     empty: Receiver<Box<[u8]>>,
     shared: Arc<ProducerShared>,
-    pub(crate) catalog: Arc<Catalog>,
     stats: ProducerStats,
     sent_any: bool,
 }
@@ -127,34 +133,36 @@ impl Producer {
     pub(crate) fn new(i: ProducerInit) -> Self {
         let buf = i.empty.try_recv().ok();
         Producer {
-            cpu: i.cpu,
-            buf,
-            pos: PACKET_HEADER_LEN,
-            size: i.size,
-            ts_begin: 0,
-            last_ts: 0,
-            in_packet: 0,
-            seq: 0,
-            mode: i.mode,
-            header: i.header,
-            uuid: i.uuid,
-            tx: i.tx,
-            empty: i.empty,
-            shared: i.shared,
+            core: Core {
+                cpu: i.cpu,
+                buf,
+                pos: PACKET_HEADER_LEN,
+                size: i.size,
+                ts_begin: 0,
+                last_ts: 0,
+                in_packet: 0,
+                seq: 0,
+                mode: i.mode,
+                header: i.header,
+                uuid: i.uuid,
+                tx: i.tx,
+                empty: i.empty,
+                shared: i.shared,
+                stats: ProducerStats::default(),
+                sent_any: false,
+            },
             catalog: i.catalog,
-            stats: ProducerStats::default(),
-            sent_any: false,
         }
     }
 
     /// The vCPU (stream) this producer writes.
     pub fn cpu(&self) -> u32 {
-        self.cpu
+        self.core.cpu
     }
 
     /// Counters so far.
     pub fn stats(&self) -> ProducerStats {
-        self.stats
+        self.core.stats
     }
 
     /// The catalog events are checked against.
@@ -162,6 +170,104 @@ impl Producer {
         &self.catalog
     }
 
+    /// Reserve room for one event and write its header and context; returns
+    /// the writer of the `payload` bytes that follow, or `None` when the
+    /// event was dropped (discard mode, counted). The caller must write
+    /// exactly `payload` bytes, in the declared field order of event `id`.
+    #[inline]
+    pub fn reserve(
+        &mut self,
+        id: u32,
+        ts: u64,
+        ctx: &TaskCtx,
+        payload: usize,
+    ) -> Result<Option<FieldWriter<'_>>, ProduceError> {
+        self.core.reserve(id, ts, ctx, payload)
+    }
+
+    /// Close the current packet even if partial and hand it to the writer
+    /// (e.g. when the vCPU goes idle, or on a flight-recorder trigger).
+    pub fn flush(&mut self) -> Result<(), ProduceError> {
+        self.core.flush()
+    }
+
+    fn split(&mut self) -> (&mut Core, &Catalog) {
+        (&mut self.core, &self.catalog)
+    }
+    /// Emit an event of the catalog from generic values (user-defined
+    /// probes). Values are checked against the declared field types.
+    pub fn emit(&mut self, id: u32, ts: u64, ctx: &TaskCtx, values: &[Value<'_>]) -> Result<(), ProduceError> {
+        let (core, catalog) = self.split();
+        let decl = catalog.event(id).ok_or(ProduceError::UnknownEvent(id))?;
+        if decl.fields.len() != values.len() {
+            return Err(ProduceError::ArgCount { id, got: values.len(), want: decl.fields.len() });
+        }
+        let mut size = 0usize;
+        for (index, (f, v)) in decl.fields.iter().zip(values).enumerate() {
+            let bad = |expected| ProduceError::BadValue { id, index, expected };
+            size += match (&f.ty, v) {
+                (FieldType::Int { bits, .. }, Value::U(_) | Value::I(_)) => *bits as usize / 8,
+                (FieldType::Int { .. }, _) => return Err(bad("an integer")),
+                (FieldType::Text { len }, Value::Str(_)) => *len as usize,
+                (FieldType::Str, Value::Str(s)) => str_len(s),
+                (FieldType::Text { .. } | FieldType::Str, _) => return Err(bad("a string")),
+                (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) if a.len() <= *len as usize => {
+                    *bits as usize / 8 * *len as usize
+                }
+                (FieldType::IntSeq { bits, .. }, Value::Ints(a)) if a.len() <= 255 => {
+                    1 + *bits as usize / 8 * a.len()
+                }
+                (FieldType::IntArray { .. } | FieldType::IntSeq { .. }, _) => {
+                    return Err(bad("an integer list of the declared length"))
+                }
+            };
+        }
+        let Some(mut w) = core.reserve(id, ts, ctx, size)? else { return Ok(()) };
+        for (f, v) in decl.fields.iter().zip(values) {
+            match (&f.ty, v) {
+                (FieldType::Int { bits, .. }, Value::U(x)) => w.int(*bits, *x),
+                (FieldType::Int { bits, .. }, Value::I(x)) => w.int(*bits, *x as u64),
+                (FieldType::Text { len }, Value::Str(s)) => w.text(s, *len as usize),
+                (FieldType::Str, Value::Str(s)) => w.str(s),
+                (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) => {
+                    for i in 0..*len as usize {
+                        w.int(*bits, a.get(i).copied().unwrap_or(0));
+                    }
+                }
+                (FieldType::IntSeq { bits, .. }, Value::Ints(a)) => {
+                    w.u8(a.len() as u8);
+                    for x in a.iter() {
+                        w.int(*bits, *x);
+                    }
+                }
+                _ => unreachable!("checked above"),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ids(&self) -> &crate::catalog::KernelIds {
+        self.catalog.kernel_ids()
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Close the last partial packet; a stream that never produced an
+        // event still gets one empty packet so that its file is a valid
+        // stream. Errors cannot be reported from drop: the writer is gone
+        // and the stats message below will not arrive either.
+        if self.in_packet > 0 || !self.sent_any {
+            if self.buf.is_none() {
+                let _ = self.empty.try_recv().map(|b| self.buf = Some(b));
+            }
+            let _ = self.close_packet();
+        }
+        let _ = self.tx.send(Msg::Gone { cpu: self.cpu, stats: self.stats });
+    }
+}
+
+impl Core {
     fn header_len(&self, id: u32, ts: u64) -> usize {
         let (id_max, bits) = match self.header {
             HeaderKind::Compact => (31, 27),
@@ -221,7 +327,7 @@ impl Producer {
     /// the writer of the `payload` bytes that follow, or `None` when the
     /// event was dropped (discard mode, counted).
     #[inline]
-    pub fn reserve(
+    fn reserve(
         &mut self,
         id: u32,
         ts: u64,
@@ -312,84 +418,10 @@ impl Producer {
         Ok(Some(FieldWriter::new(&mut out[hlen + EVENT_CTX_LEN..])))
     }
 
-    /// Close the current packet even if partial and hand it to the writer
-    /// (e.g. when the vCPU goes idle, or on a flight-recorder trigger).
-    pub fn flush(&mut self) -> Result<(), ProduceError> {
+    fn flush(&mut self) -> Result<(), ProduceError> {
         if self.in_packet > 0 {
             self.close_packet()?;
         }
         Ok(())
-    }
-
-    /// Emit an event of the catalog from generic values (user-defined
-    /// probes). Values are checked against the declared field types.
-    pub fn emit(&mut self, id: u32, ts: u64, ctx: &TaskCtx, values: &[Value<'_>]) -> Result<(), ProduceError> {
-        let catalog = Arc::clone(&self.catalog);
-        let decl = catalog.event(id).ok_or(ProduceError::UnknownEvent(id))?;
-        if decl.fields.len() != values.len() {
-            return Err(ProduceError::ArgCount { id, got: values.len(), want: decl.fields.len() });
-        }
-        let mut size = 0usize;
-        for (index, (f, v)) in decl.fields.iter().zip(values).enumerate() {
-            let bad = |expected| ProduceError::BadValue { id, index, expected };
-            size += match (&f.ty, v) {
-                (FieldType::Int { bits, .. }, Value::U(_) | Value::I(_)) => *bits as usize / 8,
-                (FieldType::Int { .. }, _) => return Err(bad("an integer")),
-                (FieldType::Text { len }, Value::Str(_)) => *len as usize,
-                (FieldType::Str, Value::Str(s)) => str_len(s),
-                (FieldType::Text { .. } | FieldType::Str, _) => return Err(bad("a string")),
-                (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) if a.len() <= *len as usize => {
-                    *bits as usize / 8 * *len as usize
-                }
-                (FieldType::IntSeq { bits, .. }, Value::Ints(a)) if a.len() <= 255 => {
-                    1 + *bits as usize / 8 * a.len()
-                }
-                (FieldType::IntArray { .. } | FieldType::IntSeq { .. }, _) => {
-                    return Err(bad("an integer list of the declared length"))
-                }
-            };
-        }
-        let Some(mut w) = self.reserve(id, ts, ctx, size)? else { return Ok(()) };
-        for (f, v) in decl.fields.iter().zip(values) {
-            match (&f.ty, v) {
-                (FieldType::Int { bits, .. }, Value::U(x)) => w.int(*bits, *x),
-                (FieldType::Int { bits, .. }, Value::I(x)) => w.int(*bits, *x as u64),
-                (FieldType::Text { len }, Value::Str(s)) => w.text(s, *len as usize),
-                (FieldType::Str, Value::Str(s)) => w.str(s),
-                (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) => {
-                    for i in 0..*len as usize {
-                        w.int(*bits, a.get(i).copied().unwrap_or(0));
-                    }
-                }
-                (FieldType::IntSeq { bits, .. }, Value::Ints(a)) => {
-                    w.u8(a.len() as u8);
-                    for x in a.iter() {
-                        w.int(*bits, *x);
-                    }
-                }
-                _ => unreachable!("checked above"),
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn ids(&self) -> &crate::catalog::KernelIds {
-        self.catalog.kernel_ids()
-    }
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        // Close the last partial packet; a stream that never produced an
-        // event still gets one empty packet so that its file is a valid
-        // stream. Errors cannot be reported from drop: the writer is gone
-        // and the stats message below will not arrive either.
-        if self.in_packet > 0 || !self.sent_any {
-            if self.buf.is_none() {
-                let _ = self.empty.try_recv().map(|b| self.buf = Some(b));
-            }
-            let _ = self.close_packet();
-        }
-        let _ = self.tx.send(Msg::Gone { cpu: self.cpu, stats: self.stats });
     }
 }
