@@ -161,35 +161,27 @@ pub fn locate_plugin() -> Result<PathBuf> {
     )
 }
 
-/// Kernel image → probe plan, from the image alone.
+/// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
+/// BTF, syscall table and metadata), cached by content.
 pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
-    let image = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
-    let vmlinux = if guest_symbols::bzimage::is_bzimage(&image) {
-        guest_symbols::bzimage::payload(&image)?.decompress()?
-    } else {
-        image
+    let cache = crate::cache::root().join("symbols");
+    let _ = std::fs::create_dir_all(&cache);
+    let opts = guest_symbols::OpenOptions {
+        cache_dir: Some(&cache),
+        ..Default::default()
     };
-    let elf = guest_symbols::elf::KernelElf::parse(&vmlinux)?;
-    let ks = guest_symbols::kallsyms::recover(&vmlinux)?;
-    let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut by_addr: BTreeMap<u64, &str> = BTreeMap::new();
-    for s in &ks.symbols {
-        by_name.entry(s.name.as_str()).or_insert(s.addr);
-        if s.name.starts_with("__x64_sys_") {
-            by_addr.insert(s.addr, s.name.as_str());
-        }
-    }
-    let sym = |n: &str| by_name.get(n).copied().unwrap_or(0);
+    let k = guest_symbols::KernelImage::open_with(kernel, &opts)
+        .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
+    let sym = |n: &str| k.symbols.addr(n).unwrap_or(0);
     let need = |n: &str| -> Result<u64> {
-        by_name
-            .get(n)
-            .copied()
+        k.symbols
+            .addr(n)
             .with_context(|| format!("symbol {n} not in the image's kallsyms"))
     };
     let symbols = Symbols {
         linux_banner: need("linux_banner")?,
         entry_syscall_64: sym("entry_SYSCALL_64"),
-        entry_syscall_64_size: 0,
+        entry_syscall_64_size: k.symbols.size_of("entry_SYSCALL_64").unwrap_or(0),
         do_syscall_64: need("do_syscall_64")?,
         switch_to: need("__switch_to")?,
         try_to_wake_up: sym("try_to_wake_up"),
@@ -200,46 +192,37 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         sysvec_apic_timer_interrupt: sym("sysvec_apic_timer_interrupt"),
         init_task: need("init_task")?,
     };
-    // The banner as the image holds it ("Linux version <release> (...").
-    let aspace = elf.address_space();
-    let banner = aspace
-        .cstr(&vmlinux, symbols.linux_banner, 256)
-        .context("reading linux_banner from the image")?;
-    let release = banner
-        .strip_prefix("Linux version ")
-        .and_then(|r| r.split_whitespace().next())
-        .context("linux_banner does not start with \"Linux version\"")?
-        .to_string();
-    let btf = elf
-        .section_data(&vmlinux, ".BTF")
-        .context("the image has no .BTF section")?;
-    let btf = mini_btf::Btf::parse(btf).context("parsing .BTF")?;
-    let offsets = offsets_from_btf(&btf, &by_name)?;
-    // Syscall numbers: the kernel's own sys_call_table (pointers to __x64_sys_*).
-    let mut syscalls = Vec::new();
-    let table = sym("sys_call_table");
-    for nr in 0..1024u32 {
-        let Some(p) = aspace.u64(&vmlinux, table + u64::from(nr) * 8) else {
-            break;
-        };
-        let Some(name) = by_addr.get(&p) else { break };
-        let name = &name["__x64_sys_".len()..];
-        if name == "ni_syscall" {
-            continue;
-        }
-        syscalls.push(Syscall {
-            nr,
-            name: name.to_string(),
-            args: Vec::new(),
-            string_args: string_args_of(name),
-        });
-    }
-    if table == 0 || syscalls.is_empty() {
+    let offsets = offsets_from_btf(&k.types, &k.symbols)?;
+    // Unimplemented slots (sys_ni_syscall) are left out; a name is declared once.
+    let mut seen = std::collections::HashSet::new();
+    let syscalls: Vec<Syscall> = k
+        .syscalls
+        .entries
+        .iter()
+        .filter(|sc| !sc.name.contains("ni_syscall"))
+        .filter(|sc| seen.insert(sc.name.clone()))
+        .map(|sc| {
+            let args = sc.args.as_deref().unwrap_or(&[]);
+            Syscall {
+                nr: sc.nr,
+                name: sc.name.clone(),
+                args: args.iter().map(|a| a.name.clone()).collect(),
+                arg_types: args.iter().map(|a| a.type_name.clone()).collect(),
+                string_args: args
+                    .iter()
+                    .enumerate()
+                    .take(6)
+                    .filter(|(_, a)| is_user_string(&a.type_name, &a.name))
+                    .fold(0u8, |m, (i, _)| m | 1 << i),
+            }
+        })
+        .collect();
+    if syscalls.is_empty() {
         bail!("no syscall table in the image");
     }
     Ok(ProbePlan {
-        banner_prefix: format!("Linux version {release} "),
-        kernel_release: release,
+        banner_prefix: format!("Linux version {} ", k.release),
+        kernel_release: k.release.clone(),
         symbols,
         offsets,
         syscalls,
@@ -247,36 +230,33 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
     })
 }
 
-/// Which arguments are user path strings (until guest_symbols exports the
-/// kernel's syscall metadata with argument types).
-fn string_args_of(name: &str) -> u8 {
-    match name {
-        "open" | "creat" | "execve" | "stat" | "lstat" | "access" | "chdir" | "mkdir" | "rmdir"
-        | "unlink" | "readlink" | "chmod" | "chown" | "truncate" => 1,
-        "openat" | "execveat" | "newfstatat" | "faccessat" | "faccessat2" | "mkdirat"
-        | "unlinkat" | "readlinkat" | "fchmodat" | "statx" => 2,
-        _ => 0,
-    }
+/// A NUL-terminated user string argument (paths and names; `buf` of
+/// write-like calls is data, not a string).
+fn is_user_string(type_name: &str, name: &str) -> bool {
+    type_name.contains("const char") && type_name.matches('*').count() == 1 && name != "buf"
 }
 
-fn offsets_from_btf(btf: &mini_btf::Btf, syms: &BTreeMap<&str, u64>) -> Result<Offsets> {
+fn offsets_from_btf(
+    btf: &guest_symbols::KernelTypes,
+    syms: &guest_symbols::KernelSymbols,
+) -> Result<Offsets> {
     let m = |s: &str, f: &str| -> Result<u64> {
         btf.member_offset(s, f)
             .with_context(|| format!("BTF has no {s}.{f}"))
     };
-    let (task_state, task_state_size) = match btf.member_offset("task_struct", "__state") {
-        Some(o) => (o, 4),
+    let (task_state, task_state_size) = match btf.member("task_struct", "__state") {
+        Some(mem) => (mem.offset, mem.size.clamp(4, 8)),
         None => (m("task_struct", "state")?, 8),
     };
-    // ≥ 6.2 (and some backports): pcpu_hot.current_task; else the per-cpu
+    // >= 6.2 (and some backports): pcpu_hot.current_task; else the per-cpu
     // variable current_task. Per-cpu symbols are offsets in the per-cpu area.
     let percpu_current_task = match (
-        syms.get("pcpu_hot"),
+        syms.addr("pcpu_hot"),
         btf.member_offset("pcpu_hot", "current_task"),
     ) {
-        (Some(&base), Some(off)) => base + off,
-        _ => *syms
-            .get("current_task")
+        (Some(base), Some(off)) => base + off,
+        _ => syms
+            .addr("current_task")
             .context("neither pcpu_hot nor current_task in kallsyms")?,
     };
     Ok(Offsets {
@@ -333,123 +313,4 @@ fn summarize(out: &Path, _plan: &ProbePlan) -> Result<Summary> {
         }
     }
     Ok(s)
-}
-
-/// A minimal BTF reader: struct member offsets by name (nested with dots).
-mod mini_btf {
-    use std::collections::HashMap;
-
-    pub struct Btf {
-        /// type id → (kind, name, size_or_type, members (name, type, bit offset))
-        types: Vec<(u32, String, u32, Vec<(String, u32, u64)>)>,
-        structs: HashMap<String, u32>,
-    }
-
-    fn u32_at(d: &[u8], o: usize) -> Option<u32> {
-        Some(u32::from_le_bytes(d.get(o..o + 4)?.try_into().ok()?))
-    }
-
-    impl Btf {
-        pub fn parse(d: &[u8]) -> Option<Btf> {
-            if d.get(0..2)? != [0x9f, 0xeb] {
-                return None;
-            }
-            let hdr = u32_at(d, 4)? as usize;
-            let (toff, tlen) = (u32_at(d, 8)? as usize, u32_at(d, 12)? as usize);
-            let soff = u32_at(d, 16)? as usize;
-            let types_d = d.get(hdr + toff..hdr + toff + tlen)?;
-            let strs = d.get(hdr + soff..)?;
-            let name = |off: u32| -> String {
-                let s = strs.get(off as usize..).unwrap_or(&[]);
-                let n = s.iter().position(|&c| c == 0).unwrap_or(0);
-                String::from_utf8_lossy(&s[..n]).into_owned()
-            };
-            let mut types = vec![(0, String::new(), 0, Vec::new())];
-            let mut structs = HashMap::new();
-            let mut o = 0usize;
-            while o + 12 <= types_d.len() {
-                let (name_off, info, st) = (
-                    u32_at(types_d, o)?,
-                    u32_at(types_d, o + 4)?,
-                    u32_at(types_d, o + 8)?,
-                );
-                let kind = (info >> 24) & 0x1f;
-                let vlen = (info & 0xffff) as usize;
-                let kflag = info >> 31 == 1;
-                o += 12;
-                let mut members = Vec::new();
-                let extra = match kind {
-                    1 | 14 | 17 => 4,
-                    3 => 12,
-                    4 | 5 => {
-                        for i in 0..vlen {
-                            let m = o + i * 12;
-                            let off = u32_at(types_d, m + 8)?;
-                            let bits = if kflag { off & 0xff_ffff } else { off };
-                            members.push((
-                                name(u32_at(types_d, m)?),
-                                u32_at(types_d, m + 4)?,
-                                u64::from(bits),
-                            ));
-                        }
-                        vlen * 12
-                    }
-                    6 | 13 => vlen * 8,
-                    15 | 19 => vlen * 12,
-                    _ => 0,
-                };
-                o += extra;
-                let id = types.len() as u32;
-                let n = name(name_off);
-                if kind == 4 && !n.is_empty() && !members.is_empty() {
-                    structs.entry(n.clone()).or_insert(id);
-                }
-                types.push((kind, n, st, members));
-            }
-            Some(Btf { types, structs })
-        }
-
-        /// Resolves typedef/volatile/const/restrict/type-tag to the underlying type.
-        fn resolve(&self, mut id: u32) -> u32 {
-            for _ in 0..32 {
-                match self.types.get(id as usize) {
-                    Some((8..=11 | 18, _, next, _)) => id = *next,
-                    _ => break,
-                }
-            }
-            id
-        }
-
-        /// Byte offset of `path` ("a.b.c") in struct `name`; anonymous
-        /// members are searched through.
-        pub fn member_offset(&self, name: &str, path: &str) -> Option<u64> {
-            let mut id = *self.structs.get(name)?;
-            let mut total = 0u64;
-            for part in path.split('.') {
-                let (bits, ty) = self.find(id, part, 0)?;
-                total += bits;
-                id = self.resolve(ty);
-            }
-            Some(total / 8)
-        }
-
-        fn find(&self, id: u32, field: &str, depth: u32) -> Option<(u64, u32)> {
-            let (_, _, _, members) = self.types.get(id as usize)?;
-            for (n, ty, bits) in members {
-                if n == field {
-                    return Some((*bits, *ty));
-                }
-            }
-            if depth < 4 {
-                for (n, ty, bits) in members {
-                    if n.is_empty() {
-                        if let Some((b, t)) = self.find(self.resolve(*ty), field, depth + 1) {
-                            return Some((bits + b, t));
-                        }
-                    }
-                }
-            }
-            None
-        }
-    }
 }

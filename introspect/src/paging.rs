@@ -183,7 +183,8 @@ mod tests {
 
     #[test]
     fn pti_cr3_pair() {
-        assert_eq!(kernel_cr3(0x8000_0000_1234_5806 | 0x1000), 0x1234_5000);
+        assert_eq!(kernel_cr3(0x8000_0000_1234_4806 | 0x1000), 0x1234_4000);
+        assert_eq!(kernel_cr3(0x1234_4000), 0x1234_4000);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Syscall {
     pub nr: u32,
     pub name: String,
     pub args: Vec<String>,
+    /// C types of the arguments, as the kernel's syscall metadata gives them.
+    #[serde(default)]
+    pub arg_types: Vec<String>,
     /// Bit i set: argument i is a user string (`const char __user *`).
     pub string_args: u8,
 }

@@ -5,6 +5,7 @@
 //! `introspect::codec`) and `plugin.json` (what the plugin found and did).
 //! QEMU's stderr is not used: it is unreliable for plugins.
 
+pub mod ctf;
 mod slots;
 mod vcpu;
 
@@ -40,6 +41,8 @@ struct Global {
     hits: AtomicU64,
     reg_names: Mutex<Vec<String>>,
     notes: Mutex<Vec<String>>,
+    writer: Mutex<Option<ltt_writer::TraceWriter>>,
+    producers: Mutex<Vec<Option<ltt_writer::Producer>>>,
 }
 
 static G: OnceLock<Global> = OnceLock::new();
@@ -136,6 +139,11 @@ fn statedump(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
     let cpu = rt.ctx.vcpu_index_pub();
     let mut recs = Vec::new();
     for_each_task(&rt.ctx, k, |t, ppid| recs.push((*t, ppid)));
+    let cur = rt.rec.current;
+    let tctx = ltt_writer::TaskCtx::new(cur.pid, cur.tid, &cur.comm);
+    if let Some(p) = rt.producer.as_mut() {
+        let _ = p.lttng_statedump_start(ts, &tctx);
+    }
     for (task, ppid) in recs {
         rt.rec = Record {
             cpu,
@@ -144,6 +152,9 @@ fn statedump(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
             event: Event::Statedump { task, ppid },
         };
         rt.emit();
+    }
+    if let Some(p) = rt.producer.as_mut() {
+        let _ = p.lttng_statedump_end(ts, &tctx);
     }
 }
 
@@ -175,6 +186,30 @@ impl Register for Hv {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let ncpus = info
+            .system
+            .as_ref()
+            .map(|s| s.smp_vcpus)
+            .unwrap_or(1)
+            .clamp(1, max as i64) as u32;
+        let (writer, producers) = if out.is_empty() {
+            (None, Vec::new())
+        } else {
+            let catalog = ctf::catalog_checked(&plan).unwrap_or_else(|e| {
+                let _ = std::fs::write(format!("{out}/plugin-error"), format!("catalog: {e}\n"));
+                ctf::catalog(&ProbePlan::default())
+            });
+            let mut cfg = ltt_writer::TraceConfig::new(ncpus, catalog);
+            cfg.env.kernel_release = plan.kernel_release.clone();
+            cfg.clock_offset_ns = epoch_unix_ns;
+            match ltt_writer::TraceWriter::create(std::path::Path::new(&out), cfg) {
+                Ok((w, p)) => (Some(w), p.into_iter().map(Some).collect()),
+                Err(e) => {
+                    let _ = std::fs::write(format!("{out}/plugin-error"), format!("{e}\n"));
+                    (None, Vec::new())
+                }
+            }
+        };
         let _ = G.set(Global {
             plan,
             kernel: OnceLock::new(),
@@ -186,6 +221,8 @@ impl Register for Hv {
             hits: AtomicU64::new(0),
             reg_names: Mutex::new(Vec::new()),
             notes: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+            producers: Mutex::new(producers),
         });
         qemu_plugin_register_atexit_cb(id, |_| at_exit())?;
         Ok(())
@@ -222,6 +259,12 @@ impl HasCallbacks for Hv {
                     event: Event::IrqExit { irq: 0, ret: 0 },
                 },
                 out,
+                producer: g
+                    .producers
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.get_mut(vcpu as usize).and_then(Option::take)),
+                ctf_errors: 0,
                 events: 0,
                 write_errors: 0,
                 by_kind: [0; 16],
@@ -293,12 +336,30 @@ fn at_exit() {
         // SAFETY: QEMU calls the exit hook after all vCPUs stopped.
         if let Some(rt) = unsafe { slot.get() }.as_mut() {
             rt.flush();
+            // Dropping the producer closes its last packet.
+            rt.producer = None;
             per_cpu.push(format!(
-                "{{\"cpu\":{i},\"events\":{},\"write_errors\":{},\"by_kind\":{:?}}}",
-                rt.events, rt.write_errors, rt.by_kind
+                "{{\"cpu\":{i},\"events\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?}}}",
+                rt.events, rt.write_errors, rt.ctf_errors, rt.by_kind
             ));
         }
     }
+    if let Ok(mut p) = g.producers.lock() {
+        p.clear();
+    }
+    let ctf = match g.writer.lock().ok().and_then(|mut w| w.take()) {
+        Some(w) => match w.finish() {
+            Ok(r) => format!(
+                "{{\"events\":{},\"discarded\":{},\"packets\":{},\"bytes\":{}}}",
+                r.events(),
+                r.discarded(),
+                r.packets_written,
+                r.bytes_written
+            ),
+            Err(e) => format!("{{\"error\":{:?}}}", e.to_string()),
+        },
+        None => "null".to_string(),
+    };
     if g.plan.out_dir.is_empty() {
         return;
     }
@@ -306,7 +367,7 @@ fn at_exit() {
     let regs = g.reg_names.lock().map(|r| r.join(" ")).unwrap_or_default();
     let notes = g.notes.lock().map(|n| n.clone()).unwrap_or_default();
     let json = format!(
-        "{{\"slide\":{slide},\"epoch_unix_ns\":{},\"hits\":{},\"cpus\":[{}],\"registers\":{:?},\"notes\":{:?}}}\n",
+        "{{\"slide\":{slide},\"ctf\":{ctf},\"epoch_unix_ns\":{},\"hits\":{},\"cpus\":[{}],\"registers\":{:?},\"notes\":{:?}}}\n",
         g.epoch_unix_ns,
         g.hits.load(Ordering::Relaxed),
         per_cpu.join(","),

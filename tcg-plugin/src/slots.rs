@@ -19,6 +19,8 @@ pub struct VcpuRuntime {
     pub state: VcpuState,
     pub rec: Record,
     pub out: Option<BufWriter<File>>,
+    pub producer: Option<ltt_writer::Producer>,
+    pub ctf_errors: u64,
     pub events: u64,
     pub write_errors: u64,
     pub by_kind: [u64; 16],
@@ -34,6 +36,11 @@ impl VcpuRuntime {
         if let Some(w) = self.out.as_mut() {
             if w.write_all(&buf[..n]).is_err() {
                 self.write_errors += 1;
+            }
+        }
+        if let Some(p) = self.producer.as_mut() {
+            if !crate::ctf::emit(p, &self.rec) {
+                self.ctf_errors += 1;
             }
         }
     }

@@ -1,0 +1,161 @@
+//! Records → lttng-modules events through `ltt_writer` (one producer per vCPU).
+
+use introspect::decode::{Event, Record};
+use introspect::plan::ProbePlan;
+use introspect::Task;
+use ltt_writer::{
+    ArgDir, ArgKind, Catalog, Fork, ProcessState, Producer, SyscallArg, SyscallDecl, TaskCtx,
+    TaskRef, Value,
+};
+
+/// How a syscall argument of C type `ty` is recorded.
+pub fn arg_kind(ty: &str, is_string: bool) -> ArgKind {
+    let t = ty.trim();
+    if is_string {
+        ArgKind::String
+    } else if t.contains('*') {
+        ArgKind::Pointer
+    } else if matches!(
+        t,
+        "int" | "pid_t" | "clockid_t" | "timer_t" | "mqd_t" | "key_t"
+    ) {
+        ArgKind::Signed(32)
+    } else if t.starts_with("unsigned int")
+        || matches!(
+            t,
+            "u32" | "umode_t" | "uid_t" | "gid_t" | "qid_t" | "rwf_t" | "key_serial_t"
+        )
+    {
+        ArgKind::Unsigned(32)
+    } else if matches!(
+        t,
+        "long" | "loff_t" | "off_t" | "ssize_t" | "time_t" | "__kernel_old_time_t"
+    ) {
+        ArgKind::Signed(64)
+    } else {
+        ArgKind::Unsigned(64)
+    }
+}
+
+/// The trace catalog for a plan's syscall table.
+pub fn catalog(plan: &ProbePlan) -> Catalog {
+    catalog_checked(plan)
+        .unwrap_or_else(|_| Catalog::kernel(&[]).unwrap_or_else(|_| Catalog::new()))
+}
+
+/// The catalog, or why the syscall table could not be declared.
+pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog::CatalogError> {
+    let decls: Vec<SyscallDecl> = plan
+        .syscalls
+        .iter()
+        .map(|s| SyscallDecl {
+            nr: s.nr,
+            name: s.name.clone(),
+            args: s
+                .args
+                .iter()
+                .enumerate()
+                .take(6)
+                .map(|(i, name)| SyscallArg {
+                    name: name.clone(),
+                    kind: arg_kind(
+                        s.arg_types.get(i).map(String::as_str).unwrap_or(""),
+                        s.string_args & (1 << i) != 0,
+                    ),
+                    dir: ArgDir::In,
+                })
+                .collect(),
+        })
+        .collect();
+    Catalog::kernel(&decls)
+}
+
+fn task_ref(t: &Task) -> TaskRef<'_> {
+    TaskRef {
+        comm: &t.comm,
+        tid: t.tid,
+        prio: t.prio - 100,
+    }
+}
+
+/// Writes `r` to `p`. Returns false when the writer refused the event.
+pub fn emit(p: &mut Producer, r: &Record) -> bool {
+    let ctx = TaskCtx::new(r.current.pid, r.current.tid, &r.current.comm);
+    let ts = r.ts;
+    let res = match &r.event {
+        Event::SyscallEntry {
+            nr,
+            args,
+            str_arg,
+            string,
+        } => {
+            let s = string.as_str().as_bytes();
+            let mut vals = [Value::U(0); 6];
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = if *str_arg == Some(i as u8) {
+                    Value::Str(s)
+                } else {
+                    Value::U(args[i])
+                };
+            }
+            p.syscall_entry(ts, &ctx, *nr, &vals)
+        }
+        Event::SyscallExit { nr, ret } => p.syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::SchedSwitch { prev, next } => p.sched_switch(
+            ts,
+            &ctx,
+            task_ref(prev),
+            prev.state & 0xffff,
+            task_ref(next),
+        ),
+        Event::SchedWaking { task, target_cpu } => {
+            p.sched_waking(ts, &ctx, task_ref(task), *target_cpu)
+        }
+        Event::ProcessFork { parent, child } => {
+            let vtids = [child.tid];
+            p.sched_process_fork(
+                ts,
+                &ctx,
+                &Fork {
+                    parent_comm: &parent.comm,
+                    parent_tid: parent.tid,
+                    parent_pid: parent.pid,
+                    parent_ns_inum: 0,
+                    child_comm: &child.comm,
+                    child_tid: child.tid,
+                    vtids: &vtids,
+                    child_pid: child.pid,
+                    child_ns_inum: 0,
+                },
+            )
+        }
+        Event::ProcessExec {
+            filename,
+            tid,
+            old_tid,
+        } => p.sched_process_exec(ts, &ctx, filename.as_str().as_bytes(), *tid, *old_tid),
+        Event::ProcessExit { task } => p.sched_process_exit(ts, &ctx, task_ref(task)),
+        Event::IrqEntry { irq, name } => p.irq_handler_entry(ts, &ctx, *irq, name),
+        Event::IrqExit { irq, ret } => p.irq_handler_exit(ts, &ctx, *irq, *ret),
+        Event::Statedump { task, ppid } => {
+            let kthread = task.pid == 0 || task.pid == 2 || *ppid == 2;
+            p.lttng_statedump_process_state(
+                ts,
+                &ctx,
+                &ProcessState {
+                    tid: task.tid,
+                    pid: task.pid,
+                    ppid: *ppid,
+                    name: &task.comm,
+                    kind: i32::from(kthread),
+                    mode: 5,
+                    submode: 0,
+                    status: if task.state == 0 { 2 } else { 5 },
+                    cpu: r.cpu,
+                    file_table_address: 0,
+                },
+            )
+        }
+    };
+    res.is_ok()
+}
