@@ -146,7 +146,8 @@ fn encode(k: &Kernel) -> Vec<u8> {
     w.0
 }
 
-fn decode(b: &[u8]) -> Option<Kernel> {
+/// Decodes a cache entry; `None` if it is corrupt or truncated.
+pub fn decode(b: &[u8]) -> Option<Kernel> {
     let mut r = R(b);
     if r.take(8)? != MAGIC {
         return None;

@@ -1,0 +1,7 @@
+#![no_main]
+//! Decoding cache entries (a cache folder is not trusted either).
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = guest_symbols::cache::decode(data);
+});

@@ -1,0 +1,7 @@
+#![no_main]
+//! kallsyms table recovery on arbitrary bytes.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = guest_symbols::kallsyms::recover(data);
+});
