@@ -310,6 +310,7 @@ impl Vm {
                 dbg: DebugState::default(),
                 cache: RegCache::default(),
                 rf: false,
+                rf_ignored: false,
             };
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))

@@ -167,6 +167,9 @@ pub(crate) struct DebugState {
     sw: HashMap<u64, SwBp>,
     /// Stepping over our int3 at this linear address (re-insert after).
     pub(crate) stepping_over: Option<u64>,
+    /// Exec breakpoint slot lifted while single-stepping over its
+    /// instruction (where KVM ignores RFLAGS.RF, e.g. in its emulator).
+    pub(crate) suppressed: Option<usize>,
     pub(crate) inject: u32,
     pub(crate) dirty: bool,
     pub(crate) dr7: u64,
@@ -180,7 +183,7 @@ impl DebugState {
         }
         let mut dbg = kvm_guest_debug::default();
         let any_hw = self.hw.iter().any(Option::is_some);
-        let step = self.single_step || self.stepping_over.is_some();
+        let step = self.single_step || self.stepping_over.is_some() || self.suppressed.is_some();
         if any_hw || step || !self.sw.is_empty() || self.inject != 0 {
             dbg.control = KVM_GUESTDBG_ENABLE | self.inject;
         }
@@ -189,7 +192,10 @@ impl DebugState {
             for (i, bp) in self.hw.iter().enumerate() {
                 dbg.arch.debugreg[i] = bp.map_or(0, |b| b.addr);
             }
-            dbg.arch.debugreg[7] = self.dr7;
+            dbg.arch.debugreg[7] = match self.suppressed {
+                Some(slot) => self.dr7 & !(3 << (2 * slot)),
+                None => self.dr7,
+            };
         }
         if step {
             dbg.control |= KVM_GUESTDBG_SINGLESTEP;

@@ -109,10 +109,6 @@ impl ExitState {
         }
         self.cond.notify_all();
     }
-
-    pub(crate) fn all_done(&self) -> bool {
-        self.live.load(Ordering::Acquire) == 0
-    }
 }
 
 /// Per-vCPU configuration inputs.
@@ -178,6 +174,8 @@ pub(crate) struct Runner {
     pub(crate) dbg: DebugState,
     pub(crate) cache: RegCache,
     pub(crate) rf: bool,
+    /// KVM was seen ignoring RFLAGS.RF (KVM-PVM's emulator).
+    pub(crate) rf_ignored: bool,
 }
 
 impl Runner {
@@ -317,6 +315,16 @@ impl Runner {
             return end;
         }
         loop {
+            // A kick that raced with the previous exit (or came before the
+            // thread registered for signals) is seen here.
+            if self.shared.kick_pending.load(Ordering::Acquire)
+                && self.shared.kick_pending.swap(false, Ordering::AcqRel)
+            {
+                let a = self.call(DebugEvent::Kick);
+                if let Some(end) = self.act(a) {
+                    return end;
+                }
+            }
             if self.shared.ctl_pending.load(Ordering::Acquire) {
                 if let Some(end) = self.service_control() {
                     return end;
@@ -341,7 +349,11 @@ impl Runner {
                         data.fill(0xff);
                         continue;
                     }
-                    VcpuExit::MmioWrite(..) | VcpuExit::Intr => continue,
+                    VcpuExit::MmioWrite(..) => continue,
+                    VcpuExit::Intr => {
+                        self.fd.set_kvm_immediate_exit(0);
+                        continue;
+                    }
                     VcpuExit::Hlt => return End::Halted,
                     VcpuExit::Shutdown => {
                         return End::Vm(VmExit::TripleFault {
@@ -366,12 +378,6 @@ impl Runner {
                 },
                 Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
-                    if self.shared.kick_pending.swap(false, Ordering::AcqRel) {
-                        let a = self.call(DebugEvent::Kick);
-                        if let Some(end) = self.act(a) {
-                            return end;
-                        }
-                    }
                     continue;
                 }
                 Err(e) if e.errno() == libc::EAGAIN => continue,
@@ -383,15 +389,64 @@ impl Runner {
         }
     }
 
+    /// Arranges to resume past an exec breakpoint: RFLAGS.RF where KVM
+    /// honours it, else single-step over the instruction with the slot
+    /// lifted. False if this exit is a re-fire because RF was ignored (it is
+    /// not reported again).
+    fn exec_hit(&mut self, slot: usize) -> Result<bool, String> {
+        const RF: u64 = 1 << 16;
+        if self.rf_ignored {
+            self.dbg.suppressed = Some(slot);
+            self.dbg.dirty = true;
+            return Ok(true);
+        }
+        let mut r = match self.cache.regs {
+            Some(r) => r,
+            None => self
+                .fd
+                .get_regs()
+                .map_err(|e| format!("KVM_GET_REGS: {e}"))?,
+        };
+        if r.rflags & RF != 0 {
+            // The instruction did not run although RF was set.
+            self.rf_ignored = true;
+            r.rflags &= !RF;
+            self.cache.regs = Some(r);
+            self.cache.dirty = true;
+            self.dbg.suppressed = Some(slot);
+            self.dbg.dirty = true;
+            return Ok(false);
+        }
+        self.cache.regs = Some(r);
+        self.rf = true;
+        Ok(true)
+    }
+
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
         const DR6_BS: u64 = 1 << 14;
         let pc = arch.pc;
+        if std::env::var_os("VMM_TRACE_DEBUG").is_some() {
+            eprintln!("debug exit {arch:?}");
+        }
         let ev = match arch.exception {
             1 => {
                 let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
+                if let Some(slot) = self.dbg.suppressed.take() {
+                    // Stepped over exec breakpoint `slot`: re-arm it.
+                    self.dbg.dirty = true;
+                    if hit.is_none() && !self.dbg.single_step {
+                        return None;
+                    }
+                }
                 if let Some(slot) = hit {
                     let watch = self.dbg.hw[slot].map(|b| b.watch)?;
-                    self.rf = watch == crate::debug::Watch::Exec;
+                    if watch == crate::debug::Watch::Exec {
+                        match self.exec_hit(slot) {
+                            Ok(true) => {}
+                            Ok(false) => return None,
+                            Err(e) => return Some(self.err(e)),
+                        }
+                    }
                     DebugEvent::HwBreakpoint {
                         slot: slot as u8,
                         watch,
