@@ -431,7 +431,7 @@ impl Runner {
         let ev = match arch.exception {
             1 => {
                 let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
-                if let Some(slot) = self.dbg.suppressed.take() {
+                if self.dbg.suppressed.take().is_some() {
                     // Stepped over exec breakpoint `slot`: re-arm it.
                     self.dbg.dirty = true;
                     if hit.is_none() && !self.dbg.single_step {
