@@ -123,15 +123,20 @@ pub fn str_len(s: &[u8]) -> usize {
     str_bytes(s).len() + 1
 }
 
-/// Copy `src` to `dst`, replacing bytes that would make invalid UTF-8 by
-/// `?` (guest memory can hold anything; readers expect UTF-8).
+/// Copy `src` to `dst`, replacing each invalid UTF-8 sequence by `?`
+/// (guest memory can hold anything; readers expect UTF-8).
 #[inline]
 fn copy_text(dst: &mut [u8], src: &[u8]) {
     dst.copy_from_slice(src);
-    if !src.is_ascii() && std::str::from_utf8(src).is_err() {
-        for b in dst.iter_mut().filter(|b| **b >= 0x80) {
-            *b = b'?';
-        }
+    if src.is_ascii() {
+        return;
+    }
+    let mut i = 0;
+    while let Err(e) = std::str::from_utf8(&dst[i..]) {
+        let bad = i + e.valid_up_to();
+        let n = e.error_len().unwrap_or(dst.len() - bad);
+        dst[bad..bad + n].fill(b'?');
+        i = bad + n;
     }
 }
 

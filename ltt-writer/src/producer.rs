@@ -2,7 +2,7 @@
 //! packet. No allocation, no shared lock, no text formatting: a full packet
 //! goes to the writer thread over a channel and an empty one comes back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -39,8 +39,8 @@ pub(crate) enum Mode {
 pub(crate) enum Msg {
     Packet { cpu: u32, buf: Box<[u8]>, len: usize },
     Gone { cpu: u32, stats: ProducerStats },
-    Flushed { cpu: u32 },
-    Trigger,
+    Flushed { cpu: u32, gen: u64 },
+    Trigger { gen: u64 },
     Finish(Option<std::time::Instant>),
 }
 
@@ -87,7 +87,8 @@ pub enum Value<'a> {
 }
 
 pub(crate) struct ProducerShared {
-    pub flush: AtomicBool,
+    /// Flush generation requested by the writer side.
+    pub flush_gen: AtomicU64,
 }
 
 /// Producer of one vCPU's stream. `Send`; use it from one thread.
@@ -115,6 +116,7 @@ struct Core {
     shared: Arc<ProducerShared>,
     stats: ProducerStats,
     sent_any: bool,
+    acked_gen: u64,
 }
 
 pub(crate) struct ProducerInit {
@@ -150,6 +152,7 @@ impl Producer {
                 shared: i.shared,
                 stats: ProducerStats::default(),
                 sent_any: false,
+                acked_gen: 0,
             },
             catalog: i.catalog,
         }
@@ -334,10 +337,11 @@ impl Core {
         ctx: &TaskCtx,
         payload: usize,
     ) -> Result<Option<FieldWriter<'_>>, ProduceError> {
-        if self.shared.flush.load(Ordering::Relaxed) {
-            self.shared.flush.store(false, Ordering::Relaxed);
+        let gen = self.shared.flush_gen.load(Ordering::Relaxed);
+        if gen != self.acked_gen {
+            self.acked_gen = gen;
             self.flush()?;
-            let _ = self.tx.try_send(Msg::Flushed { cpu: self.cpu });
+            let _ = self.tx.try_send(Msg::Flushed { cpu: self.cpu, gen });
         }
         let ts = if ts < self.last_ts {
             self.stats.ts_clamped += 1;

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,7 +117,22 @@ impl TraceReport {
 struct Shared {
     flags: Vec<Arc<ProducerShared>>,
     failed: AtomicBool,
-    triggers: AtomicU64,
+    /// Last flush generation requested.
+    gen: AtomicU64,
+    /// Snapshots written so far.
+    snapshots: AtomicU64,
+}
+
+impl Shared {
+    /// Ask every producer to close its partial packet at its next event;
+    /// returns the generation producers acknowledge.
+    fn request_flush(&self) -> u64 {
+        let g = self.gen.fetch_add(1, Ordering::Relaxed) + 1;
+        for f in &self.flags {
+            f.flush_gen.fetch_max(g, Ordering::Relaxed);
+        }
+        g
+    }
 }
 
 /// Thread-safe, cloneable handle that asks a flight recorder to write its
@@ -131,8 +147,13 @@ impl TriggerHandle {
     /// Request a snapshot; returns false if the writer is gone or busy.
     /// Never blocks.
     pub fn trigger(&self) -> bool {
-        self.shared.triggers.fetch_add(1, Ordering::Relaxed);
-        self.tx.try_send(Msg::Trigger).is_ok()
+        let gen = self.shared.request_flush();
+        self.tx.try_send(Msg::Trigger { gen }).is_ok()
+    }
+
+    /// Number of snapshots written so far.
+    pub fn snapshots(&self) -> u64 {
+        self.shared.snapshots.load(Ordering::Acquire)
     }
 }
 
@@ -197,7 +218,7 @@ impl TraceWriter {
             for _ in 0..pool {
                 let _ = etx.send(vec![0u8; cfg.packet_size].into_boxed_slice());
             }
-            let shared = Arc::new(ProducerShared { flush: AtomicBool::new(false) });
+            let shared = Arc::new(ProducerShared { flush_gen: AtomicU64::new(0) });
             flags.push(Arc::clone(&shared));
             empties.push(etx);
             producers.push(Producer::new(ProducerInit {
@@ -212,7 +233,12 @@ impl TraceWriter {
                 catalog: Arc::clone(&catalog),
             }));
         }
-        let shared = Arc::new(Shared { flags, failed: AtomicBool::new(false), triggers: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            flags,
+            failed: AtomicBool::new(false),
+            gen: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+        });
         let ring = match cfg.policy {
             Policy::FlightRecorder { bytes_per_cpu } => Some((bytes_per_cpu / cfg.packet_size).max(1)),
             _ => None,
@@ -232,7 +258,7 @@ impl TraceWriter {
                 ..Default::default()
             },
             alive: vec![true; n],
-            flush_pending: vec![false; n],
+            acked: vec![0; n],
             error: None,
             lost: 0,
             grace: cfg.trigger_grace,
@@ -251,9 +277,7 @@ impl TraceWriter {
 
     /// Ask every producer to close its partial packet at its next event.
     pub fn request_flush(&self) {
-        for f in &self.shared.flags {
-            f.flush.store(true, Ordering::Relaxed);
-        }
+        self.shared.request_flush();
     }
 
     /// True once a write failed (disk full, I/O error): the CLI may stop.
@@ -308,7 +332,7 @@ struct WriterThread {
     shared: Arc<Shared>,
     report: TraceReport,
     alive: Vec<bool>,
-    flush_pending: Vec<bool>,
+    acked: Vec<u64>,
     error: Option<WriteError>,
     lost: u64,
     grace: Duration,
@@ -317,35 +341,30 @@ struct WriterThread {
 impl WriterThread {
     fn run(mut self) -> Result<TraceReport, WriteError> {
         let mut finish: Option<Option<Instant>> = None;
-        let mut trigger_at: Option<Instant> = None;
+        let mut trigger: Option<(u64, Instant)> = None;
         loop {
             if finish.is_some() && !self.alive.iter().any(|a| *a) {
                 break;
             }
-            let deadline = [trigger_at, finish.flatten()].into_iter().flatten().min();
+            let deadline = [trigger.map(|t| t.1), finish.flatten()].into_iter().flatten().min();
             let msg = match deadline {
                 Some(d) => self.rx.recv_deadline(d),
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Packet { cpu, buf, len }) => {
-                    self.flush_pending[cpu as usize] = false;
-                    self.on_packet(cpu as usize, buf, len);
-                }
+                Ok(Msg::Packet { cpu, buf, len }) => self.on_packet(cpu as usize, buf, len),
                 Ok(Msg::Gone { cpu, stats }) => {
                     self.alive[cpu as usize] = false;
-                    self.flush_pending[cpu as usize] = false;
                     self.report.per_cpu[cpu as usize] = stats;
                 }
-                Ok(Msg::Flushed { cpu }) => self.flush_pending[cpu as usize] = false,
-                Ok(Msg::Trigger) if self.ring_cap > 0 && trigger_at.is_none() => {
-                    for (i, f) in self.shared.flags.iter().enumerate() {
-                        f.flush.store(true, Ordering::Relaxed);
-                        self.flush_pending[i] = self.alive[i];
-                    }
-                    trigger_at = Some(Instant::now() + self.grace);
+                Ok(Msg::Flushed { cpu, gen }) => {
+                    let a = &mut self.acked[cpu as usize];
+                    *a = (*a).max(gen);
                 }
-                Ok(Msg::Trigger) => {}
+                Ok(Msg::Trigger { gen }) if self.ring_cap > 0 && trigger.is_none() => {
+                    trigger = Some((gen, Instant::now() + self.grace));
+                }
+                Ok(Msg::Trigger { .. }) => {}
                 Ok(Msg::Finish(d)) => finish = Some(d),
                 Err(RecvTimeoutError::Timeout) => {
                     if finish.flatten().is_some_and(|d| Instant::now() >= d) {
@@ -354,15 +373,17 @@ impl WriterThread {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if trigger_at.is_some()
-                && (!self.flush_pending.iter().any(|p| *p) || trigger_at.is_some_and(|t| Instant::now() >= t))
-            {
-                trigger_at = None;
-                let n = self.report.snapshots.len();
-                let dir = self.out.dir.join(format!("snapshot-{n}")).join("kernel");
-                match self.dump(&dir) {
-                    Ok(()) => self.report.snapshots.push(dir),
-                    Err(e) => self.fail(e),
+            if let Some((gen, at)) = trigger {
+                let all_acked = (0..self.alive.len()).all(|c| !self.alive[c] || self.acked[c] >= gen);
+                if all_acked || Instant::now() >= at {
+                    trigger = None;
+                    let n = self.report.snapshots.len();
+                    let dir = self.out.dir.join(format!("snapshot-{n}")).join("kernel");
+                    match self.dump(&dir) {
+                        Ok(()) => self.report.snapshots.push(dir),
+                        Err(e) => self.fail(e),
+                    }
+                    self.shared.snapshots.fetch_add(1, Ordering::Release);
                 }
             }
         }

@@ -42,12 +42,20 @@ def main(path):
             out = {"t": "discarded_packets", "count": msg.count}
         elif type(msg) is bt2._PacketBeginningMessageConst:
             out = {"t": "packet", "ctx": conv(msg.packet.context_field)}
-            if msg.stream.cls.packets_have_beginning_default_clock_snapshot:
+            if msg.packet.stream.cls.packets_have_beginning_default_clock_snapshot:
                 out["begin"] = msg.default_clock_snapshot.value
         elif type(msg) is bt2._PacketEndMessageConst:
             out = {"t": "packet_end", "ctx": conv(msg.packet.context_field)}
-            if msg.stream.cls.packets_have_end_default_clock_snapshot:
+            if msg.packet.stream.cls.packets_have_end_default_clock_snapshot:
                 out["end"] = msg.default_clock_snapshot.value
+        elif type(msg) is bt2._StreamBeginningMessageConst:
+            cc = msg.stream.cls.default_clock_class
+            env = {k: (int(v) if isinstance(v, bt2._IntegerValueConst) else str(v))
+                   for k, v in msg.stream.trace.environment.items()}
+            out = {"t": "stream", "name": msg.stream.name or "", "env": env,
+                   "clock": {"name": cc.name, "freq": cc.frequency,
+                             "offset_s": cc.offset.seconds, "offset_cycles": cc.offset.cycles,
+                             "unix_epoch": cc.origin_is_unix_epoch}}
         else:
             continue
         print(json.dumps(out))
