@@ -200,12 +200,12 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         .entries
         .iter()
         .filter(|sc| !sc.name.contains("ni_syscall"))
-        .filter(|sc| seen.insert(sc.name.clone()))
+        .filter(|sc| seen.insert(syscall_name(&sc.name).to_string()))
         .map(|sc| {
             let args = sc.args.as_deref().unwrap_or(&[]);
             Syscall {
                 nr: sc.nr,
-                name: sc.name.clone(),
+                name: syscall_name(&sc.name).to_string(),
                 args: args.iter().map(|a| a.name.clone()).collect(),
                 arg_types: args.iter().map(|a| a.type_name.clone()).collect(),
                 string_args: args
@@ -228,6 +228,12 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         syscalls,
         ..ProbePlan::default()
     })
+}
+
+/// The syscall's own name: argument-less syscalls' handlers alias
+/// `__do_sys_<name>`, which guest_symbols may report instead.
+fn syscall_name(name: &str) -> &str {
+    name.strip_prefix("__do_sys_").unwrap_or(name)
 }
 
 /// A NUL-terminated user string argument (paths and names; `buf` of
