@@ -55,18 +55,7 @@ impl W<'_> {
 /// Encodes `r` into `buf`; returns the number of bytes used.
 pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
     let mut w = W { buf, at: 2 };
-    let tag = match r.event {
-        Event::SyscallEntry { .. } => 0,
-        Event::SyscallExit { .. } => 1,
-        Event::SchedSwitch { .. } => 2,
-        Event::SchedWaking { .. } => 3,
-        Event::ProcessFork { .. } => 4,
-        Event::ProcessExec { .. } => 5,
-        Event::ProcessExit { .. } => 6,
-        Event::IrqEntry { .. } => 7,
-        Event::IrqExit { .. } => 8,
-        Event::Statedump { .. } => 9,
-    };
+    let tag = r.event_tag();
     w.u8(tag);
     w.put(&r.cpu.to_le_bytes());
     w.u64(r.ts);

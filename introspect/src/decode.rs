@@ -147,6 +147,24 @@ pub struct Record {
     pub event: Event,
 }
 
+impl Record {
+    /// A small integer naming the event's kind (the codec's tag).
+    pub fn event_tag(&self) -> u8 {
+        match self.event {
+            Event::SyscallEntry { .. } => 0,
+            Event::SyscallExit { .. } => 1,
+            Event::SchedSwitch { .. } => 2,
+            Event::SchedWaking { .. } => 3,
+            Event::ProcessFork { .. } => 4,
+            Event::ProcessExec { .. } => 5,
+            Event::ProcessExit { .. } => 6,
+            Event::IrqEntry { .. } => 7,
+            Event::IrqExit { .. } => 8,
+            Event::Statedump { .. } => 9,
+        }
+    }
+}
+
 /// Per-vCPU decoder state (owned by the vCPU's thread).
 #[derive(Debug, Clone, Default)]
 pub struct VcpuState {

@@ -1,0 +1,225 @@
+//! Decoders, task walks and slide discovery on random and hostile guest
+//! memory: they must neither panic nor loop, and mark what they cannot read.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use introspect::codec::{decode as decode_rec, decode_all, encode, MAX_RECORD};
+use introspect::decode::{GuestStr, SyscallStrings};
+use introspect::kernel::{find_slide, Kernel};
+use introspect::plan::Offsets;
+use introspect::task::{for_each_task, read_task, MAX_TASKS};
+use introspect::{decode, Event, MemError, ProbeKind, Record, Reg, Task, VcpuContext, VcpuState};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Guest memory whose every byte is a hash of its address and a seed;
+/// pages whose hash says so are unmapped. Counts reads.
+struct RandomGuest {
+    seed: u64,
+    regs: [u64; 19],
+    reads: Cell<u64>,
+    overrides: HashMap<u64, u8>,
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+impl VcpuContext for RandomGuest {
+    fn read_reg(&self, reg: Reg) -> u64 {
+        self.regs[reg as usize]
+    }
+    fn read_virt(&self, va: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.reads.set(self.reads.get() + 1);
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = va.wrapping_add(i as u64);
+            if mix((a >> 12) ^ self.seed) % 4 == 0 {
+                return Err(MemError::Unmapped(a));
+            }
+            *b = match self.overrides.get(&a) {
+                Some(v) => *v,
+                None => mix(a ^ self.seed.rotate_left(7)) as u8,
+            };
+        }
+        Ok(())
+    }
+    fn read_phys(&self, _pa: u64, _buf: &mut [u8]) -> Result<(), MemError> {
+        Err(MemError::Unsupported)
+    }
+    fn vcpu_index(&self) -> u32 {
+        0
+    }
+}
+
+fn kernel(rng: &mut Rng) -> Kernel {
+    let mut small = || rng.next() % 4096;
+    Kernel {
+        slide: 0,
+        init_task: 0xffff_ffff_8200_0000 | (small() << 3),
+        off: Offsets {
+            task_pid: small(),
+            task_tgid: small(),
+            task_comm: small(),
+            task_prio: small(),
+            task_state: small(),
+            task_state_size: 4,
+            task_real_parent: small(),
+            task_tasks: small(),
+            task_cpu: small(),
+            percpu_current_task: small(),
+            binprm_filename: small(),
+            irq_desc_irq: small(),
+            irq_desc_action: small(),
+            irqaction_name: small(),
+        },
+    }
+}
+
+const KINDS: [ProbeKind; 9] = [
+    ProbeKind::SyscallEntry,
+    ProbeKind::SyscallExit,
+    ProbeKind::SchedSwitch,
+    ProbeKind::SchedWaking,
+    ProbeKind::ProcessFork,
+    ProbeKind::ProcessExec,
+    ProbeKind::ProcessExit,
+    ProbeKind::IrqEntry,
+    ProbeKind::IrqExit,
+];
+
+#[test]
+fn decoders_survive_random_memory_and_roundtrip_through_the_codec() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let strings = vec![0xffu8; 512];
+    let mut st = VcpuState::default();
+    for round in 0..3000 {
+        let mut regs = [0u64; 19];
+        for r in regs.iter_mut() {
+            // kernel-looking, user-looking and garbage values
+            *r = match rng.next() % 3 {
+                0 => 0xffff_8880_0000_0000 | (rng.next() & 0xffff_ffff),
+                1 => rng.next() & 0x7fff_ffff_ffff,
+                _ => rng.next(),
+            };
+        }
+        let g = RandomGuest {
+            seed: rng.next(),
+            regs,
+            reads: Cell::new(0),
+            overrides: HashMap::new(),
+        };
+        let k = kernel(&mut rng);
+        let kind = KINDS[round % KINDS.len()];
+        let mut rec = Record {
+            cpu: 0,
+            ts: 0,
+            current: Task::UNKNOWN,
+            event: Event::IrqExit { irq: 0, ret: 0 },
+        };
+        if decode(kind, &g, &k, &SyscallStrings(&strings), &mut st, &mut rec) {
+            // bounded work per trap
+            assert!(g.reads.get() < 200, "{kind:?}: {} reads", g.reads.get());
+            let mut buf = [0u8; MAX_RECORD];
+            let n = encode(&rec, &mut buf);
+            let (back, used) = decode_rec(&buf[..n]).expect("own encoding decodes");
+            assert_eq!(used, n);
+            assert_eq!(back.event_tag(), rec.event_tag());
+            assert_eq!(back.current.tid, rec.current.tid);
+        }
+        // a random task list stops within the cap
+        let walked = for_each_task(&g, &k, |_, _| {});
+        assert!(walked <= MAX_TASKS);
+        let _ = read_task(&g, &k, regs[0]);
+        let _ = GuestStr::read(&g, regs[1]);
+        let _ = find_slide(&g, 0xffff_ffff_8200_0000, b"Linux version 6.1.0 ");
+    }
+}
+
+#[test]
+fn codec_rejects_garbage_without_panicking() {
+    let mut rng = Rng(42);
+    for _ in 0..20_000 {
+        let len = (rng.next() % 600) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let _ = decode_rec(&bytes);
+        let (recs, used) = decode_all(&bytes);
+        assert!(used <= bytes.len());
+        assert!(recs.len() <= bytes.len() / 3 + 1);
+    }
+}
+
+/// A task list that loops back to its second element (not the head) ends
+/// after a bounded number of steps.
+#[test]
+fn cyclic_task_list_terminates() {
+    let mut rng = Rng(7);
+    let k = kernel(&mut rng);
+    let tasks_off = k.off.task_tasks;
+    let nodes = [
+        k.init_task,
+        k.init_task + 0x10000,
+        k.init_task + 0x20000,
+        k.init_task + 0x30000,
+    ];
+    let mut ov = HashMap::new();
+    // 0 -> 1 -> 2 -> 3 -> 1 ...
+    let next = [1usize, 2, 3, 1];
+    for (i, &n) in nodes.iter().enumerate() {
+        let link = nodes[next[i]] + tasks_off;
+        for (j, b) in link.to_le_bytes().iter().enumerate() {
+            ov.insert(n + tasks_off + j as u64, *b);
+        }
+    }
+    let mut seen = 0;
+    for seed in 0..64u64 {
+        let g = RandomGuest {
+            seed,
+            regs: [0; 19],
+            reads: Cell::new(0),
+            overrides: ov.clone(),
+        };
+        let n = for_each_task(&g, &k, |_, _| {});
+        assert!(n <= 16, "walked {n} tasks of a 4-node cycle");
+        seen = seen.max(n);
+    }
+    assert!(seen >= 4, "some seed maps every node");
+}
+
+#[test]
+fn slide_found_from_banner() {
+    let mut ov = HashMap::new();
+    let banner = b"Linux version 6.1.0-56-amd64 (x)";
+    let link = 0xffff_ffff_8216_1900u64;
+    let slide = 0x20c0_0000u64;
+    for (i, b) in banner.iter().enumerate() {
+        ov.insert(link + slide + i as u64, *b);
+    }
+    for seed in 0..64u64 {
+        let g = RandomGuest {
+            seed,
+            regs: [0; 19],
+            reads: Cell::new(0),
+            overrides: ov.clone(),
+        };
+        if g.read_virt(link + slide, &mut [0u8; 32]).is_ok() {
+            assert_eq!(
+                find_slide(&g, link, b"Linux version 6.1.0-56-amd64 "),
+                Ok(slide)
+            );
+            return;
+        }
+    }
+    panic!("no seed mapped the banner page");
+}
