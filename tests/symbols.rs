@@ -284,6 +284,72 @@ fn cli_prints_system_map_and_caches_by_build_id() {
     std::fs::remove_dir_all(&cache).unwrap();
 }
 
+/// The other input kinds give the same table as the bzImage: the extracted
+/// ELF vmlinux, a gzip-compressed vmlinux, a raw `objcopy -O binary`-style
+/// image (sections laid out from `_text`), and a System.map.
+#[test]
+fn elf_compressed_raw_and_system_map_inputs_agree() {
+    use guest_symbols::{ImageFormat, OpenOptions, SymbolSource};
+    use std::io::Write;
+    let (k, elf_bytes) = open("6.1");
+    let same = |other: &Kernel, what: &str| {
+        assert_eq!(other.symbols.len(), k.symbols.len(), "{what}");
+        assert!(other.symbols.iter().eq(k.symbols.iter()), "{what}");
+        assert_eq!(other.build_id, k.build_id, "{what}");
+        assert_eq!(other.release, k.release, "{what}");
+    };
+    let e = KernelImage::from_bytes(&elf_bytes).unwrap();
+    assert_eq!(e.format, ImageFormat::Elf);
+    same(&e, "elf");
+    assert_eq!(e.syscalls.entries, k.syscalls.entries);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&elf_bytes).unwrap();
+    let g = KernelImage::from_bytes(&gz.finish().unwrap()).unwrap();
+    assert_eq!(
+        g.format,
+        ImageFormat::Compressed(guest_symbols::bzimage::Compression::Gzip)
+    );
+    same(&g, "gzip");
+
+    let elf = KernelElf::parse(&elf_bytes).unwrap();
+    let text = k.symbols.addr("_text").unwrap();
+    let mut raw = Vec::new();
+    for s in elf
+        .sections
+        .iter()
+        .filter(|s| !s.nobits && s.flags & 2 != 0 && s.vaddr >= text)
+    {
+        let at = (s.vaddr - text) as usize;
+        if raw.len() < at + s.size {
+            raw.resize(at + s.size, 0);
+        }
+        raw[at..at + s.size].copy_from_slice(&elf_bytes[s.offset..s.offset + s.size]);
+    }
+    let r = KernelImage::from_bytes(&raw).unwrap();
+    assert_eq!(r.format, ImageFormat::Raw);
+    same(&r, "raw");
+    assert_eq!(r.syscalls.entries, k.syscalls.entries);
+    assert_eq!(
+        r.types.struct_size("task_struct"),
+        k.types.struct_size("task_struct")
+    );
+
+    let dir = temp_dir("sysmap");
+    let map = dir.join("System.map");
+    let mut text_map = Vec::new();
+    k.symbols.write_system_map(&mut text_map).unwrap();
+    std::fs::write(&map, &text_map).unwrap();
+    let opts = OpenOptions {
+        cache_dir: None,
+        system_map: Some(&map),
+    };
+    let m = KernelImage::open_with(vmlinuz("6.1"), &opts).unwrap();
+    assert_eq!(m.symbols.source, Some(SymbolSource::SystemMap));
+    same(&m, "System.map");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Corrupted real images: errors, never panics (the library is called
 /// in-process, so a panic fails the test).
 #[test]

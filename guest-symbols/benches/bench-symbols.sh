@@ -28,7 +28,7 @@ if [ -z "$image" ]; then
     image="$("$hvtrace" image build --kernel-line 6.1 | tail -n1)/vmlinuz"
 fi
 
-if "$hvtrace" symbols --help >/dev/null 2>&1; then
+if "$hvtrace" symbols --help 2>/dev/null | grep -q -- --no-cache; then
     ours=("$hvtrace" symbols --no-cache "$image")
 else
     (cd "$root" && cargo build --release -q -p guest-symbols --example probe >&2)
