@@ -254,7 +254,7 @@ pub fn build_id_from_notes(notes: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -277,6 +277,114 @@ mod tests {
                 d[19] = 0;
             }
             let _ = KernelElf::parse(&d);
+        }
+    }
+
+    /// A hand-built ELF64 x86-64 with .text, .data, .symtab, .strtab.
+    pub fn tiny_elf(machine: u16) -> Vec<u8> {
+        let text_addr = 0xffff_ffff_8100_0000u64;
+        let shstr = b"\0.text\0.data\0.symtab\0.strtab\0.shstrtab\0";
+        let strtab = b"\0_text\0local_fn\0jiffies\0weak_fn\0";
+        let sym = |name: u32, info: u8, shndx: u16, value: u64| {
+            let mut v = name.to_le_bytes().to_vec();
+            v.extend_from_slice(&[info, 0]);
+            v.extend_from_slice(&shndx.to_le_bytes());
+            v.extend_from_slice(&value.to_le_bytes());
+            v.extend_from_slice(&0u64.to_le_bytes());
+            v
+        };
+        let mut symtab = vec![0u8; 24];
+        symtab.extend(sym(1, 0x12, 1, text_addr)); // GLOBAL FUNC
+        symtab.extend(sym(7, 0x02, 1, text_addr + 0x40)); // LOCAL FUNC
+        symtab.extend(sym(16, 0x11, 2, text_addr + 0x1000)); // GLOBAL OBJECT in .data
+        symtab.extend(sym(24, 0x22, 1, text_addr + 0x80)); // WEAK FUNC
+        let mut f = vec![0u8; 64];
+        let text_off = f.len();
+        f.extend_from_slice(&[0x90; 0x100]);
+        let data_off = f.len();
+        f.extend_from_slice(&[0u8; 0x10]);
+        let sym_off = f.len();
+        f.extend_from_slice(&symtab);
+        let str_off = f.len();
+        f.extend_from_slice(strtab);
+        let shstr_off = f.len();
+        f.extend_from_slice(shstr);
+        while f.len() % 8 != 0 {
+            f.push(0);
+        }
+        let shoff = f.len();
+        let sh = |name: u32,
+                  ty: u32,
+                  flags: u64,
+                  addr: u64,
+                  off: usize,
+                  size: usize,
+                  link: u32,
+                  info: u32,
+                  ent: u64| {
+            let mut v = name.to_le_bytes().to_vec();
+            v.extend_from_slice(&ty.to_le_bytes());
+            v.extend_from_slice(&flags.to_le_bytes());
+            v.extend_from_slice(&addr.to_le_bytes());
+            v.extend_from_slice(&(off as u64).to_le_bytes());
+            v.extend_from_slice(&(size as u64).to_le_bytes());
+            v.extend_from_slice(&link.to_le_bytes());
+            v.extend_from_slice(&info.to_le_bytes());
+            v.extend_from_slice(&8u64.to_le_bytes());
+            v.extend_from_slice(&ent.to_le_bytes());
+            v
+        };
+        f.extend(vec![0u8; 64]);
+        f.extend(sh(1, 1, 6, text_addr, text_off, 0x100, 0, 0, 0));
+        f.extend(sh(7, 1, 3, text_addr + 0x1000, data_off, 0x10, 0, 0, 0));
+        f.extend(sh(13, 2, 0, 0, sym_off, symtab.len(), 4, 2, 24));
+        f.extend(sh(21, 3, 0, 0, str_off, strtab.len(), 0, 0, 0));
+        f.extend(sh(29, 3, 0, 0, shstr_off, shstr.len(), 0, 0, 0));
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4..7].copy_from_slice(&[2, 1, 1]);
+        f[16..18].copy_from_slice(&2u16.to_le_bytes());
+        f[18..20].copy_from_slice(&machine.to_le_bytes());
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[58..60].copy_from_slice(&64u16.to_le_bytes());
+        f[60..62].copy_from_slice(&6u16.to_le_bytes());
+        f[62..64].copy_from_slice(&5u16.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn symtab_sections_and_reads() {
+        let d = tiny_elf(62);
+        let e = KernelElf::parse(&d).unwrap();
+        let got: Vec<_> = e
+            .symtab
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind as char))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("_text", 'T'),
+                ("local_fn", 't'),
+                ("jiffies", 'D'),
+                ("weak_fn", 'W')
+            ]
+        );
+        assert_eq!(e.elf_len, d.len());
+        let space = e.address_space();
+        assert_eq!(
+            space.read(&d, 0xffff_ffff_8100_00ff, 1),
+            Some(&[0x90u8][..])
+        );
+        assert_eq!(space.read(&d, 0xffff_ffff_8100_00ff, 2), None);
+        assert_eq!(space.u64(&d, 0xffff_ffff_8100_1000), Some(0));
+        assert!(matches!(
+            KernelElf::parse(&tiny_elf(183)),
+            Err(ElfError::NotX86_64(183))
+        ));
+        for cut in 0..d.len() {
+            let _ = KernelElf::parse(&d[..cut]);
         }
     }
 

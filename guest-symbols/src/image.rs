@@ -298,3 +298,61 @@ fn find_banner(data: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_with_symtab_uses_it() {
+        let k = KernelImage::from_bytes(&crate::elf::tests::tiny_elf(62)).unwrap();
+        assert_eq!(k.symbols.source, Some(SymbolSource::ElfSymtab));
+        assert_eq!(k.symbols.addr("jiffies"), Some(0xffff_ffff_8100_1000));
+        assert_eq!(k.format, ImageFormat::Elf);
+        assert!(k.types.is_empty() && k.syscalls.entries.is_empty());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_kernel() {
+        assert!(matches!(
+            KernelImage::from_bytes(&[]),
+            Err(ImageError::Empty)
+        ));
+        let noise: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert!(matches!(
+            KernelImage::from_bytes(&noise),
+            Err(ImageError::Kallsyms(_))
+        ));
+        let mut arm = crate::elf::tests::tiny_elf(183);
+        assert!(matches!(
+            KernelImage::from_bytes(&arm),
+            Err(ImageError::Elf(ElfError::NotX86_64(183)))
+        ));
+        arm.truncate(70);
+        assert!(KernelImage::from_bytes(&arm).is_err());
+        // A bzImage whose payload decompresses to something that is not an ELF.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, b"not an elf").unwrap();
+        let stream = e.finish().unwrap();
+        let mut img = vec![0u8; 5 * 512];
+        img[0x1f1] = 4;
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        img[0x236] = 1;
+        img[0x24c..0x250].copy_from_slice(&(stream.len() as u32 + 4).to_le_bytes());
+        img.extend_from_slice(&stream);
+        img.extend_from_slice(&10u32.to_le_bytes());
+        assert!(matches!(
+            KernelImage::from_bytes(&img),
+            Err(ImageError::PayloadNotElf)
+        ));
+        assert!(matches!(
+            extract_vmlinux(&img),
+            Err(ImageError::PayloadNotElf)
+        ));
+        assert!(KernelImage::open("/nonexistent/vmlinuz").is_err());
+    }
+}
