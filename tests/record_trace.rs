@@ -443,3 +443,165 @@ fn record_statedump_matches_proc() {
     }
     let _ = std::fs::remove_dir_all(&r.dir);
 }
+
+/// `/bin/pingpong 500` under busybox `time -v` (which reports the wait4
+/// rusage of the pair: voluntary + involuntary context switches): the
+/// traced switches away from the two processes equal that count, and every
+/// switch names real tasks of the guest.
+#[test]
+fn record_pingpong_switches_match_rusage() {
+    let r = record(
+        "6.1",
+        1,
+        "pingpong",
+        &["/bin/busybox", "time", "-v", "/bin/pingpong", "500"],
+    );
+    assert_eq!(r.status, 0, "{}", r.console);
+    let counts = r.counts();
+    let parent: i64 = counts["parent"].parse().unwrap();
+    let child: i64 = counts["child"].parse().unwrap();
+    let rusage = |what: &str| -> i64 {
+        r.console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(what))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{what}` in the console:\n{}", r.console))
+    };
+    let expected = rusage("Voluntary context switches:") + rusage("Involuntary context switches:");
+    let switches: Vec<&Ev> = r
+        .events
+        .iter()
+        .filter(|e| e.name == "sched_switch")
+        .collect();
+    let traced = switches
+        .iter()
+        .filter(|e| [parent, child].contains(&e.int("prev_tid")))
+        .count() as i64;
+    assert!(
+        expected >= 1000,
+        "500 round trips switch at least twice each: {expected}"
+    );
+    assert_eq!(
+        traced, expected,
+        "sched_switch from {parent}/{child} vs rusage"
+    );
+    // every task named by a switch is one the trace knows: dumped, forked,
+    // or an idle task (tid 0)
+    let mut known: BTreeSet<i64> = r
+        .events
+        .iter()
+        .filter(|e| e.name == "lttng_statedump_process_state")
+        .map(|e| e.int("tid"))
+        .collect();
+    known.extend(
+        r.events
+            .iter()
+            .filter(|e| e.name == "sched_process_fork")
+            .map(|e| e.int("child_tid")),
+    );
+    let first_dump = r
+        .events
+        .iter()
+        .position(|e| e.name == "lttng_statedump_process_state")
+        .expect("statedump");
+    for e in &switches {
+        if e.int("prev_tid") == parent || e.int("prev_tid") == child {
+            assert!(["pingpong", "time", "busybox", "init"].contains(&e.text("prev_comm").as_str()));
+        }
+    }
+    for e in r.events[first_dump..]
+        .iter()
+        .filter(|e| e.name == "sched_switch")
+    {
+        for k in ["prev_tid", "next_tid"] {
+            let t = e.int(k);
+            assert!(t == 0 || known.contains(&t), "{k} {t} unknown: {e:?}");
+        }
+    }
+}
+
+/// Device interrupts: per irq, the traced `irq_handler_entry` events
+/// between two reads of /proc/interrupts equal the growth of its counters.
+#[test]
+fn record_irqs_match_proc_interrupts() {
+    // dd reads the whole file in one read(), which generates the snapshot
+    // (busybox cat would use sendfile, interleaving output and generation).
+    let dd = "dd if=/proc/interrupts bs=65536 count=1 2>/dev/null";
+    let script = format!("{dd}; i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); done; {dd}");
+    let r = record("6.1", 1, "irq", &["/bin/sh", "-c", &script]);
+    assert_eq!(r.status, 0, "{}", r.console);
+    // the two snapshots, from the console
+    let mut snaps: Vec<BTreeMap<i64, i64>> = Vec::new();
+    for l in r.console.lines() {
+        let l = l.trim();
+        if l.starts_with("CPU0") {
+            snaps.push(BTreeMap::new());
+            continue;
+        }
+        let Some((irq, rest)) = l.split_once(':') else {
+            continue;
+        };
+        let (Ok(irq), Some(s)) = (irq.trim().parse::<i64>(), snaps.last_mut()) else {
+            continue;
+        };
+        let per_cpu: i64 = rest
+            .split_whitespace()
+            .map_while(|w| w.parse::<i64>().ok())
+            .sum();
+        s.insert(irq, per_cpu);
+    }
+    assert_eq!(
+        snaps.len(),
+        2,
+        "two /proc/interrupts listings:\n{}",
+        r.console
+    );
+    // the window: from the first dd's read of /proc/interrupts returning
+    // to the second dd's read of it starting
+    let cats: Vec<i64> = r
+        .events
+        .iter()
+        .filter(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/proc/interrupts")
+        .map(|e| e.tid)
+        .collect();
+    assert_eq!(cats.len(), 2, "two opens of /proc/interrupts");
+    assert_ne!(cats[0], cats[1]);
+    let start = r
+        .events
+        .iter()
+        .position(|e| e.tid == cats[0] && e.name == "syscall_exit_read" && e.int("ret") > 0)
+        .expect("first read");
+    let end = r
+        .events
+        .iter()
+        .enumerate()
+        .skip(start)
+        .position(|(_, e)| e.tid == cats[1] && e.name == "syscall_entry_read")
+        .map(|p| p + start)
+        .expect("second read");
+    let mut traced: BTreeMap<i64, i64> = BTreeMap::new();
+    for e in &r.events[start..end] {
+        if e.name == "irq_handler_entry" {
+            *traced.entry(e.int("irq")).or_default() += 1;
+        }
+    }
+    let mut grew = 0;
+    for (irq, after) in &snaps[1] {
+        let before = snaps[0].get(irq).copied().unwrap_or(0);
+        let t = traced.get(irq).copied().unwrap_or(0);
+        assert_eq!(
+            t,
+            after - before,
+            "irq {irq}: traced {t}, /proc/interrupts grew {}",
+            after - before
+        );
+        grew += after - before;
+    }
+    assert!(grew > 0, "the console output raised interrupts");
+    for irq in traced.keys() {
+        assert!(
+            snaps[1].contains_key(irq),
+            "traced irq {irq} not in /proc/interrupts"
+        );
+    }
+}
