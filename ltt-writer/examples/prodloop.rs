@@ -1,18 +1,34 @@
 //! Producer hot loop, for profiling: `prodloop <dir> <events>`.
 use ltt_writer::*;
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "/tmp/prodloop".into());
-    let n: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(20_000_000);
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/tmp/prodloop".into());
+    let n: u64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000_000);
     let mut cfg = TraceConfig::new(1, Catalog::kernel(&[]).unwrap());
-    cfg.policy = Policy::FlightRecorder { bytes_per_cpu: 1 << 20 };
+    cfg.policy = Policy::FlightRecorder {
+        bytes_per_cpu: 1 << 20,
+    };
     let (w, mut ps) = TraceWriter::create(dir.as_ref(), cfg).unwrap();
     let p = &mut ps[0];
     let ctx = TaskCtx::new(100, 101, b"bench");
-    let prev = TaskRef { comm: b"bench-prev\0\0\0\0\0\0", tid: 101, prio: 20 };
-    let next = TaskRef { comm: b"bench-next\0\0\0\0\0\0", tid: 102, prio: 20 };
+    let prev = TaskRef {
+        comm: b"bench-prev\0\0\0\0\0\0",
+        tid: 101,
+        prio: 20,
+    };
+    let next = TaskRef {
+        comm: b"bench-next\0\0\0\0\0\0",
+        tid: 102,
+        prio: 20,
+    };
     let t = std::time::Instant::now();
     for i in 0..n {
-        p.sched_switch(i * 100, &ctx, prev, (i & 1) as i64, next).unwrap();
+        p.sched_switch(i * 100, &ctx, prev, (i & 1) as i64, next)
+            .unwrap();
     }
     let d = t.elapsed();
     println!("{:.1} ns/event", d.as_nanos() as f64 / n as f64);

@@ -21,7 +21,10 @@ pub enum BenchError {
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("benchmark I/O in {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("event rejected: {0}")]
     Produce(#[from] crate::producer::ProduceError),
 }
@@ -91,7 +94,11 @@ impl BenchReport {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "event size: {} bytes (sched_switch, compact header)", self.event_bytes)?;
+        writeln!(
+            f,
+            "event size: {} bytes (sched_switch, compact header)",
+            self.event_bytes
+        )?;
         writeln!(
             f,
             "producer -> buffers: {:.1} ns/event, {:.2} M events/s; memcpy baseline {:.1} ns/event; ratio memcpy/producer = {:.2} (goal: < 50 ns/event)",
@@ -123,8 +130,16 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-const PREV: TaskRef<'static> = TaskRef { comm: b"bench-prev\0\0\0\0\0\0", tid: 101, prio: 20 };
-const NEXT: TaskRef<'static> = TaskRef { comm: b"bench-next\0\0\0\0\0\0", tid: 102, prio: 20 };
+const PREV: TaskRef<'static> = TaskRef {
+    comm: b"bench-prev\0\0\0\0\0\0",
+    tid: 101,
+    prio: 20,
+};
+const NEXT: TaskRef<'static> = TaskRef {
+    comm: b"bench-next\0\0\0\0\0\0",
+    tid: 102,
+    prio: 20,
+};
 
 fn emit_switches(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchError> {
     let ctx = TaskCtx::new(100, 101, b"bench");
@@ -135,11 +150,18 @@ fn emit_switches(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchE
 }
 
 fn producer_once(o: &BenchOptions, dir: &Path) -> Result<Duration, BenchError> {
-    let mut cfg = TraceConfig::new(1, Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?);
+    let mut cfg = TraceConfig::new(
+        1,
+        Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?,
+    );
     cfg.packet_size = o.packet_size;
-    cfg.policy = Policy::FlightRecorder { bytes_per_cpu: 4 * o.packet_size };
+    cfg.policy = Policy::FlightRecorder {
+        bytes_per_cpu: 4 * o.packet_size,
+    };
     let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps.pop().ok_or_else(|| WriteError::Config("no producer".into()))?;
+    let mut p = ps
+        .pop()
+        .ok_or_else(|| WriteError::Config("no producer".into()))?;
     emit_switches(&mut p, 10_000)?; // warm up
     let t = Instant::now();
     emit_switches(&mut p, o.producer_events)?;
@@ -169,11 +191,16 @@ fn memcpy_once(n: u64, event_bytes: usize, packet: usize) -> Duration {
 }
 
 fn disk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError> {
-    let mut cfg = TraceConfig::new(1, Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?);
+    let mut cfg = TraceConfig::new(
+        1,
+        Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?,
+    );
     cfg.packet_size = o.packet_size;
     let t = Instant::now();
     let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps.pop().ok_or_else(|| WriteError::Config("no producer".into()))?;
+    let mut p = ps
+        .pop()
+        .ok_or_else(|| WriteError::Config("no producer".into()))?;
     emit_switches(&mut p, o.disk_events)?;
     drop(p);
     let r = w.finish()?;
@@ -182,8 +209,13 @@ fn disk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError
 
 fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError> {
     let mut catalog = Catalog::new();
-    let blob = crate::catalog::FieldDecl::new("blob", crate::catalog::FieldType::Text { len: BULK as u16 });
-    let id = catalog.add_event("bench_bulk", vec![blob]).map_err(|e| WriteError::Config(e.to_string()))?;
+    let blob = crate::catalog::FieldDecl::new(
+        "blob",
+        crate::catalog::FieldType::Text { len: BULK as u16 },
+    );
+    let id = catalog
+        .add_event("bench_bulk", vec![blob])
+        .map_err(|e| WriteError::Config(e.to_string()))?;
     let mut cfg = TraceConfig::new(1, catalog);
     cfg.packet_size = o.packet_size;
     let data = vec![b'x'; BULK - 1];
@@ -191,7 +223,9 @@ fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError
     let n = o.bulk_bytes / BULK as u64;
     let t = Instant::now();
     let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps.pop().ok_or_else(|| WriteError::Config("no producer".into()))?;
+    let mut p = ps
+        .pop()
+        .ok_or_else(|| WriteError::Config("no producer".into()))?;
     for i in 0..n {
         if let Some(mut f) = p.reserve(id, i * 1000, &ctx, BULK)? {
             f.text(&data, BULK);
@@ -207,8 +241,16 @@ const BULK: usize = 16 * 1024;
 /// Write `bytes` sequentially in `chunk`-sized writes, cycling through
 /// `nbuf` source buffers (1 = the same cache-hot buffer every time; the
 /// writer's pool has `packets_per_cpu` buffers).
-fn seq_write_once(path: &Path, bytes: u64, chunk: usize, nbuf: usize) -> Result<Duration, BenchError> {
-    let io = |source| BenchError::Io { path: path.to_path_buf(), source };
+fn seq_write_once(
+    path: &Path,
+    bytes: u64,
+    chunk: usize,
+    nbuf: usize,
+) -> Result<Duration, BenchError> {
+    let io = |source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let bufs: Vec<Vec<u8>> = (0..nbuf).map(|i| vec![0x5a ^ i as u8; chunk]).collect();
     let t = Instant::now();
     let mut f = File::create(path).map_err(io)?;
@@ -226,13 +268,22 @@ fn seq_write_once(path: &Path, bytes: u64, chunk: usize, nbuf: usize) -> Result<
 
 /// Run the benchmark.
 pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
-    let root = o.dir.join(format!("ltt-writer-bench-{}", std::process::id()));
-    let io = |source| BenchError::Io { path: root.clone(), source };
+    let root = o
+        .dir
+        .join(format!("ltt-writer-bench-{}", std::process::id()));
+    let io = |source| BenchError::Io {
+        path: root.clone(),
+        source,
+    };
     std::fs::create_dir_all(&root).map_err(io)?;
     // Compact header (4) + context (24) + sched_switch payload (56).
     let event_bytes = 4 + 24 + 56;
-    let mut best = BenchReport { event_bytes, ..Default::default() };
-    let (mut prod, mut mem, mut disk, mut seq, mut seq_pool, mut bulk) = (f64::MAX, f64::MAX, 0f64, 0f64, 0f64, 0f64);
+    let mut best = BenchReport {
+        event_bytes,
+        ..Default::default()
+    };
+    let (mut prod, mut mem, mut disk, mut seq, mut seq_pool, mut bulk) =
+        (f64::MAX, f64::MAX, 0f64, 0f64, 0f64, 0f64);
     for round in 0..o.rounds.max(1) {
         let d = producer_once(o, &root.join(format!("p{round}")))?;
         prod = prod.min(d.as_nanos() as f64 / o.producer_events as f64);

@@ -41,7 +41,12 @@ pub enum FieldType {
     /// NUL-terminated UTF-8 string.
     Str,
     /// Fixed-length array of integers.
-    IntArray { bits: u8, signed: bool, base: Base, len: u16 },
+    IntArray {
+        bits: u8,
+        signed: bool,
+        base: Base,
+        len: u16,
+    },
     /// Variable-length array of integers, preceded by a `uint8_t` length
     /// field named `_<name>_length` (lttng-modules' `ctf_sequence`).
     IntSeq { bits: u8, signed: bool, base: Base },
@@ -49,10 +54,18 @@ pub enum FieldType {
 
 impl FieldType {
     pub const fn int(bits: u8, signed: bool) -> Self {
-        FieldType::Int { bits, signed, base: Base::Dec }
+        FieldType::Int {
+            bits,
+            signed,
+            base: Base::Dec,
+        }
     }
     pub const fn hex(bits: u8) -> Self {
-        FieldType::Int { bits, signed: false, base: Base::Hex }
+        FieldType::Int {
+            bits,
+            signed: false,
+            base: Base::Hex,
+        }
     }
     /// `int` / `pid_t`.
     pub const I32: FieldType = FieldType::int(32, true);
@@ -75,7 +88,10 @@ pub struct FieldDecl {
 
 impl FieldDecl {
     pub fn new(name: &str, ty: FieldType) -> Self {
-        FieldDecl { name: name.to_string(), ty }
+        FieldDecl {
+            name: name.to_string(),
+            ty,
+        }
     }
 }
 
@@ -227,11 +243,18 @@ impl Catalog {
                 _ => 8,
             };
             if !matches!(bits, 8 | 16 | 32 | 64) {
-                return Err(CatalogError::BadIntSize { event: name.to_string(), bits });
+                return Err(CatalogError::BadIntSize {
+                    event: name.to_string(),
+                    bits,
+                });
             }
         }
         let id = self.events.len() as u32;
-        self.events.push(EventDecl { id, name: name.to_string(), fields });
+        self.events.push(EventDecl {
+            id,
+            name: name.to_string(),
+            fields,
+        });
         self.by_name.insert(name.to_string(), id);
         Ok(id)
     }
@@ -255,12 +278,23 @@ impl Catalog {
                 f("next_prio", T::I32),
             ],
         )?);
-        let wake = || vec![f("comm", T::COMM), f("tid", T::I32), f("prio", T::I32), f("target_cpu", T::I32)];
+        let wake = || {
+            vec![
+                f("comm", T::COMM),
+                f("tid", T::I32),
+                f("prio", T::I32),
+                f("target_cpu", T::I32),
+            ]
+        };
         k.sched_waking = Some(self.add_event("sched_waking", wake())?);
         k.sched_wakeup = Some(self.add_event("sched_wakeup", wake())?);
         k.sched_wakeup_new = Some(self.add_event("sched_wakeup_new", wake())?);
-        k.irq_handler_entry = Some(self.add_event("irq_handler_entry", vec![f("irq", T::I32), f("name", T::Str)])?);
-        k.irq_handler_exit = Some(self.add_event("irq_handler_exit", vec![f("irq", T::I32), f("ret", T::I32)])?);
+        k.irq_handler_entry = Some(self.add_event(
+            "irq_handler_entry",
+            vec![f("irq", T::I32), f("name", T::Str)],
+        )?);
+        k.irq_handler_exit =
+            Some(self.add_event("irq_handler_exit", vec![f("irq", T::I32), f("ret", T::I32)])?);
         let vec = || vec![f("vec", T::U32)];
         k.irq_softirq_entry = Some(self.add_event("irq_softirq_entry", vec())?);
         k.irq_softirq_exit = Some(self.add_event("irq_softirq_exit", vec())?);
@@ -274,14 +308,25 @@ impl Catalog {
                 f("parent_ns_inum", T::U32),
                 f("child_comm", T::COMM),
                 f("child_tid", T::I32),
-                f("vtids", T::IntSeq { bits: 32, signed: true, base: Base::Dec }),
+                f(
+                    "vtids",
+                    T::IntSeq {
+                        bits: 32,
+                        signed: true,
+                        base: Base::Dec,
+                    },
+                ),
                 f("child_pid", T::I32),
                 f("child_ns_inum", T::U32),
             ],
         )?);
         k.sched_process_exec = Some(self.add_event(
             "sched_process_exec",
-            vec![f("filename", T::Str), f("tid", T::I32), f("old_tid", T::I32)],
+            vec![
+                f("filename", T::Str),
+                f("tid", T::I32),
+                f("old_tid", T::I32),
+            ],
         )?);
         let proc = || vec![f("comm", T::COMM), f("tid", T::I32), f("prio", T::I32)];
         k.sched_process_exit = Some(self.add_event("sched_process_exit", proc())?);
@@ -303,8 +348,16 @@ impl Catalog {
                 f("file_table_address", T::hex(64)),
             ],
         )?);
-        let args6 = T::IntArray { bits: 64, signed: false, base: Base::Dec, len: 6 };
-        k.syscall_entry_unknown = Some(self.add_event("syscall_entry_unknown", vec![f("id", T::I32), f("args", args6.clone())])?);
+        let args6 = T::IntArray {
+            bits: 64,
+            signed: false,
+            base: Base::Dec,
+            len: 6,
+        };
+        k.syscall_entry_unknown = Some(self.add_event(
+            "syscall_entry_unknown",
+            vec![f("id", T::I32), f("args", args6.clone())],
+        )?);
         k.syscall_exit_unknown = Some(self.add_event(
             "syscall_exit_unknown",
             vec![f("id", T::I32), f("ret", T::I64), f("args", args6)],
@@ -319,20 +372,35 @@ impl Catalog {
     pub fn add_syscalls(&mut self, syscalls: &[SyscallDecl]) -> Result<(), CatalogError> {
         for sc in syscalls {
             if self.syscalls.contains_key(&sc.nr) {
-                return Err(CatalogError::DuplicateSyscall { nr: sc.nr, name: sc.name.clone() });
+                return Err(CatalogError::DuplicateSyscall {
+                    nr: sc.nr,
+                    name: sc.name.clone(),
+                });
             }
-            let entry_args: Vec<usize> =
-                (0..sc.args.len()).filter(|&i| sc.args[i].dir != ArgDir::Out).collect();
-            let exit_args: Vec<usize> =
-                (0..sc.args.len()).filter(|&i| sc.args[i].dir != ArgDir::In).collect();
+            let entry_args: Vec<usize> = (0..sc.args.len())
+                .filter(|&i| sc.args[i].dir != ArgDir::Out)
+                .collect();
+            let exit_args: Vec<usize> = (0..sc.args.len())
+                .filter(|&i| sc.args[i].dir != ArgDir::In)
+                .collect();
             let mk = |idx: &[usize]| -> Vec<FieldDecl> {
-                idx.iter().map(|&i| FieldDecl::new(&sc.args[i].name, sc.args[i].kind.field_type())).collect()
+                idx.iter()
+                    .map(|&i| FieldDecl::new(&sc.args[i].name, sc.args[i].kind.field_type()))
+                    .collect()
             };
             let entry = self.add_event(&format!("syscall_entry_{}", sc.name), mk(&entry_args))?;
             let mut exit_fields = vec![FieldDecl::new("ret", FieldType::I64)];
             exit_fields.extend(mk(&exit_args));
             let exit = self.add_event(&format!("syscall_exit_{}", sc.name), exit_fields)?;
-            self.syscalls.insert(sc.nr, SyscallIds { entry, exit, entry_args, exit_args });
+            self.syscalls.insert(
+                sc.nr,
+                SyscallIds {
+                    entry,
+                    exit,
+                    entry_args,
+                    exit_args,
+                },
+            );
             self.syscall_decls.insert(sc.nr, sc.clone());
         }
         Ok(())
@@ -368,9 +436,21 @@ mod tests {
             nr: 0,
             name: "read".into(),
             args: vec![
-                SyscallArg { name: "fd".into(), kind: ArgKind::Unsigned(32), dir: ArgDir::In },
-                SyscallArg { name: "buf".into(), kind: ArgKind::Pointer, dir: ArgDir::Out },
-                SyscallArg { name: "count".into(), kind: ArgKind::Unsigned(64), dir: ArgDir::In },
+                SyscallArg {
+                    name: "fd".into(),
+                    kind: ArgKind::Unsigned(32),
+                    dir: ArgDir::In,
+                },
+                SyscallArg {
+                    name: "buf".into(),
+                    kind: ArgKind::Pointer,
+                    dir: ArgDir::Out,
+                },
+                SyscallArg {
+                    name: "count".into(),
+                    kind: ArgKind::Unsigned(64),
+                    dir: ArgDir::In,
+                },
             ],
         };
         let c = Catalog::kernel(&[read]).unwrap();
@@ -389,10 +469,19 @@ mod tests {
     #[test]
     fn rejects_bad_names_and_duplicates() {
         let mut c = Catalog::new();
-        assert!(matches!(c.add_event("1x", vec![]), Err(CatalogError::BadName(_))));
+        assert!(matches!(
+            c.add_event("1x", vec![]),
+            Err(CatalogError::BadName(_))
+        ));
         c.add_event("probe_a", vec![]).unwrap();
-        assert!(matches!(c.add_event("probe_a", vec![]), Err(CatalogError::Duplicate(_))));
+        assert!(matches!(
+            c.add_event("probe_a", vec![]),
+            Err(CatalogError::Duplicate(_))
+        ));
         let bad = vec![FieldDecl::new("x", FieldType::int(12, false))];
-        assert!(matches!(c.add_event("probe_b", bad), Err(CatalogError::BadIntSize { .. })));
+        assert!(matches!(
+            c.add_event("probe_b", bad),
+            Err(CatalogError::BadIntSize { .. })
+        ));
     }
 }

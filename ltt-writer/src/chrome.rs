@@ -70,9 +70,14 @@ impl<W: Write> Emitter<W> {
 
 /// Write `events` (sorted by time, as [`crate::reader::read_trace`] returns
 /// them) as a Chrome trace-event JSON object.
-pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> Result<W, ChromeError> {
+pub fn export<W: Write>(
+    catalog: &Catalog,
+    events: &[DecodedEvent],
+    out: W,
+) -> Result<W, ChromeError> {
     let mut em = Emitter { out, first: true };
-    em.out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
+    em.out
+        .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
     let mut threads: BTreeMap<(i32, i32), String> = BTreeMap::new();
     let mut processes: BTreeMap<i32, String> = BTreeMap::new();
     let mut cpus: BTreeMap<u32, ()> = BTreeMap::new();
@@ -83,7 +88,9 @@ pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> R
     let mut last_ts = 0u64;
     for (i, e) in events.iter().enumerate() {
         last_ts = last_ts.max(e.ts);
-        let Some(decl) = catalog.event(e.id) else { continue };
+        let Some(decl) = catalog.event(e.id) else {
+            continue;
+        };
         let name = decl.name.as_str();
         let (pid, tid) = (e.ctx.pid, e.ctx.tid);
         let pname = name_of(&e.ctx.procname);
@@ -110,8 +117,10 @@ pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> R
                     let mut a = args(catalog, &events[j]);
                     a.extend(args(catalog, e));
                     let start = events[j].ts;
-                    em.push(&json!({"ph":"X","name":sc,"cat":"syscall","pid":pid,"tid":tid,
-                        "ts":us(start),"dur":us(e.ts - start),"args":a}))?;
+                    em.push(
+                        &json!({"ph":"X","name":sc,"cat":"syscall","pid":pid,"tid":tid,
+                        "ts":us(start),"dur":us(e.ts - start),"args":a}),
+                    )?;
                 }
                 other => {
                     if let Some(o) = other {
@@ -147,7 +156,9 @@ pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> R
         } else {
             ("probe", name.to_string())
         };
-        em.push(&json!({"ph":"i","s":"t","name":label,"cat":cat,"pid":pid,"tid":tid,"ts":ts,"args":a}))?;
+        em.push(
+            &json!({"ph":"i","s":"t","name":label,"cat":cat,"pid":pid,"tid":tid,"ts":ts,"args":a}),
+        )?;
     }
     // Close what is still open at the end of the trace.
     let mut open: Vec<_> = open_sys.into_iter().collect();
@@ -157,12 +168,16 @@ pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> R
         let mut a = args(catalog, e);
         a.insert("unfinished".into(), json!(true));
         em.push(&json!({"ph":"B","name":sc,"cat":"syscall","pid":e.ctx.pid,"tid":tid,"ts":us(e.ts),"args":a}))?;
-        em.push(&json!({"ph":"E","name":sc,"cat":"syscall","pid":e.ctx.pid,"tid":tid,"ts":us(last_ts)}))?;
+        em.push(
+            &json!({"ph":"E","name":sc,"cat":"syscall","pid":e.ctx.pid,"tid":tid,"ts":us(last_ts)}),
+        )?;
     }
     let mut run: Vec<_> = running.into_iter().collect();
     run.sort();
     for (cpu, name) in run {
-        em.push(&json!({"ph":"E","name":name,"cat":"sched","pid":CPUS_PID,"tid":cpu,"ts":us(last_ts)}))?;
+        em.push(
+            &json!({"ph":"E","name":name,"cat":"sched","pid":CPUS_PID,"tid":cpu,"ts":us(last_ts)}),
+        )?;
     }
     for (pid, name) in &processes {
         em.push(&json!({"ph":"M","name":"process_name","pid":pid,"tid":pid,"args":{"name":name}}))?;
@@ -171,7 +186,9 @@ pub fn export<W: Write>(catalog: &Catalog, events: &[DecodedEvent], out: W) -> R
         em.push(&json!({"ph":"M","name":"thread_name","pid":pid,"tid":tid,"args":{"name":name}}))?;
     }
     if !cpus.is_empty() {
-        em.push(&json!({"ph":"M","name":"process_name","pid":CPUS_PID,"tid":0,"args":{"name":"CPUs"}}))?;
+        em.push(
+            &json!({"ph":"M","name":"process_name","pid":CPUS_PID,"tid":0,"args":{"name":"CPUs"}}),
+        )?;
         for cpu in cpus.keys() {
             em.push(&json!({"ph":"M","name":"thread_name","pid":CPUS_PID,"tid":cpu,"args":{"name":format!("CPU {cpu}")}}))?;
         }

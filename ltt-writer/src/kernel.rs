@@ -50,7 +50,9 @@ pub struct ProcessState<'a> {
 
 macro_rules! id {
     ($p:expr, $name:ident) => {
-        $p.ids().$name.ok_or(ProduceError::NotDeclared(stringify!($name)))?
+        $p.ids()
+            .$name
+            .ok_or(ProduceError::NotDeclared(stringify!($name)))?
     };
 }
 
@@ -81,7 +83,14 @@ impl Producer {
         Ok(())
     }
 
-    fn wake(&mut self, id: u32, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>, target_cpu: i32) -> Result<(), ProduceError> {
+    fn wake(
+        &mut self,
+        id: u32,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+        target_cpu: i32,
+    ) -> Result<(), ProduceError> {
         if let Some(mut w) = self.reserve(id, ts, ctx, 16 + 12)? {
             w.text(t.comm, 16);
             w.i32(t.tid);
@@ -92,24 +101,48 @@ impl Producer {
     }
 
     /// `sched_wakeup`.
-    pub fn sched_wakeup(&mut self, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>, target_cpu: i32) -> Result<(), ProduceError> {
+    pub fn sched_wakeup(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+        target_cpu: i32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_wakeup);
         self.wake(id, ts, ctx, t, target_cpu)
     }
 
     /// `sched_waking`.
-    pub fn sched_waking(&mut self, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>, target_cpu: i32) -> Result<(), ProduceError> {
+    pub fn sched_waking(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+        target_cpu: i32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_waking);
         self.wake(id, ts, ctx, t, target_cpu)
     }
 
     /// `sched_wakeup_new`.
-    pub fn sched_wakeup_new(&mut self, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>, target_cpu: i32) -> Result<(), ProduceError> {
+    pub fn sched_wakeup_new(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+        target_cpu: i32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_wakeup_new);
         self.wake(id, ts, ctx, t, target_cpu)
     }
 
-    fn proc_event(&mut self, id: u32, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>) -> Result<(), ProduceError> {
+    fn proc_event(
+        &mut self,
+        id: u32,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+    ) -> Result<(), ProduceError> {
         if let Some(mut w) = self.reserve(id, ts, ctx, 16 + 8)? {
             w.text(t.comm, 16);
             w.i32(t.tid);
@@ -119,19 +152,34 @@ impl Producer {
     }
 
     /// `sched_process_exit`.
-    pub fn sched_process_exit(&mut self, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>) -> Result<(), ProduceError> {
+    pub fn sched_process_exit(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_process_exit);
         self.proc_event(id, ts, ctx, t)
     }
 
     /// `sched_process_free`.
-    pub fn sched_process_free(&mut self, ts: u64, ctx: &TaskCtx, t: TaskRef<'_>) -> Result<(), ProduceError> {
+    pub fn sched_process_free(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        t: TaskRef<'_>,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_process_free);
         self.proc_event(id, ts, ctx, t)
     }
 
     /// `sched_process_fork`.
-    pub fn sched_process_fork(&mut self, ts: u64, ctx: &TaskCtx, f: &Fork<'_>) -> Result<(), ProduceError> {
+    pub fn sched_process_fork(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        f: &Fork<'_>,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, sched_process_fork);
         let nv = f.vtids.len().min(32);
         if let Some(mut w) = self.reserve(id, ts, ctx, 16 + 12 + 16 + 4 + 1 + 4 * nv + 8)? {
@@ -170,7 +218,13 @@ impl Producer {
     }
 
     /// `irq_handler_entry`.
-    pub fn irq_handler_entry(&mut self, ts: u64, ctx: &TaskCtx, irq: i32, name: &[u8]) -> Result<(), ProduceError> {
+    pub fn irq_handler_entry(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        irq: i32,
+        name: &[u8],
+    ) -> Result<(), ProduceError> {
         let id = id!(self, irq_handler_entry);
         if let Some(mut w) = self.reserve(id, ts, ctx, 4 + str_len(name))? {
             w.i32(irq);
@@ -180,7 +234,13 @@ impl Producer {
     }
 
     /// `irq_handler_exit`.
-    pub fn irq_handler_exit(&mut self, ts: u64, ctx: &TaskCtx, irq: i32, ret: i32) -> Result<(), ProduceError> {
+    pub fn irq_handler_exit(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        irq: i32,
+        ret: i32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, irq_handler_exit);
         if let Some(mut w) = self.reserve(id, ts, ctx, 8)? {
             w.i32(irq);
@@ -197,19 +257,34 @@ impl Producer {
     }
 
     /// `irq_softirq_entry`.
-    pub fn irq_softirq_entry(&mut self, ts: u64, ctx: &TaskCtx, vec: u32) -> Result<(), ProduceError> {
+    pub fn irq_softirq_entry(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        vec: u32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, irq_softirq_entry);
         self.softirq(id, ts, ctx, vec)
     }
 
     /// `irq_softirq_exit`.
-    pub fn irq_softirq_exit(&mut self, ts: u64, ctx: &TaskCtx, vec: u32) -> Result<(), ProduceError> {
+    pub fn irq_softirq_exit(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        vec: u32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, irq_softirq_exit);
         self.softirq(id, ts, ctx, vec)
     }
 
     /// `irq_softirq_raise`.
-    pub fn irq_softirq_raise(&mut self, ts: u64, ctx: &TaskCtx, vec: u32) -> Result<(), ProduceError> {
+    pub fn irq_softirq_raise(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        vec: u32,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, irq_softirq_raise);
         self.softirq(id, ts, ctx, vec)
     }
@@ -227,7 +302,12 @@ impl Producer {
     }
 
     /// `lttng_statedump_process_state`.
-    pub fn lttng_statedump_process_state(&mut self, ts: u64, ctx: &TaskCtx, s: &ProcessState<'_>) -> Result<(), ProduceError> {
+    pub fn lttng_statedump_process_state(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        s: &ProcessState<'_>,
+    ) -> Result<(), ProduceError> {
         let id = id!(self, lttng_statedump_process_state);
         if let Some(mut w) = self.reserve(id, ts, ctx, 12 + 16 + 20 + 8)? {
             w.i32(s.tid);
@@ -248,17 +328,37 @@ impl Producer {
     /// arguments in order (strings as `Value::Str`, others as integers); the
     /// input ones are recorded. An undeclared `nr` gives
     /// `syscall_entry_unknown` with the integer arguments.
-    pub fn syscall_entry(&mut self, ts: u64, ctx: &TaskCtx, nr: u32, args: &[Value<'_>]) -> Result<(), ProduceError> {
+    pub fn syscall_entry(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        nr: u32,
+        args: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
         self.syscall(ts, ctx, nr, None, args)
     }
 
     /// `syscall_exit_<name>`: `ret`, then the output arguments of `args`
     /// (all arguments in order, as for [`Producer::syscall_entry`]).
-    pub fn syscall_exit(&mut self, ts: u64, ctx: &TaskCtx, nr: u32, ret: i64, args: &[Value<'_>]) -> Result<(), ProduceError> {
+    pub fn syscall_exit(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        nr: u32,
+        ret: i64,
+        args: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
         self.syscall(ts, ctx, nr, Some(ret), args)
     }
 
-    fn syscall(&mut self, ts: u64, ctx: &TaskCtx, nr: u32, ret: Option<i64>, args: &[Value<'_>]) -> Result<(), ProduceError> {
+    fn syscall(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        nr: u32,
+        ret: Option<i64>,
+        args: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
         let catalog = self.catalog();
         let mut vals = [Value::U(0); MAX_SYSCALL_ARGS + 1];
         let mut n = 0;
@@ -278,7 +378,12 @@ impl Producer {
                 }
                 Some(r) => {
                     let id = id!(self, syscall_exit_unknown);
-                    self.emit(id, ts, ctx, &[Value::I(nr as i64), Value::I(r), Value::Ints(&raw)])
+                    self.emit(
+                        id,
+                        ts,
+                        ctx,
+                        &[Value::I(nr as i64), Value::I(r), Value::Ints(&raw)],
+                    )
                 }
             };
         };

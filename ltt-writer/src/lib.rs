@@ -31,7 +31,9 @@ pub mod producer;
 pub mod reader;
 pub mod writer;
 
-pub use catalog::{ArgDir, ArgKind, Base, Catalog, EventDecl, FieldDecl, FieldType, SyscallArg, SyscallDecl};
+pub use catalog::{
+    ArgDir, ArgKind, Base, Catalog, EventDecl, FieldDecl, FieldType, SyscallArg, SyscallDecl,
+};
 pub use kernel::{Fork, ProcessState, TaskRef};
 pub use metadata::{HeaderKind, TraceEnv};
 pub use producer::{ProduceError, Producer, ProducerStats, TaskCtx, Value};

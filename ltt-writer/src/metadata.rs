@@ -75,13 +75,16 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
 pub fn new_uuid() -> [u8; 16] {
     use std::io::Read;
     let mut u = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut u)).is_ok();
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut u))
+        .is_ok();
     if !ok {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let mix = t ^ ((std::process::id() as u128) << 64) ^ 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        let mix =
+            t ^ ((std::process::id() as u128) << 64) ^ 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
         u = mix.to_le_bytes();
     }
     u[6] = (u[6] & 0x0f) | 0x40;
@@ -122,18 +125,33 @@ fn int_type(bits: u8, signed: bool, base: Base, utf8: bool) -> String {
 
 fn field_lines(out: &mut String, name: &str, ty: &FieldType) -> Result<(), MetadataError> {
     match ty {
-        FieldType::Int { bits, signed, base } => {
-            writeln!(out, "\t\t{} _{name};", int_type(*bits, *signed, *base, false))?
-        }
-        FieldType::Text { len } => {
-            writeln!(out, "\t\t{} _{name}[{len}];", int_type(8, false, Base::Dec, true))?
-        }
+        FieldType::Int { bits, signed, base } => writeln!(
+            out,
+            "\t\t{} _{name};",
+            int_type(*bits, *signed, *base, false)
+        )?,
+        FieldType::Text { len } => writeln!(
+            out,
+            "\t\t{} _{name}[{len}];",
+            int_type(8, false, Base::Dec, true)
+        )?,
         FieldType::Str => writeln!(out, "\t\tstring {{ encoding = UTF8; }} _{name};")?,
-        FieldType::IntArray { bits, signed, base, len } => {
-            writeln!(out, "\t\t{} _{name}[{len}];", int_type(*bits, *signed, *base, false))?
-        }
+        FieldType::IntArray {
+            bits,
+            signed,
+            base,
+            len,
+        } => writeln!(
+            out,
+            "\t\t{} _{name}[{len}];",
+            int_type(*bits, *signed, *base, false)
+        )?,
         FieldType::IntSeq { bits, signed, base } => {
-            writeln!(out, "\t\t{} __{name}_length;", int_type(8, false, Base::Dec, false))?;
+            writeln!(
+                out,
+                "\t\t{} __{name}_length;",
+                int_type(8, false, Base::Dec, false)
+            )?;
             writeln!(
                 out,
                 "\t\t{} _{name}[ __{name}_length ];",
@@ -159,8 +177,16 @@ pub struct MetadataParams<'a> {
 pub fn generate(p: &MetadataParams<'_>) -> Result<String, MetadataError> {
     let mut m = String::with_capacity(4096 + p.catalog.events().len() * 400);
     m.push_str("/* CTF 1.8 */\n\n");
-    for (bits, name) in [(8, "uint8_t"), (16, "uint16_t"), (32, "uint32_t"), (64, "uint64_t")] {
-        writeln!(m, "typealias integer {{ size = {bits}; align = 8; signed = false; }} := {name};")?;
+    for (bits, name) in [
+        (8, "uint8_t"),
+        (16, "uint16_t"),
+        (32, "uint32_t"),
+        (64, "uint64_t"),
+    ] {
+        writeln!(
+            m,
+            "typealias integer {{ size = {bits}; align = 8; signed = false; }} := {name};"
+        )?;
     }
     m.push_str("typealias integer { size = 64; align = 8; signed = false; } := unsigned long;\n");
     m.push_str("typealias integer { size = 5; align = 1; signed = false; } := uint5_t;\n");
@@ -234,7 +260,11 @@ pub fn generate(p: &MetadataParams<'_>) -> Result<String, MetadataError> {
         int_type(8, false, Base::Dec, true),
     )?;
     for ev in p.catalog.events() {
-        write!(m, "event {{\n\tname = \"{}\";\n\tid = {};\n\tstream_id = 0;\n", ev.name, ev.id)?;
+        write!(
+            m,
+            "event {{\n\tname = \"{}\";\n\tid = {};\n\tstream_id = 0;\n",
+            ev.name, ev.id
+        )?;
         if ev.fields.is_empty() {
             m.push_str("\tfields := struct {\n\t};\n};\n\n");
             continue;
@@ -254,7 +284,9 @@ mod tests {
 
     #[test]
     fn uuid_format() {
-        let u = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let u = [
+            0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
         assert_eq!(uuid_string(&u), "12345678-9abc-def0-0102-030405060708");
         let r = new_uuid();
         assert_eq!(r[6] >> 4, 4);

@@ -112,7 +112,11 @@ fn text16(s: &[u8]) -> Option<[u8; 16]> {
     };
     // The lowest flagged byte is the first NUL (later flags may be false).
     let z = x.wrapping_sub(LO) & !x & HI;
-    let n = if z == 0 { 15 } else { (z.trailing_zeros() / 8).min(15) };
+    let n = if z == 0 {
+        15
+    } else {
+        (z.trailing_zeros() / 8).min(15)
+    };
     let v = x & ((1u128 << (8 * n)) - 1);
     (v & HI == 0).then(|| v.to_le_bytes())
 }
@@ -276,7 +280,14 @@ mod tests {
         assert_eq!(&b[16..20], b"a?b\0");
         assert_eq!(str_len(b"abc\0def"), 4);
         // The 16-byte fast path agrees with the generic one.
-        for input in [&b""[..], b"a", b"bash\0garbage....", b"0123456789abcdefXYZ", b"swapper/0", b"\0abc"] {
+        for input in [
+            &b""[..],
+            b"a",
+            b"bash\0garbage....",
+            b"0123456789abcdefXYZ",
+            b"swapper/0",
+            b"\0abc",
+        ] {
             let mut fast = [0xAAu8; 16];
             FieldWriter::new(&mut fast).text(input, 16);
             let s = str_bytes(input);

@@ -19,7 +19,11 @@ pub enum ProduceError {
     #[error("event `{0}` is not declared in the catalog")]
     NotDeclared(&'static str),
     #[error("event {id}: field {index} expects {expected}")]
-    BadValue { id: u32, index: usize, expected: &'static str },
+    BadValue {
+        id: u32,
+        index: usize,
+        expected: &'static str,
+    },
     #[error("event {id}: {got} values for {want} fields")]
     ArgCount { id: u32, got: usize, want: usize },
     #[error("event of {0} bytes does not fit in a packet")]
@@ -37,10 +41,22 @@ pub(crate) enum Mode {
 
 /// Messages from producers and handles to the writer thread.
 pub(crate) enum Msg {
-    Packet { cpu: u32, buf: Box<[u8]>, len: usize },
-    Gone { cpu: u32, stats: ProducerStats },
-    Flushed { cpu: u32, gen: u64 },
-    Trigger { gen: u64 },
+    Packet {
+        cpu: u32,
+        buf: Box<[u8]>,
+        len: usize,
+    },
+    Gone {
+        cpu: u32,
+        stats: ProducerStats,
+    },
+    Flushed {
+        cpu: u32,
+        gen: u64,
+    },
+    Trigger {
+        gen: u64,
+    },
     Finish(Option<std::time::Instant>),
 }
 
@@ -68,9 +84,17 @@ pub struct TaskCtx {
 impl TaskCtx {
     pub fn new(pid: i32, tid: i32, procname: &[u8]) -> Self {
         let mut p = [0u8; 16];
-        let n = procname.iter().position(|&b| b == 0).unwrap_or(procname.len()).min(15);
+        let n = procname
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(procname.len())
+            .min(15);
         p[..n].copy_from_slice(&procname[..n]);
-        TaskCtx { pid, tid, procname: p }
+        TaskCtx {
+            pid,
+            tid,
+            procname: p,
+        }
     }
 }
 
@@ -117,6 +141,8 @@ struct Core {
     stats: ProducerStats,
     sent_any: bool,
     acked_gen: u64,
+    /// events_discarded written in the last closed packet.
+    reported_discarded: u64,
 }
 
 pub(crate) struct ProducerInit {
@@ -153,6 +179,7 @@ impl Producer {
                 stats: ProducerStats::default(),
                 sent_any: false,
                 acked_gen: 0,
+                reported_discarded: 0,
             },
             catalog: i.catalog,
         }
@@ -199,22 +226,38 @@ impl Producer {
     }
     /// Emit an event of the catalog from generic values (user-defined
     /// probes). Values are checked against the declared field types.
-    pub fn emit(&mut self, id: u32, ts: u64, ctx: &TaskCtx, values: &[Value<'_>]) -> Result<(), ProduceError> {
+    pub fn emit(
+        &mut self,
+        id: u32,
+        ts: u64,
+        ctx: &TaskCtx,
+        values: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
         let (core, catalog) = self.split();
         let decl = catalog.event(id).ok_or(ProduceError::UnknownEvent(id))?;
         if decl.fields.len() != values.len() {
-            return Err(ProduceError::ArgCount { id, got: values.len(), want: decl.fields.len() });
+            return Err(ProduceError::ArgCount {
+                id,
+                got: values.len(),
+                want: decl.fields.len(),
+            });
         }
         let mut size = 0usize;
         for (index, (f, v)) in decl.fields.iter().zip(values).enumerate() {
-            let bad = |expected| ProduceError::BadValue { id, index, expected };
+            let bad = |expected| ProduceError::BadValue {
+                id,
+                index,
+                expected,
+            };
             size += match (&f.ty, v) {
                 (FieldType::Int { bits, .. }, Value::U(_) | Value::I(_)) => *bits as usize / 8,
                 (FieldType::Int { .. }, _) => return Err(bad("an integer")),
                 (FieldType::Text { len }, Value::Str(_)) => *len as usize,
                 (FieldType::Str, Value::Str(s)) => str_len(s),
                 (FieldType::Text { .. } | FieldType::Str, _) => return Err(bad("a string")),
-                (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) if a.len() <= *len as usize => {
+                (FieldType::IntArray { bits, len, .. }, Value::Ints(a))
+                    if a.len() <= *len as usize =>
+                {
                     *bits as usize / 8 * *len as usize
                 }
                 (FieldType::IntSeq { bits, .. }, Value::Ints(a)) if a.len() <= 255 => {
@@ -225,7 +268,9 @@ impl Producer {
                 }
             };
         }
-        let Some(mut w) = core.reserve(id, ts, ctx, size)? else { return Ok(()) };
+        let Some(mut w) = core.reserve(id, ts, ctx, size)? else {
+            return Ok(());
+        };
         for (f, v) in decl.fields.iter().zip(values) {
             match (&f.ty, v) {
                 (FieldType::Int { bits, .. }, Value::U(x)) => w.int(*bits, *x),
@@ -256,17 +301,25 @@ impl Producer {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        // Close the last partial packet; a stream that never produced an
+        // Close the last partial packet. A stream that never produced an
         // event still gets one empty packet so that its file is a valid
-        // stream. Errors cannot be reported from drop: the writer is gone
-        // and the stats message below will not arrive either.
-        if self.in_packet > 0 || !self.sent_any {
+        // stream, and events dropped since the last packet get a packet to
+        // carry their count. Errors cannot be reported from drop: if the
+        // writer is gone, the stats message below is lost too.
+        let unreported = self.stats.discarded != self.reported_discarded;
+        if self.in_packet > 0 || !self.sent_any || unreported {
             if self.buf.is_none() {
-                let _ = self.empty.try_recv().map(|b| self.buf = Some(b));
+                let wait = std::time::Duration::from_secs(2);
+                if let Ok(b) = self.empty.recv_timeout(wait) {
+                    self.buf = Some(b);
+                }
             }
             let _ = self.close_packet();
         }
-        let _ = self.tx.send(Msg::Gone { cpu: self.cpu, stats: self.stats });
+        let _ = self.tx.send(Msg::Gone {
+            cpu: self.cpu,
+            stats: self.stats,
+        });
     }
 }
 
@@ -287,7 +340,13 @@ impl Core {
 
     /// Close the current packet (if it holds events) and send it.
     fn close_packet(&mut self) -> Result<(), ProduceError> {
-        let Some(mut buf) = self.buf.take() else { return Ok(()) };
+        let Some(mut buf) = self.buf.take() else {
+            return Ok(());
+        };
+        if self.in_packet == 0 {
+            // An empty packet sits at the current time of the stream.
+            self.ts_begin = self.last_ts;
+        }
         let info = PacketInfo {
             uuid: self.uuid,
             cpu: self.cpu,
@@ -299,13 +358,20 @@ impl Core {
             discarded: self.stats.discarded,
         };
         write_packet_header(&mut buf, &info);
+        self.reported_discarded = self.stats.discarded;
         let len = self.pos;
         self.pos = PACKET_HEADER_LEN;
         self.in_packet = 0;
         self.seq += 1;
         self.stats.packets += 1;
         self.sent_any = true;
-        self.tx.send(Msg::Packet { cpu: self.cpu, buf, len }).map_err(|_| ProduceError::WriterGone)
+        self.tx
+            .send(Msg::Packet {
+                cpu: self.cpu,
+                buf,
+                len,
+            })
+            .map_err(|_| ProduceError::WriterGone)
     }
 
     /// Get an empty packet, waiting or not according to the policy.
@@ -395,10 +461,13 @@ impl Core {
         self.stats.events += 1;
         let start = self.pos;
         self.pos += total;
-        let Some(buf) = self.buf.as_mut() else { return Err(ProduceError::WriterGone) };
+        let Some(buf) = self.buf.as_mut() else {
+            return Err(ProduceError::WriterGone);
+        };
         let out = &mut buf[start..start + total];
         match hlen {
-            4 => out[0..4].copy_from_slice(&((id & 31) | (((ts & 0x7ff_ffff) as u32) << 5)).to_le_bytes()),
+            4 => out[0..4]
+                .copy_from_slice(&((id & 31) | (((ts & 0x7ff_ffff) as u32) << 5)).to_le_bytes()),
             6 => {
                 out[0..2].copy_from_slice(&(id as u16).to_le_bytes());
                 out[2..6].copy_from_slice(&(ts as u32).to_le_bytes());

@@ -14,11 +14,22 @@ use crate::producer::TaskCtx;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{file}: bad packet at offset {offset}: {what}")]
-    Corrupt { file: String, offset: usize, what: &'static str },
+    Corrupt {
+        file: String,
+        offset: usize,
+        what: &'static str,
+    },
     #[error("{file}: unknown event id {id} at offset {offset}")]
-    UnknownId { file: String, offset: usize, id: u32 },
+    UnknownId {
+        file: String,
+        offset: usize,
+        id: u32,
+    },
 }
 
 /// A decoded field value.
@@ -103,7 +114,9 @@ fn decode_fields(catalog: &Catalog, id: u32, b: &[u8], at: &mut usize) -> Option
                 *at += n + 1;
                 FieldValue::Str(text(&rest[..n]))
             }
-            FieldType::IntArray { bits, signed, len, .. } => {
+            FieldType::IntArray {
+                bits, signed, len, ..
+            } => {
                 let mut v = Vec::with_capacity(*len as usize);
                 for _ in 0..*len {
                     v.push(read_int(b, at, *bits, *signed)?);
@@ -130,13 +143,20 @@ pub fn decode_stream(
     data: &[u8],
     file: &str,
 ) -> Result<(Vec<PacketSummary>, Vec<DecodedEvent>), ReadError> {
-    let corrupt = |offset, what| ReadError::Corrupt { file: file.to_string(), offset, what };
+    let corrupt = |offset, what| ReadError::Corrupt {
+        file: file.to_string(),
+        offset,
+        what,
+    };
     let mut packets = Vec::new();
     let mut events = Vec::new();
     let mut off = 0usize;
     while off < data.len() {
         let p = read_packet_header(&data[off..]).ok_or(corrupt(off, "no CTF magic"))?;
-        if p.packet_len < PACKET_HEADER_LEN || p.content_len > p.packet_len || off + p.packet_len > data.len() {
+        if p.packet_len < PACKET_HEADER_LEN
+            || p.content_len > p.packet_len
+            || off + p.packet_len > data.len()
+        {
             return Err(corrupt(off, "packet sizes out of range"));
         }
         let pkt = &data[off..off + p.content_len];
@@ -181,10 +201,20 @@ pub fn decode_stream(
             };
             at += EVENT_CTX_LEN;
             if catalog.event(id).is_none() {
-                return Err(ReadError::UnknownId { file: file.to_string(), offset: off + start, id });
+                return Err(ReadError::UnknownId {
+                    file: file.to_string(),
+                    offset: off + start,
+                    id,
+                });
             }
             let fields = decode_fields(catalog, id, pkt, &mut at).ok_or_else(bad)?;
-            events.push(DecodedEvent { cpu: p.cpu, ts, id, ctx, fields });
+            events.push(DecodedEvent {
+                cpu: p.cpu,
+                ts,
+                id,
+                ctx,
+                fields,
+            });
         }
         packets.push(p);
         off += p.packet_len;
@@ -205,8 +235,16 @@ fn update_clock(cur: u64, low: u64, bits: u32) -> u64 {
 /// Read every `channel0_<cpu>` stream of `<trace>/kernel` (or of `trace`
 /// itself if it is the kernel folder) and return all events sorted by time
 /// (stable: per-stream order is kept).
-pub fn read_trace(trace: &Path, catalog: &Catalog, header: HeaderKind) -> Result<Vec<DecodedEvent>, ReadError> {
-    let dir = if trace.join("kernel").is_dir() { trace.join("kernel") } else { trace.to_path_buf() };
+pub fn read_trace(
+    trace: &Path,
+    catalog: &Catalog,
+    header: HeaderKind,
+) -> Result<Vec<DecodedEvent>, ReadError> {
+    let dir = if trace.join("kernel").is_dir() {
+        trace.join("kernel")
+    } else {
+        trace.to_path_buf()
+    };
     let io = |p: &Path| {
         let path = p.display().to_string();
         move |source| ReadError::Io { path, source }

@@ -23,11 +23,22 @@ use crate::producer::{Mode, Msg, Producer, ProducerInit, ProducerShared, Produce
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("cannot create trace folder {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing {path} failed after {written} bytes: {source}; {lost} packet(s) not written, the trace up to there is readable")]
-    Write { path: PathBuf, written: u64, lost: u64, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        written: u64,
+        lost: u64,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error(transparent)]
@@ -121,6 +132,8 @@ struct Shared {
     gen: AtomicU64,
     /// Snapshots written so far.
     snapshots: AtomicU64,
+    /// Set from a signal handler to request a snapshot.
+    signal: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -134,6 +147,9 @@ impl Shared {
         g
     }
 }
+
+/// How often a flight recorder polls [`TriggerHandle::signal_flag`].
+pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Thread-safe, cloneable handle that asks a flight recorder to write its
 /// window (e.g. from a SIGUSR1 watcher thread or a guest-panic probe).
@@ -149,6 +165,13 @@ impl TriggerHandle {
     pub fn trigger(&self) -> bool {
         let gen = self.shared.request_flush();
         self.tx.try_send(Msg::Trigger { gen }).is_ok()
+    }
+
+    /// A flag that an async signal handler (e.g. SIGUSR1) may set with a
+    /// plain atomic store, which is async-signal-safe: the writer polls it
+    /// every [`SIGNAL_POLL`] and then acts as for [`TriggerHandle::trigger`].
+    pub fn signal_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shared.signal)
     }
 
     /// Number of snapshots written so far.
@@ -169,14 +192,23 @@ struct Out {
     metadata: String,
 }
 
-fn create_stream_files(dir: &Path, metadata: &str, ncpus: u32) -> Result<Vec<(PathBuf, File)>, WriteError> {
-    std::fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir { path: dir.to_path_buf(), source })?;
+fn create_stream_files(
+    dir: &Path,
+    metadata: &str,
+    ncpus: u32,
+) -> Result<Vec<(PathBuf, File)>, WriteError> {
+    std::fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mp = dir.join("metadata");
     std::fs::write(&mp, metadata).map_err(|source| WriteError::Create { path: mp, source })?;
     (0..ncpus)
         .map(|c| {
             let p = dir.join(format!("channel0_{c}"));
-            File::create(&p).map(|f| (p.clone(), f)).map_err(|source| WriteError::Create { path: p, source })
+            File::create(&p)
+                .map(|f| (p.clone(), f))
+                .map_err(|source| WriteError::Create { path: p, source })
         })
         .collect()
 }
@@ -184,7 +216,10 @@ fn create_stream_files(dir: &Path, metadata: &str, ncpus: u32) -> Result<Vec<(Pa
 impl TraceWriter {
     /// Create `<out_dir>/kernel/` with its metadata and stream files, start
     /// the writer thread, and return one producer per vCPU (index = cpu).
-    pub fn create(out_dir: &Path, cfg: TraceConfig) -> Result<(TraceWriter, Vec<Producer>), WriteError> {
+    pub fn create(
+        out_dir: &Path,
+        cfg: TraceConfig,
+    ) -> Result<(TraceWriter, Vec<Producer>), WriteError> {
         check_packet_size(cfg.packet_size)?;
         if cfg.ncpus == 0 {
             return Err(WriteError::Config("ncpus must be at least 1".into()));
@@ -218,7 +253,9 @@ impl TraceWriter {
             for _ in 0..pool {
                 let _ = etx.send(vec![0u8; cfg.packet_size].into_boxed_slice());
             }
-            let shared = Arc::new(ProducerShared { flush_gen: AtomicU64::new(0) });
+            let shared = Arc::new(ProducerShared {
+                flush_gen: AtomicU64::new(0),
+            });
             flags.push(Arc::clone(&shared));
             empties.push(etx);
             producers.push(Producer::new(ProducerInit {
@@ -238,9 +275,12 @@ impl TraceWriter {
             failed: AtomicBool::new(false),
             gen: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
+            signal: Arc::new(AtomicBool::new(false)),
         });
         let ring = match cfg.policy {
-            Policy::FlightRecorder { bytes_per_cpu } => Some((bytes_per_cpu / cfg.packet_size).max(1)),
+            Policy::FlightRecorder { bytes_per_cpu } => {
+                Some((bytes_per_cpu / cfg.packet_size).max(1))
+            }
             _ => None,
         };
         let st = WriterThread {
@@ -250,7 +290,10 @@ impl TraceWriter {
             written: vec![0; n],
             ring_cap: ring.unwrap_or(0),
             rings: (0..n).map(|_| VecDeque::new()).collect(),
-            out: Out { dir: out_dir.to_path_buf(), metadata: md },
+            out: Out {
+                dir: out_dir.to_path_buf(),
+                metadata: md,
+            },
             shared: Arc::clone(&shared),
             report: TraceReport {
                 trace_dir: dir,
@@ -267,12 +310,22 @@ impl TraceWriter {
             .name("ltt-writer".into())
             .spawn(move || st.run())
             .map_err(WriteError::Spawn)?;
-        Ok((TraceWriter { tx, shared, thread: Some(thread) }, producers))
+        Ok((
+            TraceWriter {
+                tx,
+                shared,
+                thread: Some(thread),
+            },
+            producers,
+        ))
     }
 
     /// A handle for flight-recorder triggers (no effect in other modes).
     pub fn trigger_handle(&self) -> TriggerHandle {
-        TriggerHandle { tx: self.tx.clone(), shared: Arc::clone(&self.shared) }
+        TriggerHandle {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Ask every producer to close its partial packet at its next event.
@@ -346,7 +399,11 @@ impl WriterThread {
             if finish.is_some() && !self.alive.iter().any(|a| *a) {
                 break;
             }
-            let deadline = [trigger.map(|t| t.1), finish.flatten()].into_iter().flatten().min();
+            let poll = (self.ring_cap > 0).then(|| Instant::now() + SIGNAL_POLL);
+            let deadline = [trigger.map(|t| t.1), finish.flatten(), poll]
+                .into_iter()
+                .flatten()
+                .min();
             let msg = match deadline {
                 Some(d) => self.rx.recv_deadline(d),
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -373,8 +430,16 @@ impl WriterThread {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if self.ring_cap > 0
+                && trigger.is_none()
+                && self.shared.signal.swap(false, Ordering::Relaxed)
+            {
+                let gen = self.shared.request_flush();
+                trigger = Some((gen, Instant::now() + self.grace));
+            }
             if let Some((gen, at)) = trigger {
-                let all_acked = (0..self.alive.len()).all(|c| !self.alive[c] || self.acked[c] >= gen);
+                let all_acked =
+                    (0..self.alive.len()).all(|c| !self.alive[c] || self.acked[c] >= gen);
                 if all_acked || Instant::now() >= at {
                     trigger = None;
                     let n = self.report.snapshots.len();
@@ -387,7 +452,9 @@ impl WriterThread {
                 }
             }
         }
-        self.report.unclosed = (0..self.alive.len() as u32).filter(|&c| self.alive[c as usize]).collect();
+        self.report.unclosed = (0..self.alive.len() as u32)
+            .filter(|&c| self.alive[c as usize])
+            .collect();
         if self.ring_cap > 0 {
             let dir = self.out.dir.join("kernel");
             if let Err(e) = self.dump(&dir) {
@@ -398,9 +465,17 @@ impl WriterThread {
             let _ = f.flush();
         }
         match self.error.take() {
-            Some(WriteError::Write { path, written, source, .. }) => {
-                Err(WriteError::Write { path, written, lost: self.lost, source })
-            }
+            Some(WriteError::Write {
+                path,
+                written,
+                source,
+                ..
+            }) => Err(WriteError::Write {
+                path,
+                written,
+                lost: self.lost,
+                source,
+            }),
             Some(e) => Err(e),
             None => Ok(self.report),
         }
@@ -445,7 +520,12 @@ impl WriterThread {
                     let _ = file.set_len(written);
                     let path = path.clone();
                     self.lost += 1;
-                    self.fail(WriteError::Write { path, written, lost: 0, source });
+                    self.fail(WriteError::Write {
+                        path,
+                        written,
+                        lost: 0,
+                        source,
+                    });
                 }
             }
         }
@@ -460,7 +540,12 @@ impl WriterThread {
             for (buf, _) in &self.rings[cpu] {
                 if let Err(source) = f.write_all(buf) {
                     let _ = f.set_len(written);
-                    return Err(WriteError::Write { path, written, lost: 0, source });
+                    return Err(WriteError::Write {
+                        path,
+                        written,
+                        lost: 0,
+                        source,
+                    });
                 }
                 written += buf.len() as u64;
                 self.report.packets_written += 1;

@@ -11,23 +11,43 @@ use std::time::{Duration, Instant};
 use common::{assert_cli_clean, bt2_read, tmp};
 use ltt_writer::*;
 
-const PREV: TaskRef<'static> = TaskRef { comm: b"prev", tid: 1, prio: 20 };
+const PREV: TaskRef<'static> = TaskRef {
+    comm: b"prev",
+    tid: 1,
+    prio: 20,
+};
 
 /// sched_switch carrying a sequence number in next_tid.
 fn switch(p: &mut Producer, ts: u64, seq: i32) -> Result<(), ProduceError> {
     let ctx = TaskCtx::new(7, 7, b"seq");
-    p.sched_switch(ts, &ctx, PREV, 0, TaskRef { comm: b"next", tid: seq, prio: 20 })
+    p.sched_switch(
+        ts,
+        &ctx,
+        PREV,
+        0,
+        TaskRef {
+            comm: b"next",
+            tid: seq,
+            prio: 20,
+        },
+    )
 }
 
 fn seqs(events: &[&serde_json::Value]) -> Vec<i64> {
-    events.iter().map(|e| e["fields"]["next_tid"].as_i64().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e["fields"]["next_tid"].as_i64().unwrap())
+        .collect()
 }
 
 /// Deterministic pseudo-random numbers (64-bit LCG).
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -86,7 +106,11 @@ fn timestamps_are_monotonic_per_stream_across_packets_and_threads() {
         assert_eq!(seqs(&got), (0..N as i64).collect::<Vec<_>>());
     }
     // The muxed order babeltrace2 gives is globally sorted.
-    let all: Vec<u64> = read.events().iter().map(|e| e["ns"].as_u64().unwrap()).collect();
+    let all: Vec<u64> = read
+        .events()
+        .iter()
+        .map(|e| e["ns"].as_u64().unwrap())
+        .collect();
     assert!(all.windows(2).all(|w| w[0] <= w[1]));
     // Packets bracket their events and follow each other per stream.
     let mut last_end = [0u64; 4];
@@ -124,7 +148,10 @@ fn fifo_stream(trace: &Path, cpu: u32) -> SlowStream {
     let kdir = trace.join("kernel");
     std::fs::create_dir_all(&kdir).unwrap();
     let path = kdir.join(format!("channel0_{cpu}"));
-    let st = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
     assert!(st.success());
     let (go, rx) = std::sync::mpsc::channel::<Duration>();
     let reader = std::thread::spawn(move || {
@@ -174,7 +201,8 @@ fn switch_catalog_cfg(ncpus: u32, policy: Policy) -> TraceConfig {
 fn lossless_waits_for_a_slow_writer_and_drops_nothing() {
     let dir = tmp();
     let slow = fifo_stream(dir.path(), 0);
-    let (w, mut ps) = TraceWriter::create(dir.path(), switch_catalog_cfg(1, Policy::Lossless)).unwrap();
+    let (w, mut ps) =
+        TraceWriter::create(dir.path(), switch_catalog_cfg(1, Policy::Lossless)).unwrap();
     // 1 ms per 4 KiB read: the producer must wait for packets.
     slow.go.send(Duration::from_millis(1)).unwrap();
     const N: i32 = 4000;
@@ -190,7 +218,10 @@ fn lossless_waits_for_a_slow_writer_and_drops_nothing() {
     let packets = report.per_cpu[0].packets;
     // Pool (2) + pipe (16 packets) absorb the start; the rest waited for
     // the 1 ms reads.
-    assert!(took >= Duration::from_millis(packets.saturating_sub(2 + 16 + 2)), "{took:?} for {packets} packets");
+    assert!(
+        took >= Duration::from_millis(packets.saturating_sub(2 + 16 + 2)),
+        "{took:?} for {packets} packets"
+    );
     let trace = materialise(dir.path(), 0, &data, 1);
     let read = bt2_read(trace.path());
     assert!(read.stderr.trim().is_empty(), "{}", read.stderr);
@@ -203,7 +234,8 @@ fn lossless_waits_for_a_slow_writer_and_drops_nothing() {
 fn discard_counts_every_dropped_event_exactly() {
     let dir = tmp();
     let slow = fifo_stream(dir.path(), 0);
-    let (w, mut ps) = TraceWriter::create(dir.path(), switch_catalog_cfg(2, Policy::Discard)).unwrap();
+    let (w, mut ps) =
+        TraceWriter::create(dir.path(), switch_catalog_cfg(2, Policy::Discard)).unwrap();
     const N1: i32 = 5000;
     const N2: i32 = 3000;
     // The FIFO is not read yet: the writer blocks after 64 KiB, the pool
@@ -220,24 +252,45 @@ fn discard_counts_every_dropped_event_exactly() {
     // One writer thread serves every stream: the stuck FIFO of cpu 0 also
     // made cpu 1 drop.
     let dropped = [ps[0].stats().discarded, ps[1].stats().discarded];
-    assert!(dropped[0] > 1000 && dropped[1] > 1000, "the test must drop events: {dropped:?}");
+    assert!(
+        dropped[0] > 1000 && dropped[1] > 1000,
+        "the test must drop events: {dropped:?}"
+    );
     drop(ps);
     let report = w.finish().unwrap();
-    assert_eq!([report.per_cpu[0].discarded, report.per_cpu[1].discarded], dropped);
+    assert_eq!(
+        [report.per_cpu[0].discarded, report.per_cpu[1].discarded],
+        dropped
+    );
     let data = slow.reader.join().unwrap();
 
     // The last packet's running total is the whole count.
-    let (packets, _) =
-        ltt_writer::reader::decode_stream(&Catalog::kernel(&[]).unwrap(), HeaderKind::Compact, &data, "fifo").unwrap();
+    let (packets, _) = ltt_writer::reader::decode_stream(
+        &Catalog::kernel(&[]).unwrap(),
+        HeaderKind::Compact,
+        &data,
+        "fifo",
+    )
+    .unwrap();
     assert_eq!(packets.last().unwrap().discarded, dropped[0]);
-    assert!(packets.windows(2).all(|w| w[0].discarded <= w[1].discarded && w[1].seq == w[0].seq + 1));
+    assert!(packets
+        .windows(2)
+        .all(|w| w[0].discarded <= w[1].discarded && w[1].seq == w[0].seq + 1));
 
     let trace = materialise(dir.path(), 0, &data, 2);
     let read = bt2_read(trace.path());
-    assert_eq!(read.discarded(), dropped[0] + dropped[1], "babeltrace2's discarded-events messages");
+    assert_eq!(
+        read.discarded(),
+        dropped[0] + dropped[1],
+        "babeltrace2's discarded-events messages"
+    );
     for (cpu, total) in [(0u64, N1 + N2), (1, N1)] {
         let got = seqs(&read.events_of_cpu(cpu));
-        assert_eq!(got.len() as u64 + dropped[cpu as usize], total as u64, "cpu {cpu}");
+        assert_eq!(
+            got.len() as u64 + dropped[cpu as usize],
+            total as u64,
+            "cpu {cpu}"
+        );
         // Each run of missing sequence numbers is one discarded-events
         // message of exactly that size, in order.
         let mut gaps = Vec::new();
@@ -269,7 +322,12 @@ fn discard_counts_every_dropped_event_exactly() {
 const PER_PACKET: i64 = 1 + (4096 - 84 - (13 + 24 + 56)) / (4 + 24 + 56);
 
 fn fr_cfg() -> TraceConfig {
-    switch_catalog_cfg(1, Policy::FlightRecorder { bytes_per_cpu: 4 * 4096 })
+    switch_catalog_cfg(
+        1,
+        Policy::FlightRecorder {
+            bytes_per_cpu: 4 * 4096,
+        },
+    )
 }
 
 #[test]
@@ -296,7 +354,10 @@ fn flight_recorder_keeps_exactly_the_newest_window() {
 fn wait_snapshots(h: &TriggerHandle, n: u64) {
     let t = Instant::now();
     while h.snapshots() < n {
-        assert!(t.elapsed() < Duration::from_secs(10), "snapshot {n} not written");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "snapshot {n} not written"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -338,4 +399,36 @@ fn flight_recorder_trigger_writes_the_window_at_that_moment() {
     let first = N1 + (full - 3) * PER_PACKET;
     let read = bt2_read(&dir.path().join("kernel"));
     assert_eq!(seqs(&read.events()), (first..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn flight_recorder_signal_flag_writes_a_snapshot() {
+    let dir = tmp();
+    let (w, mut ps) = TraceWriter::create(dir.path(), fr_cfg()).unwrap();
+    let h = w.trigger_handle();
+    let flag = h.signal_flag();
+    for i in 0..300 {
+        switch(&mut ps[0], 10 + i as u64, i).unwrap();
+    }
+    // What a SIGUSR1 handler does: one atomic store.
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut i = 300;
+    let t = Instant::now();
+    while h.snapshots() < 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no snapshot");
+        switch(&mut ps[0], 10 + i as u64, i).unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(ps);
+    w.finish().unwrap();
+    let snap = dir.path().join("snapshot-0");
+    let read = bt2_read(&snap);
+    assert!(read.stderr.trim().is_empty(), "{}", read.stderr);
+    let got = seqs(&read.events());
+    // A contiguous run of the newest events, at most 4 packets.
+    assert!(!got.is_empty() && got.len() as i64 <= 4 * PER_PACKET);
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(*got.last().unwrap() >= 299 && *got.last().unwrap() < i as i64);
+    assert_cli_clean(&snap, got.len());
 }

@@ -29,10 +29,17 @@ impl Bt2Read {
         self.records.iter().filter(|r| r["t"] == "event").collect()
     }
     pub fn events_of_cpu(&self, cpu: u64) -> Vec<&Json> {
-        self.events().into_iter().filter(|e| e["cpu"] == cpu).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["cpu"] == cpu)
+            .collect()
     }
     pub fn discarded(&self) -> u64 {
-        self.records.iter().filter(|r| r["t"] == "discarded").map(|r| r["count"].as_u64().unwrap()).sum()
+        self.records
+            .iter()
+            .filter(|r| r["t"] == "discarded")
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
     }
     pub fn of_type(&self, t: &str) -> Vec<&Json> {
         self.records.iter().filter(|r| r["t"] == t).collect()
@@ -44,9 +51,17 @@ impl Bt2Read {
 pub fn bt2_read(trace: &Path) -> Bt2Read {
     require(PYTHON);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/bt2_dump.py");
-    let out = Command::new(PYTHON).arg(script).arg(trace).output().expect("run python3");
+    let out = Command::new(PYTHON)
+        .arg(script)
+        .arg(trace)
+        .output()
+        .expect("run python3");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "bt2 failed on {}: {stderr}", trace.display());
+    assert!(
+        out.status.success(),
+        "bt2 failed on {}: {stderr}",
+        trace.display()
+    );
     let records = String::from_utf8(out.stdout)
         .expect("utf-8")
         .lines()
@@ -58,9 +73,19 @@ pub fn bt2_read(trace: &Path) -> Bt2Read {
 /// Run the `babeltrace2` CLI on `trace`: (status ok, stdout lines, stderr).
 pub fn babeltrace_cli(trace: &Path) -> (bool, Vec<String>, String) {
     require(BABELTRACE2);
-    let out = Command::new(BABELTRACE2).arg(trace).output().expect("run babeltrace2");
-    let stdout = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    (out.status.success(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BABELTRACE2)
+        .arg(trace)
+        .output()
+        .expect("run babeltrace2");
+    let stdout = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.success(),
+        stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Assert the CLI reads the trace with no warning or error and prints
@@ -68,11 +93,22 @@ pub fn babeltrace_cli(trace: &Path) -> (bool, Vec<String>, String) {
 pub fn assert_cli_clean(trace: &Path, n: usize) {
     let (ok, lines, stderr) = babeltrace_cli(trace);
     assert!(ok, "babeltrace2 failed: {stderr}");
-    assert!(stderr.trim().is_empty(), "babeltrace2 printed on stderr: {stderr}");
-    assert_eq!(lines.len(), n, "babeltrace2 printed {} events, expected {n}", lines.len());
+    assert!(
+        stderr.trim().is_empty(),
+        "babeltrace2 printed on stderr: {stderr}"
+    );
+    assert_eq!(
+        lines.len(),
+        n,
+        "babeltrace2 printed {} events, expected {n}",
+        lines.len()
+    );
 }
 
 /// A fresh temporary folder.
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ltt-writer-test").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("ltt-writer-test")
+        .tempdir()
+        .expect("tempdir")
 }
