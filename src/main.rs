@@ -2,6 +2,9 @@
 
 mod backend;
 mod cache;
+mod cmd_bench_writer;
+mod cmd_record;
+mod cmd_symbols;
 mod guest;
 mod image;
 mod run;
@@ -25,13 +28,22 @@ enum Cmd {
     /// Boot a guest and run one command in it; exits with its status.
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
-    Record(NotYet),
+    Record(cmd_record::RecordArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
     Report(NotYet),
     /// Recover a kernel's symbols, types and syscalls from its image.
-    Symbols(NotYet),
+    Symbols(cmd_symbols::SymbolsArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
-    Bench(NotYet),
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Event buffers and CTF writer against memcpy and sequential writes.
+    Writer,
+    /// One debug exit through the KVM monitor against a bare KVM_RUN loop.
+    Exits,
 }
 
 /// Arguments of a subcommand that is not built yet (accepted, then refused).
@@ -50,10 +62,11 @@ fn main() {
     let result = match cli.command {
         Cmd::Image(args) => image::run(args).map(|()| 0),
         Cmd::Run(args) => run::run(args),
-        Cmd::Record(_) => not_yet("record"),
+        Cmd::Record(args) => cmd_record::run(args),
         Cmd::Report(_) => not_yet("report"),
-        Cmd::Symbols(_) => not_yet("symbols"),
-        Cmd::Bench(_) => not_yet("bench"),
+        Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
+        Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
+        Cmd::Bench(BenchCmd::Exits) => not_yet("bench exits"),
     };
     match result {
         Ok(status) => std::process::exit(status),
