@@ -64,6 +64,8 @@ pub struct BenchReport {
     /// Bytes of one benchmark event (header + context + payload).
     pub event_bytes: usize,
     pub producer_ns_per_event: f64,
+    /// syscall_entry_read / syscall_exit_read pairs (generic field path).
+    pub syscall_ns_per_event: f64,
     pub memcpy_ns_per_event: f64,
     pub disk_events_per_s: f64,
     pub disk_bytes_per_s: f64,
@@ -72,6 +74,9 @@ pub struct BenchReport {
     pub seq_write_pool_bytes_per_s: f64,
     /// Writer throughput with 16 KiB events (producer cost negligible).
     pub bulk_bytes_per_s: f64,
+    /// Bytes per second of the writer thread while it writes (time in
+    /// `write` and packet handling only).
+    pub writer_busy_bytes_per_s: f64,
 }
 
 impl BenchReport {
@@ -101,6 +106,11 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
+            "producer -> buffers, syscall entry/exit (3 args): {:.1} ns/event",
+            self.syscall_ns_per_event
+        )?;
+        writeln!(
+            f,
             "producer -> buffers: {:.1} ns/event, {:.2} M events/s; memcpy baseline {:.1} ns/event; ratio memcpy/producer = {:.2} (goal: < 50 ns/event)",
             self.producer_ns_per_event,
             self.producer_events_per_s() / 1e6,
@@ -122,10 +132,17 @@ impl std::fmt::Display for BenchReport {
         )?;
         write!(
             f,
-            "writer -> disk, 16 KiB events: {:.0} MB/s; ratio to sequential write = {:.2} (hot buffer), {:.2} (rotating buffers) (goal: >= 0.80)",
+            "end to end -> disk, 16 KiB events (producer + writer threads): {:.0} MB/s; ratio to sequential write = {:.2} (hot buffer), {:.2} (rotating buffers) (goal: >= 0.80)",
             self.bulk_bytes_per_s / 1e6,
             self.bulk_ratio(),
             self.bulk_bytes_per_s / self.seq_write_pool_bytes_per_s
+        )?;
+        writeln!(f)?;
+        write!(
+            f,
+            "writer thread while busy (16 KiB events): {:.0} MB/s; ratio to sequential write = {:.2} (hot buffer)",
+            self.writer_busy_bytes_per_s / 1e6,
+            self.writer_busy_bytes_per_s / self.seq_write_bytes_per_s
         )
     }
 }
@@ -149,11 +166,39 @@ fn emit_switches(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchE
     Ok(())
 }
 
-fn producer_once(o: &BenchOptions, dir: &Path) -> Result<Duration, BenchError> {
-    let mut cfg = TraceConfig::new(
-        1,
-        Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?,
-    );
+fn read_syscall() -> crate::catalog::SyscallDecl {
+    use crate::catalog::{ArgDir, ArgKind, SyscallArg, SyscallDecl};
+    let a = |name: &str, kind, dir| SyscallArg {
+        name: name.into(),
+        kind,
+        dir,
+    };
+    SyscallDecl {
+        nr: 0,
+        name: "read".into(),
+        args: vec![
+            a("fd", ArgKind::Unsigned(32), ArgDir::In),
+            a("buf", ArgKind::Pointer, ArgDir::Out),
+            a("count", ArgKind::Unsigned(64), ArgDir::In),
+        ],
+    }
+}
+
+fn emit_syscalls(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchError> {
+    use crate::producer::Value;
+    let ctx = TaskCtx::new(100, 101, b"bench");
+    for i in 0..n / 2 {
+        let args = [Value::U(3), Value::U(0x7fff_0000), Value::U(i)];
+        p.syscall_entry(i * 100, &ctx, 0, &args)?;
+        p.syscall_exit(i * 100 + 50, &ctx, 0, 12, &args)?;
+    }
+    Ok(())
+}
+
+fn producer_once(o: &BenchOptions, dir: &Path, syscalls: bool) -> Result<Duration, BenchError> {
+    let catalog =
+        Catalog::kernel(&[read_syscall()]).map_err(|e| WriteError::Config(e.to_string()))?;
+    let mut cfg = TraceConfig::new(1, catalog);
     cfg.packet_size = o.packet_size;
     cfg.policy = Policy::FlightRecorder {
         bytes_per_cpu: 4 * o.packet_size,
@@ -162,9 +207,14 @@ fn producer_once(o: &BenchOptions, dir: &Path) -> Result<Duration, BenchError> {
     let mut p = ps
         .pop()
         .ok_or_else(|| WriteError::Config("no producer".into()))?;
-    emit_switches(&mut p, 10_000)?; // warm up
+    let emit = if syscalls {
+        emit_syscalls
+    } else {
+        emit_switches
+    };
+    emit(&mut p, 10_000)?; // warm up
     let t = Instant::now();
-    emit_switches(&mut p, o.producer_events)?;
+    emit(&mut p, o.producer_events)?;
     let d = t.elapsed();
     drop(p);
     w.finish()?;
@@ -207,7 +257,7 @@ fn disk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError
     Ok((t.elapsed(), r.bytes_written))
 }
 
-fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError> {
+fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64, Duration), BenchError> {
     let mut catalog = Catalog::new();
     let blob = crate::catalog::FieldDecl::new(
         "blob",
@@ -233,7 +283,7 @@ fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError
     }
     drop(p);
     let r = w.finish()?;
-    Ok((t.elapsed(), r.bytes_written))
+    Ok((t.elapsed(), r.bytes_written, r.write_time))
 }
 
 const BULK: usize = 16 * 1024;
@@ -282,11 +332,16 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
         event_bytes,
         ..Default::default()
     };
+    let mut sys = f64::MAX;
+    let mut writer_busy = 0f64;
     let (mut prod, mut mem, mut disk, mut seq, mut seq_pool, mut bulk) =
         (f64::MAX, f64::MAX, 0f64, 0f64, 0f64, 0f64);
     for round in 0..o.rounds.max(1) {
-        let d = producer_once(o, &root.join(format!("p{round}")))?;
+        let d = producer_once(o, &root.join(format!("p{round}")), false)?;
         prod = prod.min(d.as_nanos() as f64 / o.producer_events as f64);
+        let _ = std::fs::remove_dir_all(root.join(format!("p{round}")));
+        let d = producer_once(o, &root.join(format!("p{round}")), true)?;
+        sys = sys.min(d.as_nanos() as f64 / o.producer_events as f64);
         let m = memcpy_once(o.producer_events, event_bytes, o.packet_size);
         mem = mem.min(m.as_nanos() as f64 / o.producer_events as f64);
         let (d, bytes) = disk_once(o, &root.join(format!("d{round}")))?;
@@ -301,8 +356,9 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
         let _ = std::fs::remove_file(&seq_path);
         let s = seq_write_once(&seq_path, bytes, o.packet_size, 8)?;
         seq_pool = seq_pool.max(bytes as f64 / s.as_secs_f64());
-        let (d, bytes) = bulk_once(o, &root.join(format!("b{round}")))?;
+        let (d, bytes, busy) = bulk_once(o, &root.join(format!("b{round}")))?;
         bulk = bulk.max(bytes as f64 / d.as_secs_f64());
+        writer_busy = writer_busy.max(bytes as f64 / busy.as_secs_f64());
         let _ = std::fs::remove_dir_all(root.join(format!("b{round}")));
         let _ = std::fs::remove_dir_all(root.join(format!("p{round}")));
         let _ = std::fs::remove_dir_all(root.join(format!("d{round}")));
@@ -310,6 +366,8 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let _ = std::fs::remove_dir_all(&root);
     best.producer_ns_per_event = prod;
+    best.syscall_ns_per_event = sys;
+    best.writer_busy_bytes_per_s = writer_busy;
     best.memcpy_ns_per_event = mem;
     best.disk_bytes_per_s = disk;
     best.seq_write_bytes_per_s = seq;

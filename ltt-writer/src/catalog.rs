@@ -19,6 +19,8 @@ pub enum CatalogError {
     BadIntSize { event: String, bits: u8 },
     #[error("syscall {nr} (`{name}`) is declared twice")]
     DuplicateSyscall { nr: u32, name: String },
+    #[error("syscall number {nr} out of range (max {max})")]
+    BadSyscallNr { nr: u32, max: u32 },
     #[error("too many events (max {max})")]
     TooMany { max: usize },
 }
@@ -161,6 +163,8 @@ pub struct SyscallIds {
     pub entry_args: Vec<usize>,
     /// Indices shown at exit after `ret`, in order.
     pub exit_args: Vec<usize>,
+    /// Bit i set when argument i is a string.
+    pub string_mask: u8,
 }
 
 /// The ids of the built-in kernel events, when declared.
@@ -186,6 +190,9 @@ pub struct KernelIds {
     pub syscall_exit_unknown: Option<u32>,
 }
 
+/// Syscall numbers accepted (x86-64 tables stay far below).
+pub const MAX_SYSCALL_NR: u32 = 4096;
+
 /// Upper bound of event classes (ids are `u32`, but keep metadata sane).
 pub const MAX_EVENTS: usize = 1 << 20;
 
@@ -194,8 +201,8 @@ pub const MAX_EVENTS: usize = 1 << 20;
 pub struct Catalog {
     events: Vec<EventDecl>,
     by_name: HashMap<String, u32>,
-    syscalls: HashMap<u32, SyscallIds>,
-    syscall_decls: HashMap<u32, SyscallDecl>,
+    /// Indexed by syscall number.
+    syscalls: Vec<Option<(SyscallIds, SyscallDecl)>>,
     kernel: KernelIds,
 }
 
@@ -371,7 +378,13 @@ impl Catalog {
     /// each syscall, like lttng-modules' syscall tracer.
     pub fn add_syscalls(&mut self, syscalls: &[SyscallDecl]) -> Result<(), CatalogError> {
         for sc in syscalls {
-            if self.syscalls.contains_key(&sc.nr) {
+            if sc.nr >= MAX_SYSCALL_NR {
+                return Err(CatalogError::BadSyscallNr {
+                    nr: sc.nr,
+                    max: MAX_SYSCALL_NR,
+                });
+            }
+            if self.syscall(sc.nr).is_some() {
                 return Err(CatalogError::DuplicateSyscall {
                     nr: sc.nr,
                     name: sc.name.clone(),
@@ -392,16 +405,21 @@ impl Catalog {
             let mut exit_fields = vec![FieldDecl::new("ret", FieldType::I64)];
             exit_fields.extend(mk(&exit_args));
             let exit = self.add_event(&format!("syscall_exit_{}", sc.name), exit_fields)?;
-            self.syscalls.insert(
-                sc.nr,
-                SyscallIds {
-                    entry,
-                    exit,
-                    entry_args,
-                    exit_args,
-                },
-            );
-            self.syscall_decls.insert(sc.nr, sc.clone());
+            let string_mask = (0..sc.args.len().min(8))
+                .filter(|&i| sc.args[i].kind == ArgKind::String)
+                .fold(0u8, |m, i| m | 1 << i);
+            let ids = SyscallIds {
+                entry,
+                exit,
+                entry_args,
+                exit_args,
+                string_mask,
+            };
+            let nr = sc.nr as usize;
+            if self.syscalls.len() <= nr {
+                self.syscalls.resize(nr + 1, None);
+            }
+            self.syscalls[nr] = Some((ids, sc.clone()));
         }
         Ok(())
     }
@@ -418,11 +436,18 @@ impl Catalog {
     pub fn kernel_ids(&self) -> &KernelIds {
         &self.kernel
     }
+    #[inline]
     pub fn syscall(&self, nr: u32) -> Option<&SyscallIds> {
-        self.syscalls.get(&nr)
+        self.syscalls
+            .get(nr as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| &s.0)
     }
     pub fn syscall_decl(&self, nr: u32) -> Option<&SyscallDecl> {
-        self.syscall_decls.get(&nr)
+        self.syscalls
+            .get(nr as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| &s.1)
     }
 }
 

@@ -1,7 +1,6 @@
 //! Typed helpers for the lttng-modules kernel events: each computes its size
 //! and writes its fields in declaration order, with no lookup by name.
 
-use crate::catalog::ArgKind;
 use crate::packet::str_len;
 use crate::producer::{ProduceError, Producer, TaskCtx, Value};
 
@@ -395,12 +394,12 @@ impl Producer {
                 (ids.exit, &ids.exit_args)
             }
         };
-        let decl = catalog.syscall_decl(nr);
         for &i in picks.iter().take(MAX_SYSCALL_ARGS) {
             // A missing argument is recorded as 0 / empty string.
-            let missing = match decl.map(|d| d.args[i].kind) {
-                Some(ArgKind::String) => Value::Str(b""),
-                _ => Value::U(0),
+            let missing = if ids.string_mask & (1 << i) != 0 {
+                Value::Str(b"")
+            } else {
+                Value::U(0)
             };
             vals[n] = args.get(i).copied().unwrap_or(missing);
             n += 1;

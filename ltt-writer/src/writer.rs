@@ -111,6 +111,9 @@ pub struct TraceReport {
     pub packets_overwritten: u64,
     /// Flight recorder: folders written on triggers.
     pub snapshots: Vec<PathBuf>,
+    /// Time the writer thread spent handling packets (zero padding, write,
+    /// recycling), without the time it waited for producers.
+    pub write_time: Duration,
     /// vCPUs whose producer was still alive when finish gave up waiting;
     /// their last partial packet is not in the trace.
     pub unclosed: Vec<u32>,
@@ -409,7 +412,11 @@ impl WriterThread {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Packet { cpu, buf, len }) => self.on_packet(cpu as usize, buf, len),
+                Ok(Msg::Packet { cpu, buf, len }) => {
+                    let t = Instant::now();
+                    self.on_packet(cpu as usize, buf, len);
+                    self.report.write_time += t.elapsed();
+                }
                 Ok(Msg::Gone { cpu, stats }) => {
                     self.alive[cpu as usize] = false;
                     self.report.per_cpu[cpu as usize] = stats;
