@@ -19,6 +19,13 @@ pub enum ChromeError {
     Io(#[from] std::io::Error),
     #[error("encoding Chrome JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Read(#[from] crate::reader::ReadError),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Pid of the pseudo-process whose threads are the CPUs.
@@ -195,4 +202,22 @@ pub fn export<W: Write>(
     }
     em.out.write_all(b"\n]}\n")?;
     Ok(em.out)
+}
+
+/// Read the trace at `trace` (written with `catalog` and `header`) and
+/// write its Chrome JSON to `out`.
+pub fn export_trace(
+    trace: &std::path::Path,
+    catalog: &Catalog,
+    header: crate::metadata::HeaderKind,
+    out: &std::path::Path,
+) -> Result<(), ChromeError> {
+    let events = crate::reader::read_trace(trace, catalog, header)?;
+    let f = std::fs::File::create(out).map_err(|source| ChromeError::Create {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut w = export(catalog, &events, std::io::BufWriter::new(f))?;
+    w.flush()?;
+    Ok(())
 }

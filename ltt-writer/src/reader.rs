@@ -278,3 +278,66 @@ mod tests {
         assert_eq!(update_clock(cur, 50, 27), (6 << 27) | 50);
     }
 }
+
+/// What [`repair_trace`] did to one stream file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repaired {
+    pub file: String,
+    /// Whole packets kept.
+    pub packets: usize,
+    /// Bytes cut from the end (an incomplete or corrupt last packet).
+    pub cut: u64,
+}
+
+/// Make a trace whose writer was killed mid-write readable again: cut each
+/// `channel0_<cpu>` stream of `<trace>/kernel` after its last complete,
+/// well-formed packet. Returns one entry per stream file that was cut.
+pub fn repair_trace(trace: &Path) -> Result<Vec<Repaired>, ReadError> {
+    let dir = if trace.join("kernel").is_dir() {
+        trace.join("kernel")
+    } else {
+        trace.to_path_buf()
+    };
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| ReadError::Io { path, source }
+    };
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(io(&dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("channel0_"))
+        .collect();
+    names.sort();
+    for n in names {
+        let p = dir.join(&n);
+        let data = std::fs::read(&p).map_err(io(&p))?;
+        let mut off = 0usize;
+        let mut packets = 0;
+        while let Some(h) = read_packet_header(&data[off..]) {
+            let ok = h.packet_len >= PACKET_HEADER_LEN
+                && h.content_len >= PACKET_HEADER_LEN
+                && h.content_len <= h.packet_len
+                && off + h.packet_len <= data.len();
+            if !ok {
+                break;
+            }
+            off += h.packet_len;
+            packets += 1;
+        }
+        if off < data.len() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(io(&p))?;
+            f.set_len(off as u64).map_err(io(&p))?;
+            out.push(Repaired {
+                file: n,
+                packets,
+                cut: (data.len() - off) as u64,
+            });
+        }
+    }
+    Ok(out)
+}

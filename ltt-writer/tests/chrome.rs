@@ -128,9 +128,9 @@ fn chrome_export_has_slices_instants_and_names() {
     let dir = tmp();
     write_trace(dir.path());
     let cat = catalog();
-    let events = read_trace(dir.path(), &cat, HeaderKind::Compact).unwrap();
-    let out = ltt_writer::chrome::export(&cat, &events, Vec::new()).unwrap();
-    let doc: Json = serde_json::from_slice(&out).unwrap();
+    let json = dir.path().join("chrome.json");
+    ltt_writer::chrome::export_trace(dir.path(), &cat, HeaderKind::Compact, &json).unwrap();
+    let doc: Json = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let ev = doc["traceEvents"].as_array().unwrap().clone();
 
     // Syscalls: complete slices, µs, entry args + ret.

@@ -196,3 +196,43 @@ fn generic_events_are_checked_against_the_catalog() {
     let read = bt2_read(dir.path());
     assert_eq!(read.events().len(), 1);
 }
+
+/// A writer killed in the middle of a `write` leaves a partial packet at
+/// the end of a stream; `repair_trace` cuts it and babeltrace2 reads the
+/// rest.
+#[test]
+fn repair_cuts_a_torn_last_packet() {
+    let dir = tmp();
+    let (w, mut ps) = TraceWriter::create(dir.path(), cfg(2)).unwrap();
+    exits(&mut ps[0], 0, 200).unwrap();
+    exits(&mut ps[1], 0, 10).unwrap();
+    drop(ps);
+    w.finish().unwrap();
+    let s0 = dir.path().join("kernel/channel0_0");
+    let good = std::fs::read(&s0).unwrap();
+    let packets = good.len() / 4096;
+    assert_eq!(packets as u64, 200_u64.div_ceil(PER_PACKET as u64));
+    // Torn write: the first 1000 bytes of another copy of packet 0.
+    let mut torn = good.clone();
+    torn.extend_from_slice(&good[..1000]);
+    std::fs::write(&s0, &torn).unwrap();
+    let (ok, _, stderr) = common::babeltrace_cli(dir.path());
+    assert!(
+        !ok || !stderr.is_empty(),
+        "babeltrace2 should notice the torn packet"
+    );
+
+    let fixed = ltt_writer::reader::repair_trace(dir.path()).unwrap();
+    assert_eq!(
+        fixed,
+        vec![ltt_writer::reader::Repaired {
+            file: "channel0_0".into(),
+            packets,
+            cut: 1000
+        }]
+    );
+    assert_eq!(std::fs::read(&s0).unwrap(), good);
+    let read = bt2_read(dir.path());
+    assert_eq!(tids(&read, 0), (0..200).collect::<Vec<_>>());
+    assert_cli_clean(dir.path(), 210);
+}
