@@ -52,6 +52,9 @@ pub struct RecordArgs {
     /// Output folder (the CTF trace goes to DIR/kernel).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
+    /// First boot the same guest and command untraced, and report the slowdown.
+    #[arg(long)]
+    pub baseline: bool,
     /// The TCG plugin (default: libhvtrace_tcg.so next to hvtrace, or $HVTRACE_TCG_PLUGIN).
     #[arg(long)]
     pub plugin: Option<PathBuf>,
@@ -104,22 +107,56 @@ pub fn run(args: RecordArgs) -> Result<i32> {
         path_str(&plugin)?,
         path_str(&plan_path)?
     )));
+    let baseline = if args.baseline {
+        let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
+        let t = Instant::now();
+        let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::sink())?;
+        Some((t.elapsed(), end))
+    } else {
+        None
+    };
     let cmd = guest::qemu_command(&run, &extra);
     let t1 = Instant::now();
     let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::stderr())?;
     let wall = t1.elapsed();
 
-    let summary = summarize(&out_abs, &plan)?;
+    let summary = summarize(&out_abs)?;
+    let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let lost = report["ctf"]["discarded"].as_u64().unwrap_or(0);
+    let busy: u64 = report["cpus"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["busy_ns"].as_u64()).sum())
+        .unwrap_or(0);
     eprintln!(
-        "hvtrace: record: {} events ({} per vCPU: {:?}), 0 lost, guest run {:.1} s, symbols {:.1} s",
+        "hvtrace: record: {} events, {lost} lost; per vCPU {:?}; guest run {:.1} s wall (symbols {:.1} s)",
         summary.total,
-        summary.per_cpu.len(),
         summary.per_cpu,
         wall.as_secs_f64(),
         prep.as_secs_f64()
     );
     for (class, n) in &summary.per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
+    }
+    if summary.total > 0 {
+        eprintln!(
+            "hvtrace: record: tracer time {:.1} ms in trap callbacks, {:.2} us per event",
+            busy as f64 / 1e6,
+            busy as f64 / 1e3 / summary.total as f64
+        );
+    }
+    if let Some((base, base_end)) = baseline {
+        eprintln!(
+            "hvtrace: record: baseline (untraced) run {:.1} s wall ({base_end:?}); traced/untraced = {:.2}x (whole guest run, boot included)",
+            base.as_secs_f64(),
+            wall.as_secs_f64() / base.as_secs_f64().max(1e-9)
+        );
+    }
+    match report["slide"].as_i64() {
+        Some(s) if s >= 0 => eprintln!("hvtrace: record: KASLR slide {s:#x}; trace in {}", out.join("kernel").display()),
+        _ => eprintln!("hvtrace: record: the plugin did not find the running kernel (no KASLR slide matched); the trace is empty"),
     }
     if !matches!(end, guest::GuestEnd::Exited(_)) {
         eprintln!(
@@ -302,7 +339,7 @@ pub fn read_records(out: &Path) -> Result<Vec<Vec<Record>>> {
     Ok(cpus)
 }
 
-fn summarize(out: &Path, _plan: &ProbePlan) -> Result<Summary> {
+fn summarize(out: &Path) -> Result<Summary> {
     let mut s = Summary::default();
     for recs in read_records(out)? {
         s.per_cpu.push(recs.len() as u64);

@@ -111,6 +111,12 @@ fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {
         return;
     };
     g.hits.fetch_add(1, Ordering::Relaxed);
+    let t0 = Instant::now();
+    hit(g, k, kind, rt);
+    rt.busy_ns += t0.elapsed().as_nanos() as u64;
+}
+
+fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
     let wanted = g.plan.statedump_exec.as_bytes();
     if wanted.is_empty() {
         statedump_once(g, k, rt);
@@ -266,6 +272,7 @@ impl HasCallbacks for Hv {
                     .and_then(|mut p| p.get_mut(vcpu as usize).and_then(Option::take)),
                 ctf_errors: 0,
                 events: 0,
+                busy_ns: 0,
                 write_errors: 0,
                 by_kind: [0; 16],
             });
@@ -339,8 +346,8 @@ fn at_exit() {
             // Dropping the producer closes its last packet.
             rt.producer = None;
             per_cpu.push(format!(
-                "{{\"cpu\":{i},\"events\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?}}}",
-                rt.events, rt.write_errors, rt.ctf_errors, rt.by_kind
+                "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?}}}",
+                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind
             ));
         }
     }

@@ -22,6 +22,8 @@ pub struct VcpuRuntime {
     pub producer: Option<ltt_writer::Producer>,
     pub ctf_errors: u64,
     pub events: u64,
+    /// Nanoseconds spent in trap callbacks (decode + write).
+    pub busy_ns: u64,
     pub write_errors: u64,
     pub by_kind: [u64; 16],
 }
