@@ -7,6 +7,7 @@ mod cmd_record;
 mod cmd_symbols;
 mod guest;
 mod image;
+mod report;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -30,7 +31,7 @@ enum Cmd {
     /// Boot a guest, run a command and trace the whole system (CTF).
     Record(cmd_record::RecordArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
-    Report(NotYet),
+    Report(report::ReportArgs),
     /// Recover a kernel's symbols, types and syscalls from its image.
     Symbols(cmd_symbols::SymbolsArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -63,7 +64,7 @@ fn main() {
         Cmd::Image(args) => image::run(args).map(|()| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Record(args) => cmd_record::run(args),
-        Cmd::Report(_) => not_yet("report"),
+        Cmd::Report(args) => report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Exits) => not_yet("bench exits"),
