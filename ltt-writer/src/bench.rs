@@ -1,19 +1,24 @@
 //! Throughput benchmark, measured side by side with plain baselines in the
-//! same run (absolute times are not stable on shared machines):
-//! - producer: `sched_switch` events into packets (flight-recorder mode, so
-//!   no I/O) against a plain `memcpy` of the same record size;
-//! - end to end: lossless trace to disk (until `finish`) against a plain
-//!   sequential `write` of the same number of bytes in packet-size chunks.
+//! same run (absolute times are not stable on shared machines). Each figure
+//! is given in wall time and in thread CPU time (the latter ignores the
+//! time a thread waited for a core, which dominates on a loaded machine).
+//! - producer: `sched_switch` and syscall events into packets
+//!   (flight-recorder mode, so no I/O) against a plain `memcpy` of the same
+//!   record size;
+//! - writer: a lossless trace of 16 KiB events to disk, the writer thread's
+//!   bytes per CPU second against a plain sequential `write` loop's;
+//! - end to end: a lossless trace of `sched_switch` events to disk (one
+//!   producer, until `finish`).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::catalog::Catalog;
+use crate::catalog::{ArgDir, ArgKind, Catalog, FieldDecl, FieldType, SyscallArg, SyscallDecl};
 use crate::kernel::TaskRef;
-use crate::producer::TaskCtx;
-use crate::writer::{Policy, TraceConfig, TraceWriter, WriteError};
+use crate::producer::{Producer, TaskCtx, Value};
+use crate::writer::{Policy, TraceConfig, TraceReport, TraceWriter, WriteError};
 
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +32,18 @@ pub enum BenchError {
     },
     #[error("event rejected: {0}")]
     Produce(#[from] crate::producer::ProduceError),
+    #[error("benchmark catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
 }
 
 /// Benchmark parameters.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Events for the producer measurement.
+    /// Events for each producer measurement.
     pub producer_events: u64,
     /// Events for the end-to-end measurement.
     pub disk_events: u64,
-    /// Bytes for the writer measurement with 16 KiB events.
+    /// Bytes for the writer measurement (16 KiB events).
     pub bulk_bytes: u64,
     /// Folder for the temporary traces (removed afterwards).
     pub dir: PathBuf,
@@ -48,7 +55,7 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            producer_events: 5_000_000,
+            producer_events: 4_000_000,
             disk_events: 2_000_000,
             bulk_bytes: 256 << 20,
             dir: std::env::temp_dir(),
@@ -58,91 +65,161 @@ impl Default for BenchOptions {
     }
 }
 
-/// Results; rates are per second.
+/// CPU time consumed by the calling thread: unlike wall time, it does not
+/// count the time the thread waited for a core on a shared machine.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the
+    // call; CLOCK_THREAD_CPUTIME_ID is supported by Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall and thread-CPU time of one measurement.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Spent {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+impl Spent {
+    fn best(self, o: Spent) -> Spent {
+        Spent {
+            wall: if self.wall.is_zero() {
+                o.wall
+            } else {
+                self.wall.min(o.wall)
+            },
+            cpu: if self.cpu.is_zero() {
+                o.cpu
+            } else {
+                self.cpu.min(o.cpu)
+            },
+        }
+    }
+    /// Nanoseconds per item, (wall, cpu).
+    fn per(&self, n: u64) -> (f64, f64) {
+        (
+            self.wall.as_nanos() as f64 / n as f64,
+            self.cpu.as_nanos() as f64 / n as f64,
+        )
+    }
+    /// Items per second, (wall, cpu).
+    fn rate(&self, n: u64) -> (f64, f64) {
+        (
+            n as f64 / self.wall.as_secs_f64(),
+            n as f64 / self.cpu.as_secs_f64(),
+        )
+    }
+}
+
+fn measure<T>(f: impl FnOnce() -> T) -> (T, Spent) {
+    let (w, c) = (Instant::now(), thread_cpu_time());
+    let r = f();
+    (
+        r,
+        Spent {
+            wall: w.elapsed(),
+            cpu: thread_cpu_time().saturating_sub(c),
+        },
+    )
+}
+
+/// Results: best of the rounds for each measurement.
 #[derive(Clone, Debug, Default)]
 pub struct BenchReport {
-    /// Bytes of one benchmark event (header + context + payload).
+    pub producer_events: u64,
+    pub disk_events: u64,
+    /// Bytes of one `sched_switch` event (compact header + context + payload).
     pub event_bytes: usize,
-    pub producer_ns_per_event: f64,
-    /// syscall_entry_read / syscall_exit_read pairs (generic field path).
-    pub syscall_ns_per_event: f64,
-    pub memcpy_ns_per_event: f64,
-    pub disk_events_per_s: f64,
-    pub disk_bytes_per_s: f64,
-    pub seq_write_bytes_per_s: f64,
-    /// Sequential write from 8 rotating buffers (like the writer's pool).
-    pub seq_write_pool_bytes_per_s: f64,
-    /// Writer throughput with 16 KiB events (producer cost negligible).
-    pub bulk_bytes_per_s: f64,
-    /// Bytes per second of the writer thread while it writes (time in
-    /// `write` and packet handling only).
-    pub writer_busy_bytes_per_s: f64,
+    pub switch: Spent,
+    pub syscall: Spent,
+    pub memcpy: Spent,
+    /// Sequential write of `bulk_bytes` from one cache-hot buffer.
+    pub seq_write: Spent,
+    pub bulk_bytes: u64,
+    /// Lossless trace of 16 KiB events: wall time of the run and CPU time
+    /// of the writer thread.
+    pub bulk: Spent,
+    /// Lossless trace of `sched_switch` events: wall time until `finish`.
+    pub disk: Spent,
+    pub disk_bytes: u64,
 }
 
 impl BenchReport {
-    pub fn producer_events_per_s(&self) -> f64 {
-        1e9 / self.producer_ns_per_event
+    /// Producer ns per `sched_switch` event (wall, cpu).
+    pub fn producer_ns(&self) -> (f64, f64) {
+        self.switch.per(self.producer_events)
     }
-    /// memcpy time / producer time (1.0 = as fast as memcpy).
-    pub fn producer_ratio(&self) -> f64 {
-        self.memcpy_ns_per_event / self.producer_ns_per_event
+    /// Writer thread bytes per CPU second / sequential-write loop bytes per
+    /// CPU second.
+    pub fn writer_cpu_ratio(&self) -> f64 {
+        self.bulk.rate(self.bulk_bytes).1 / self.seq_write.rate(self.bulk_bytes).1
     }
-    /// Trace bytes per second / sequential-write bytes per second.
-    pub fn disk_ratio(&self) -> f64 {
-        self.disk_bytes_per_s / self.seq_write_bytes_per_s
-    }
-    /// Writer (bulk events) bytes per second / sequential-write bytes per second.
-    pub fn bulk_ratio(&self) -> f64 {
-        self.bulk_bytes_per_s / self.seq_write_bytes_per_s
+    /// Whole 16 KiB-event trace bytes per wall second / sequential write's.
+    pub fn writer_wall_ratio(&self) -> f64 {
+        self.bulk.rate(self.bulk_bytes).0 / self.seq_write.rate(self.bulk_bytes).0
     }
 }
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.producer_events;
+        let (sw, sc) = self.switch.per(n);
+        let (yw, yc) = self.syscall.per(n);
+        let (mw, mc) = self.memcpy.per(n);
         writeln!(
             f,
-            "event size: {} bytes (sched_switch, compact header)",
-            self.event_bytes
+            "figures: best of the rounds; wall time | thread CPU time"
         )?;
         writeln!(
             f,
-            "producer -> buffers, syscall entry/exit (3 args): {:.1} ns/event",
-            self.syscall_ns_per_event
+            "producer, sched_switch ({} B/event): {sw:.1} | {sc:.1} ns/event = {:.1} | {:.1} M events/s (goal < 50 ns)",
+            self.event_bytes,
+            1e3 / sw,
+            1e3 / sc
         )?;
         writeln!(
             f,
-            "producer -> buffers: {:.1} ns/event, {:.2} M events/s; memcpy baseline {:.1} ns/event; ratio memcpy/producer = {:.2} (goal: < 50 ns/event)",
-            self.producer_ns_per_event,
-            self.producer_events_per_s() / 1e6,
-            self.memcpy_ns_per_event,
-            self.producer_ratio()
+            "producer, syscall entry/exit (3 args): {yw:.1} | {yc:.1} ns/event"
         )?;
         writeln!(
             f,
-            "sequential write baseline: {:.0} MB/s from one cache-hot buffer, {:.0} MB/s from 8 rotating buffers",
-            self.seq_write_bytes_per_s / 1e6,
-            self.seq_write_pool_bytes_per_s / 1e6
+            "memcpy baseline, same record size: {mw:.1} | {mc:.1} ns/event; memcpy/producer = {:.2} | {:.2}",
+            mw / sw,
+            mc / sc
+        )?;
+        let mb = |r: f64| r / 1e6;
+        let (qw, qc) = self.seq_write.rate(self.bulk_bytes);
+        let (bw, bc) = self.bulk.rate(self.bulk_bytes);
+        writeln!(
+            f,
+            "sequential write baseline ({} MiB, 256 KiB writes): {:.0} MB/s | {:.0} MB per CPU-s",
+            self.bulk_bytes >> 20,
+            mb(qw),
+            mb(qc)
         )?;
         writeln!(
             f,
-            "end to end -> disk, sched_switch events, 1 producer: {:.2} M events/s, {:.0} MB/s; ratio to sequential write = {:.2}",
-            self.disk_events_per_s / 1e6,
-            self.disk_bytes_per_s / 1e6,
-            self.disk_ratio()
+            "writer, 16 KiB events: {:.0} MB/s end to end | writer thread {:.0} MB per CPU-s; ratio to sequential write = {:.2} | {:.2} (goal >= 0.80)",
+            mb(bw),
+            mb(bc),
+            self.writer_wall_ratio(),
+            self.writer_cpu_ratio()
         )?;
+        let (dw, _) = self.disk.rate(self.disk_bytes);
         write!(
             f,
-            "end to end -> disk, 16 KiB events (producer + writer threads): {:.0} MB/s; ratio to sequential write = {:.2} (hot buffer), {:.2} (rotating buffers) (goal: >= 0.80)",
-            self.bulk_bytes_per_s / 1e6,
-            self.bulk_ratio(),
-            self.bulk_bytes_per_s / self.seq_write_pool_bytes_per_s
-        )?;
-        writeln!(f)?;
-        write!(
-            f,
-            "writer thread while busy (16 KiB events): {:.0} MB/s; ratio to sequential write = {:.2} (hot buffer)",
-            self.writer_busy_bytes_per_s / 1e6,
-            self.writer_busy_bytes_per_s / self.seq_write_bytes_per_s
+            "end to end, sched_switch, 1 producer: {:.2} M events/s, {:.0} MB/s wall ({:.2} of sequential write)",
+            self.disk_events as f64 / self.disk.wall.as_secs_f64() / 1e6,
+            mb(dw),
+            dw / qw
         )
     }
 }
@@ -157,8 +234,9 @@ const NEXT: TaskRef<'static> = TaskRef {
     tid: 102,
     prio: 20,
 };
+const BULK: usize = 16 * 1024;
 
-fn emit_switches(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchError> {
+fn emit_switches(p: &mut Producer, n: u64) -> Result<(), BenchError> {
     let ctx = TaskCtx::new(100, 101, b"bench");
     for i in 0..n {
         p.sched_switch(i * 100, &ctx, PREV, (i & 1) as i64, NEXT)?;
@@ -166,8 +244,17 @@ fn emit_switches(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchE
     Ok(())
 }
 
-fn read_syscall() -> crate::catalog::SyscallDecl {
-    use crate::catalog::{ArgDir, ArgKind, SyscallArg, SyscallDecl};
+fn emit_syscalls(p: &mut Producer, n: u64) -> Result<(), BenchError> {
+    let ctx = TaskCtx::new(100, 101, b"bench");
+    for i in 0..n / 2 {
+        let args = [Value::U(3), Value::U(0x7fff_0000), Value::U(i)];
+        p.syscall_entry(i * 100, &ctx, 0, &args)?;
+        p.syscall_exit(i * 100 + 50, &ctx, 0, 12, &args)?;
+    }
+    Ok(())
+}
+
+fn read_syscall() -> SyscallDecl {
     let a = |name: &str, kind, dir| SyscallArg {
         name: name.into(),
         kind,
@@ -184,136 +271,114 @@ fn read_syscall() -> crate::catalog::SyscallDecl {
     }
 }
 
-fn emit_syscalls(p: &mut crate::producer::Producer, n: u64) -> Result<(), BenchError> {
-    use crate::producer::Value;
-    let ctx = TaskCtx::new(100, 101, b"bench");
-    for i in 0..n / 2 {
-        let args = [Value::U(3), Value::U(0x7fff_0000), Value::U(i)];
-        p.syscall_entry(i * 100, &ctx, 0, &args)?;
-        p.syscall_exit(i * 100 + 50, &ctx, 0, 12, &args)?;
-    }
-    Ok(())
+fn one_producer(
+    dir: &Path,
+    mut cfg: TraceConfig,
+    o: &BenchOptions,
+) -> Result<(TraceWriter, Producer), BenchError> {
+    cfg.packet_size = o.packet_size;
+    let (w, mut ps) = TraceWriter::create(dir, cfg)?;
+    let p = ps
+        .pop()
+        .ok_or_else(|| WriteError::Config("no producer".into()))?;
+    Ok((w, p))
 }
 
-fn producer_once(o: &BenchOptions, dir: &Path, syscalls: bool) -> Result<Duration, BenchError> {
-    let catalog =
-        Catalog::kernel(&[read_syscall()]).map_err(|e| WriteError::Config(e.to_string()))?;
-    let mut cfg = TraceConfig::new(1, catalog);
-    cfg.packet_size = o.packet_size;
+type Emit = fn(&mut Producer, u64) -> Result<(), BenchError>;
+
+fn producer_once(o: &BenchOptions, dir: &Path, emit: Emit) -> Result<Spent, BenchError> {
+    let mut cfg = TraceConfig::new(1, Catalog::kernel(&[read_syscall()])?);
     cfg.policy = Policy::FlightRecorder {
         bytes_per_cpu: 4 * o.packet_size,
     };
-    let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps
-        .pop()
-        .ok_or_else(|| WriteError::Config("no producer".into()))?;
-    let emit = if syscalls {
-        emit_syscalls
-    } else {
-        emit_switches
-    };
+    let (w, mut p) = one_producer(dir, cfg, o)?;
     emit(&mut p, 10_000)?; // warm up
-    let t = Instant::now();
-    emit(&mut p, o.producer_events)?;
-    let d = t.elapsed();
+    let (r, spent) = measure(|| emit(&mut p, o.producer_events));
+    r?;
     drop(p);
     w.finish()?;
-    Ok(d)
+    Ok(spent)
 }
 
-fn memcpy_once(n: u64, event_bytes: usize, packet: usize) -> Duration {
+fn memcpy_once(n: u64, event_bytes: usize, packet: usize) -> Spent {
     let rec = vec![0x5au8; event_bytes];
     let mut buf = vec![0u8; packet];
-    let t = Instant::now();
-    let mut pos = 0;
-    for i in 0..n {
-        if pos + event_bytes > packet {
-            std::hint::black_box(&mut buf);
-            pos = 0;
+    let ((), spent) = measure(|| {
+        let mut pos = 0;
+        for i in 0..n {
+            if pos + event_bytes > packet {
+                std::hint::black_box(&mut buf);
+                pos = 0;
+            }
+            let r = std::hint::black_box(&rec[..]);
+            buf[pos..pos + event_bytes].copy_from_slice(r);
+            buf[pos] = i as u8;
+            pos += event_bytes;
         }
-        let r = std::hint::black_box(&rec[..]);
-        buf[pos..pos + event_bytes].copy_from_slice(r);
-        buf[pos] = i as u8;
-        pos += event_bytes;
-    }
+    });
     std::hint::black_box(&buf);
-    t.elapsed()
+    spent
 }
 
-fn disk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64), BenchError> {
-    let mut cfg = TraceConfig::new(
-        1,
-        Catalog::kernel(&[]).map_err(|e| WriteError::Config(e.to_string()))?,
-    );
-    cfg.packet_size = o.packet_size;
-    let t = Instant::now();
-    let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps
-        .pop()
-        .ok_or_else(|| WriteError::Config("no producer".into()))?;
-    emit_switches(&mut p, o.disk_events)?;
-    drop(p);
-    let r = w.finish()?;
-    Ok((t.elapsed(), r.bytes_written))
+fn disk_once(o: &BenchOptions, dir: &Path) -> Result<(Spent, TraceReport), BenchError> {
+    let cfg = TraceConfig::new(1, Catalog::kernel(&[])?);
+    let (r, spent) = measure(|| -> Result<TraceReport, BenchError> {
+        let (w, mut p) = one_producer(dir, cfg, o)?;
+        emit_switches(&mut p, o.disk_events)?;
+        drop(p);
+        Ok(w.finish()?)
+    });
+    Ok((spent, r?))
 }
 
-fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Duration, u64, Duration), BenchError> {
+/// Wall time of the whole run, CPU time of the writer thread.
+fn bulk_once(o: &BenchOptions, dir: &Path) -> Result<(Spent, u64), BenchError> {
     let mut catalog = Catalog::new();
-    let blob = crate::catalog::FieldDecl::new(
-        "blob",
-        crate::catalog::FieldType::Text { len: BULK as u16 },
-    );
-    let id = catalog
-        .add_event("bench_bulk", vec![blob])
-        .map_err(|e| WriteError::Config(e.to_string()))?;
-    let mut cfg = TraceConfig::new(1, catalog);
-    cfg.packet_size = o.packet_size;
+    let id = catalog.add_event(
+        "bench_bulk",
+        vec![FieldDecl::new("blob", FieldType::Text { len: BULK as u16 })],
+    )?;
     let data = vec![b'x'; BULK - 1];
     let ctx = TaskCtx::new(100, 101, b"bench");
     let n = o.bulk_bytes / BULK as u64;
-    let t = Instant::now();
-    let (w, mut ps) = TraceWriter::create(dir, cfg)?;
-    let mut p = ps
-        .pop()
-        .ok_or_else(|| WriteError::Config("no producer".into()))?;
-    for i in 0..n {
-        if let Some(mut f) = p.reserve(id, i * 1000, &ctx, BULK)? {
-            f.text(&data, BULK);
+    let (r, spent) = measure(|| -> Result<TraceReport, BenchError> {
+        let (w, mut p) = one_producer(dir, TraceConfig::new(1, catalog), o)?;
+        for i in 0..n {
+            if let Some(mut f) = p.reserve(id, i * 1000, &ctx, BULK)? {
+                f.text(&data, BULK);
+            }
         }
-    }
-    drop(p);
-    let r = w.finish()?;
-    Ok((t.elapsed(), r.bytes_written, r.write_time))
+        drop(p);
+        Ok(w.finish()?)
+    });
+    let r = r?;
+    Ok((
+        Spent {
+            wall: spent.wall,
+            cpu: r.writer_cpu_time,
+        },
+        r.bytes_written,
+    ))
 }
 
-const BULK: usize = 16 * 1024;
-
-/// Write `bytes` sequentially in `chunk`-sized writes, cycling through
-/// `nbuf` source buffers (1 = the same cache-hot buffer every time; the
-/// writer's pool has `packets_per_cpu` buffers).
-fn seq_write_once(
-    path: &Path,
-    bytes: u64,
-    chunk: usize,
-    nbuf: usize,
-) -> Result<Duration, BenchError> {
+/// Write `bytes` sequentially in `chunk`-sized writes of one buffer.
+fn seq_write_once(path: &Path, bytes: u64, chunk: usize) -> Result<Spent, BenchError> {
     let io = |source| BenchError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let bufs: Vec<Vec<u8>> = (0..nbuf).map(|i| vec![0x5a ^ i as u8; chunk]).collect();
-    let t = Instant::now();
-    let mut f = File::create(path).map_err(io)?;
-    let mut left = bytes;
-    let mut i = 0;
-    while left > 0 {
-        f.write_all(&bufs[i % nbuf]).map_err(io)?;
-        i += 1;
-        left = left.saturating_sub(chunk as u64);
-    }
-    f.flush().map_err(io)?;
-    drop(f);
-    Ok(t.elapsed())
+    let buf = vec![0x5au8; chunk];
+    let (r, spent) = measure(|| -> std::io::Result<()> {
+        let mut f = File::create(path)?;
+        let mut left = bytes;
+        while left > 0 {
+            f.write_all(&buf)?;
+            left = left.saturating_sub(chunk as u64);
+        }
+        f.flush()
+    });
+    r.map_err(io)?;
+    Ok(spent)
 }
 
 /// Run the benchmark.
@@ -321,57 +386,44 @@ pub fn run(o: &BenchOptions) -> Result<BenchReport, BenchError> {
     let root = o
         .dir
         .join(format!("ltt-writer-bench-{}", std::process::id()));
-    let io = |source| BenchError::Io {
+    std::fs::create_dir_all(&root).map_err(|source| BenchError::Io {
         path: root.clone(),
         source,
-    };
-    std::fs::create_dir_all(&root).map_err(io)?;
-    // Compact header (4) + context (24) + sched_switch payload (56).
-    let event_bytes = 4 + 24 + 56;
-    let mut best = BenchReport {
-        event_bytes,
+    })?;
+    let mut b = BenchReport {
+        producer_events: o.producer_events,
+        disk_events: o.disk_events,
+        // Compact header (4) + context (24) + sched_switch payload (56).
+        event_bytes: 4 + 24 + 56,
         ..Default::default()
     };
-    let mut sys = f64::MAX;
-    let mut writer_busy = 0f64;
-    let (mut prod, mut mem, mut disk, mut seq, mut seq_pool, mut bulk) =
-        (f64::MAX, f64::MAX, 0f64, 0f64, 0f64, 0f64);
-    for round in 0..o.rounds.max(1) {
-        let d = producer_once(o, &root.join(format!("p{round}")), false)?;
-        prod = prod.min(d.as_nanos() as f64 / o.producer_events as f64);
-        let _ = std::fs::remove_dir_all(root.join(format!("p{round}")));
-        let d = producer_once(o, &root.join(format!("p{round}")), true)?;
-        sys = sys.min(d.as_nanos() as f64 / o.producer_events as f64);
-        let m = memcpy_once(o.producer_events, event_bytes, o.packet_size);
-        mem = mem.min(m.as_nanos() as f64 / o.producer_events as f64);
-        let (d, bytes) = disk_once(o, &root.join(format!("d{round}")))?;
-        let rate = bytes as f64 / d.as_secs_f64();
-        if rate > disk {
-            disk = rate;
-            best.disk_events_per_s = o.disk_events as f64 / d.as_secs_f64();
+    let result = (|| -> Result<(), BenchError> {
+        for round in 0..o.rounds.max(1) {
+            let d = root.join(format!("r{round}"));
+            b.switch = b
+                .switch
+                .best(producer_once(o, &d.join("p"), emit_switches)?);
+            b.syscall = b
+                .syscall
+                .best(producer_once(o, &d.join("s"), emit_syscalls)?);
+            b.memcpy = b
+                .memcpy
+                .best(memcpy_once(o.producer_events, b.event_bytes, o.packet_size));
+            let (bulk, bytes) = bulk_once(o, &d.join("b"))?;
+            b.bulk = b.bulk.best(bulk);
+            b.bulk_bytes = bytes;
+            let _ = std::fs::remove_dir_all(d.join("b"));
+            b.seq_write = b
+                .seq_write
+                .best(seq_write_once(&d.join("seq"), bytes, o.packet_size)?);
+            let _ = std::fs::remove_file(d.join("seq"));
+            let (disk, r) = disk_once(o, &d.join("d"))?;
+            b.disk = b.disk.best(disk);
+            b.disk_bytes = r.bytes_written;
+            let _ = std::fs::remove_dir_all(&d);
         }
-        let seq_path = root.join(format!("seq{round}"));
-        let s = seq_write_once(&seq_path, bytes, o.packet_size, 1)?;
-        seq = seq.max(bytes as f64 / s.as_secs_f64());
-        let _ = std::fs::remove_file(&seq_path);
-        let s = seq_write_once(&seq_path, bytes, o.packet_size, 8)?;
-        seq_pool = seq_pool.max(bytes as f64 / s.as_secs_f64());
-        let (d, bytes, busy) = bulk_once(o, &root.join(format!("b{round}")))?;
-        bulk = bulk.max(bytes as f64 / d.as_secs_f64());
-        writer_busy = writer_busy.max(bytes as f64 / busy.as_secs_f64());
-        let _ = std::fs::remove_dir_all(root.join(format!("b{round}")));
-        let _ = std::fs::remove_dir_all(root.join(format!("p{round}")));
-        let _ = std::fs::remove_dir_all(root.join(format!("d{round}")));
-        let _ = std::fs::remove_file(root.join(format!("seq{round}")));
-    }
+        Ok(())
+    })();
     let _ = std::fs::remove_dir_all(&root);
-    best.producer_ns_per_event = prod;
-    best.syscall_ns_per_event = sys;
-    best.writer_busy_bytes_per_s = writer_busy;
-    best.memcpy_ns_per_event = mem;
-    best.disk_bytes_per_s = disk;
-    best.seq_write_bytes_per_s = seq;
-    best.bulk_bytes_per_s = bulk;
-    best.seq_write_pool_bytes_per_s = seq_pool;
-    Ok(best)
+    result.map(|()| b)
 }

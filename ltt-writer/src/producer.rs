@@ -403,10 +403,18 @@ impl Core {
         ctx: &TaskCtx,
         payload: usize,
     ) -> Result<Option<FieldWriter<'_>>, ProduceError> {
+        // The largest header is 14 bytes (large escape).
+        if PACKET_HEADER_LEN + 14 + EVENT_CTX_LEN + payload > self.size {
+            self.stats.discarded += 1;
+            return Err(ProduceError::TooLarge(14 + EVENT_CTX_LEN + payload));
+        }
         let gen = self.shared.flush_gen.load(Ordering::Relaxed);
         if gen != self.acked_gen {
             self.acked_gen = gen;
-            self.flush()?;
+            if let Err(e) = self.flush() {
+                self.stats.discarded += 1;
+                return Err(e);
+            }
             let _ = self.tx.try_send(Msg::Flushed { cpu: self.cpu, gen });
         }
         let ts = if ts < self.last_ts {
@@ -422,22 +430,23 @@ impl Core {
             if self.mode == Mode::Drop {
                 match self.empty.try_recv() {
                     Ok(b) => {
-                        self.close_packet()?;
+                        let sent = self.close_packet();
                         self.buf = Some(b);
+                        if let Err(e) = sent {
+                            self.stats.discarded += 1;
+                            return Err(e);
+                        }
                     }
                     Err(_) => {
                         self.stats.discarded += 1;
                         return Ok(None);
                     }
                 }
-            } else {
-                self.close_packet()?;
+            } else if let Err(e) = self.close_packet() {
+                self.stats.discarded += 1;
+                return Err(e);
             }
             total = self.header_len(id, ts) + EVENT_CTX_LEN + payload;
-        }
-        if PACKET_HEADER_LEN + total > self.size {
-            self.stats.discarded += 1;
-            return Err(ProduceError::TooLarge(total));
         }
         if self.buf.is_none() {
             match self.next_buffer() {

@@ -114,6 +114,8 @@ pub struct TraceReport {
     /// Time the writer thread spent handling packets (zero padding, write,
     /// recycling), without the time it waited for producers.
     pub write_time: Duration,
+    /// CPU time of the writer thread over its whole life.
+    pub writer_cpu_time: Duration,
     /// vCPUs whose producer was still alive when finish gave up waiting;
     /// their last partial packet is not in the trace.
     pub unclosed: Vec<u32>,
@@ -471,6 +473,7 @@ impl WriterThread {
         for (_, f) in &mut self.files {
             let _ = f.flush();
         }
+        self.report.writer_cpu_time = crate::bench::thread_cpu_time();
         match self.error.take() {
             Some(WriteError::Write {
                 path,
