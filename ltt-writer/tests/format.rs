@@ -102,3 +102,54 @@ fn empty_strings_are_encoded_empty() {
     assert_eq!(e0[13 + 28], 0);
     assert_cli_clean(dir.path(), 6);
 }
+
+/// Packet headers and contexts, which babeltrace2 consumes without showing:
+/// magic, the metadata's uuid, stream id 0, stream_instance_id = cpu_id =
+/// the vCPU, contiguous packet_seq_num, sizes in bits, timestamps that
+/// bracket the packet and follow each other.
+#[test]
+fn packet_headers_follow_the_metadata() {
+    let dir = tmp();
+    let mut cfg = TraceConfig::new(3, catalog());
+    cfg.packet_size = 8192;
+    let (w, mut ps) = TraceWriter::create(dir.path(), cfg).unwrap();
+    let ctx = TaskCtx::new(1, 1, b"x");
+    for (cpu, p) in ps.iter_mut().enumerate() {
+        for i in 0..(400 * (cpu as u64 + 1)) {
+            p.irq_softirq_raise(1000 * i + cpu as u64, &ctx, 3).unwrap();
+        }
+    }
+    drop(ps);
+    w.finish().unwrap();
+    let md = std::fs::read_to_string(dir.path().join("kernel/metadata")).unwrap();
+    let at = md.find("uuid = \"").unwrap() + 8;
+    let uuid_text: String = md[at..at + 36].chars().filter(|c| *c != '-').collect();
+    let uuid: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&uuid_text[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    for cpu in 0..3u32 {
+        let data = std::fs::read(dir.path().join(format!("kernel/channel0_{cpu}"))).unwrap();
+        assert_eq!(data.len() % 8192, 0);
+        let mut last_end = 0;
+        for (seq, p) in data.chunks(8192).enumerate() {
+            assert_eq!(u32_at(p, 0), 0xC1FC1FC1);
+            assert_eq!(&p[4..20], &uuid[..]);
+            assert_eq!(u32_at(p, 20), 0, "stream_id");
+            assert_eq!(u64_at(p, 24), cpu as u64, "stream_instance_id");
+            let (begin, end) = (u64_at(p, 32), u64_at(p, 40));
+            assert!(begin <= end && begin >= last_end);
+            last_end = end;
+            let (content, size) = (u64_at(p, 48), u64_at(p, 56));
+            assert_eq!(size, 8192 * 8);
+            assert!(content <= size && content % 8 == 0 && content > 84 * 8);
+            // Padding after the content is zero.
+            assert!(p[(content / 8) as usize..].iter().all(|&b| b == 0));
+            assert_eq!(u64_at(p, 64), seq as u64, "packet_seq_num");
+            assert_eq!(u64_at(p, 72), 0, "events_discarded");
+            assert_eq!(u32_at(p, 80), cpu, "cpu_id");
+        }
+    }
+    assert_cli_clean(dir.path(), 400 + 800 + 1200);
+}
