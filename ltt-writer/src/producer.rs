@@ -314,7 +314,13 @@ impl Drop for Core {
                     self.buf = Some(b);
                 }
             }
-            let _ = self.close_packet();
+            let events = self.in_packet;
+            if self.close_packet().is_err() && events > 0 {
+                eprintln!(
+                    "ltt-writer: cpu {}: the writer has stopped; the last {events} event(s) are lost",
+                    self.cpu
+                );
+            }
         }
         let _ = self.tx.send(Msg::Gone {
             cpu: self.cpu,
@@ -360,18 +366,25 @@ impl Core {
         write_packet_header(&mut buf, &info);
         self.reported_discarded = self.stats.discarded;
         let len = self.pos;
+        let events = u64::from(self.in_packet);
         self.pos = PACKET_HEADER_LEN;
         self.in_packet = 0;
         self.seq += 1;
         self.stats.packets += 1;
         self.sent_any = true;
-        self.tx
-            .send(Msg::Packet {
-                cpu: self.cpu,
-                buf,
-                len,
-            })
-            .map_err(|_| ProduceError::WriterGone)
+        let sent = self.tx.send(Msg::Packet {
+            cpu: self.cpu,
+            buf,
+            len,
+        });
+        if sent.is_err() {
+            // The packet's events never reach the trace.
+            self.stats.events -= events;
+            self.stats.discarded += events;
+            self.stats.packets -= 1;
+            return Err(ProduceError::WriterGone);
+        }
+        Ok(())
     }
 
     /// Get an empty packet, waiting or not according to the policy.
