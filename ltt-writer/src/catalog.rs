@@ -38,7 +38,7 @@ pub enum Base {
 pub enum FieldType {
     /// Integer of 8/16/32/64 bits, byte-aligned, little-endian.
     Int { bits: u8, signed: bool, base: Base },
-    /// Fixed-length text array (`char name[len]`, e.g. comm[16]), NUL-padded.
+    /// Fixed-length text array (`char name[len]`, e.g. `comm[16]`), NUL-padded.
     Text { len: u16 },
     /// NUL-terminated UTF-8 string.
     Str,

@@ -16,7 +16,7 @@ pub enum PacketError {
 pub const MIN_PACKET_SIZE: usize = 4096;
 /// Longest string payload kept (longer ones are truncated), excluding the NUL.
 pub const MAX_STR: usize = 4095;
-/// Size of the stream event context (pid, tid, procname[16]).
+/// Size of the stream event context (`pid`, `tid`, `procname[16]`).
 pub const EVENT_CTX_LEN: usize = 4 + 4 + 16;
 
 pub(crate) fn check_packet_size(size: usize) -> Result<(), PacketError> {
