@@ -21,7 +21,40 @@ def conv(f):
     return repr(f)
 
 
+def fc_desc(fc):
+    if isinstance(fc, bt2._SignedIntegerFieldClassConst):
+        return {"kind": "signed", "bits": fc.field_value_range, "base": int(fc.preferred_display_base)}
+    if isinstance(fc, bt2._UnsignedIntegerFieldClassConst):
+        return {"kind": "unsigned", "bits": fc.field_value_range, "base": int(fc.preferred_display_base)}
+    if isinstance(fc, bt2._StringFieldClassConst):
+        return {"kind": "string"}
+    if isinstance(fc, bt2._StaticArrayFieldClassConst):
+        return {"kind": "array", "len": fc.length, "elem": fc_desc(fc.element_field_class)}
+    if isinstance(fc, bt2._DynamicArrayFieldClassConst):
+        return {"kind": "sequence", "elem": fc_desc(fc.element_field_class)}
+    if isinstance(fc, bt2._StructureFieldClassConst):
+        return {"kind": "struct", "members": [[n, fc_desc(m.field_class)] for n, m in fc.items()]}
+    return {"kind": type(fc).__name__}
+
+
+def classes(path):
+    """Print the event classes (and the stream's event context) once."""
+    for msg in bt2.TraceCollectionMessageIterator(path):
+        if type(msg) is bt2._StreamBeginningMessageConst:
+            sc = msg.stream.cls
+            ctx = sc.event_common_context_field_class
+            print(json.dumps({"t": "context", "fc": fc_desc(ctx) if ctx is not None else None}))
+            for ec in sc.values():
+                pf = ec.payload_field_class
+                print(json.dumps({"t": "class", "name": ec.name, "id": ec.id,
+                                  "fc": fc_desc(pf) if pf is not None else None}))
+            return
+
+
 def main(path):
+    if len(sys.argv) > 2 and sys.argv[2] == "--classes":
+        classes(path)
+        return
     it = bt2.TraceCollectionMessageIterator(path)
     for msg in it:
         if type(msg) is bt2._EventMessageConst:

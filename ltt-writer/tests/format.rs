@@ -153,3 +153,101 @@ fn packet_headers_follow_the_metadata() {
     }
     assert_cli_clean(dir.path(), 400 + 800 + 1200);
 }
+
+fn spec(fc: &serde_json::Value) -> String {
+    match fc["kind"].as_str().unwrap() {
+        "signed" => format!("i{}", fc["bits"]),
+        "unsigned" if fc["base"] == 16 => format!("x{}", fc["bits"]),
+        "unsigned" => format!("u{}", fc["bits"]),
+        "string" => "s".into(),
+        "array" => format!("array{}({})", fc["len"], spec(&fc["elem"])),
+        "sequence" => format!("seq({})", spec(&fc["elem"])),
+        "struct" => fc["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}:{}", m[0].as_str().unwrap(), spec(&m[1])))
+            .collect::<Vec<_>>()
+            .join(" "),
+        k => k.to_string(),
+    }
+}
+
+/// Field names and types as babeltrace2 sees them, against lttng-modules'
+/// declarations (`ctf_integer(pid_t, ...)` → int32, `long` → int64,
+/// `unsigned int` → uint32, `ctf_array_text` → string, hex pointers).
+#[test]
+fn event_classes_have_lttng_modules_types() {
+    let dir = tmp();
+    let (w, ps) = TraceWriter::create(dir.path(), TraceConfig::new(1, catalog())).unwrap();
+    drop(ps);
+    w.finish().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bt2_dump.py");
+    let out = std::process::Command::new(common::PYTHON)
+        .arg(script)
+        .arg(dir.path())
+        .arg("--classes")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got = std::collections::BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = if r["t"] == "context" {
+            "(context)".to_string()
+        } else {
+            r["name"].as_str().unwrap().to_string()
+        };
+        let s = if r["fc"].is_null() {
+            String::new()
+        } else {
+            spec(&r["fc"])
+        };
+        got.insert(name, s);
+    }
+    let sched = "comm:s tid:i32 prio:i32 target_cpu:i32";
+    let proc = "comm:s tid:i32 prio:i32";
+    let args6 = "array6(u64)";
+    let want = [
+        ("(context)", "pid:i32 tid:i32 procname:s".to_string()),
+        (
+            "sched_switch",
+            "prev_comm:s prev_tid:i32 prev_prio:i32 prev_state:i64 next_comm:s next_tid:i32 next_prio:i32".into(),
+        ),
+        ("sched_waking", sched.into()),
+        ("sched_wakeup", sched.into()),
+        ("sched_wakeup_new", sched.into()),
+        (
+            "sched_process_fork",
+            "parent_comm:s parent_tid:i32 parent_pid:i32 parent_ns_inum:u32 child_comm:s child_tid:i32 \
+             _vtids_length:u8 vtids:seq(i32) child_pid:i32 child_ns_inum:u32"
+                .into(),
+        ),
+        ("sched_process_exec", "filename:s tid:i32 old_tid:i32".into()),
+        ("sched_process_exit", proc.into()),
+        ("sched_process_free", proc.into()),
+        ("irq_handler_entry", "irq:i32 name:s".into()),
+        ("irq_handler_exit", "irq:i32 ret:i32".into()),
+        ("irq_softirq_entry", "vec:u32".into()),
+        ("irq_softirq_exit", "vec:u32".into()),
+        ("irq_softirq_raise", "vec:u32".into()),
+        ("lttng_statedump_start", String::new()),
+        ("lttng_statedump_end", String::new()),
+        (
+            "lttng_statedump_process_state",
+            "tid:i32 pid:i32 ppid:i32 name:s type:i32 mode:i32 submode:i32 status:i32 cpu:u32 file_table_address:x64"
+                .into(),
+        ),
+        ("syscall_entry_unknown", format!("id:i32 args:{args6}")),
+        ("syscall_exit_unknown", format!("id:i32 ret:i64 args:{args6}")),
+        ("syscall_entry_openat", "dfd:i32 filename:s flags:i32 mode:u16".into()),
+        ("syscall_exit_openat", "ret:i64".into()),
+    ];
+    let want: std::collections::BTreeMap<String, String> =
+        want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(got, want);
+}
