@@ -1,0 +1,124 @@
+//! `--backend kvm`: runs a guest on hvtrace's own KVM monitor (`vmm`), with
+//! the console copied to stderr and scanned for the `/init` marker line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::{GuestEnd, GuestRun, MarkerScanner};
+
+/// Console sink: stderr plus the marker scanner.
+struct Console {
+    scanner: Arc<Mutex<MarkerScanner>>,
+    end: Arc<Mutex<Option<GuestEnd>>>,
+}
+
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(b);
+        let mut s = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(end) = s.feed(b) {
+            let mut e = self.end.lock().unwrap_or_else(|e| e.into_inner());
+            if e.is_none() {
+                *e = Some(end.clone());
+            }
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The kernel to hand the monitor: an ELF vmlinux as given, or the one
+/// extracted from a bzImage (cached by content), so nothing decompresses
+/// inside the guest.
+pub fn boot_kernel(kernel: &Path) -> Result<PathBuf> {
+    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+    if bytes.starts_with(b"\x7fELF") {
+        return Ok(kernel.to_path_buf());
+    }
+    let dir = crate::cache::root().join("vmlinux");
+    let out = dir.join(format!("{}.elf", crate::cache::sha256_hex(&bytes)));
+    if out.is_file() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let elf = guest_symbols::image::extract_vmlinux(&bytes)
+        .with_context(|| format!("extracting the ELF vmlinux from {}", kernel.display()))?;
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, elf).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}
+
+/// Boots `cfg` on the KVM monitor and returns the guest command's status.
+pub fn run(cfg: &GuestRun) -> Result<i32> {
+    let probe = vmm::probe_native_virtualization();
+    if !probe.native {
+        eprintln!(
+            "hvtrace: warning: {}; the guest runs in KVM's instruction emulator",
+            probe.reason
+        );
+    }
+    let kernel = boot_kernel(&cfg.kernel)?;
+    let end = Arc::new(Mutex::new(None));
+    let console = Console {
+        scanner: Arc::new(Mutex::new(MarkerScanner::default())),
+        end: end.clone(),
+    };
+    let mut vc = vmm::VmConfig::linux(kernel, Some(cfg.initrd.clone()), cfg.cmdline.clone());
+    vc.vcpus = cfg.vcpus;
+    vc.memory_mib = cfg.memory_mib;
+    vc.console = Some(Box::new(console));
+    // KVM's emulator cannot run XSAVE/XRSTOR: keep the guest on FXSAVE.
+    vc.hide_xsave = !probe.native;
+    let mut vm = vmm::build(vc).context("creating the KVM guest")?;
+    vm.start().context("starting the vCPUs")?;
+    let interrupted = crate::guest::install_interrupt_flag();
+    let deadline = Instant::now() + cfg.timeout;
+    let outcome = loop {
+        if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            break e;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            break GuestEnd::Interrupted;
+        }
+        if Instant::now() >= deadline {
+            break GuestEnd::TimedOut;
+        }
+        if let Some(exit) = vm.wait(Duration::from_millis(50)) {
+            // Output written before the exit has been scanned already.
+            if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                break e;
+            }
+            vm.shutdown();
+            bail!("the guest ended without reporting an exit status: {exit:?}");
+        }
+    };
+    vm.stop();
+    vm.shutdown();
+    match outcome {
+        GuestEnd::Exited(status) => Ok(status),
+        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
+        GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
+        GuestEnd::Interrupted => bail!("interrupted"),
+        GuestEnd::NoMarker => bail!("the guest ended without reporting an exit status"),
+    }
+}
+
+/// `hvtrace bench exits`: one debug exit through the monitor against a bare
+/// KVM_RUN loop.
+pub fn bench_exits() -> Result<()> {
+    let probe = vmm::probe_native_virtualization();
+    println!("kvm: {}", probe.reason);
+    let r = vmm::bench::exits(3000, 5).context("debug-exit benchmark")?;
+    println!("{r}");
+    println!("ratio {:.3} (goal <= 1.10)", r.ratio);
+    Ok(())
+}
