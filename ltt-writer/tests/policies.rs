@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{assert_cli_clean, bt2_read, tmp};
+use common::{assert_cli_clean, bt2_read, fifo_stream, tmp};
 use ltt_writer::*;
 
 const PREV: TaskRef<'static> = TaskRef {
@@ -135,41 +133,6 @@ fn timestamps_are_monotonic_per_stream_across_packets_and_threads() {
         }
     }
     assert_cli_clean(dir.path(), 4 * N);
-}
-
-/// A stream file that is a FIFO, read by a thread when told to: a writer
-/// that cannot write (a slow disk) on demand.
-struct SlowStream {
-    go: std::sync::mpsc::Sender<Duration>,
-    reader: std::thread::JoinHandle<Vec<u8>>,
-}
-
-fn fifo_stream(trace: &Path, cpu: u32) -> SlowStream {
-    let kdir = trace.join("kernel");
-    std::fs::create_dir_all(&kdir).unwrap();
-    let path = kdir.join(format!("channel0_{cpu}"));
-    let st = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let (go, rx) = std::sync::mpsc::channel::<Duration>();
-    let reader = std::thread::spawn(move || {
-        let mut f = File::open(&path).unwrap();
-        let pause = rx.recv().unwrap();
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = f.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-            std::thread::sleep(pause);
-        }
-        out
-    });
-    SlowStream { go, reader }
 }
 
 /// Copy a trace whose stream `cpu` went through a FIFO into a plain folder.

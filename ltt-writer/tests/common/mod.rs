@@ -2,8 +2,10 @@
 //! and Python bindings) on a trace and collect what it reads.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value as Json;
 
@@ -111,4 +113,39 @@ pub fn tmp() -> tempfile::TempDir {
         .prefix("ltt-writer-test")
         .tempdir()
         .expect("tempdir")
+}
+
+/// A stream file that is a FIFO, read by a thread when told to: a writer
+/// that cannot write (a slow disk) on demand.
+pub struct SlowStream {
+    pub go: std::sync::mpsc::Sender<Duration>,
+    pub reader: std::thread::JoinHandle<Vec<u8>>,
+}
+
+pub fn fifo_stream(trace: &Path, cpu: u32) -> SlowStream {
+    let kdir = trace.join("kernel");
+    std::fs::create_dir_all(&kdir).unwrap();
+    let path = kdir.join(format!("channel0_{cpu}"));
+    let st = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (go, rx) = std::sync::mpsc::channel::<Duration>();
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::open(&path).unwrap();
+        let pause = rx.recv().unwrap();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            std::thread::sleep(pause);
+        }
+        out
+    });
+    SlowStream { go, reader }
 }
