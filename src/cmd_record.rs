@@ -226,7 +226,8 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         begin_new_exec: sym("begin_new_exec"),
         do_exit: sym("do_exit"),
         handle_irq_event: sym("handle_irq_event"),
-        sysvec_apic_timer_interrupt: sym("sysvec_apic_timer_interrupt"),
+        // The inner handler: it counts LOC in /proc/interrupts.
+        sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
         init_task: need("init_task")?,
     };
     let offsets = offsets_from_btf(&k.types, &k.symbols)?;
@@ -348,7 +349,10 @@ fn summarize(out: &Path) -> Result<Summary> {
             let class = match r.event {
                 Event::SyscallEntry { .. } | Event::SyscallExit { .. } => "syscalls",
                 Event::SchedSwitch { .. } | Event::SchedWaking { .. } => "sched",
-                Event::IrqEntry { .. } | Event::IrqExit { .. } => "irq",
+                Event::IrqEntry { .. }
+                | Event::IrqExit { .. }
+                | Event::TimerEntry { .. }
+                | Event::TimerExit { .. } => "irq",
                 Event::Statedump { .. } => "statedump",
                 _ => "proc",
             };

@@ -112,6 +112,7 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.task(task);
             w.i32(*ppid);
         }
+        Event::TimerEntry { vector } | Event::TimerExit { vector } => w.i32(*vector),
     }
     let len = w.at;
     w.buf[..2].copy_from_slice(&(len as u16).to_le_bytes());
@@ -233,6 +234,8 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
             task: r.task()?,
             ppid: r.i32()?,
         },
+        10 => Event::TimerEntry { vector: r.i32()? },
+        11 => Event::TimerExit { vector: r.i32()? },
         t => return Err(CodecError::BadTag(t)),
     };
     Ok((

@@ -54,7 +54,14 @@ pub enum ProbeKind {
     IrqEntry,
     /// Return site of a call to `handle_irq_event` (rax = irqreturn_t).
     IrqExit,
+    /// Entry of `__sysvec_apic_timer_interrupt(regs)` (the local timer).
+    TimerEntry,
+    /// Return site of a call to `__sysvec_apic_timer_interrupt`.
+    TimerExit,
 }
+
+/// Vector of the local APIC timer (LOCAL_TIMER_VECTOR).
+pub const LOCAL_TIMER_VECTOR: i32 = 0xec;
 
 /// A user string, as read (NUL-padded) or marked unreadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +138,13 @@ pub enum Event {
         irq: i32,
         ret: i32,
     },
+    /// Local APIC timer interrupt (`/proc/interrupts` LOC).
+    TimerEntry {
+        vector: i32,
+    },
+    TimerExit {
+        vector: i32,
+    },
     /// One task of the statedump at trace start.
     Statedump {
         task: Task,
@@ -161,6 +175,8 @@ impl Record {
             Event::IrqEntry { .. } => 7,
             Event::IrqExit { .. } => 8,
             Event::Statedump { .. } => 9,
+            Event::TimerEntry { .. } => 10,
+            Event::TimerExit { .. } => 11,
         }
     }
 }
@@ -170,7 +186,34 @@ impl Record {
 pub struct VcpuState {
     irq_stack: [i32; IRQ_DEPTH],
     irq_depth: usize,
+    /// The current task as last read; reused while the per-CPU current
+    /// pointer still names it (one read instead of six per event).
+    cur: Task,
+    cur_valid: bool,
 }
+
+impl VcpuState {
+    /// Forgets the cached current task (its comm may have changed).
+    pub fn invalidate_current(&mut self) {
+        self.cur_valid = false;
+    }
+
+    fn current<C: VcpuContext + ?Sized>(&mut self, ctx: &C, k: &Kernel) -> Task {
+        match current_task_addr(ctx, k) {
+            Ok(a) if self.cur_valid && self.cur.addr == a => self.cur,
+            Ok(a) => {
+                self.cur = read_task(ctx, k, a);
+                self.cur_valid = true;
+                self.cur
+            }
+            Err(_) => Task::UNKNOWN,
+        }
+    }
+}
+
+/// x86-64 numbers of the syscalls after which the current task's comm may
+/// differ: execve, execveat, prctl (PR_SET_NAME).
+const COMM_CHANGING: [u32; 3] = [59, 322, 157];
 
 /// Syscall metadata the decoder needs per number: which argument is a user
 /// string. `string_args[nr]` bit i set = argument i.
@@ -213,10 +256,9 @@ pub fn decode<C: VcpuContext + ?Sized>(
     let event = match kind {
         ProbeKind::SyscallEntry => {
             let regs = ctx.read_reg(Reg::Rdi);
-            let nr_reg = ctx.read_reg(Reg::Rsi) as u32;
             let (args, nr) = match arg_regs(ctx, regs) {
                 Ok((a, orig)) => (a, orig as u32),
-                Err(_) => ([0; 6], nr_reg),
+                Err(_) => ([0; 6], ctx.read_reg(Reg::Rsi) as u32),
             };
             let mask = strings.0.get(nr as usize).copied().unwrap_or(0);
             let str_arg = (0..6u8).find(|i| mask & (1 << i) != 0);
@@ -236,7 +278,12 @@ pub fn decode<C: VcpuContext + ?Sized>(
             let nr = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)).map(|v| v as u32);
             let ret = read_u64(ctx, regs.wrapping_add(pt_regs::AX)).map(|v| v as i64);
             match (nr, ret) {
-                (Ok(nr), Ok(ret)) => Event::SyscallExit { nr, ret },
+                (Ok(nr), Ok(ret)) => {
+                    if COMM_CHANGING.contains(&nr) {
+                        st.invalidate_current();
+                    }
+                    Event::SyscallExit { nr, ret }
+                }
                 _ => return false,
             }
         }
@@ -246,6 +293,13 @@ pub fn decode<C: VcpuContext + ?Sized>(
         },
         ProbeKind::SchedWaking => {
             let p = ctx.read_reg(Reg::Rdi);
+            // try_to_wake_up(p, state, flags) wakes (and the kernel's
+            // sched_waking fires) only when p's state matches `state`.
+            let wanted = ctx.read_reg(Reg::Rsi);
+            let st = read_u32(ctx, p.wrapping_add(k.off.task_state)).unwrap_or(0);
+            if u64::from(st) & wanted == 0 {
+                return false;
+            }
             let target_cpu = read_u32(ctx, p.wrapping_add(k.off.task_cpu))
                 .map(|v| v as i32)
                 .unwrap_or(-1);
@@ -262,6 +316,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
             let bprm = ctx.read_reg(Reg::Rdi);
             let fname = read_u64(ctx, bprm.wrapping_add(k.off.binprm_filename)).unwrap_or(0);
             let cur = current_task(ctx, k);
+            st.invalidate_current();
             Event::ProcessExec {
                 filename: GuestStr::read(ctx, fname),
                 tid: cur.tid,
@@ -304,11 +359,14 @@ pub fn decode<C: VcpuContext + ?Sized>(
                 ret: ctx.read_reg(Reg::Rax) as i32,
             }
         }
+        ProbeKind::TimerEntry => Event::TimerEntry {
+            vector: LOCAL_TIMER_VECTOR,
+        },
+        ProbeKind::TimerExit => Event::TimerExit {
+            vector: LOCAL_TIMER_VECTOR,
+        },
     };
-    out.current = match (kind, current_task_addr(ctx, k)) {
-        (_, Ok(a)) => read_task(ctx, k, a),
-        _ => Task::UNKNOWN,
-    };
+    out.current = st.current(ctx, k);
     out.event = event;
     true
 }

@@ -84,11 +84,19 @@ pub fn read_task<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel, addr: u64) -> Tas
         return t;
     }
     let o = &k.off;
-    if let Ok(v) = read_u32(ctx, addr.wrapping_add(o.task_pid)) {
-        t.tid = v as i32;
-    }
-    if let Ok(v) = read_u32(ctx, addr.wrapping_add(o.task_tgid)) {
-        t.pid = v as i32;
+    if o.task_tgid == o.task_pid + 4 {
+        // adjacent (as in every kernel so far): one read
+        if let Ok(v) = read_u64(ctx, addr.wrapping_add(o.task_pid)) {
+            t.tid = v as u32 as i32;
+            t.pid = (v >> 32) as u32 as i32;
+        }
+    } else {
+        if let Ok(v) = read_u32(ctx, addr.wrapping_add(o.task_pid)) {
+            t.tid = v as i32;
+        }
+        if let Ok(v) = read_u32(ctx, addr.wrapping_add(o.task_tgid)) {
+            t.pid = v as i32;
+        }
     }
     if let Ok(v) = read_u32(ctx, addr.wrapping_add(o.task_prio)) {
         t.prio = v as i32;

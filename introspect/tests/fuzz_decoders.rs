@@ -87,7 +87,7 @@ fn kernel(rng: &mut Rng) -> Kernel {
     }
 }
 
-const KINDS: [ProbeKind; 9] = [
+const KINDS: [ProbeKind; 11] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -97,6 +97,8 @@ const KINDS: [ProbeKind; 9] = [
     ProbeKind::ProcessExit,
     ProbeKind::IrqEntry,
     ProbeKind::IrqExit,
+    ProbeKind::TimerEntry,
+    ProbeKind::TimerExit,
 ];
 
 #[test]

@@ -4,8 +4,8 @@ use introspect::decode::{Event, Record};
 use introspect::plan::ProbePlan;
 use introspect::Task;
 use ltt_writer::{
-    ArgDir, ArgKind, Catalog, Fork, ProcessState, Producer, SyscallArg, SyscallDecl, TaskCtx,
-    TaskRef, Value,
+    ArgDir, ArgKind, Catalog, FieldDecl, FieldType, Fork, ProcessState, Producer, SyscallArg,
+    SyscallDecl, TaskCtx, TaskRef, Value,
 };
 
 /// How a syscall argument of C type `ty` is recorded.
@@ -67,8 +67,19 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
                 .collect(),
         })
         .collect();
-    Catalog::kernel(&decls)
+    let mut c = Catalog::kernel(&decls)?;
+    for name in [TIMER_ENTRY, TIMER_EXIT] {
+        c.add_event(
+            name,
+            vec![FieldDecl::new("vector", FieldType::int(32, true))],
+        )?;
+    }
+    Ok(c)
 }
+
+/// lttng-modules' events of the local APIC timer interrupt.
+pub const TIMER_ENTRY: &str = "x86_irq_vectors_local_timer_entry";
+pub const TIMER_EXIT: &str = "x86_irq_vectors_local_timer_exit";
 
 fn task_ref(t: &Task) -> TaskRef<'_> {
     TaskRef {
@@ -137,6 +148,17 @@ pub fn emit(p: &mut Producer, r: &Record) -> bool {
         Event::ProcessExit { task } => p.sched_process_exit(ts, &ctx, task_ref(task)),
         Event::IrqEntry { irq, name } => p.irq_handler_entry(ts, &ctx, *irq, name),
         Event::IrqExit { irq, ret } => p.irq_handler_exit(ts, &ctx, *irq, *ret),
+        Event::TimerEntry { vector } | Event::TimerExit { vector } => {
+            let name = if matches!(r.event, Event::TimerEntry { .. }) {
+                TIMER_ENTRY
+            } else {
+                TIMER_EXIT
+            };
+            match p.catalog().id_of(name) {
+                Some(id) => p.emit(id, ts, &ctx, &[Value::I(i64::from(*vector))]),
+                None => return false,
+            }
+        }
         Event::Statedump { task, ppid } => {
             let kthread = task.pid == 0 || task.pid == 2 || *ppid == 2;
             p.lttng_statedump_process_state(

@@ -85,9 +85,16 @@ impl Hv {
         add(s.begin_new_exec, ProbeKind::ProcessExec, ev.proc);
         add(s.do_exit, ProbeKind::ProcessExit, ev.proc);
         add(s.handle_irq_event, ProbeKind::IrqEntry, ev.irq);
+        add(s.sysvec_apic_timer_interrupt, ProbeKind::TimerEntry, ev.irq);
         if ev.syscalls && s.do_syscall_64 != 0 {
             self.call_targets
                 .insert(reloc(s.do_syscall_64, slide), ProbeKind::SyscallExit);
+        }
+        if ev.irq && s.sysvec_apic_timer_interrupt != 0 {
+            self.call_targets.insert(
+                reloc(s.sysvec_apic_timer_interrupt, slide),
+                ProbeKind::TimerExit,
+            );
         }
         if ev.irq && s.handle_irq_event != 0 {
             self.call_targets
