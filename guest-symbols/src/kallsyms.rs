@@ -17,6 +17,10 @@ const MAX_SYMS: u32 = 4 << 20;
 const MAX_TOKEN_LEN: usize = 256;
 /// How far before the token table the names may start.
 const MAX_NAMES_SPAN: usize = 96 << 20;
+/// Work bounds against crafted input: token-table candidates tried, and
+/// full name-table walks per candidate (real kernels need one of each).
+const MAX_TOKEN_TABLES: usize = 16;
+const MAX_NAME_WALKS: usize = 256;
 
 /// Errors of kallsyms recovery.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +203,7 @@ fn find_names(d: &[u8], tt: &TokenTable) -> Option<Names> {
     let t = tt.start;
     let lo = t.saturating_sub(MAX_NAMES_SPAN);
     let mut p = (t.checked_sub(16)?) & !7;
+    let mut walks = 0;
     loop {
         if let (Some(n), Some(0)) = (rd_u32(d, p), rd_u32(d, p + 4)) {
             if (1..=MAX_SYMS).contains(&n) {
@@ -215,6 +220,10 @@ fn find_names(d: &[u8], tt: &TokenTable) -> Option<Names> {
                     let last = rd_u32(d, mstart + 4 * (n.div_ceil(256) - 1));
                     if last.is_none_or(|l| l as usize >= mstart - (p + 8)) {
                         continue;
+                    }
+                    walks += 1;
+                    if walks > MAX_NAME_WALKS {
+                        return None;
                     }
                     if let Some((end, markers)) = walk_names(d, p + 8, n, mstart) {
                         if align8(end) == mstart && markers_match(d, mstart, &markers) {
@@ -308,10 +317,8 @@ fn find_addresses(
 /// image; its start must be 8-byte aligned in the kernel's address space).
 pub fn recover(data: &[u8]) -> Result<Kallsyms, KallsymsError> {
     let mut saw_tokens = None;
-    for digit0 in find_all(data, DIGITS) {
-        let Some(tt) = token_table_at(data, digit0) else {
-            continue;
-        };
+    let tables = find_all(data, DIGITS).filter_map(|d| token_table_at(data, d));
+    for tt in tables.take(MAX_TOKEN_TABLES) {
         saw_tokens = Some(tt.start);
         let Some(nm) = find_names(data, &tt) else {
             continue;
