@@ -52,6 +52,9 @@ pub struct RecordArgs {
     /// Output folder (the CTF trace goes to DIR/kernel).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: PathBuf,
+    /// Memory kept per vCPU by --buffer flight-recorder, in MiB.
+    #[arg(long, default_value_t = 4)]
+    pub flight_mib: u64,
     /// First boot the same guest and command untraced, and report the slowdown.
     #[arg(long)]
     pub baseline: bool,
@@ -70,9 +73,6 @@ pub fn run(args: RecordArgs) -> Result<i32> {
     };
     if args.mode == Mode::Sample {
         bail!("--mode sample is not available on the QEMU engine yet; use --mode trap");
-    }
-    if args.buffer != BufferMode::Lossless {
-        eprintln!("hvtrace: note: the QEMU engine records losslessly; --buffer is ignored");
     }
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
@@ -96,6 +96,13 @@ pub fn run(args: RecordArgs) -> Result<i32> {
     plan.events = events;
     plan.out_dir = path_str(&out_abs)?.to_string();
     plan.statedump_exec = args.command[0].clone();
+    plan.buffer = match args.buffer {
+        BufferMode::Lossless => "lossless",
+        BufferMode::Discard => "discard",
+        BufferMode::FlightRecorder => "flight-recorder",
+    }
+    .into();
+    plan.flight_bytes = args.flight_mib * (1 << 20);
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();

@@ -124,6 +124,12 @@ pub struct ProbePlan {
     /// command); empty: at the first probe hit.
     #[serde(default)]
     pub statedump_exec: String,
+    /// Buffering: "lossless" (default), "discard", or "flight-recorder"
+    /// (keep the newest `flight_bytes` per vCPU, written at the end).
+    #[serde(default)]
+    pub buffer: String,
+    #[serde(default)]
+    pub flight_bytes: u64,
 }
 
 impl ProbePlan {

@@ -215,6 +215,13 @@ impl Register for Hv {
             let mut cfg = ltt_writer::TraceConfig::new(ncpus, catalog);
             cfg.env.kernel_release = plan.kernel_release.clone();
             cfg.clock_offset_ns = epoch_unix_ns;
+            cfg.policy = match plan.buffer.as_str() {
+                "discard" => ltt_writer::Policy::Discard,
+                "flight-recorder" => ltt_writer::Policy::FlightRecorder {
+                    bytes_per_cpu: (plan.flight_bytes as usize).max(cfg.packet_size * 2),
+                },
+                _ => ltt_writer::Policy::Lossless,
+            };
             match ltt_writer::TraceWriter::create(std::path::Path::new(&out), cfg) {
                 Ok((w, p)) => (Some(w), p.into_iter().map(Some).collect()),
                 Err(e) => {
