@@ -77,7 +77,7 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
     // KVM's emulator cannot run XSAVE/XRSTOR: keep the guest on FXSAVE.
-    vc.hide_xsave = !probe.native;
+    vc.emulator_cpuid = !probe.native;
     let mut vm = vmm::build(vc).context("creating the KVM guest")?;
     vm.start().context("starting the vCPUs")?;
     let interrupted = crate::guest::install_interrupt_flag();

@@ -61,7 +61,7 @@ fn debian_6_1_prints_our_boot_setup_and_hits_start_kernel() {
     let mut cfg = vmm::VmConfig::linux(tmp.clone(), None, cmdline.clone());
     cfg.vcpus = 2;
     cfg.memory_mib = memory_mib;
-    cfg.hide_xsave = !probe.native;
+    cfg.emulator_cpuid = !probe.native;
     cfg.console = Some(Box::new(cap.clone()));
     cfg.handlers = Some(Box::new(move |_| {
         let hits = h2.clone();

@@ -106,8 +106,9 @@ pub struct VmConfig {
     pub boot: Boot,
     /// In-kernel irqchip + PIT (needed by Linux; without it HLT exits).
     pub irqchip: bool,
-    /// Hide XSAVE in CPUID (for emulating KVMs that cannot XRSTOR).
-    pub hide_xsave: bool,
+    /// Normalise CPUID for KVM's instruction emulator (see
+    /// [`crate::arch::cpuid::CpuidParams::emulator_cpuid`]).
+    pub emulator_cpuid: bool,
     /// Serial console output (default: discarded).
     pub console: Option<ConsoleOut>,
     /// Debug handlers, one per vCPU.
@@ -126,7 +127,7 @@ impl VmConfig {
                 cmdline,
             },
             irqchip: true,
-            hide_xsave: false,
+            emulator_cpuid: false,
             console: None,
             handlers: None,
         }
@@ -139,7 +140,7 @@ impl VmConfig {
             memory_mib: 16,
             boot: Boot::Raw { code },
             irqchip: false,
-            hide_xsave: false,
+            emulator_cpuid: false,
             console: None,
             handlers: None,
         }
@@ -258,7 +259,7 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
     let vcfg = VcpuConfig {
         count: cfg.vcpus,
         irqchip: cfg.irqchip,
-        hide_xsave: cfg.hide_xsave,
+        emulator_cpuid: cfg.emulator_cpuid,
         aps_runnable: !linux,
     };
     let mut fds = Vec::new();

@@ -10,9 +10,10 @@ pub struct CpuidParams {
     pub vcpu_index: u32,
     /// Number of vCPUs in the VM (one core each, one package).
     pub vcpu_count: u32,
-    /// Hide XSAVE (leaf 1 ECX.XSAVE/OSXSAVE and leaf 0xd), for emulating
-    /// platforms whose instruction emulator lacks XSAVE/XRSTOR.
-    pub hide_xsave: bool,
+    /// Hide what KVM's instruction emulator cannot execute (XSAVE family and
+    /// AVX, CMPXCHG16B), for platforms that emulate all guest code (KVM-PVM
+    /// without VT-x); Linux then picks FXSAVE and lock-based fallbacks.
+    pub emulator_cpuid: bool,
 }
 
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
@@ -22,6 +23,7 @@ const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF7_EBX_AVX2: u32 = 1 << 5;
 const LEAF7_EBX_AVX512F: u32 = 1 << 16;
 const LEAF1_ECX_AVX: u32 = 1 << 28;
+const LEAF1_ECX_CX16: u32 = 1 << 13;
 
 /// Bits needed to number `n` items.
 fn bits_for(n: u32) -> u32 {
@@ -45,8 +47,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                 } else {
                     e.edx &= !LEAF1_EDX_HTT;
                 }
-                if p.hide_xsave {
-                    e.ecx &= !(LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX);
+                if p.emulator_cpuid {
+                    e.ecx &=
+                        !(LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX | LEAF1_ECX_CX16);
                 }
             }
             // Cores per package - 1 in EAX[31:26]; threads sharing the
@@ -56,10 +59,10 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                 let sharing = if level >= 3 { count - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | ((sharing & 0xfff) << 14);
             }
-            7 if e.index == 0 && p.hide_xsave => {
+            7 if e.index == 0 && p.emulator_cpuid => {
                 e.ebx &= !(LEAF7_EBX_AVX2 | LEAF7_EBX_AVX512F);
             }
-            0xd if p.hide_xsave => {
+            0xd if p.emulator_cpuid => {
                 e.eax = 0;
                 e.ebx = 0;
                 e.ecx = 0;
@@ -114,7 +117,7 @@ mod tests {
             CpuidParams {
                 vcpu_index: 3,
                 vcpu_count: 4,
-                hide_xsave: true,
+                emulator_cpuid: true,
             },
         );
         assert_eq!(v[0].ebx >> 24, 3);

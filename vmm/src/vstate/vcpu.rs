@@ -118,7 +118,7 @@ pub struct VcpuConfig {
     /// In-kernel irqchip present (LAPIC LINT setup).
     pub irqchip: bool,
     /// Hide XSAVE from the guest.
-    pub hide_xsave: bool,
+    pub emulator_cpuid: bool,
     /// Make application processors runnable at once (synthetic guests with
     /// an irqchip; Linux starts them with INIT/SIPI instead).
     pub aps_runnable: bool,
@@ -143,7 +143,7 @@ pub fn create(
         cpuid::CpuidParams {
             vcpu_index: index,
             vcpu_count: cfg.count,
-            hide_xsave: cfg.hide_xsave,
+            emulator_cpuid: cfg.emulator_cpuid,
         },
     );
     fd.set_cpuid2(&cpuid)
