@@ -1,7 +1,8 @@
-//! Which engine can run guests here. The KVM monitor lands with the vmm
-//! issue; until then `--backend kvm` says so.
+//! Which engine can run guests here: the KVM monitor only where /dev/kvm
+//! runs guest code natively (a short probe guest decides), QEMU TCG
+//! elsewhere.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::guest::GuestRun;
 
@@ -10,15 +11,10 @@ pub fn native_kvm() -> (bool, String) {
     if !std::path::Path::new("/dev/kvm").exists() {
         return (false, "no /dev/kvm".into());
     }
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        return (
-            false,
-            "/dev/kvm is KVM-PVM, which emulates unmodified kernels".into(),
-        );
-    }
-    (false, "the KVM monitor is not built yet".into())
+    let probe = vmm::probe_native_virtualization();
+    (probe.native, probe.reason)
 }
 
-pub fn run_kvm(_run: &GuestRun) -> Result<i32> {
-    bail!("--backend kvm: hvtrace's KVM monitor is not implemented yet (use --backend qemu)")
+pub fn run_kvm(run: &GuestRun) -> Result<i32> {
+    crate::backend_kvm::run(run)
 }

@@ -137,19 +137,38 @@ pub fn qemu_binary() -> OsString {
     std::env::var_os("HVTRACE_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into())
 }
 
+/// Something that types on the guest's console while it runs: it sees the
+/// console output as it arrives (and an empty slice at least every 100 ms)
+/// and may write to the console input.
+pub trait ConsoleDriver {
+    fn drive(&mut self, output: &[u8], input: &mut dyn Write) -> std::io::Result<()>;
+}
+
 /// Runs QEMU to the end of the guest command, copying the console to
 /// `console_out`, and always reaps QEMU before returning.
 pub fn run_qemu(
-    mut cmd: Command,
+    cmd: Command,
     timeout: Duration,
     interrupt: &AtomicBool,
     console_out: &mut (dyn Write + Send),
 ) -> anyhow::Result<GuestEnd> {
+    run_qemu_driven(cmd, timeout, interrupt, console_out, None)
+}
+
+/// [`run_qemu`] with a driver typing on the guest console.
+pub fn run_qemu_driven(
+    mut cmd: Command,
+    timeout: Duration,
+    interrupt: &AtomicBool,
+    console_out: &mut (dyn Write + Send),
+    mut driver: Option<&mut dyn ConsoleDriver>,
+) -> anyhow::Result<GuestEnd> {
     use anyhow::Context;
     // Its own process group: a terminal's Ctrl-C reaches hvtrace only, which
     // then stops QEMU in order.
+    let stdin = if driver.is_some() { Stdio::piped() } else { Stdio::null() };
     cmd.process_group(0)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().with_context(|| {
@@ -159,6 +178,7 @@ pub fn run_qemu(
         )
     })?;
     let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stdin = child.stdin.take();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -180,18 +200,22 @@ pub fn run_qemu(
             break GuestEnd::TimedOut;
         }
         let wait = (deadline - now).min(Duration::from_millis(100));
-        match rx.recv_timeout(wait) {
-            Ok(bytes) => {
-                let _ = console_out.write_all(&bytes);
-                if let Some(end) = scanner.feed(&bytes) {
-                    break end.clone();
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        let received = match rx.recv_timeout(wait) {
+            Ok(bytes) => bytes,
+            Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
             Err(mpsc::RecvTimeoutError::Disconnected) => break GuestEnd::NoMarker,
+        };
+        if let (Some(d), Some(input)) = (driver.as_deref_mut(), stdin.as_mut()) {
+            // A guest that stopped reading its console ends the run by itself.
+            let _ = d.drive(&received, input);
+        }
+        let _ = console_out.write_all(&received);
+        if let Some(end) = scanner.feed(&received) {
+            break end.clone();
         }
     };
     let _ = console_out.flush();
+    drop(stdin);
     stop_qemu(&mut child, &end);
     // Drain what QEMU printed while stopping (e.g. the power-off lines).
     while let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {

@@ -1,6 +1,7 @@
 //! hvtrace: a hypervisor-level whole-system tracer for unmodified Linux guests.
 
 mod backend;
+mod backend_kvm;
 mod cache;
 mod cmd_bench_writer;
 mod cmd_record;
@@ -47,17 +48,6 @@ enum BenchCmd {
     Exits,
 }
 
-/// Arguments of a subcommand that is not built yet (accepted, then refused).
-#[derive(clap::Args)]
-struct NotYet {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    _rest: Vec<String>,
-}
-
-fn not_yet(what: &str) -> anyhow::Result<i32> {
-    anyhow::bail!("`hvtrace {what}` is not implemented yet")
-}
-
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -67,7 +57,7 @@ fn main() {
         Cmd::Report(args) => report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
-        Cmd::Bench(BenchCmd::Exits) => not_yet("bench exits"),
+        Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),
     };
     match result {
         Ok(status) => std::process::exit(status),

@@ -15,6 +15,8 @@ fn main() {
             libc::tcsetattr(0, libc::TCSANOW, &t);
         }
     }
+    // Tells a driver on the host that keys may come now.
+    println!("keyecho: ready");
     let mut byte = [0u8];
     loop {
         // SAFETY: one-byte read into a local.
