@@ -11,6 +11,7 @@ pub mod decode;
 pub mod kernel;
 pub mod paging;
 pub mod plan;
+pub mod probes;
 pub mod task;
 
 pub use ctx::{MemError, Reg, VcpuContext};

@@ -17,7 +17,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use introspect::decode::{Event, SyscallStrings};
-use introspect::kernel::{find_slide, reloc};
+use introspect::kernel::find_slide;
+use introspect::probes::plan_probes;
 use introspect::task::for_each_task;
 use introspect::{decode, Kernel, ProbeKind, ProbePlan, Record, Task, VcpuState};
 use qemu_plugin::{
@@ -70,35 +71,16 @@ struct Hv {
 
 impl Hv {
     fn arm(&mut self, g: &Global, slide: u64) {
-        let s = &g.plan.symbols;
-        let ev = g.plan.events;
-        let mut add = |link: u64, kind: ProbeKind, on: bool| {
-            let a = reloc(link, slide);
-            if on && a != 0 {
-                self.probes.insert(a, kind);
-            }
-        };
-        add(s.do_syscall_64, ProbeKind::SyscallEntry, ev.syscalls);
-        add(s.switch_to, ProbeKind::SchedSwitch, ev.sched);
-        add(s.try_to_wake_up, ProbeKind::SchedWaking, ev.sched);
-        add(s.wake_up_new_task, ProbeKind::ProcessFork, ev.proc);
-        add(s.begin_new_exec, ProbeKind::ProcessExec, ev.proc);
-        add(s.do_exit, ProbeKind::ProcessExit, ev.proc);
-        add(s.handle_irq_event, ProbeKind::IrqEntry, ev.irq);
-        add(s.sysvec_apic_timer_interrupt, ProbeKind::TimerEntry, ev.irq);
-        if ev.syscalls && s.do_syscall_64 != 0 {
-            self.call_targets
-                .insert(reloc(s.do_syscall_64, slide), ProbeKind::SyscallExit);
+        // Unlimited budget: translation-time callbacks cost nothing until hit.
+        let set = plan_probes(&g.plan, slide, None);
+        for p in &set.entries {
+            self.probes.insert(p.addr, p.kind);
         }
-        if ev.irq && s.sysvec_apic_timer_interrupt != 0 {
-            self.call_targets.insert(
-                reloc(s.sysvec_apic_timer_interrupt, slide),
-                ProbeKind::TimerExit,
-            );
+        for p in &set.returns {
+            self.call_targets.insert(p.addr, p.kind);
         }
-        if ev.irq && s.handle_irq_event != 0 {
-            self.call_targets
-                .insert(reloc(s.handle_irq_event, slide), ProbeKind::IrqExit);
+        for (kind, why) in &set.dropped {
+            note(format!("not covered: {kind:?}: {why}"));
         }
     }
 }
