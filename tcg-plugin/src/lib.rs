@@ -116,7 +116,13 @@ fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
         rt.by_kind[kind as usize] += 1;
         rt.emit();
         if let Event::ProcessExec { filename, .. } = &rt.rec.event {
-            if !wanted.is_empty() && filename.as_str().as_bytes() == wanted {
+            let f = filename.as_str().as_bytes();
+            // the command as given, or as found on the PATH ("x" -> "/bin/x")
+            let same = f == wanted
+                || (f.ends_with(wanted)
+                    && f.len() > wanted.len()
+                    && f[f.len() - wanted.len() - 1] == b'/');
+            if !wanted.is_empty() && same {
                 statedump_once(g, k, rt);
             }
         }
