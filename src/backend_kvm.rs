@@ -122,3 +122,85 @@ pub fn bench_exits() -> Result<()> {
     println!("ratio {:.3} (goal <= 1.10)", r.ratio);
     Ok(())
 }
+
+/// One vCPU stopped in a debug exit of the KVM monitor, as the engine-
+/// independent core sees it: registers read once per trap, guest-virtual
+/// reads through a page walk of the guest's own tables.
+pub struct KvmContext<'a, 'b> {
+    ctx: &'a vmm::VcpuCtx<'b>,
+    regs: vmm::kvm_regs,
+    sregs: vmm::kvm_sregs,
+    kernel_gs_base: u64,
+}
+
+impl<'a, 'b> KvmContext<'a, 'b> {
+    /// Snapshots the registers of `ctx` (GET_REGS, GET_SREGS, one MSR).
+    pub fn new(ctx: &'a mut vmm::VcpuCtx<'b>) -> Result<Self, vmm::DebugError> {
+        let regs = ctx.regs()?;
+        let sregs = ctx.sregs()?;
+        let kernel_gs_base = ctx.msr(0xc000_0102).unwrap_or(0);
+        Ok(KvmContext {
+            ctx,
+            regs,
+            sregs,
+            kernel_gs_base,
+        })
+    }
+}
+
+impl introspect::VcpuContext for KvmContext<'_, '_> {
+    fn read_reg(&self, reg: introspect::Reg) -> u64 {
+        use introspect::Reg::*;
+        let (r, s) = (&self.regs, &self.sregs);
+        match reg {
+            Rax => r.rax,
+            Rbx => r.rbx,
+            Rcx => r.rcx,
+            Rdx => r.rdx,
+            Rsi => r.rsi,
+            Rdi => r.rdi,
+            Rbp => r.rbp,
+            Rsp => r.rsp,
+            R8 => r.r8,
+            R9 => r.r9,
+            R10 => r.r10,
+            R11 => r.r11,
+            Rip => r.rip,
+            Cr0 => s.cr0,
+            Cr3 => s.cr3,
+            Cr4 => s.cr4,
+            Efer => s.efer,
+            GsBase => s.gs.base,
+            KernelGsBase => self.kernel_gs_base,
+        }
+    }
+
+    fn read_virt(&self, va: u64, buf: &mut [u8]) -> Result<(), introspect::MemError> {
+        let la57 = self.sregs.cr4 & (1 << 12) != 0;
+        let phys = |pa: u64| {
+            let mut b = [0u8; 8];
+            self.ctx.read_phys(pa, &mut b).ok().map(|_| u64::from_le_bytes(b))
+        };
+        let mut done = 0usize;
+        while done < buf.len() {
+            let addr = va.wrapping_add(done as u64);
+            let t = introspect::paging::translate(&phys, self.sregs.cr3, addr, la57)
+                .map_err(|_| introspect::MemError::Unmapped(addr))?;
+            let in_page = (t.page_size - (addr & (t.page_size - 1))) as usize;
+            let n = in_page.min(buf.len() - done);
+            self.read_phys(t.pa, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_phys(&self, pa: u64, buf: &mut [u8]) -> Result<(), introspect::MemError> {
+        self.ctx
+            .read_phys(pa, buf)
+            .map_err(|_| introspect::MemError::OutOfRange(pa))
+    }
+
+    fn vcpu_index(&self) -> u32 {
+        self.ctx.index()
+    }
+}

@@ -111,6 +111,8 @@ pub struct VmConfig {
     pub emulator_cpuid: bool,
     /// Serial console output (default: discarded).
     pub console: Option<ConsoleOut>,
+    /// Second serial port (COM2, 0x2f8, IRQ 3) output; absent if `None`.
+    pub console2: Option<ConsoleOut>,
     /// Debug handlers, one per vCPU.
     pub handlers: Option<HandlerFactory>,
 }
@@ -129,6 +131,7 @@ impl VmConfig {
             irqchip: true,
             emulator_cpuid: false,
             console: None,
+            console2: None,
             handlers: None,
         }
     }
@@ -142,6 +145,7 @@ impl VmConfig {
             irqchip: false,
             emulator_cpuid: false,
             console: None,
+            console2: None,
             handlers: None,
         }
     }
@@ -278,7 +282,18 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
             .map_err(BuildError::Irqfd)?;
     }
     let serial = Arc::new(Mutex::new(console));
-    let bus = Arc::new(PioBus::new(serial.clone()));
+    let serial2 = match cfg.console2 {
+        None => None,
+        Some(out) => {
+            let (c2, evt2) = SerialConsole::new(out)?;
+            if cfg.irqchip {
+                vmfd.register_irqfd(&evt2, SERIAL2_IRQ)
+                    .map_err(BuildError::Irqfd)?;
+            }
+            Some(Arc::new(Mutex::new(c2)))
+        }
+    };
+    let bus = Arc::new(PioBus::new(serial.clone(), serial2));
     let shared: Vec<_> = (0..cfg.vcpus).map(Shared::new).collect();
     let exit = ExitState::new(cfg.vcpus as usize);
     let _ = exit.vcpus.set(shared.clone());

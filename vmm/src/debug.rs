@@ -309,6 +309,26 @@ impl VcpuCtx<'_> {
             .map_err(|e| DebugError::Ioctl("KVM_SET_SREGS", e))
     }
 
+    /// Reads one MSR (e.g. 0xc000_0102, IA32_KERNEL_GS_BASE).
+    pub fn msr(&self, index: u32) -> Result<u64, DebugError> {
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| DebugError::InvalidBreakpoint("MSR list"))?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| DebugError::Ioctl("KVM_GET_MSRS", e))?;
+        match (n, msrs.as_slice().first()) {
+            (1, Some(e)) => Ok(e.data),
+            _ => Err(DebugError::Ioctl(
+                "KVM_GET_MSRS",
+                kvm_ioctls::Error::new(libc::EINVAL),
+            )),
+        }
+    }
+
     /// Reads guest-physical memory.
     pub fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), DebugError> {
         self.mem

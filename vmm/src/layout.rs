@@ -47,6 +47,10 @@ pub const RAW_CODE_START: u64 = HIMEM_START;
 pub const SERIAL_PORT_BASE: u16 = 0x3f8;
 /// Its interrupt line.
 pub const SERIAL_IRQ: u32 = 4;
+/// Serial port COM2 (bulk output, e.g. `--capture`).
+pub const SERIAL2_PORT_BASE: u16 = 0x2f8;
+/// Its interrupt line.
+pub const SERIAL2_IRQ: u32 = 3;
 /// i8042 data and command ports.
 pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.

@@ -58,14 +58,42 @@ fn port_io_serial_and_hlt() {
     // unclaimed port reads as 0xff: in al, 0x99; sub al, 0xff-'!' ; echo.
     c.extend_from_slice(&[0xe4, 0x99, 0x2c, 0xff - b'!', 0xee]);
     out_char(&mut c, b'\n');
+    c.extend_from_slice(&[0x66, 0xba, 0xf8, 0x02]); // mov dx, 0x2f8 (COM2)
+    out_char(&mut c, b'Z');
     c.push(0xf4); // hlt
+    let (cap, cap2) = (Capture::default(), Capture::default());
+    let mut cfg = VmConfig::raw(c);
+    cfg.console = Some(Box::new(cap.clone()));
+    cfg.console2 = Some(Box::new(cap2.clone()));
+    let mut vm = vmm::build(cfg).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
+    assert_eq!(&*cap.0.lock().unwrap(), b"Hi U!\n");
+    assert_eq!(&*cap2.0.lock().unwrap(), b"Z");
+}
+
+#[test]
+fn host_input_reaches_the_guest_uart() {
+    if !have_kvm() {
+        return;
+    }
+    // Poll LSR.DR, read the byte, echo it + 1, hlt.
+    let c = vec![
+        0x66, 0xba, 0xfd, 0x03, // mov dx, 0x3fd
+        0xec, 0xa8, 0x01, 0x74, 0xfb, // L: in al, dx; test al, 1; jz L
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xec, 0xfe, 0xc0, 0xee, 0xf4, // in al, dx; inc al; out dx, al; hlt
+    ];
     let cap = Capture::default();
     let mut cfg = VmConfig::raw(c);
     cfg.console = Some(Box::new(cap.clone()));
     let mut vm = vmm::build(cfg).unwrap();
     vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(vm.wait(Duration::ZERO), None, "guest waits for input");
+    assert_eq!(vm.inject_serial_input(b"A").unwrap(), 1);
     assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
-    assert_eq!(&*cap.0.lock().unwrap(), b"Hi U!\n");
+    assert_eq!(&*cap.0.lock().unwrap(), b"B");
 }
 
 #[test]
@@ -398,7 +426,10 @@ fn software_breakpoints_where_kvm_delivers_them() {
     if !native.native {
         // KVM-PVM's emulator fails on int3 under KVM_GUESTDBG_USE_SW_BP.
         assert!(!delivered, "an emulating KVM was seen to deliver #BP");
-        println!("skipped: software breakpoints not delivered here ({})", native.reason);
+        println!(
+            "skipped: software breakpoints not delivered here ({})",
+            native.reason
+        );
         return;
     }
     assert!(delivered, "hardware KVM delivers #BP exits");

@@ -5,7 +5,7 @@ pub mod serial;
 
 use std::sync::{Arc, Mutex};
 
-use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL_PORT_BASE};
+use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL2_PORT_BASE, SERIAL_PORT_BASE};
 
 /// What a port write asked the monitor to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,14 +19,19 @@ pub enum IoAction {
 /// Port-I/O devices of a VM, shared by its vCPU threads.
 pub struct PioBus {
     serial: Arc<Mutex<serial::SerialConsole>>,
+    serial2: Option<Arc<Mutex<serial::SerialConsole>>>,
     i8042: Mutex<i8042::I8042>,
 }
 
 impl PioBus {
-    /// A bus with the serial console and an i8042.
-    pub fn new(serial: Arc<Mutex<serial::SerialConsole>>) -> Self {
+    /// A bus with the serial console (COM1), optionally COM2, and an i8042.
+    pub fn new(
+        serial: Arc<Mutex<serial::SerialConsole>>,
+        serial2: Option<Arc<Mutex<serial::SerialConsole>>>,
+    ) -> Self {
         PioBus {
             serial,
+            serial2,
             i8042: Mutex::new(i8042::I8042::default()),
         }
     }
@@ -35,6 +40,8 @@ impl PioBus {
     pub fn read(&self, port: u16, data: &mut [u8]) {
         if (SERIAL_PORT_BASE..SERIAL_PORT_BASE + 8).contains(&port) && data.len() == 1 {
             data[0] = lock(&self.serial).read((port - SERIAL_PORT_BASE) as u8);
+        } else if let (Some(s2), true) = (&self.serial2, is_com2(port, data.len())) {
+            data[0] = lock(s2).read((port - SERIAL2_PORT_BASE) as u8);
         } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
             data[0] = lock(&self.i8042).read(port);
         } else {
@@ -47,12 +54,19 @@ impl PioBus {
         if (SERIAL_PORT_BASE..SERIAL_PORT_BASE + 8).contains(&port) && data.len() == 1 {
             lock(&self.serial).write((port - SERIAL_PORT_BASE) as u8, data[0]);
             IoAction::None
+        } else if let (Some(s2), true) = (&self.serial2, is_com2(port, data.len())) {
+            lock(s2).write((port - SERIAL2_PORT_BASE) as u8, data[0]);
+            IoAction::None
         } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
             lock(&self.i8042).write(port, data[0])
         } else {
             IoAction::None
         }
     }
+}
+
+fn is_com2(port: u16, len: usize) -> bool {
+    (SERIAL2_PORT_BASE..SERIAL2_PORT_BASE + 8).contains(&port) && len == 1
 }
 
 /// Locks a device, recovering from a panic on another vCPU thread.
