@@ -159,8 +159,17 @@ pub fn raw_stack(i: u32) -> u64 {
 fn read_magic(path: &Path) -> Result<(File, [u8; 0x206]), BuildError> {
     let mut f = File::open(path).map_err(|e| BuildError::Io(path.into(), e))?;
     let mut b = [0u8; 0x206];
-    f.read_exact(&mut b)
-        .map_err(|_| BuildError::NotAKernel(path.into()))?;
+    let mut n = 0;
+    while n < b.len() {
+        match f.read(&mut b[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(BuildError::Io(path.into(), e)),
+        }
+    }
+    if n < 4 {
+        return Err(BuildError::NotAKernel(path.into()));
+    }
     f.seek(SeekFrom::Start(0))
         .map_err(|e| BuildError::Io(path.into(), e))?;
     Ok((f, b))

@@ -463,3 +463,36 @@ fn software_breakpoints_where_kvm_delivers_them() {
     vm.read_phys(at, &mut b).unwrap();
     assert_eq!(b[0], 0xff, "original byte restored");
 }
+
+#[test]
+fn a_handler_can_park_its_vcpu_for_the_host() {
+    if !have_kvm() {
+        return;
+    }
+    // nop; inc eax; hlt, breakpoint on the inc.
+    let at = BASE + 1;
+    let mut cfg = VmConfig::raw(vec![0x90, 0xff, 0xc0, 0xf4]);
+    cfg.handlers = Some(Box::new(move |_| {
+        Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| match ev {
+            DebugEvent::Started => {
+                ctx.set_hw_breakpoint(0, Some(HwBreakpoint::exec(at)))
+                    .unwrap();
+                Action::Continue
+            }
+            DebugEvent::HwBreakpoint { .. } => Action::Pause,
+            _ => Action::Continue,
+        })
+    }));
+    let mut vm = vmm::build(cfg).unwrap();
+    vm.start().unwrap();
+    let h = vm.vcpu(0).unwrap();
+    assert!(h.wait_state(|s| s == vmm::VcpuState::Paused, WAIT));
+    let r = h.regs().unwrap();
+    assert_eq!((r.rip, r.rax), (at, 0), "parked at the breakpoint");
+    assert_eq!(
+        h.run_on(|c| c.hw_breakpoints()[0]).unwrap(),
+        Some(HwBreakpoint::exec(at))
+    );
+    h.resume();
+    assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
+}
