@@ -24,7 +24,7 @@ use crate::run::{choose_backend, outcome, Backend, GuestOptions};
 pub enum Mode {
     /// Every selected event, exact order per vCPU.
     Trap,
-    /// Statistical sampling (not on the QEMU engine yet).
+    /// Statistical sampling at --freq HZ (plus process lifecycle events).
     Sample,
 }
 
@@ -47,6 +47,9 @@ pub struct RecordArgs {
     pub events: String,
     #[arg(long, value_enum, default_value = "trap")]
     pub mode: Mode,
+    /// Samples per second per vCPU with --mode sample.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub freq: u32,
     #[arg(long, value_enum, default_value = "lossless")]
     pub buffer: BufferMode,
     /// Output folder (the CTF trace goes to DIR/kernel).
@@ -71,9 +74,6 @@ pub fn run(args: RecordArgs) -> Result<i32> {
     let Some(events) = EventClasses::parse(&args.events) else {
         bail!("--events: expected a list of syscalls,sched,irq,proc (or all)");
     };
-    if args.mode == Mode::Sample {
-        bail!("--mode sample is not available on the QEMU engine yet; use --mode trap");
-    }
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
         Backend::Kvm => bail!("--backend kvm: tracing on hvtrace's KVM monitor is not available yet (use --backend qemu)"),
@@ -94,6 +94,15 @@ pub fn run(args: RecordArgs) -> Result<i32> {
     let t0 = Instant::now();
     let mut plan = build_plan(&run.kernel).context("preparing the probe plan")?;
     plan.events = events;
+    if args.mode == Mode::Sample {
+        // Samples instead of the high-rate classes; process lifecycle
+        // (rare) stays traced so samples can be attributed.
+        plan.sample_hz = args.freq;
+        plan.events = EventClasses {
+            proc: true,
+            ..EventClasses::default()
+        };
+    }
     plan.out_dir = path_str(&out_abs)?.to_string();
     plan.statedump_exec = args.command[0].clone();
     plan.buffer = match args.buffer {
@@ -360,6 +369,7 @@ fn summarize(out: &Path) -> Result<Summary> {
                 | Event::IrqExit { .. }
                 | Event::TimerEntry { .. }
                 | Event::TimerExit { .. } => "irq",
+                Event::Sample { .. } => "samples",
                 Event::Statedump { .. } => "statedump",
                 _ => "proc",
             };

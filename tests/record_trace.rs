@@ -636,3 +636,67 @@ fn irqs_match_proc_interrupts(line: &str) {
         );
     }
 }
+
+/// `--mode sample`: samples come at no more than the asked rate, name the
+/// workload among the tasks they hit, and carry kernel and user addresses.
+#[test]
+fn record_sample_mode() {
+    let image = common::image_dir("6.1");
+    let dir = std::env::temp_dir().join(format!("hvtrace-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = std::time::Instant::now();
+    let out = common::hvtrace()
+        .args([
+            "record",
+            "--backend",
+            "qemu",
+            "--mode",
+            "sample",
+            "--freq",
+            "500",
+        ])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--", "/bin/syscalls", "3000"])
+        .output()
+        .expect("run hvtrace record");
+    let wall = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evs = babeltrace(&dir.join("kernel"));
+    let samples: Vec<&Ev> = evs.iter().filter(|e| e.name == "hvtrace_sample").collect();
+    assert!(samples.len() > 100, "{} samples", samples.len());
+    assert!(
+        samples.len() as f64 <= 500.0 * wall * 1.05,
+        "{} samples in {wall:.1} s at 500 Hz",
+        samples.len()
+    );
+    let pid = evs
+        .iter()
+        .find(|e| e.name == "sched_process_exec" && e.text("filename") == "/bin/syscalls")
+        .map(|e| e.int("tid"))
+        .expect("exec traced");
+    let mine = samples
+        .iter()
+        .filter(|e| e.tid == pid && e.procname == "syscalls")
+        .count();
+    assert!(mine > 0, "no sample hit the workload");
+    assert!(samples
+        .iter()
+        .any(|e| e.int("kernel") == 1 && (e.int("ip") as u64) >= 0xffff_8000_0000_0000));
+    assert!(samples
+        .iter()
+        .any(|e| e.int("kernel") == 0 && (e.int("ip") as u64) < 0x8000_0000_0000));
+    assert!(
+        !evs.iter().any(|e| e.name.starts_with("syscall_")),
+        "sample mode does not trap syscalls"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

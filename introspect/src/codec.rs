@@ -113,6 +113,7 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.i32(*ppid);
         }
         Event::TimerEntry { vector } | Event::TimerExit { vector } => w.i32(*vector),
+        Event::Sample { ip } => w.u64(*ip),
     }
     let len = w.at;
     w.buf[..2].copy_from_slice(&(len as u16).to_le_bytes());
@@ -236,6 +237,7 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         },
         10 => Event::TimerEntry { vector: r.i32()? },
         11 => Event::TimerExit { vector: r.i32()? },
+        12 => Event::Sample { ip: r.u64()? },
         t => return Err(CodecError::BadTag(t)),
     };
     Ok((

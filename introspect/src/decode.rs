@@ -58,6 +58,8 @@ pub enum ProbeKind {
     TimerEntry,
     /// Return site of a call to `__sysvec_apic_timer_interrupt`.
     TimerExit,
+    /// A statistical sample of whatever the vCPU runs (sample mode).
+    Sample,
 }
 
 /// Vector of the local APIC timer (LOCAL_TIMER_VECTOR).
@@ -145,6 +147,10 @@ pub enum Event {
     TimerExit {
         vector: i32,
     },
+    /// Sample mode: the instruction pointer of the current task.
+    Sample {
+        ip: u64,
+    },
     /// One task of the statedump at trace start.
     Statedump {
         task: Task,
@@ -177,6 +183,7 @@ impl Record {
             Event::Statedump { .. } => 9,
             Event::TimerEntry { .. } => 10,
             Event::TimerExit { .. } => 11,
+            Event::Sample { .. } => 12,
         }
     }
 }
@@ -364,6 +371,9 @@ pub fn decode<C: VcpuContext + ?Sized>(
         },
         ProbeKind::TimerExit => Event::TimerExit {
             vector: LOCAL_TIMER_VECTOR,
+        },
+        ProbeKind::Sample => Event::Sample {
+            ip: ctx.read_reg(Reg::Rip),
         },
     };
     out.current = st.current(ctx, k);

@@ -13,6 +13,7 @@ pub mod paging;
 pub mod plan;
 pub mod probes;
 pub mod task;
+pub mod userprobe;
 
 pub use ctx::{MemError, Reg, VcpuContext};
 pub use decode::{decode, Event, ProbeKind, Record, VcpuState};

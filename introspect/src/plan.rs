@@ -130,6 +130,9 @@ pub struct ProbePlan {
     pub buffer: String,
     #[serde(default)]
     pub flight_bytes: u64,
+    /// Sample mode: samples per second per vCPU (0: trap mode).
+    #[serde(default)]
+    pub sample_hz: u32,
 }
 
 impl ProbePlan {

@@ -87,7 +87,7 @@ fn kernel(rng: &mut Rng) -> Kernel {
     }
 }
 
-const KINDS: [ProbeKind; 11] = [
+const KINDS: [ProbeKind; 12] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -99,6 +99,7 @@ const KINDS: [ProbeKind; 11] = [
     ProbeKind::IrqExit,
     ProbeKind::TimerEntry,
     ProbeKind::TimerExit,
+    ProbeKind::Sample,
 ];
 
 #[test]

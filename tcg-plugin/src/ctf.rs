@@ -4,8 +4,8 @@ use introspect::decode::{Event, Record};
 use introspect::plan::ProbePlan;
 use introspect::Task;
 use ltt_writer::{
-    ArgDir, ArgKind, Catalog, FieldDecl, FieldType, Fork, ProcessState, Producer, SyscallArg,
-    SyscallDecl, TaskCtx, TaskRef, Value,
+    ArgDir, ArgKind, Catalog, FieldDecl, FieldType, Fork, ProcessState, ProduceError, Producer,
+    SyscallArg, SyscallDecl, TaskCtx, TaskRef, Value,
 };
 
 /// How a syscall argument of C type `ty` is recorded.
@@ -74,12 +74,21 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
             vec![FieldDecl::new("vector", FieldType::int(32, true))],
         )?;
     }
+    c.add_event(
+        SAMPLE,
+        vec![
+            FieldDecl::new("ip", FieldType::hex(64)),
+            FieldDecl::new("kernel", FieldType::int(8, false)),
+        ],
+    )?;
     Ok(c)
 }
 
 /// lttng-modules' events of the local APIC timer interrupt.
 pub const TIMER_ENTRY: &str = "x86_irq_vectors_local_timer_entry";
 pub const TIMER_EXIT: &str = "x86_irq_vectors_local_timer_exit";
+/// hvtrace's sample event (`--mode sample`).
+pub const SAMPLE: &str = "hvtrace_sample";
 
 fn task_ref(t: &Task) -> TaskRef<'_> {
     TaskRef {
@@ -89,8 +98,8 @@ fn task_ref(t: &Task) -> TaskRef<'_> {
     }
 }
 
-/// Writes `r` to `p`. Returns false when the writer refused the event.
-pub fn emit(p: &mut Producer, r: &Record) -> bool {
+/// Writes `r` to `p`.
+pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
     let ctx = TaskCtx::new(r.current.pid, r.current.tid, &r.current.comm);
     let ts = r.ts;
     let res = match &r.event {
@@ -156,9 +165,21 @@ pub fn emit(p: &mut Producer, r: &Record) -> bool {
             };
             match p.catalog().id_of(name) {
                 Some(id) => p.emit(id, ts, &ctx, &[Value::I(i64::from(*vector))]),
-                None => return false,
+                None => Err(ProduceError::NotDeclared(name)),
             }
         }
+        Event::Sample { ip } => match p.catalog().id_of(SAMPLE) {
+            Some(id) => p.emit(
+                id,
+                ts,
+                &ctx,
+                &[
+                    Value::U(*ip),
+                    Value::U(u64::from(*ip >= 0xffff_8000_0000_0000)),
+                ],
+            ),
+            None => Err(ProduceError::NotDeclared(SAMPLE)),
+        },
         Event::Statedump { task, ppid } => {
             let kthread = task.pid == 0 || task.pid == 2 || *ppid == 2;
             p.lttng_statedump_process_state(
@@ -179,5 +200,5 @@ pub fn emit(p: &mut Producer, r: &Record) -> bool {
             )
         }
     };
-    res.is_ok()
+    res
 }

@@ -6,6 +6,7 @@
 //! QEMU's stderr is not used: it is unreliable for plugins.
 
 pub mod ctf;
+mod sample;
 mod slots;
 mod vcpu;
 
@@ -44,6 +45,7 @@ struct Global {
     notes: Mutex<Vec<String>>,
     writer: Mutex<Option<ltt_writer::TraceWriter>>,
     producers: Mutex<Vec<Option<ltt_writer::Producer>>>,
+    sampler: Option<sample::Sampler>,
 }
 
 static G: OnceLock<Global> = OnceLock::new();
@@ -103,6 +105,27 @@ fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {
     let t0 = Instant::now();
     hit(g, k, kind, rt);
     rt.busy_ns += t0.elapsed().as_nanos() as u64;
+}
+
+/// Sample mode: called every `BLOCKS_PER_CHECK` blocks; samples when the
+/// period has passed.
+fn on_sample_check(vcpu: VCPUIndex) {
+    let Some(g) = G.get() else { return };
+    let Some(s) = &g.sampler else { return };
+    s.reset(vcpu);
+    let Some(slot) = g.slots.get(vcpu as usize) else {
+        return;
+    };
+    // SAFETY: this callback runs on the thread of vCPU `vcpu`.
+    let Some(rt) = (unsafe { slot.get() }).as_mut() else {
+        return;
+    };
+    let now = now_ns(g);
+    if now.saturating_sub(rt.last_sample_ns) < s.period_ns {
+        return;
+    }
+    rt.last_sample_ns = now;
+    on_hit(ProbeKind::Sample, vcpu);
 }
 
 fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
@@ -218,6 +241,7 @@ impl Register for Hv {
                 }
             }
         };
+        let sample_hz = plan.sample_hz;
         let _ = G.set(Global {
             plan,
             kernel: OnceLock::new(),
@@ -231,6 +255,7 @@ impl Register for Hv {
             notes: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
             producers: Mutex::new(producers),
+            sampler: (sample_hz > 0).then(|| sample::Sampler::new(sample_hz)),
         });
         qemu_plugin_register_atexit_cb(id, |_| at_exit())?;
         Ok(())
@@ -273,8 +298,10 @@ impl HasCallbacks for Hv {
                     .ok()
                     .and_then(|mut p| p.get_mut(vcpu as usize).and_then(Option::take)),
                 ctf_errors: 0,
+                first_ctf_error: None,
                 events: 0,
                 busy_ns: 0,
+                last_sample_ns: 0,
                 write_errors: 0,
                 by_kind: [0; 16],
             });
@@ -288,6 +315,9 @@ impl HasCallbacks for Hv {
         tb: TranslationBlock,
     ) -> qemu_plugin::Result<()> {
         let Some(g) = G.get() else { return Ok(()) };
+        if let Some(s) = &g.sampler {
+            s.instrument(&tb, on_sample_check);
+        }
         if tb.vaddr() < 0xffff_ffff_8000_0000 {
             return Ok(());
         }
@@ -347,6 +377,9 @@ fn at_exit() {
             rt.flush();
             // Dropping the producer closes its last packet.
             rt.producer = None;
+            if let Some(e) = &rt.first_ctf_error {
+                note(format!("cpu {i}: first trace write error: {e}"));
+            }
             per_cpu.push(format!(
                 "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?}}}",
                 rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind

@@ -21,9 +21,12 @@ pub struct VcpuRuntime {
     pub out: Option<BufWriter<File>>,
     pub producer: Option<ltt_writer::Producer>,
     pub ctf_errors: u64,
+    pub first_ctf_error: Option<ltt_writer::ProduceError>,
     pub events: u64,
     /// Nanoseconds spent in trap callbacks (decode + write).
     pub busy_ns: u64,
+    /// Host time of the last sample (sample mode).
+    pub last_sample_ns: u64,
     pub write_errors: u64,
     pub by_kind: [u64; 16],
 }
@@ -41,8 +44,11 @@ impl VcpuRuntime {
             }
         }
         if let Some(p) = self.producer.as_mut() {
-            if !crate::ctf::emit(p, &self.rec) {
+            if let Err(e) = crate::ctf::emit(p, &self.rec) {
                 self.ctf_errors += 1;
+                if self.first_ctf_error.is_none() {
+                    self.first_ctf_error = Some(e);
+                }
             }
         }
     }
