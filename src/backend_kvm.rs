@@ -179,7 +179,10 @@ impl introspect::VcpuContext for KvmContext<'_, '_> {
         let la57 = self.sregs.cr4 & (1 << 12) != 0;
         let phys = |pa: u64| {
             let mut b = [0u8; 8];
-            self.ctx.read_phys(pa, &mut b).ok().map(|_| u64::from_le_bytes(b))
+            self.ctx
+                .read_phys(pa, &mut b)
+                .ok()
+                .map(|_| u64::from_le_bytes(b))
         };
         let mut done = 0usize;
         while done < buf.len() {

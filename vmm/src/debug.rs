@@ -388,8 +388,10 @@ impl VcpuCtx<'_> {
     }
 
     /// Inserts a software breakpoint (int3) at guest-linear `addr`, whose
-    /// byte lives at guest-physical `gpa`. Only delivered where KVM supports
-    /// it (see [`crate::probe_sw_breakpoints`]). The byte is restored by
+    /// byte lives at guest-physical `gpa`. Hardware KVM delivers it as a #BP
+    /// exit ([`crate::probe_sw_breakpoints`]); where KVM's emulator fails on
+    /// int3 instead (KVM-PVM), the monitor recognises its own int3 from the
+    /// emulation failure. The byte is restored by
     /// [`Self::remove_sw_breakpoint`] or when the vCPU stops.
     pub fn insert_sw_breakpoint(&mut self, addr: u64, gpa: u64) -> Result<(), DebugError> {
         if self.dbg.sw.contains_key(&addr) {

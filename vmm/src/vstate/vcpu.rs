@@ -296,6 +296,48 @@ impl Runner {
         Ok(())
     }
 
+    /// After an emulation failure at an `int3`: our software breakpoint
+    /// gives `Some(pc)` (reported like a #BP exit); the guest's own int3 is
+    /// delivered to it as #BP with RIP past the instruction, as the CPU
+    /// would. Any other failure is `Err`.
+    fn emulate_int3(&mut self) -> Result<Option<u64>, ()> {
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
+        // is the active member of the union.
+        let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        if sub != 1 {
+            return Err(());
+        }
+        let mut regs = self.fd.get_regs().map_err(|_| ())?;
+        let sregs = self.fd.get_sregs().map_err(|_| ())?;
+        let pc = regs.rip.wrapping_add(sregs.cs.base);
+        let t = self.fd.translate_gva(pc).map_err(|_| ())?;
+        if t.valid == 0 {
+            return Err(());
+        }
+        let mut b = [0u8; 1];
+        vm_memory::Bytes::read_slice(
+            &self.mem,
+            &mut b,
+            vm_memory::GuestAddress(t.physical_address),
+        )
+        .map_err(|_| ())?;
+        if b[0] != 0xcc {
+            return Err(());
+        }
+        if self.dbg.is_ours_sw(pc) {
+            return Ok(Some(pc));
+        }
+        regs.rip += 1;
+        self.fd.set_regs(&regs).map_err(|_| ())?;
+        let mut ev = self.fd.get_vcpu_events().map_err(|_| ())?;
+        ev.exception.injected = 1;
+        ev.exception.nr = 3;
+        ev.exception.has_error_code = 0;
+        ev.exception.error_code = 0;
+        self.fd.set_vcpu_events(&ev).map_err(|_| ())?;
+        Ok(None)
+    }
+
     fn internal_error(&mut self) -> String {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
         // is the active member of the union.
@@ -366,11 +408,8 @@ impl Runner {
                     VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
                         return End::Vm(VmExit::Shutdown)
                     }
-                    VcpuExit::Debug(arch) => arch,
-                    VcpuExit::InternalError => {
-                        let m = self.internal_error();
-                        return self.err(m);
-                    }
+                    VcpuExit::Debug(arch) => Some(arch),
+                    VcpuExit::InternalError => None,
                     other => {
                         let m = format!("unexpected exit {other:?}");
                         return self.err(m);
@@ -382,6 +421,22 @@ impl Runner {
                 }
                 Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => return self.err(format!("KVM_RUN failed: {e}")),
+            };
+            let arch = match arch {
+                Some(a) => a,
+                // KVM's emulator (KVM-PVM) cannot run int3: do it here.
+                None => match self.emulate_int3() {
+                    Ok(Some(pc)) => kvm_bindings::kvm_debug_exit_arch {
+                        exception: 3,
+                        pc,
+                        ..Default::default()
+                    },
+                    Ok(None) => continue,
+                    Err(()) => {
+                        let m = self.internal_error();
+                        return self.err(m);
+                    }
+                },
             };
             if let Some(end) = self.debug_exit(arch) {
                 return end;
