@@ -117,7 +117,7 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 pub fn bench_exits() -> Result<()> {
     let probe = vmm::probe_native_virtualization();
     println!("kvm: {}", probe.reason);
-    let r = vmm::bench::exits(3000, 5).context("debug-exit benchmark")?;
+    let r = vmm::bench::exits(2000, 9).context("debug-exit benchmark")?;
     println!("{r}");
     println!("ratio {:.3} (goal <= 1.10)", r.ratio);
     Ok(())

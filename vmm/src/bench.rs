@@ -40,7 +40,7 @@ pub struct Report {
     pub bare_ns: f64,
     /// Median ns per hit through the monitor.
     pub monitor_ns: f64,
-    /// monitor / bare.
+    /// Median over rounds of monitor / bare (each round back to back).
     pub ratio: f64,
     /// How execution resumes past the breakpoint here.
     pub resume: &'static str,
@@ -51,7 +51,7 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "debug exit (hardware breakpoint, resume by {}): bare KVM_RUN loop {:.2} us, \
-             monitor path {:.2} us, ratio {:.3} (median of {} rounds x {} exits)",
+             monitor path {:.2} us, ratio {:.3} (medians over {} paired rounds x {} exits)",
             self.resume,
             self.bare_ns / 1e3,
             self.monitor_ns / 1e3,
@@ -200,13 +200,16 @@ pub fn exits(n: u32, rounds: u32) -> Result<Report, BenchError> {
         bare.push(bare_round(n, warmup, rf)?);
         mon.push(monitor_round(n, warmup)?);
     }
+    // Each round pairs a bare and a monitor run taken back to back: the
+    // median of the paired ratios is robust to load that comes and goes.
+    let ratios: Vec<f64> = bare.iter().zip(&mon).map(|(b, m)| m / b).collect();
     let (bare_ns, monitor_ns) = (median(bare), median(mon));
     Ok(Report {
         exits_per_round: n,
         rounds: rounds.max(1),
         bare_ns,
         monitor_ns,
-        ratio: monitor_ns / bare_ns,
+        ratio: median(ratios),
         resume: if rf {
             "RFLAGS.RF"
         } else {

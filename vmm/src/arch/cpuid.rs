@@ -11,7 +11,7 @@ pub struct CpuidParams {
     /// Number of vCPUs in the VM (one core each, one package).
     pub vcpu_count: u32,
     /// Hide what KVM's instruction emulator cannot execute (XSAVE family and
-    /// AVX, CMPXCHG16B), for platforms that emulate all guest code (KVM-PVM
+    /// AVX, CMPXCHG16B, POPCNT), for platforms that emulate all guest code (KVM-PVM
     /// without VT-x); Linux then picks FXSAVE and lock-based fallbacks.
     pub emulator_cpuid: bool,
 }
@@ -24,6 +24,7 @@ const LEAF7_EBX_AVX2: u32 = 1 << 5;
 const LEAF7_EBX_AVX512F: u32 = 1 << 16;
 const LEAF1_ECX_AVX: u32 = 1 << 28;
 const LEAF1_ECX_CX16: u32 = 1 << 13;
+const LEAF1_ECX_POPCNT: u32 = 1 << 23;
 
 /// Bits needed to number `n` items.
 fn bits_for(n: u32) -> u32 {
