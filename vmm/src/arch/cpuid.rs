@@ -49,8 +49,11 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
                     e.edx &= !LEAF1_EDX_HTT;
                 }
                 if p.emulator_cpuid {
-                    e.ecx &=
-                        !(LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX | LEAF1_ECX_CX16);
+                    e.ecx &= !(LEAF1_ECX_XSAVE
+                        | LEAF1_ECX_OSXSAVE
+                        | LEAF1_ECX_AVX
+                        | LEAF1_ECX_CX16
+                        | LEAF1_ECX_POPCNT);
                 }
             }
             // Cores per package - 1 in EAX[31:26]; threads sharing the
