@@ -46,14 +46,14 @@ pub enum ProbeError {
     Empty,
     #[error("`{0}`: a probe starts with NAME=SYMBOL[+OFFSET]")]
     MissingSymbol(String),
-    #[error("event name `{name}` {why}")]
-    BadEventName { name: String, why: &'static str },
-    #[error("symbol `{name}` {why}")]
-    BadSymbol { name: String, why: &'static str },
-    #[error("offset `{text}` of `{symbol}`: expected +DECIMAL or +0xHEX")]
-    BadOffset { symbol: String, text: String },
-    #[error("field name `{name}` {why}")]
-    BadFieldName { name: String, why: &'static str },
+    #[error("event name `{0}` {1}")]
+    BadEventName(String, &'static str),
+    #[error("symbol `{0}` {1}")]
+    BadSymbol(String, &'static str),
+    #[error("offset `{1}` of `{0}`: expected +DECIMAL or +0xHEX")]
+    BadOffset(String, String),
+    #[error("field name `{0}` {1}")]
+    BadFieldName(String, &'static str),
     #[error("field `{0}` is defined twice")]
     DuplicateField(String),
     #[error("too many fields ({0}): at most {MAX_FIELDS}")]
@@ -65,24 +65,22 @@ pub enum ProbeError {
         col: usize,
         why: &'static str,
     },
-    #[error("field `{field}`: unknown register `%{reg}` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip, or %rax...)")]
-    UnknownRegister { field: String, reg: String },
-    #[error("field `{field}`: register `%{reg}` is not available to hvtrace's engines (they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip)")]
-    UnavailableRegister { field: String, reg: String },
-    #[error("field `{field}`: `$retval` needs a return probe; hvtrace user probes fire at SYMBOL[+OFFSET], not on return")]
-    Retval { field: String },
-    #[error("field `{field}`: `{arg}` is only known at a function's entry; this probe is at +{offset:#x}")]
-    ArgNotAtEntry {
-        field: String,
-        arg: String,
-        offset: u64,
-    },
-    #[error("field `{field}`: unknown type `{ty}` (u8 u16 u32 u64 s8 s16 s32 s64 x8 x16 x32 x64 string)")]
-    UnknownType { field: String, ty: String },
-    #[error("field `{field}`: {why}")]
-    BadType { field: String, why: &'static str },
-    #[error("field `{field}`: more than {MAX_DEREF} nested memory reads")]
-    TooDeep { field: String },
+    #[error("field `{0}`: unknown register `%{1}` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip, or %rax...)")]
+    UnknownRegister(String, String),
+    #[error("field `{0}`: register `%{1}` is not available to hvtrace's engines (they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip)")]
+    UnavailableRegister(String, String),
+    #[error("field `{0}`: `$retval` needs a return probe; hvtrace user probes fire at SYMBOL[+OFFSET], not on return")]
+    Retval(String),
+    #[error("field `{0}`: `{1}` is only known at a function's entry; this probe is at +{2:#x}")]
+    ArgNotAtEntry(String, String, u64),
+    #[error(
+        "field `{0}`: unknown type `{1}` (u8 u16 u32 u64 s8 s16 s32 s64 x8 x16 x32 x64 string)"
+    )]
+    UnknownType(String, String),
+    #[error("field `{0}`: {1}")]
+    BadType(String, &'static str),
+    #[error("field `{0}`: more than {MAX_DEREF} nested memory reads")]
+    TooDeep(String),
     #[error("unknown kernel symbol `{0}`")]
     UnknownSymbol(String),
     #[error("event `{0}` is defined by two probes")]
@@ -105,23 +103,18 @@ pub enum FieldKind {
 
 impl FieldKind {
     fn parse(s: &str) -> Option<Self> {
-        if s == "string" {
-            return Some(FieldKind::String);
-        }
-        let (ctor, bits): (fn(u8) -> Self, &str) = if let Some(b) = s.strip_prefix('u') {
-            (FieldKind::Unsigned, b)
-        } else if let Some(b) = s.strip_prefix('s') {
-            (FieldKind::Signed, b)
-        } else if let Some(b) = s.strip_prefix('x') {
-            (FieldKind::Hex, b)
-        } else {
-            return None;
+        let bits = match s.get(1..)? {
+            "8" => 8,
+            "16" => 16,
+            "32" => 32,
+            "64" => 64,
+            "tring" if s == "string" => return Some(FieldKind::String),
+            _ => return None,
         };
-        match bits {
-            "8" => Some(ctor(8)),
-            "16" => Some(ctor(16)),
-            "32" => Some(ctor(32)),
-            "64" => Some(ctor(64)),
+        match s.as_bytes().first()? {
+            b'u' => Some(FieldKind::Unsigned(bits)),
+            b's' => Some(FieldKind::Signed(bits)),
+            b'x' => Some(FieldKind::Hex(bits)),
             _ => None,
         }
     }
@@ -154,33 +147,12 @@ pub enum Base {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
     pub base: Base,
-    offs: [i64; MAX_DEREF],
-    depth: u8,
+    pub derefs: Vec<i64>,
 }
 
-impl Fetch {
-    fn new(base: Base) -> Self {
-        Self {
-            base,
-            offs: [0; MAX_DEREF],
-            depth: 0,
-        }
-    }
-
-    /// The offsets of the memory reads, innermost first.
-    pub fn derefs(&self) -> &[i64] {
-        &self.offs[..usize::from(self.depth)]
-    }
-
-    fn push(&mut self, off: i64) -> bool {
-        let d = usize::from(self.depth);
-        if d >= MAX_DEREF {
-            return false;
-        }
-        self.offs[d] = off;
-        self.depth += 1;
-        true
-    }
+fn fetch(base: Base, derefs: &[i64]) -> Fetch {
+    let derefs = derefs.to_vec();
+    Fetch { base, derefs }
 }
 
 /// One parsed field.
@@ -201,61 +173,17 @@ pub struct ProbeSpec {
 }
 
 /// TSDL keywords (CTF 1.8), which cannot name an event or a field.
-const TSDL_KEYWORDS: [&str; 28] = [
-    "align",
-    "callsite",
-    "const",
-    "char",
-    "clock",
-    "double",
-    "enum",
-    "env",
-    "event",
-    "floating_point",
-    "float",
-    "integer",
-    "int",
-    "long",
-    "short",
-    "signed",
-    "stream",
-    "string",
-    "struct",
-    "trace",
-    "typealias",
-    "typedef",
-    "unsigned",
-    "variant",
-    "void",
-    "_Bool",
-    "_Complex",
-    "_Imaginary",
-];
+const TSDL_KEYWORDS: &str = "align callsite const char clock double enum env event floating_point \
+    float integer int long short signed stream string struct trace typealias typedef unsigned \
+    variant void _Bool _Complex _Imaginary";
 
-/// Event names hvtrace writes itself (as lttng-modules names them).
-const RESERVED_EVENTS: [&str; 15] = [
-    "sched_switch",
-    "sched_wakeup",
-    "sched_wakeup_new",
-    "sched_waking",
-    "sched_process_fork",
-    "sched_process_exec",
-    "sched_process_exit",
-    "sched_process_free",
-    "irq_handler_entry",
-    "irq_handler_exit",
-    "irq_softirq_entry",
-    "irq_softirq_exit",
-    "irq_softirq_raise",
-    "timer_hrtimer_expire_entry",
-    "timer_hrtimer_expire_exit",
-];
-const RESERVED_PREFIXES: [&str; 4] = [
-    "syscall_entry_",
-    "syscall_exit_",
-    "compat_syscall_",
-    "lttng_",
-];
+/// Event names hvtrace writes itself (as lttng-modules names them), and
+/// prefixes of its families.
+const RESERVED_EVENTS: &str = "sched_switch sched_wakeup sched_wakeup_new sched_waking \
+    sched_process_fork sched_process_exec sched_process_exit sched_process_free \
+    irq_handler_entry irq_handler_exit irq_softirq_entry irq_softirq_exit irq_softirq_raise \
+    timer_hrtimer_expire_entry timer_hrtimer_expire_exit";
+const RESERVED_PREFIXES: &str = "syscall_entry_ syscall_exit_ compat_syscall_ lttng_";
 
 fn check_ident(s: &str) -> Result<(), &'static str> {
     let Some(&first) = s.as_bytes().first() else {
@@ -270,29 +198,27 @@ fn check_ident(s: &str) -> Result<(), &'static str> {
     if !s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
         return Err("may hold only ASCII letters, digits and `_`");
     }
-    if TSDL_KEYWORDS.contains(&s) {
+    if TSDL_KEYWORDS.split_whitespace().any(|k| k == s) {
         return Err("is a CTF (TSDL) keyword");
     }
     Ok(())
 }
 
 fn check_event_name(s: &str) -> Result<()> {
-    let bad = |why| ProbeError::BadEventName {
-        name: s.to_string(),
-        why,
-    };
+    let bad = |why| ProbeError::BadEventName(s.to_string(), why);
     check_ident(s).map_err(bad)?;
-    if RESERVED_EVENTS.contains(&s) || RESERVED_PREFIXES.iter().any(|p| s.starts_with(p)) {
+    if RESERVED_EVENTS.split_whitespace().any(|e| e == s)
+        || RESERVED_PREFIXES
+            .split_whitespace()
+            .any(|p| s.starts_with(p))
+    {
         return Err(bad("is taken by one of hvtrace's own events"));
     }
     Ok(())
 }
 
 fn check_field_name(s: &str) -> Result<()> {
-    let bad = |why| ProbeError::BadFieldName {
-        name: s.to_string(),
-        why,
-    };
+    let bad = |why| ProbeError::BadFieldName(s.to_string(), why);
     check_ident(s).map_err(bad)?;
     if s.starts_with('_') {
         return Err(bad("must not start with `_` (CTF readers strip it)"));
@@ -301,10 +227,7 @@ fn check_field_name(s: &str) -> Result<()> {
 }
 
 fn check_symbol(s: &str) -> Result<()> {
-    let bad = |why| ProbeError::BadSymbol {
-        name: s.to_string(),
-        why,
-    };
+    let bad = |why| ProbeError::BadSymbol(s.to_string(), why);
     let Some(&first) = s.as_bytes().first() else {
         return Err(bad("is empty"));
     };
@@ -405,23 +328,18 @@ impl<'a> Cursor<'a> {
     /// `argN` (or `$argN`) written as `text`, starting at `start`.
     fn arg(&self, n: Option<u64>, text: &str, start: usize) -> Result<Fetch> {
         if self.offset != 0 {
-            return Err(ProbeError::ArgNotAtEntry {
-                field: self.field.to_string(),
-                arg: text.to_string(),
-                offset: self.offset,
-            });
+            let (f, t) = (self.field.to_string(), text.to_string());
+            return Err(ProbeError::ArgNotAtEntry(f, t, self.offset));
         }
         let n = match n {
             Some(n @ 1..=MAX_ARG) => n,
             _ => return Err(self.err_at(start, "argument numbers run from 1 to 16")),
         };
         match ARG_REGS.get((n - 1) as usize) {
-            Some(&r) => Ok(Fetch::new(Base::Reg(r))),
+            Some(&r) => Ok(fetch(Base::Reg(r), &[])),
             None => {
                 // at entry, arg7 is the first word above the return address
-                let mut f = Fetch::new(Base::Reg(Reg::Rsp));
-                f.push(8 * (n as i64 - 6));
-                Ok(f)
+                Ok(fetch(Base::Reg(Reg::Rsp), &[8 * (n as i64 - 6)]))
             }
         }
     }
@@ -436,16 +354,11 @@ impl<'a> Cursor<'a> {
             b'%' => {
                 self.pos += 1;
                 let name = self.take_while(|c| c.is_ascii_alphanumeric() || c == b'_');
+                let (f, r) = (self.field.to_string(), name.to_string());
                 match reg_by_name(name) {
-                    Some(Some(r)) => Ok(Fetch::new(Base::Reg(r))),
-                    Some(None) => Err(ProbeError::UnavailableRegister {
-                        field: self.field.to_string(),
-                        reg: name.to_string(),
-                    }),
-                    None => Err(ProbeError::UnknownRegister {
-                        field: self.field.to_string(),
-                        reg: name.to_string(),
-                    }),
+                    Some(Some(r)) => Ok(fetch(Base::Reg(r), &[])),
+                    Some(None) => Err(ProbeError::UnavailableRegister(f, r)),
+                    None => Err(ProbeError::UnknownRegister(f, r)),
                 }
             }
             b'$' => {
@@ -454,18 +367,14 @@ impl<'a> Cursor<'a> {
                 let text = &self.expr[start..self.pos];
                 let num = |p: &str| name.strip_prefix(p).map(parse_num);
                 match name {
-                    "retval" => Err(ProbeError::Retval {
-                        field: self.field.to_string(),
-                    }),
-                    "comm" => Ok(Fetch::new(Base::Comm)),
-                    "pid" => Ok(Fetch::new(Base::Pid)),
-                    "tid" => Ok(Fetch::new(Base::Tid)),
-                    "stack" => Ok(Fetch::new(Base::Reg(Reg::Rsp))),
+                    "retval" => Err(ProbeError::Retval(self.field.to_string())),
+                    "comm" => Ok(fetch(Base::Comm, &[])),
+                    "pid" => Ok(fetch(Base::Pid, &[])),
+                    "tid" => Ok(fetch(Base::Tid, &[])),
+                    "stack" => Ok(fetch(Base::Reg(Reg::Rsp), &[])),
                     _ => match (num("stack"), num("arg")) {
                         (Some(Some(n)), _) if n <= MAX_STACK_ENTRY => {
-                            let mut f = Fetch::new(Base::Reg(Reg::Rsp));
-                            f.push(8 * n as i64);
-                            Ok(f)
+                            Ok(fetch(Base::Reg(Reg::Rsp), &[8 * n as i64]))
                         }
                         (Some(_), _) => Err(self.err_at(start, "stack entries run from 0 to 2047")),
                         (_, Some(n)) => self.arg(n, text, start),
@@ -480,9 +389,7 @@ impl<'a> Cursor<'a> {
                 self.pos += 1;
                 if self.peek().is_some_and(|c| c.is_ascii_digit()) {
                     let a = self.number("expected an address after `@`")?;
-                    let mut f = Fetch::new(Base::Imm(a));
-                    f.push(0);
-                    return Ok(f);
+                    return Ok(fetch(Base::Imm(a), &[0]));
                 }
                 let sym = self.take_while(is_sym_char);
                 if sym.is_empty() {
@@ -491,7 +398,6 @@ impl<'a> Cursor<'a> {
                 if sym.len() > MAX_SYMBOL {
                     return Err(self.err("symbol name too long"));
                 }
-                let mut f = Fetch::new(Base::Symbol(sym.to_string()));
                 let off = match self.peek() {
                     Some(s @ (b'+' | b'-')) => {
                         self.pos += 1;
@@ -499,14 +405,11 @@ impl<'a> Cursor<'a> {
                     }
                     _ => 0,
                 };
-                f.push(off);
-                Ok(f)
+                Ok(fetch(Base::Symbol(sym.to_string()), &[off]))
             }
             b'+' | b'-' => {
                 if depth >= MAX_DEREF {
-                    return Err(ProbeError::TooDeep {
-                        field: self.field.to_string(),
-                    });
+                    return Err(ProbeError::TooDeep(self.field.to_string()));
                 }
                 self.pos += 1;
                 // `u` marks a user-space address in kprobes; the guest's
@@ -525,18 +428,16 @@ impl<'a> Cursor<'a> {
                     return Err(self.err("expected `)`"));
                 }
                 self.pos += 1;
-                if !f.push(off) {
-                    return Err(ProbeError::TooDeep {
-                        field: self.field.to_string(),
-                    });
+                if f.derefs.len() >= MAX_DEREF {
+                    return Err(ProbeError::TooDeep(self.field.to_string()));
                 }
+                f.derefs.push(off);
                 Ok(f)
             }
             b'\\' => {
                 self.pos += 1;
-                Ok(Fetch::new(Base::Imm(
-                    self.number("expected a number after `\\`")?,
-                )))
+                let v = self.number("expected a number after `\\`")?;
+                Ok(fetch(Base::Imm(v), &[]))
             }
             _ => {
                 let word = self.take_while(|c| c.is_ascii_alphanumeric() || c == b'_');
@@ -573,35 +474,25 @@ fn parse_field(token: &str, index: usize, offset: u64) -> Result<FieldSpec> {
         return Err(cur.err("unexpected text after the expression"));
     }
     let kind = match ty {
-        Some(t) => FieldKind::parse(t).ok_or_else(|| ProbeError::UnknownType {
-            field: name.clone(),
-            ty: t.to_string(),
-        })?,
+        Some(t) => FieldKind::parse(t)
+            .ok_or_else(|| ProbeError::UnknownType(name.clone(), t.to_string()))?,
         None => match fetch.base {
             Base::Comm => FieldKind::String,
             Base::Pid | Base::Tid => FieldKind::Signed(32),
             _ => FieldKind::Unsigned(64),
         },
     };
-    let bad = |why| ProbeError::BadType {
-        field: name.clone(),
-        why,
-    };
-    match (&fetch.base, kind) {
+    let why = match (&fetch.base, kind) {
         (Base::Comm, k) if k != FieldKind::String => {
-            return Err(bad("`$comm` is a string and takes no integer type"))
+            "`$comm` is a string and takes no integer type"
         }
-        (Base::Pid | Base::Tid, FieldKind::String) => {
-            return Err(bad("`$pid` and `$tid` are integers, not strings"))
+        (Base::Pid | Base::Tid, FieldKind::String) => "`$pid` and `$tid` are integers, not strings",
+        (Base::Comm | Base::Pid | Base::Tid, _) if !fetch.derefs.is_empty() => {
+            "`$comm`, `$pid` and `$tid` are values, not addresses to read"
         }
-        (Base::Comm | Base::Pid | Base::Tid, _) if fetch.depth > 0 => {
-            return Err(bad(
-                "`$comm`, `$pid` and `$tid` are values, not addresses to read",
-            ))
-        }
-        _ => {}
-    }
-    Ok(FieldSpec { name, fetch, kind })
+        _ => return Ok(FieldSpec { name, fetch, kind }),
+    };
+    Err(ProbeError::BadType(name, why))
 }
 
 impl ProbeSpec {
@@ -615,11 +506,8 @@ impl ProbeSpec {
         check_event_name(name)?;
         let (symbol, offset) = match target.split_once('+') {
             Some((s, o)) => {
-                let off = parse_num(o).ok_or_else(|| ProbeError::BadOffset {
-                    symbol: s.to_string(),
-                    text: o.to_string(),
-                })?;
-                (s, off)
+                let bad = || ProbeError::BadOffset(s.to_string(), o.to_string());
+                (s, parse_num(o).ok_or_else(bad)?)
             }
             None => (target, 0),
         };
@@ -654,29 +542,17 @@ impl ProbeSpec {
                 .ok_or_else(|| ProbeError::UnknownSymbol(s.to_string()))
         };
         let link = find(&self.symbol)?;
-        let mut fields = Vec::with_capacity(self.fields.len());
-        for f in &self.fields {
-            let base = match &f.fetch.base {
-                Base::Reg(r) => RBase::Reg(*r),
-                Base::Imm(v) => RBase::Imm(*v),
-                Base::Symbol(s) => RBase::Sym(find(s)?),
-                Base::Comm => RBase::Comm,
-                Base::Pid => RBase::Pid,
-                Base::Tid => RBase::Tid,
-            };
-            fields.push(ResolvedField {
-                name: f.name.clone(),
-                kind: f.kind,
-                base,
-                offs: f.fetch.offs,
-                depth: f.fetch.depth,
-            });
-        }
+        let syms = (self.fields.iter())
+            .map(|f| match &f.fetch.base {
+                Base::Symbol(s) => find(s),
+                _ => Ok(0),
+            })
+            .collect::<Result<_>>()?;
         Ok(ResolvedProbe {
-            name: self.name.clone(),
+            spec: self.clone(),
+            syms,
             link_addr: link.wrapping_add(self.offset),
             slide: 0,
-            fields,
         })
     }
 }
@@ -698,33 +574,14 @@ pub fn check_unique_events(specs: &[ProbeSpec]) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RBase {
-    Reg(Reg),
-    Imm(u64),
-    /// Link-time address; the slide is added at fetch time.
-    Sym(u64),
-    Comm,
-    Pid,
-    Tid,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ResolvedField {
-    name: String,
-    kind: FieldKind,
-    base: RBase,
-    offs: [i64; MAX_DEREF],
-    depth: u8,
-}
-
 /// A probe ready to arm and evaluate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedProbe {
-    name: String,
+    spec: ProbeSpec,
+    /// Link-time address of each field's `@SYM` (0: none).
+    syms: Vec<u64>,
     link_addr: u64,
     slide: u64,
-    fields: Vec<ResolvedField>,
 }
 
 /// One fetched field. Integers are in `int` (sign-extended to 64 bits for
@@ -765,12 +622,6 @@ impl FieldValue {
     }
 }
 
-impl Default for FieldValue {
-    fn default() -> Self {
-        Self::EMPTY
-    }
-}
-
 /// Truncates `raw` to `bits` and sign-extends it when `signed`.
 fn extend(raw: u64, bits: u8, signed: bool) -> u64 {
     if bits >= 64 {
@@ -793,7 +644,12 @@ impl ResolvedProbe {
 
     /// Event name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.spec.name
+    }
+
+    /// The spec it was resolved from.
+    pub fn spec(&self) -> &ProbeSpec {
+        &self.spec
     }
 
     /// Runtime address to arm (SYMBOL + OFFSET + slide).
@@ -806,22 +662,18 @@ impl ResolvedProbe {
         self.link_addr
     }
 
-    pub fn slide(&self) -> u64 {
-        self.slide
-    }
-
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.spec.fields.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.spec.fields.is_empty()
     }
 
     /// The event's fields, in order, for the trace writer's declarations.
     pub fn fields(&self) -> impl Iterator<Item = (&str, FieldKind)> + '_ {
-        self.fields.iter().map(|f| (f.name.as_str(), f.kind))
+        (self.spec.fields.iter()).map(|f| (f.name.as_str(), f.kind))
     }
 
     /// Evaluates the fields on a trapped vCPU into `out` (a buffer such as
@@ -836,12 +688,12 @@ impl ResolvedProbe {
     ) -> usize {
         let mut task: Option<Option<Task>> = None;
         let mut n = 0;
-        for (f, v) in self.fields.iter().zip(out.iter_mut()) {
+        for ((f, &sym), v) in self.spec.fields.iter().zip(&self.syms).zip(out.iter_mut()) {
             v.valid = false;
             v.int = 0;
             v.len = 0;
             v.bytes.fill(0);
-            self.fetch_one(f, ctx, k, &mut task, v);
+            self.fetch_one(f, sym, ctx, k, &mut task, v);
             n += 1;
         }
         n
@@ -849,23 +701,24 @@ impl ResolvedProbe {
 
     fn fetch_one<C: VcpuContext + ?Sized>(
         &self,
-        f: &ResolvedField,
+        f: &FieldSpec,
+        sym: u64,
         ctx: &C,
         k: &Kernel,
         task: &mut Option<Option<Task>>,
         v: &mut FieldValue,
     ) {
-        let mut val = match f.base {
-            RBase::Reg(r) => ctx.read_reg(r),
-            RBase::Imm(x) => x,
-            RBase::Sym(a) => a.wrapping_add(self.slide),
-            RBase::Comm | RBase::Pid | RBase::Tid => {
+        let mut val = match f.fetch.base {
+            Base::Reg(r) => ctx.read_reg(r),
+            Base::Imm(x) => x,
+            Base::Symbol(_) => sym.wrapping_add(self.slide),
+            Base::Comm | Base::Pid | Base::Tid => {
                 let t = task.get_or_insert_with(|| {
                     current_task_addr(ctx, k).ok().map(|a| read_task(ctx, k, a))
                 });
                 let Some(t) = t else { return };
-                match f.base {
-                    RBase::Comm => {
+                match f.fetch.base {
+                    Base::Comm => {
                         if t.comm == Task::UNKNOWN.comm {
                             return;
                         }
@@ -876,13 +729,13 @@ impl ResolvedProbe {
                         v.valid = true;
                         return;
                     }
-                    RBase::Pid if t.pid >= 0 => t.pid as i64 as u64,
-                    RBase::Tid if t.tid >= 0 => t.tid as i64 as u64,
+                    Base::Pid if t.pid >= 0 => t.pid as i64 as u64,
+                    Base::Tid if t.tid >= 0 => t.tid as i64 as u64,
                     _ => return,
                 }
             }
         };
-        let offs = &f.offs[..usize::from(f.depth).min(MAX_DEREF)];
+        let offs = f.fetch.derefs.as_slice();
         let (last, inner) = match offs.split_last() {
             Some((l, i)) => (Some(*l), i),
             None => (None, offs),
