@@ -535,7 +535,14 @@ impl ProbeSpec {
 
     /// Resolves symbols to link-time addresses with `lookup` (0 or None:
     /// unknown). Apply the KASLR slide with [`ResolvedProbe::with_slide`].
+    /// Re-checks the limits of a spec built by hand.
     pub fn resolve(&self, lookup: impl Fn(&str) -> Option<u64>) -> Result<ResolvedProbe> {
+        if self.fields.len() > MAX_FIELDS {
+            return Err(ProbeError::TooManyFields(self.fields.len()));
+        }
+        if let Some(f) = (self.fields.iter()).find(|f| f.fetch.derefs.len() > MAX_DEREF) {
+            return Err(ProbeError::TooDeep(f.name.clone()));
+        }
         let find = |s: &str| {
             lookup(s)
                 .filter(|&a| a != 0)

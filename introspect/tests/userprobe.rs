@@ -208,6 +208,14 @@ fn resolution_and_event_names() {
         "unknown kernel symbol `nosuch_var`"
     );
 
+    // a spec built by hand is held to the same limits
+    let mut p = ProbeSpec::parse("o=do_sys_openat2 x=+8(%di)").unwrap();
+    p.fields[0].fetch.derefs = vec![0; MAX_DEREF + 1];
+    assert_eq!(
+        p.resolve(syms).unwrap_err().to_string(),
+        "field `x`: more than 8 nested memory reads"
+    );
+
     let a = ProbeSpec::parse("a=f").unwrap();
     let b = ProbeSpec::parse("b=f").unwrap();
     assert_eq!(check_unique_events(&[a.clone(), b.clone()]), Ok(()));
