@@ -13,7 +13,7 @@ qemu_major() {
     qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n1
 }
 
-pkgs=(babeltrace2 python3-bt2 busybox-static cpio gdb xz-utils zstd dpkg-dev)
+pkgs=(babeltrace2 python3-bt2 busybox-static cpio gdb xz-utils zstd dpkg-dev chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 

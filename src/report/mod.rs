@@ -6,7 +6,7 @@
 mod analysis;
 mod html;
 mod locks;
-mod model;
+pub mod model;
 mod trace;
 
 use std::io::Write;
