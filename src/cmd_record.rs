@@ -69,7 +69,31 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
+impl RecordArgs {
+    /// Every tracing option at its default: for commands built on record
+    /// (e.g. `hvtrace latency`).
+    pub fn for_command(guest: GuestOptions, output: PathBuf, command: Vec<String>) -> Self {
+        RecordArgs {
+            guest,
+            events: "all".into(),
+            mode: Mode::Trap,
+            freq: 1000,
+            buffer: BufferMode::Lossless,
+            output,
+            flight_mib: 4,
+            baseline: false,
+            plugin: None,
+            command,
+        }
+    }
+}
+
 pub fn run(args: RecordArgs) -> Result<i32> {
+    run_driven(args, None)
+}
+
+/// [`run`] with a driver typing on the guest console while it is traced.
+pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver>) -> Result<i32> {
     let interrupt = guest::install_interrupt_flag();
     let Some(events) = EventClasses::parse(&args.events) else {
         bail!("--events: expected a list of syscalls,sched,irq,proc (or all)");
@@ -133,7 +157,7 @@ pub fn run(args: RecordArgs) -> Result<i32> {
     };
     let cmd = guest::qemu_command(&run, &extra);
     let t1 = Instant::now();
-    let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::stderr())?;
+    let end = guest::run_qemu_driven(cmd, run.timeout, &interrupt, &mut std::io::stderr(), driver)?;
     let wall = t1.elapsed();
 
     let summary = summarize(&out_abs)?;

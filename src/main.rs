@@ -8,6 +8,7 @@ mod cmd_record;
 mod cmd_symbols;
 mod guest;
 mod image;
+mod latency;
 mod report;
 mod run;
 
@@ -31,6 +32,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
     Record(cmd_record::RecordArgs),
+    /// Type keys on the guest console and follow each through the system.
+    Latency(latency::LatencyArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
     Report(report::ReportArgs),
     /// Recover a kernel's symbols, types and syscalls from its image.
@@ -54,6 +57,7 @@ fn main() {
         Cmd::Image(args) => image::run(args).map(|()| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Record(args) => cmd_record::run(args),
+        Cmd::Latency(args) => latency::run(args),
         Cmd::Report(args) => report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
