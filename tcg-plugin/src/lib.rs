@@ -206,6 +206,8 @@ impl Register for Hv {
             let _ = std::fs::create_dir_all(format!("{out}/raw"));
             let _ = std::fs::write(format!("{out}/plugin-started"), b"1\n");
         }
+        // The trace clock: taken together so that ts + offset is wall time.
+        let epoch = Instant::now();
         let epoch_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -248,7 +250,7 @@ impl Register for Hv {
             strings,
             slots: (0..max).map(|_| Slot::empty()).collect(),
             statedump_done: AtomicBool::new(false),
-            epoch: Instant::now(),
+            epoch,
             epoch_unix_ns,
             hits: AtomicU64::new(0),
             reg_names: Mutex::new(Vec::new()),
