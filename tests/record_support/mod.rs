@@ -1,0 +1,221 @@
+//! Helpers of the `hvtrace record` end-to-end tests: run a recording on
+//! the project's image and read the trace back with babeltrace2.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common;
+
+/// One event as babeltrace2 prints it.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub name: String,
+    pub cpu: i64,
+    pub pid: i64,
+    pub tid: i64,
+    pub procname: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Ev {
+    pub fn int(&self, k: &str) -> i64 {
+        let v = self
+            .fields
+            .get(k)
+            .unwrap_or_else(|| panic!("{} has no {k}: {self:?}", self.name));
+        parse_int(v).unwrap_or_else(|| panic!("{k} = {v} is not an integer"))
+    }
+    pub fn text(&self, k: &str) -> String {
+        self.fields
+            .get(k)
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    }
+}
+
+pub fn parse_int(v: &str) -> Option<i64> {
+    let v = v.trim();
+    if let Some(h) = v.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok().map(|x| x as i64)
+    } else {
+        v.parse::<i64>()
+            .ok()
+            .or_else(|| v.parse::<u64>().ok().map(|x| x as i64))
+    }
+}
+
+/// Splits `a = 1, b = "x, y", c = [ ... ]` at top-level commas.
+pub fn split_fields(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    let b = s.as_bytes();
+    let mut push = |part: &str| {
+        if let Some((k, v)) = part.split_once(" = ") {
+            out.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    };
+    for i in 0..b.len() {
+        match b[i] {
+            b'"' if i == 0 || b[i - 1] != b'\\' => quoted = !quoted,
+            b'[' | b'{' if !quoted => depth += 1,
+            b']' | b'}' if !quoted => depth -= 1,
+            b',' if !quoted && depth == 0 => {
+                push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    push(&s[start..]);
+    out
+}
+
+/// Top-level `{ ... }` groups of a line.
+pub fn groups(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let (mut out, mut depth, mut quoted, mut start) = (Vec::new(), 0i32, false, 0usize);
+    for i in 0..b.len() {
+        match b[i] {
+            b'"' if i == 0 || b[i - 1] != b'\\' => quoted = !quoted,
+            b'{' if !quoted => {
+                if depth == 0 {
+                    start = i + 1;
+                }
+                depth += 1;
+            }
+            b'}' if !quoted => {
+                depth -= 1;
+                if depth == 0 {
+                    out.push(s[start..i].trim());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Reads a trace with babeltrace2 (which must succeed).
+pub fn babeltrace(trace: &Path) -> Vec<Ev> {
+    let out = Command::new("babeltrace2")
+        .arg(trace)
+        .output()
+        .expect("babeltrace2 (Debian package babeltrace2) runs");
+    assert!(
+        out.status.success(),
+        "babeltrace2 failed on {}: {}",
+        trace.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut evs = Vec::new();
+    for line in text.lines() {
+        let Some(colon) = line.find(": {") else {
+            continue;
+        };
+        let name = line[..colon].rsplit(' ').next().unwrap_or("").to_string();
+        let g = groups(&line[colon..]);
+        if g.len() < 2 {
+            continue;
+        }
+        let (c, t) = (split_fields(g[0]), split_fields(g[1]));
+        let num = |m: &BTreeMap<String, String>, k: &str| {
+            m.get(k).and_then(|v| parse_int(v)).unwrap_or(-1)
+        };
+        evs.push(Ev {
+            name,
+            cpu: num(&c, "cpu_id"),
+            pid: num(&t, "pid"),
+            tid: num(&t, "tid"),
+            procname: t
+                .get("procname")
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default(),
+            fields: g.get(2).map(|f| split_fields(f)).unwrap_or_default(),
+        });
+    }
+    assert!(
+        !evs.is_empty(),
+        "babeltrace2 printed no events for {}",
+        trace.display()
+    );
+    evs
+}
+
+pub struct Recorded {
+    pub status: i32,
+    pub console: String,
+    pub events: Vec<Ev>,
+    pub dir: PathBuf,
+}
+
+impl Recorded {
+    /// The workload's `COUNTS {...}` line as name → value.
+    pub fn counts(&self) -> BTreeMap<String, String> {
+        let line = self
+            .console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("COUNTS "))
+            .unwrap_or_else(|| panic!("no COUNTS line in the console:\n{}", self.console));
+        let inner = line.trim().trim_start_matches('{').trim_end_matches('}');
+        let mut m = BTreeMap::new();
+        let (mut depth, mut start) = (0, 0);
+        let b = inner.as_bytes();
+        for i in 0..=b.len() {
+            if i == b.len() || (b[i] == b',' && depth == 0) {
+                if let Some((k, v)) = inner[start..i].split_once(':') {
+                    m.insert(k.trim_matches('"').to_string(), v.to_string());
+                }
+                start = i + 1;
+            } else if b[i] == b'[' {
+                depth += 1;
+            } else if b[i] == b']' {
+                depth -= 1;
+            }
+        }
+        m
+    }
+}
+
+/// Runs `hvtrace record` on the project's image of `line` with `vcpus`.
+pub fn record(line: &str, vcpus: u32, tag: &str, cmd: &[&str]) -> Recorded {
+    let image = common::image_dir(line);
+    let dir = std::env::temp_dir().join(format!(
+        "hvtrace-{tag}-{line}-{vcpus}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::hvtrace()
+        .args(["record", "--backend", "qemu", "--vcpus", &vcpus.to_string()])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .arg("--")
+        .args(cmd)
+        .output()
+        .expect("run hvtrace record");
+    let console =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let status = out.status.code().unwrap_or(-1);
+    assert!(
+        dir.join("kernel/metadata").is_file(),
+        "no trace written:\n{console}"
+    );
+    let events = babeltrace(&dir.join("kernel"));
+    let seen: BTreeSet<i64> = events.iter().map(|e| e.cpu).collect();
+    assert!(
+        seen.iter().all(|&c| c >= 0 && c < i64::from(vcpus)),
+        "cpu ids {seen:?}"
+    );
+    Recorded {
+        status,
+        console,
+        events,
+        dir,
+    }
+}
