@@ -39,7 +39,9 @@ pub struct LatencyArgs {
 }
 
 fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// One key typed and (maybe) echoed, in host wall-clock ns.
@@ -68,7 +70,17 @@ const ECHO_TIMEOUT_NS: u64 = 5_000_000_000;
 
 impl KeyTyper {
     pub fn new(key: u8, count: u32, interval: Duration) -> Self {
-        KeyTyper { key, count, interval, ready: false, tail: Vec::new(), next_at: 0, pending: None, injections: Vec::new(), quit_sent: false }
+        KeyTyper {
+            key,
+            count,
+            interval,
+            ready: false,
+            tail: Vec::new(),
+            next_at: 0,
+            pending: None,
+            injections: Vec::new(),
+            quit_sent: false,
+        }
     }
 }
 
@@ -89,11 +101,17 @@ impl ConsoleDriver for KeyTyper {
         }
         if let Some(typed) = self.pending {
             if output.contains(&self.key) {
-                self.injections.push(Injection { typed, echoed: Some(now) });
+                self.injections.push(Injection {
+                    typed,
+                    echoed: Some(now),
+                });
                 self.pending = None;
                 self.next_at = now + self.interval.as_nanos() as u64;
             } else if now - typed > ECHO_TIMEOUT_NS {
-                self.injections.push(Injection { typed, echoed: None });
+                self.injections.push(Injection {
+                    typed,
+                    echoed: None,
+                });
                 self.pending = None;
             }
             return Ok(());
@@ -134,12 +152,20 @@ pub const HOP_NAMES: [&str; 7] = [
     "read() returns the byte",
     "write() of the echo begins",
     "write() returns",
-    "echo reaches the host",
+    "echo reaches the host (leaves during write)",
 ];
 
 impl Hops {
     pub fn offsets(&self) -> [Option<u64>; 7] {
-        [self.serial_irq, self.wakeup, self.scheduled, self.read_returns, self.write_entry, self.write_returns, self.echo_at_host]
+        [
+            self.serial_irq,
+            self.wakeup,
+            self.scheduled,
+            self.read_returns,
+            self.write_entry,
+            self.write_returns,
+            self.echo_at_host,
+        ]
     }
 }
 
@@ -150,7 +176,10 @@ pub fn follow(events: &[Ev], offset: u64, reader_tid: i32, injections: &[Injecti
         .iter()
         .map(|inj| {
             let start = inj.typed.saturating_sub(offset);
-            let mut h = Hops { typed_unix_ns: inj.typed, ..Default::default() };
+            let mut h = Hops {
+                typed_unix_ns: inj.typed,
+                ..Default::default()
+            };
             let mut at = events.partition_point(|e| e.ts < start);
             let rel = |ts: u64| ts.saturating_sub(start);
             let mut find = |pred: &dyn Fn(&Ev) -> bool| -> Option<u64> {
@@ -158,12 +187,25 @@ pub fn follow(events: &[Ev], offset: u64, reader_tid: i32, injections: &[Injecti
                 at = i;
                 Some(rel(events[i].ts))
             };
-            h.serial_irq = find(&|e| matches!(&e.kind, Kind::IrqEntry { name, .. } if name.starts_with("ttyS")));
+            h.serial_irq = find(
+                &|e| matches!(&e.kind, Kind::IrqEntry { name, .. } if name.starts_with("ttyS")),
+            );
             h.wakeup = find(&|e| matches!(e.kind, Kind::Waking { tid } if tid == reader_tid));
-            h.scheduled = find(&|e| matches!(e.kind, Kind::Switch { next_tid, .. } if next_tid == reader_tid));
-            h.read_returns = find(&|e| e.tid == reader_tid && matches!(&e.kind, Kind::SysExit { name, ret } if name == "read" && *ret == 1));
-            h.write_entry = find(&|e| e.tid == reader_tid && matches!(&e.kind, Kind::SysEntry { name, .. } if name == "write"));
-            h.write_returns = find(&|e| e.tid == reader_tid && matches!(&e.kind, Kind::SysExit { name, .. } if name == "write"));
+            h.scheduled = find(
+                &|e| matches!(e.kind, Kind::Switch { next_tid, .. } if next_tid == reader_tid),
+            );
+            h.read_returns = find(&|e| {
+                e.tid == reader_tid
+                    && matches!(&e.kind, Kind::SysExit { name, ret } if name == "read" && *ret == 1)
+            });
+            h.write_entry = find(&|e| {
+                e.tid == reader_tid
+                    && matches!(&e.kind, Kind::SysEntry { name, .. } if name == "write")
+            });
+            h.write_returns = find(&|e| {
+                e.tid == reader_tid
+                    && matches!(&e.kind, Kind::SysExit { name, .. } if name == "write")
+            });
             h.echo_at_host = inj.echoed.map(|t| t.saturating_sub(inj.typed));
             h
         })
@@ -189,8 +231,16 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("hvtrace-latency-{}", std::process::id())),
     };
-    let record = crate::cmd_record::RecordArgs::for_command(args.guest.clone(), dir.clone(), args.command.clone());
-    let mut typer = KeyTyper::new(args.key as u8, args.count, Duration::from_millis(args.interval_ms));
+    let record = crate::cmd_record::RecordArgs::for_command(
+        args.guest.clone(),
+        dir.clone(),
+        args.command.clone(),
+    );
+    let mut typer = KeyTyper::new(
+        args.key as u8,
+        args.count,
+        Duration::from_millis(args.interval_ms),
+    );
     let status = crate::cmd_record::run_driven(record, Some(&mut typer))?;
     if status != 0 {
         bail!("{} exited with status {status}", args.command.join(" "));
@@ -203,7 +253,12 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
             Kind::Exec { tid, filename } if filename.ends_with(&args.command[0]) => Some(*tid),
             _ => None,
         })
-        .or_else(|| events.iter().find(|e| args.command[0].ends_with(&e.comm) && e.tid > 0).map(|e| e.tid))
+        .or_else(|| {
+            events
+                .iter()
+                .find(|e| args.command[0].ends_with(&e.comm) && e.tid > 0)
+                .map(|e| e.tid)
+        })
         .context("the echoing process does not appear in the trace")?;
     let keys = follow(&events, trace.clock_offset_ns, reader, &typer.injections);
     let hops = HOP_NAMES
@@ -211,10 +266,17 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         .enumerate()
         .map(|(i, name)| {
             let v: Vec<u64> = keys.iter().filter_map(|k| k.offsets()[i]).collect();
-            (name.to_string(), (!v.is_empty()).then(|| LatencyStats::from(v)))
+            (
+                name.to_string(),
+                (!v.is_empty()).then(|| LatencyStats::from(v)),
+            )
         })
         .collect::<Vec<_>>();
-    let lost = typer.injections.iter().filter(|i| i.echoed.is_none()).count();
+    let lost = typer
+        .injections
+        .iter()
+        .filter(|i| i.echoed.is_none())
+        .count();
     let out = Output {
         trace: dir.display().to_string(),
         reader_tid: reader,
@@ -229,7 +291,15 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         writeln!(o)?;
         return Ok(0);
     }
-    writeln!(o, "Key {:?} typed {} times into pid {} ({}); trace in {}", args.key, typer.injections.len(), reader, args.command[0], out.trace)?;
+    writeln!(
+        o,
+        "Key {:?} typed {} times into pid {} ({}); trace in {}",
+        args.key,
+        typer.injections.len(),
+        reader,
+        args.command[0],
+        out.trace
+    )?;
     if let Some(first) = out.keys.first() {
         writeln!(o, "\nFirst key, hop by hop (time since the key was typed):")?;
         writeln!(o, "  {:>12}  key typed on the host's serial line", "0")?;
@@ -239,15 +309,33 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         }
     }
     writeln!(o, "\nOver {} keys (offset from typing):", out.keys.len())?;
-    writeln!(o, "  {:<44} {:>10} {:>10} {:>10} {:>6}", "hop", "p50", "p99", "max", "seen")?;
+    writeln!(
+        o,
+        "  {:<44} {:>10} {:>10} {:>10} {:>6}",
+        "hop", "p50", "p99", "max", "seen"
+    )?;
     for (name, s) in &out.hops {
         match s {
-            Some(s) => writeln!(o, "  {name:<44} {:>10} {:>10} {:>10} {:>6}", report::dur(s.p50_ns), report::dur(s.p99_ns), report::dur(s.max_ns), s.count)?,
+            Some(s) => writeln!(
+                o,
+                "  {name:<44} {:>10} {:>10} {:>10} {:>6}",
+                report::dur(s.p50_ns),
+                report::dur(s.p99_ns),
+                report::dur(s.max_ns),
+                s.count
+            )?,
             None => writeln!(o, "  {name:<44} {:>10}", "not seen")?,
         }
     }
     if let Some(e) = &out.end_to_end {
-        writeln!(o, "\nEnd to end: p50 {}, p99 {}, max {} ({} lost)", report::dur(e.p50_ns), report::dur(e.p99_ns), report::dur(e.max_ns), out.lost)?;
+        writeln!(
+            o,
+            "\nEnd to end: p50 {}, p99 {}, max {} ({} lost)",
+            report::dur(e.p50_ns),
+            report::dur(e.p99_ns),
+            report::dur(e.max_ns),
+            out.lost
+        )?;
     }
     Ok(0)
 }
