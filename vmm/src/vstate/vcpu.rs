@@ -296,11 +296,12 @@ impl Runner {
         Ok(())
     }
 
-    /// After an emulation failure at an `int3`: our software breakpoint
-    /// gives `Some(pc)` (reported like a #BP exit); the guest's own int3 is
-    /// delivered to it as #BP with RIP past the instruction, as the CPU
-    /// would. Any other failure is `Err`.
-    fn emulate_int3(&mut self) -> Result<Option<u64>, ()> {
+    /// After an emulation failure (KVM-PVM), completes what the emulator
+    /// could not: at an `int3`, our software breakpoint gives `Some(pc)`
+    /// (reported like a #BP exit) and the guest's own is delivered to it as
+    /// #BP with RIP past the instruction, as the CPU would; `fwait` is
+    /// skipped. Any other failure is `Err`.
+    fn recover_emulation_failure(&mut self) -> Result<Option<u64>, ()> {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
         // is the active member of the union.
         let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
@@ -321,6 +322,13 @@ impl Runner {
             vm_memory::GuestAddress(t.physical_address),
         )
         .map_err(|_| ())?;
+        if b[0] == 0x9b {
+            // fwait: no x87 exception can be pending in a guest we start
+            // with all x87 exceptions masked; completing it is a no-op.
+            regs.rip += 1;
+            self.fd.set_regs(&regs).map_err(|_| ())?;
+            return Ok(None);
+        }
         if b[0] != 0xcc {
             return Err(());
         }
@@ -424,8 +432,8 @@ impl Runner {
             };
             let arch = match arch {
                 Some(a) => a,
-                // KVM's emulator (KVM-PVM) cannot run int3: do it here.
-                None => match self.emulate_int3() {
+                // KVM-PVM: instructions its emulator cannot run (int3, fwait).
+                None => match self.recover_emulation_failure() {
                     Ok(Some(pc)) => kvm_bindings::kvm_debug_exit_arch {
                         exception: 3,
                         pc,
