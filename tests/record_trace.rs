@@ -232,3 +232,31 @@ fn record_statedump_matches_proc() {
     }
     let _ = std::fs::remove_dir_all(&r.dir);
 }
+
+/// A run that times out still leaves a complete trace that babeltrace2
+/// reads, says so, and fails.
+#[test]
+fn record_timeout_leaves_a_readable_trace() {
+    let image = common::image_dir("6.1");
+    let dir = std::env::temp_dir().join(format!("hvtrace-timeout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::hvtrace()
+        .args(["record", "--backend", "qemu", "--timeout", "12"])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--", "/bin/syscalls", "100000000"])
+        .output()
+        .expect("run hvtrace record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a timed-out run fails");
+    assert!(stderr.contains("ended early"), "{stderr}");
+    let evs = record_support::babeltrace(&dir.join("kernel"));
+    assert!(evs
+        .iter()
+        .any(|e| e.name == "syscall_entry_getpid" && e.procname == "syscalls"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
