@@ -265,3 +265,64 @@ fn record_sample_mode() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// sched_waking: the kernel counts successful wakeups (try_to_wake_up whose
+/// state matched, the same condition as its sched_waking tracepoint) in
+/// /proc/schedstat's `ttwu_count` when booted with `schedstats=enable`; the
+/// traced sched_waking events between two reads equal its growth (up to
+/// the wakeups during the two reads themselves).
+#[test]
+fn record_wakeups_match_schedstat() {
+    let dd = "dd if=/proc/schedstat bs=65536 count=1 2>/dev/null";
+    let script = format!("{dd}; /bin/pingpong 200; {dd}");
+    let r = record_support::record_with(
+        "6.1",
+        1,
+        "wakeups",
+        &["--append", "schedstats=enable"],
+        &["/bin/sh", "-c", &script],
+    );
+    assert_eq!(r.status, 0, "{}", r.console);
+    let snaps: Vec<i64> = r
+        .console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cpu0 "))
+        .map(|rest| rest.split_whitespace().nth(4).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        snaps.len(),
+        2,
+        "two /proc/schedstat listings:\n{}",
+        r.console
+    );
+    let growth = snaps[1] - snaps[0];
+    let dds: Vec<i64> = r
+        .events
+        .iter()
+        .filter(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/proc/schedstat")
+        .map(|e| e.tid)
+        .collect();
+    assert_eq!(dds.len(), 2);
+    let pos = |from: usize, tid: i64, name: &str| {
+        r.events[from..]
+            .iter()
+            .position(|e| e.tid == tid && e.name == name)
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("{name} of {tid}"))
+    };
+    let in1 = pos(0, dds[0], "syscall_entry_read");
+    let out1 = pos(in1, dds[0], "syscall_exit_read");
+    let in2 = pos(out1, dds[1], "syscall_entry_read");
+    let out2 = pos(in2, dds[1], "syscall_exit_read");
+    let wakes = |evs: &[Ev]| evs.iter().filter(|e| e.name == "sched_waking").count() as i64;
+    let (lo, hi) = (wakes(&r.events[out1..in2]), wakes(&r.events[in1..out2]));
+    eprintln!("ttwu_count grew {growth}; sched_waking traced: {lo} between the reads, {hi} including them");
+    assert!(
+        growth >= 200,
+        "200 round trips wake at least one side: {growth}"
+    );
+    assert!(
+        lo <= growth && growth <= hi,
+        "ttwu_count grew {growth}; traced sched_waking {lo} between the reads, {hi} including them"
+    );
+}

@@ -181,6 +181,11 @@ impl Recorded {
 
 /// Runs `hvtrace record` on the project's image of `line` with `vcpus`.
 pub fn record(line: &str, vcpus: u32, tag: &str, cmd: &[&str]) -> Recorded {
+    record_with(line, vcpus, tag, &[], cmd)
+}
+
+/// [`record`] with extra options of `hvtrace record` (e.g. `--append`).
+pub fn record_with(line: &str, vcpus: u32, tag: &str, opts: &[&str], cmd: &[&str]) -> Recorded {
     let image = common::image_dir(line);
     let dir = std::env::temp_dir().join(format!(
         "hvtrace-{tag}-{line}-{vcpus}-{}",
@@ -195,6 +200,7 @@ pub fn record(line: &str, vcpus: u32, tag: &str, cmd: &[&str]) -> Recorded {
         .arg(image.join("initrd.img"))
         .arg("-o")
         .arg(&dir)
+        .args(opts)
         .arg("--")
         .args(cmd)
         .output()
