@@ -72,7 +72,13 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
         scanner: Arc::new(Mutex::new(MarkerScanner::default())),
         end: end.clone(),
     };
-    let mut vc = vmm::VmConfig::linux(kernel, Some(cfg.initrd.clone()), cfg.cmdline.clone());
+    let mut cmdline = cfg.cmdline.clone();
+    if !probe.native {
+        // KVM-PVM's emulator cannot run XRSTOR or POPCNT and its CPUID does
+        // not hide them: keep Linux off them (FXSAVE, software popcount).
+        cmdline.push_str(" noxsave clearcpuid=151,308");
+    }
+    let mut vc = vmm::VmConfig::linux(kernel, Some(cfg.initrd.clone()), cmdline);
     vc.vcpus = cfg.vcpus;
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
