@@ -76,7 +76,7 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
     if !probe.native {
         // KVM-PVM's emulator cannot run XRSTOR or POPCNT and its CPUID does
         // not hide them: keep Linux off them (FXSAVE, software popcount).
-        cmdline.push_str(" noxsave clearcpuid=151,308");
+        cmdline.push_str(" noxsave clearcpuid=151,308 nowatchdog");
     }
     let mut vc = vmm::VmConfig::linux(kernel, Some(cfg.initrd.clone()), cmdline);
     vc.vcpus = cfg.vcpus;
