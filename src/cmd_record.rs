@@ -4,8 +4,9 @@
 //! The host prepares a probe plan (`introspect::ProbePlan`: link-time
 //! addresses from the image's kallsyms, structure offsets from its BTF, the
 //! syscall table) and hands its path to the plugin; the plugin finds the
-//! KASLR slide in the running guest and writes one raw record stream per
-//! vCPU (`raw/cpuN.bin`), which the host turns into the trace.
+//! KASLR slide in the running guest and writes the CTF trace through
+//! ltt-writer (one producer per vCPU) and a report (`plugin.json`) that
+//! the summary comes from.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use introspect::codec::decode_all;
 use introspect::plan::{EventClasses, Offsets, ProbePlan, Symbols, Syscall};
-use introspect::{Event, Record};
 
 use crate::guest;
 use crate::run::{choose_backend, outcome, Backend, GuestOptions};
@@ -58,6 +57,9 @@ pub struct RecordArgs {
     /// Memory kept per vCPU by --buffer flight-recorder, in MiB.
     #[arg(long, default_value_t = 4)]
     pub flight_mib: u64,
+    /// Also keep the raw record streams (DIR/raw/cpuN.bin), for debugging.
+    #[arg(long, hide = true)]
+    pub keep_raw: bool,
     /// First boot the same guest and command untraced, and report the slowdown.
     #[arg(long)]
     pub baseline: bool,
@@ -81,6 +83,7 @@ impl RecordArgs {
             buffer: BufferMode::Lossless,
             output,
             flight_mib: 4,
+            keep_raw: false,
             baseline: false,
             plugin: None,
             command,
@@ -105,10 +108,13 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
-    std::fs::create_dir_all(out.join("raw"))
-        .with_context(|| format!("creating {}", out.display()))?;
-    for entry in std::fs::read_dir(out.join("raw"))? {
-        let _ = std::fs::remove_file(entry?.path());
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Nothing of an earlier recording may pass for this one's.
+    for stale in ["raw", "kernel"] {
+        let _ = std::fs::remove_dir_all(out.join(stale));
+    }
+    for stale in ["plugin.json", "plugin-started", "plugin-error"] {
+        let _ = std::fs::remove_file(out.join(stale));
     }
     let out_abs = std::fs::canonicalize(out)?;
     let plugin = match &args.plugin {
@@ -136,6 +142,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     }
     .into();
     plan.flight_bytes = args.flight_mib * (1 << 20);
+    plan.raw = args.keep_raw;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();
@@ -160,11 +167,11 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let end = guest::run_qemu_driven(cmd, run.timeout, &interrupt, &mut std::io::stderr(), driver)?;
     let wall = t1.elapsed();
 
-    let summary = summarize(&out_abs)?;
     let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    let summary = summarize(&report);
     let lost = report["ctf"]["discarded"].as_u64().unwrap_or(0);
     let busy: u64 = report["cpus"]
         .as_array()
@@ -361,7 +368,7 @@ fn offsets_from_btf(
     })
 }
 
-/// What the trace holds, counted from the raw streams.
+/// What the trace holds, as the plugin counted it.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub total: u64,
@@ -369,36 +376,37 @@ pub struct Summary {
     pub per_class: BTreeMap<&'static str, u64>,
 }
 
-/// Reads every raw stream of `out` (records in per-vCPU order).
-pub fn read_records(out: &Path) -> Result<Vec<Vec<Record>>> {
-    let mut cpus = Vec::new();
-    for cpu in 0.. {
-        let p = out.join("raw").join(format!("cpu{cpu}.bin"));
-        let Ok(data) = std::fs::read(&p) else { break };
-        cpus.push(decode_all(&data).0);
+/// The class of an event, by `Record::event_tag`.
+fn class_of_tag(tag: usize) -> &'static str {
+    match tag {
+        0 | 1 => "syscalls",
+        2 | 3 => "sched",
+        7 | 8 | 10 | 11 => "irq",
+        9 => "statedump",
+        12 => "samples",
+        _ => "proc",
     }
-    Ok(cpus)
 }
 
-fn summarize(out: &Path) -> Result<Summary> {
+/// What the plugin wrote, from its report (`plugin.json`).
+fn summarize(report: &serde_json::Value) -> Summary {
     let mut s = Summary::default();
-    for recs in read_records(out)? {
-        s.per_cpu.push(recs.len() as u64);
-        s.total += recs.len() as u64;
-        for r in &recs {
-            let class = match r.event {
-                Event::SyscallEntry { .. } | Event::SyscallExit { .. } => "syscalls",
-                Event::SchedSwitch { .. } | Event::SchedWaking { .. } => "sched",
-                Event::IrqEntry { .. }
-                | Event::IrqExit { .. }
-                | Event::TimerEntry { .. }
-                | Event::TimerExit { .. } => "irq",
-                Event::Sample { .. } => "samples",
-                Event::Statedump { .. } => "statedump",
-                _ => "proc",
-            };
-            *s.per_class.entry(class).or_default() += 1;
+    for cpu in report["cpus"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let n = cpu["events"].as_u64().unwrap_or(0);
+        s.per_cpu.push(n);
+        s.total += n;
+        for (tag, v) in cpu["by_event"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let v = v.as_u64().unwrap_or(0);
+            if v > 0 {
+                *s.per_class.entry(class_of_tag(tag)).or_default() += v;
+            }
         }
     }
-    Ok(s)
+    s
 }

@@ -130,6 +130,10 @@ pub struct ProbePlan {
     pub buffer: String,
     #[serde(default)]
     pub flight_bytes: u64,
+    /// Also write each vCPU's records in the raw codec form
+    /// (`raw/cpuN.bin`, see `codec`), for debugging.
+    #[serde(default)]
+    pub raw: bool,
     /// Sample mode: samples per second per vCPU (0: trap mode).
     #[serde(default)]
     pub sample_hz: u32,

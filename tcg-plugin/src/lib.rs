@@ -1,7 +1,8 @@
 //! QEMU TCG plugin engine: runs `introspect` inside QEMU.
 //!
 //! Arguments: `plan=PATH` (a JSON [`introspect::ProbePlan`]). Output (in
-//! the plan's `out_dir`): `raw/cpuN.bin` (records, see
+//! the plan's `out_dir`): `kernel/` (the CTF trace, through ltt-writer),
+//! with `raw: true` also `raw/cpuN.bin` (records, see
 //! `introspect::codec`) and `plugin.json` (what the plugin found and did).
 //! QEMU's stderr is not used: it is unreliable for plugins.
 
@@ -203,7 +204,9 @@ impl Register for Hv {
         }
         let out = plan.out_dir.clone();
         if !out.is_empty() {
-            let _ = std::fs::create_dir_all(format!("{out}/raw"));
+            if plan.raw {
+                let _ = std::fs::create_dir_all(format!("{out}/raw"));
+            }
             let _ = std::fs::write(format!("{out}/plugin-started"), b"1\n");
         }
         // The trace clock: taken together so that ts + offset is wall time.
@@ -273,7 +276,7 @@ impl HasCallbacks for Hv {
                 *r = names;
             }
         }
-        let out = if g.plan.out_dir.is_empty() {
+        let out = if g.plan.out_dir.is_empty() || !g.plan.raw {
             None
         } else {
             File::create(format!("{}/raw/cpu{vcpu}.bin", g.plan.out_dir))
@@ -306,6 +309,7 @@ impl HasCallbacks for Hv {
                 last_sample_ns: 0,
                 write_errors: 0,
                 by_kind: [0; 16],
+                by_event: [0; 16],
             });
         }
         Ok(())
@@ -383,8 +387,8 @@ fn at_exit() {
                 note(format!("cpu {i}: first trace write error: {e}"));
             }
             per_cpu.push(format!(
-                "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?}}}",
-                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind
+                "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?}}}",
+                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind, rt.by_event
             ));
         }
     }

@@ -29,16 +29,21 @@ pub struct VcpuRuntime {
     pub last_sample_ns: u64,
     pub write_errors: u64,
     pub by_kind: [u64; 16],
+    /// Events written, by `Record::event_tag`.
+    pub by_event: [u64; 16],
 }
 
 impl VcpuRuntime {
     /// Appends the record in `self.rec` to this vCPU's stream (no allocation:
     /// the writer's buffer was allocated when the vCPU started).
     pub fn emit(&mut self) {
-        let mut buf = [0u8; MAX_RECORD];
-        let n = encode(&self.rec, &mut buf);
         self.events += 1;
+        if let Some(c) = self.by_event.get_mut(usize::from(self.rec.event_tag())) {
+            *c += 1;
+        }
         if let Some(w) = self.out.as_mut() {
+            let mut buf = [0u8; MAX_RECORD];
+            let n = encode(&self.rec, &mut buf);
             if w.write_all(&buf[..n]).is_err() {
                 self.write_errors += 1;
             }
