@@ -1,4 +1,4 @@
-//! The real Debian 6.1 kernel on hvtrace's KVM monitor. On KVM-PVM it runs
+//! The real Debian 6.1 and 6.12 kernels on hvtrace's KVM monitor. On KVM-PVM it runs
 //! in KVM's instruction emulator and gets only through its first printk
 //! lines in a minute; those must show the banner, our exact command line
 //! and the e820 map we built, and a hardware breakpoint on `start_kernel`
@@ -36,18 +36,30 @@ fn kvm_usable() -> bool {
 
 #[test]
 fn debian_6_1_prints_our_boot_setup_and_hits_start_kernel() {
+    early_boot("6.1");
+}
+
+#[test]
+fn debian_6_12_prints_our_boot_setup_and_hits_start_kernel() {
+    early_boot("6.12");
+}
+
+fn early_boot(line: &str) {
     if !kvm_usable() {
         println!("skipped: no usable /dev/kvm");
         return;
     }
     let probe = vmm::probe_native_virtualization();
-    let vmlinuz = common::image_dir("6.1").join("vmlinuz");
+    let vmlinuz = common::image_dir(line).join("vmlinuz");
     let kernel = guest_symbols::KernelImage::open(&vmlinuz).expect("kernel symbols");
     let start_kernel = kernel
         .symbols
         .addr("start_kernel")
         .expect("start_kernel in kallsyms");
-    let tmp = std::env::temp_dir().join(format!("hvtrace-kvm-boot-{}.elf", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!(
+        "hvtrace-kvm-boot-{}-{line}.elf",
+        std::process::id()
+    ));
     guest_symbols::extract_vmlinux_to(&vmlinuz, &tmp).expect("extract vmlinux");
 
     let cmdline = format!(
@@ -83,7 +95,7 @@ fn debian_6_1_prints_our_boot_setup_and_hits_start_kernel() {
     vm.start().expect("start");
 
     let mut want: Vec<String> = vec![
-        "Linux version 6.1.".into(),
+        format!("Linux version {line}."),
         format!("Command line: {cmdline}"),
     ];
     for (addr, size, ty) in vmm::arch::boot_params::e820_map(u64::from(memory_mib) << 20) {
