@@ -166,7 +166,11 @@ pub fn run_qemu_driven(
     use anyhow::Context;
     // Its own process group: a terminal's Ctrl-C reaches hvtrace only, which
     // then stops QEMU in order.
-    let stdin = if driver.is_some() { Stdio::piped() } else { Stdio::null() };
+    let stdin = if driver.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     cmd.process_group(0)
         .stdin(stdin)
         .stdout(Stdio::piped())
