@@ -45,6 +45,22 @@ impl Vm {
         self.shared.get(i).map(|s| VcpuHandle { shared: s.clone() })
     }
 
+    /// Kicks every vCPU (sampling: each handler gets `DebugEvent::Kick`).
+    pub fn kick_all(&self) {
+        self.vcpus().iter().for_each(VcpuHandle::kick);
+    }
+
+    /// Sets hardware breakpoint `slot` on every vCPU (waits for each).
+    pub fn set_hw_breakpoint_all(
+        &self,
+        slot: usize,
+        bp: Option<HwBreakpoint>,
+    ) -> Result<(), DebugError> {
+        self.vcpus()
+            .iter()
+            .try_for_each(|h| h.set_hw_breakpoint(slot, bp))
+    }
+
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem

@@ -378,6 +378,13 @@ fn several_vcpus_run_at_once() {
     }
     let rdis: Vec<u64> = vm.vcpus().iter().map(|h| h.regs().unwrap().rdi).collect();
     assert_eq!(rdis, vec![0, 1, 2, 3]);
+    // One breakpoint set on every vCPU from the host thread.
+    vm.set_hw_breakpoint_all(2, Some(HwBreakpoint::exec(BASE + 8)))
+        .unwrap();
+    for h in vm.vcpus() {
+        let bps = h.run_on(|c| c.hw_breakpoints()).unwrap();
+        assert_eq!(bps[2], Some(HwBreakpoint::exec(BASE + 8)));
+    }
     vm.stop();
     assert_eq!(vm.wait(WAIT), Some(VmExit::Stopped));
 }
