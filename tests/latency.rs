@@ -55,7 +55,10 @@ fn each_key_is_followed_from_the_serial_interrupt_to_the_echo() {
         // then the byte leaves during the write, so the host sees the echo
         // after the write began (and maybe before it returns). The trace's
         // clock and the host's must agree for this to hold.
-        assert!(t[..6].windows(2).all(|w| w[0] <= w[1]), "hops out of order: {k}");
+        assert!(
+            t[..6].windows(2).all(|w| w[0] <= w[1]),
+            "hops out of order: {k}"
+        );
         assert!(t[6] >= t[4], "echo seen before the write began: {k}");
         assert!(
             t[6] < 5_000_000_000,
