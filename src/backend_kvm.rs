@@ -59,6 +59,11 @@ pub fn boot_kernel(kernel: &Path) -> Result<PathBuf> {
 
 /// Boots `cfg` on the KVM monitor and returns the guest command's status.
 pub fn run(cfg: &GuestRun) -> Result<i32> {
+    run_with_capture(cfg, None)
+}
+
+/// [`run`], writing the guest's second serial port (ttyS1) to `capture`.
+pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     let probe = vmm::probe_native_virtualization();
     if !probe.native {
         eprintln!(
@@ -82,6 +87,11 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
     vc.vcpus = cfg.vcpus;
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
+    if let Some(path) = capture {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        vc.console2 = Some(Box::new(f));
+    }
     // KVM's emulator cannot run XSAVE/XRSTOR: keep the guest on FXSAVE.
     vc.emulator_cpuid = !probe.native;
     let mut vm = vmm::build(vc).context("creating the KVM guest")?;
