@@ -17,7 +17,7 @@ fn main() {
     let secs: u64 = secs.and_then(|s| s.parse().ok()).unwrap_or(60);
     let mut cfg = vmm::VmConfig::linux(a[1].clone().into(), initrd, cmdline);
     cfg.console = Some(Box::new(std::io::stderr()));
-    cfg.emulator_cpuid = std::env::var_os("HIDE_XSAVE").is_some();
+    cfg.emulator_cpuid = std::env::var_os("EMULATOR_CPUID").is_some();
     let t = Instant::now();
     let mut vm = vmm::build(cfg).expect("build");
     vm.start().expect("start");
