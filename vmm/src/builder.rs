@@ -243,6 +243,10 @@ pub struct Vm {
     pub(crate) exit: Arc<ExitState>,
     pub(crate) handlers: Option<HandlerFactory>,
     pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
+    /// Memory slots and the next free slot id.
+    pub(crate) slots: Mutex<(Vec<memory::Slot>, u32)>,
+    /// Guest-physical ranges watched by page protection.
+    pub(crate) watches: Arc<std::sync::RwLock<Vec<(u64, u64)>>>,
 }
 
 /// Builds a VM from `cfg` (nothing runs until [`Vm::start`]).
@@ -306,7 +310,11 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
     let shared: Vec<_> = (0..cfg.vcpus).map(Shared::new).collect();
     let exit = ExitState::new(cfg.vcpus as usize);
     let _ = exit.vcpus.set(shared.clone());
+    let slots = memory::initial_slots(&mem);
+    let next = slots.len() as u32;
     Ok(Vm {
+        slots: Mutex::new((slots, next)),
+        watches: Arc::default(),
         _kvm: kvm,
         _vm: Arc::new(vmfd),
         mem,
@@ -336,6 +344,8 @@ impl Vm {
                 cache: RegCache::default(),
                 rf: false,
                 rf_ignored: false,
+                watches: self.watches.clone(),
+                pending_watch: None,
             };
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))

@@ -129,6 +129,16 @@ pub enum DebugEvent {
     },
     /// The vCPU was kicked (signal + immediate_exit).
     Kick,
+    /// The guest wrote into a range watched by page protection
+    /// ([`crate::Vm::watch_writes`]); reported after the write.
+    WriteWatch {
+        /// Guest-physical address written.
+        gpa: u64,
+        /// Bytes written.
+        len: u8,
+        /// Guest RIP after the writing instruction.
+        pc: u64,
+    },
 }
 
 /// What the vCPU does after the handler returns.

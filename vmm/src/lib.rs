@@ -61,6 +61,55 @@ impl Vm {
             .try_for_each(|h| h.set_hw_breakpoint(slot, bp))
     }
 
+    /// Watches guest writes to `[gpa, gpa + len)` by page protection: the
+    /// pages become read-only memory slots, every guest write to them exits
+    /// to the monitor, which performs it and reports writes into the range
+    /// as [`DebugEvent::WriteWatch`]. For platforms whose KVM does not
+    /// deliver data breakpoints (its instruction emulator, KVM-PVM), and for
+    /// more than four watches. Call it from a host thread, not a handler:
+    /// running vCPUs are paused while the slots change, then resumed.
+    pub fn watch_writes(&self, gpa: u64, len: u64) -> Result<(), DebugError> {
+        if !self._kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            return Err(DebugError::InvalidBreakpoint(
+                "KVM lacks read-only memory slots",
+            ));
+        }
+        let started = !self.threads.is_empty();
+        if started && !self.pause_all(Duration::from_secs(10)) {
+            return Err(DebugError::VcpuGone(0));
+        }
+        let res = self.protect(gpa, len);
+        if started {
+            self.resume_all();
+        }
+        res
+    }
+
+    fn protect(&self, gpa: u64, len: u64) -> Result<(), DebugError> {
+        let mut g = lock(&self.slots);
+        let (slots, next) = &mut *g;
+        let mut page = gpa & !0xfff;
+        while page < gpa + len.max(1) {
+            if let Some((old, add)) = vstate::memory::split_readonly(slots, page, next) {
+                let del = vstate::memory::Slot { size: 0, ..old };
+                let kvm_err =
+                    |_| DebugError::InvalidBreakpoint("KVM_SET_USER_MEMORY_REGION failed");
+                vstate::vm::set_slot(&self._vm, &del).map_err(kvm_err)?;
+                for s in &add {
+                    vstate::vm::set_slot(&self._vm, s).map_err(kvm_err)?;
+                }
+                slots.retain(|s| s.id != old.id);
+                slots.extend(add);
+            }
+            page += 0x1000;
+        }
+        self.watches
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((gpa, len));
+        Ok(())
+    }
+
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem

@@ -199,7 +199,8 @@ fn data_watchpoints_trap_after_the_access() {
         return;
     }
     // KVM checks data breakpoints in hardware only: its instruction
-    // emulator (all guest code on KVM-PVM) never reports them.
+    // emulator (all guest code on KVM-PVM) never reports them. There,
+    // `Vm::watch_writes` does (see write_watch_* below).
     let p = vmm::probe_native_virtualization();
     if !p.native {
         println!("skipped: no hardware virtualization ({})", p.reason);
@@ -535,4 +536,90 @@ fn the_guest_own_int3_reaches_its_idt_handler() {
         after_int3,
         "#BP pushed RIP after the int3"
     );
+}
+
+#[test]
+fn write_watch_by_page_protection() {
+    if !have_kvm() {
+        return;
+    }
+    let mut c = vec![0xb8, 0x34, 0x12, 0, 0]; // mov eax, 0x1234
+    c.extend_from_slice(&[0x89, 0x04, 0x25, 0x00, 0x50, 0, 0]); // mov [0x5000], eax
+    let after_first = BASE + c.len() as u64;
+    c.extend_from_slice(&[0x8b, 0x1c, 0x25, 0x08, 0x50, 0, 0]); // mov ebx, [0x5008]
+    c.extend_from_slice(&[0x89, 0x04, 0x25, 0x10, 0x50, 0, 0]); // mov [0x5010], eax
+    c.extend_from_slice(&[0x89, 0x1c, 0x25, 0x04, 0x50, 0, 0]); // mov [0x5004], ebx
+    let after_second = BASE + c.len() as u64;
+    c.push(0xf4);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut cfg = VmConfig::raw(c);
+    cfg.handlers = Some(Box::new(move |_| {
+        let seen = s2.clone();
+        Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| {
+            if let DebugEvent::WriteWatch { gpa, .. } = ev {
+                let mut w = [0u8; 4];
+                ctx.read_phys(gpa, &mut w).unwrap();
+                seen.lock().unwrap().push((ev, u32::from_le_bytes(w)));
+            }
+            Action::Continue
+        })
+    }));
+    let mut vm = vmm::build(cfg).unwrap();
+    vm.write_phys(0x5008, &0xbeefu32.to_le_bytes()).unwrap();
+    vm.watch_writes(0x5000, 8).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
+    let ev = |gpa, pc| DebugEvent::WriteWatch { gpa, len: 4, pc };
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (ev(0x5000, after_first), 0x1234),
+            (ev(0x5004, after_second), 0xbeef)
+        ],
+        "writes into the range, not the one elsewhere on the page"
+    );
+    let mut w = [0u8; 4];
+    vm.read_phys(0x5010, &mut w).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(w),
+        0x1234,
+        "unwatched write on the page done"
+    );
+}
+
+#[test]
+fn write_watch_set_on_a_running_guest() {
+    if !have_kvm() {
+        return;
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut cfg = VmConfig::raw(counter_loop());
+    cfg.handlers = Some(Box::new(move |_| {
+        let seen = s2.clone();
+        Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| {
+            if let DebugEvent::WriteWatch { gpa, len, .. } = ev {
+                let mut w = [0u8; 8];
+                ctx.read_phys(gpa, &mut w).unwrap();
+                let mut s = seen.lock().unwrap();
+                s.push((gpa, len, u64::from_le_bytes(w)));
+                if s.len() == 20 {
+                    return Action::Stop;
+                }
+            }
+            Action::Continue
+        })
+    }));
+    let mut vm = vmm::build(cfg).unwrap();
+    vm.start().unwrap();
+    assert!(wait_until(|| counter(&vm, 0) > 10));
+    vm.watch_writes(0x6000, 8).unwrap();
+    assert_eq!(vm.wait(WAIT), Some(VmExit::Stopped));
+    let s = seen.lock().unwrap();
+    assert_eq!(s.len(), 20);
+    for w in s.windows(2) {
+        assert_eq!((w[0].0, w[0].1), (0x6000, 8));
+        assert_eq!(w[1].2, w[0].2 + 1, "every increment seen, and done");
+    }
 }

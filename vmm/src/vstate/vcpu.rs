@@ -163,6 +163,10 @@ pub fn create(
     Ok(fd)
 }
 
+fn lock_read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Everything a vCPU thread owns.
 pub(crate) struct Runner {
     pub(crate) fd: VcpuFd,
@@ -176,6 +180,9 @@ pub(crate) struct Runner {
     pub(crate) rf: bool,
     /// KVM was seen ignoring RFLAGS.RF (KVM-PVM's emulator).
     pub(crate) rf_ignored: bool,
+    pub(crate) watches: Arc<std::sync::RwLock<Vec<(u64, u64)>>>,
+    /// A watched write to report before re-entering the guest.
+    pub(crate) pending_watch: Option<(u64, u8)>,
 }
 
 impl Runner {
@@ -375,6 +382,16 @@ impl Runner {
                     return end;
                 }
             }
+            if let Some((gpa, len)) = self.pending_watch.take() {
+                let pc = match self.fd.get_regs() {
+                    Ok(r) => r.rip,
+                    Err(e) => return self.err(format!("KVM_GET_REGS: {e}")),
+                };
+                let a = self.call(DebugEvent::WriteWatch { gpa, len, pc });
+                if let Some(end) = self.act(a) {
+                    return end;
+                }
+            }
             if self.shared.ctl_pending.load(Ordering::Acquire) {
                 if let Some(end) = self.service_control() {
                     return end;
@@ -399,7 +416,24 @@ impl Runner {
                         data.fill(0xff);
                         continue;
                     }
-                    VcpuExit::MmioWrite(..) => continue,
+                    VcpuExit::MmioWrite(addr, data) => {
+                        // A write to a write-protected RAM page: do it.
+                        let ram = vm_memory::Bytes::write_slice(
+                            &self.mem,
+                            data,
+                            vm_memory::GuestAddress(addr),
+                        )
+                        .is_ok();
+                        let end = addr + data.len() as u64;
+                        let watched = ram
+                            && lock_read(&self.watches)
+                                .iter()
+                                .any(|&(a, l)| addr < a + l && a < end);
+                        if watched {
+                            self.pending_watch = Some((addr, data.len() as u8));
+                        }
+                        continue;
+                    }
                     VcpuExit::Intr => {
                         self.fd.set_kvm_immediate_exit(0);
                         continue;

@@ -1,6 +1,8 @@
 //! The KVM VM object: /dev/kvm, the VM fd, memory slots, irqchip and PIT.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -42,18 +44,8 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<VmFd
         .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
     // Not every platform has it (PVM); it only matters for real mode on VMX.
     let _ = vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS);
-    for (slot, gpa, size, host) in super::memory::regions(mem) {
-        let region = kvm_userspace_memory_region {
-            slot,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mmap of `size` bytes owned by `mem`,
-        // which the VM's owner keeps alive as long as the VM fd.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+    for slot in super::memory::initial_slots(mem) {
+        set_slot(&vm, &slot)?;
     }
     if irqchip {
         vm.create_irq_chip()
@@ -66,4 +58,20 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, irqchip: bool) -> Result<VmFd
             .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
     }
     Ok(vm)
+}
+
+/// Creates, changes or (size 0) deletes a memory slot.
+pub fn set_slot(vm: &VmFd, s: &super::memory::Slot) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot: s.id,
+        guest_phys_addr: s.gpa,
+        memory_size: s.size,
+        userspace_addr: s.host,
+        flags: if s.readonly { KVM_MEM_READONLY } else { 0 },
+    };
+    // SAFETY: every slot the monitor registers lies inside a live mmap of
+    // guest memory owned by the VM's owner, which keeps it alive as long as
+    // the VM fd.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))
 }
