@@ -90,6 +90,9 @@ impl Vm {
         let (slots, next) = &mut *g;
         let mut page = gpa & !0xfff;
         while page < gpa + len.max(1) {
+            if !vm_memory::GuestMemoryBackend::address_in_range(&self.mem, GuestAddress(page)) {
+                return Err(DebugError::Memory(page, 0x1000));
+            }
             if let Some((old, add)) = vstate::memory::split_readonly(slots, page, next) {
                 let del = vstate::memory::Slot { size: 0, ..old };
                 let kvm_err =

@@ -568,6 +568,10 @@ fn write_watch_by_page_protection() {
     let mut vm = vmm::build(cfg).unwrap();
     vm.write_phys(0x5008, &0xbeefu32.to_le_bytes()).unwrap();
     vm.watch_writes(0x5000, 8).unwrap();
+    assert!(
+        vm.watch_writes(64 << 20, 8).is_err(),
+        "outside the 16 MiB of RAM"
+    );
     vm.start().unwrap();
     assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
     let ev = |gpa, pc| DebugEvent::WriteWatch { gpa, len: 4, pc };
