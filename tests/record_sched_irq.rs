@@ -99,20 +99,25 @@ fn pingpong_switches_match_rusage(line: &str, vcpus: u32) {
 /// two reads of /proc/interrupts equal the growth of its counters.
 #[test]
 fn record_irqs_6_1() {
-    irqs_match_proc_interrupts("6.1");
+    irqs_match_proc_interrupts("6.1", 1);
 }
 
 #[test]
 fn record_irqs_6_12() {
-    irqs_match_proc_interrupts("6.12");
+    irqs_match_proc_interrupts("6.12", 1);
 }
 
-fn irqs_match_proc_interrupts(line: &str) {
+#[test]
+fn record_irqs_6_12_two_vcpus() {
+    irqs_match_proc_interrupts("6.12", 2);
+}
+
+fn irqs_match_proc_interrupts(line: &str, vcpus: u32) {
     // dd reads the whole file in one read(), which generates the snapshot
     // (busybox cat would use sendfile, interleaving output and generation).
     let dd = "dd if=/proc/interrupts bs=65536 count=1 2>/dev/null";
     let script = format!("{dd}; i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); done; {dd}");
-    let r = record(line, 1, "irq", &["/bin/sh", "-c", &script]);
+    let r = record(line, vcpus, "irq", &["/bin/sh", "-c", &script]);
     assert_eq!(r.status, 0, "{}", r.console);
     // the two snapshots, from the console
     let mut snaps: Vec<BTreeMap<i64, i64>> = Vec::new();
