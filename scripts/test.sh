@@ -11,4 +11,13 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== cargo build (release: the TCG plugin runs inside QEMU)"
 cargo build --workspace --release
 echo "== cargo test"
-cargo test --workspace --release -- --test-threads "${HVTRACE_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --release --no-fail-fast -- --test-threads "${HVTRACE_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals of every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
+    FS='[ ;]+' "$log"
+exit "$status"
