@@ -176,8 +176,27 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
     if std::fs::rename(&tmp, &image_dir).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
+    prune_old_images(&root.join("images"), &release, KEEP_IMAGES);
     pb.finish_and_clear();
     Ok(image_dir)
+}
+
+/// Images kept per kernel release; older ones (from other workload builds)
+/// are removed when a new one is made.
+const KEEP_IMAGES: usize = 3;
+
+fn prune_old_images(images: &Path, release: &str, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(images) else { return };
+    let prefix = format!("{release}-");
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in dirs.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(old);
+    }
 }
 
 fn find_vmlinuz(dir: &Path) -> Result<(PathBuf, String)> {
