@@ -193,7 +193,7 @@ fn prune_old_images(images: &Path, release: &str, keep: usize) {
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, old) in dirs.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(old);
     }
