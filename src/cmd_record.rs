@@ -13,8 +13,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use introspect::plan::{EventClasses, Offsets, ProbePlan, Symbols, Syscall};
+use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
 
 use crate::guest;
 use crate::run::{choose_backend, outcome, Backend, GuestOptions};
@@ -66,6 +67,13 @@ pub struct RecordArgs {
     /// The TCG plugin (default: libhvtrace_tcg.so next to hvtrace, or $HVTRACE_TCG_PLUGIN).
     #[arg(long)]
     pub plugin: Option<PathBuf>,
+    /// A user-defined probe (repeatable): 'NAME=SYMBOL[+OFFSET] [FIELD=EXPR ...]',
+    /// EXPR as kprobe_events fetch-args: %REG, argN, $stackN, $comm, $pid,
+    /// $tid, @SYM, \IMM, +OFFS(EXPR), each with an optional :u8..u64,
+    /// :s8..s64, :x8..x64 or :string. One event NAME per hit, with a
+    /// `valid` bitmask (bit i: field i was read).
+    #[arg(long = "probe", value_name = "SPEC")]
+    pub probes: Vec<String>,
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -86,6 +94,7 @@ impl RecordArgs {
             keep_raw: false,
             baseline: false,
             plugin: None,
+            probes: Vec::new(),
             command,
         }
     }
@@ -101,6 +110,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let Some(events) = EventClasses::parse(&args.events) else {
         bail!("--events: expected a list of syscalls,sched,irq,proc (or all)");
     };
+    let user_probes = parse_probes(&args.probes)?;
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
         Backend::Kvm => bail!("--backend kvm: tracing on hvtrace's KVM monitor is not available yet (use --backend qemu)"),
@@ -124,6 +134,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let t0 = Instant::now();
     let mut plan = build_plan(&run.kernel).context("preparing the probe plan")?;
     plan.events = events;
+    resolve_probes(&run.kernel, &user_probes, &mut plan)?;
     if args.mode == Mode::Sample {
         // Samples instead of the high-rate classes; process lifecycle
         // (rare) stays traced so samples can be attributed.
@@ -276,6 +287,7 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         // The inner handler: it counts LOC in /proc/interrupts.
         sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
         init_task: need("init_task")?,
+        page_offset_base: sym("page_offset_base"),
     };
     let offsets = offsets_from_btf(&k.types, &k.symbols)?;
     // Unimplemented slots (sys_ni_syscall) are left out; a name is declared once.
@@ -313,6 +325,76 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         syscalls,
         ..ProbePlan::default()
     })
+}
+
+/// Events the TCG engine writes besides lttng-modules' (which
+/// `userprobe` already refuses as probe names).
+const OWN_EVENTS: [&str; 3] = [
+    "x86_irq_vectors_local_timer_entry",
+    "x86_irq_vectors_local_timer_exit",
+    "hvtrace_sample",
+];
+
+/// Parses the `--probe` specs (each error names the spec and its fault).
+pub fn parse_probes(specs: &[String]) -> Result<Vec<(String, ProbeSpec)>> {
+    let mut out = Vec::new();
+    for s in specs {
+        let p = ProbeSpec::parse(s).map_err(|e| anyhow!("--probe '{s}': {e}"))?;
+        if OWN_EVENTS.contains(&p.name.as_str()) {
+            bail!(
+                "--probe '{s}': event name `{}` is taken by one of hvtrace's own events",
+                p.name
+            );
+        }
+        if p.fields.iter().any(|f| f.name == "valid") {
+            bail!("--probe '{s}': field name `valid` is reserved: hvtrace adds it to every probe event (bit i set = field i was read)");
+        }
+        out.push((s.clone(), p));
+    }
+    let parsed: Vec<ProbeSpec> = out.iter().map(|(_, p)| p.clone()).collect();
+    check_unique_events(&parsed).map_err(|e| anyhow!("--probe: {e}"))?;
+    Ok(out)
+}
+
+/// Resolves the probes' symbols with the image's kallsyms and puts the
+/// probes in the plan.
+fn resolve_probes(
+    kernel: &Path,
+    specs: &[(String, ProbeSpec)],
+    plan: &mut ProbePlan,
+) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let cache = crate::cache::root().join("symbols");
+    let opts = guest_symbols::OpenOptions {
+        cache_dir: Some(&cache),
+        ..Default::default()
+    };
+    let k = guest_symbols::KernelImage::open_with(kernel, &opts)
+        .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
+    for (text, p) in specs {
+        let lookup = |s: &str| k.symbols.addr(s);
+        p.resolve(lookup).map_err(|e| {
+            anyhow!(
+                "--probe '{text}': {e} (not in the kallsyms of {})",
+                kernel.display()
+            )
+        })?;
+        let named = std::iter::once(p.symbol.as_str()).chain(p.fields.iter().filter_map(|f| {
+            match &f.fetch.base {
+                Base::Symbol(s) => Some(s.as_str()),
+                _ => None,
+            }
+        }));
+        for s in named {
+            if let Some(a) = k.symbols.addr(s) {
+                plan.user_probe_symbols.insert(s.to_string(), a);
+            }
+        }
+        plan.user_probes.push(text.clone());
+    }
+    Ok(())
 }
 
 /// The syscall's own name: argument-less syscalls' handlers alias
@@ -382,6 +464,7 @@ fn class_of_tag(tag: usize) -> &'static str {
         0 | 1 => "syscalls",
         2 | 3 => "sched",
         7 | 8 | 10 | 11 => "irq",
+        13 => "probes",
         9 => "statedump",
         12 => "samples",
         _ => "proc",

@@ -53,6 +53,9 @@ pub struct Kernel {
     pub slide: u64,
     pub off: Offsets,
     pub init_task: u64,
+    /// Runtime address of the variable `page_offset_base` (the base of the
+    /// direct map of physical memory; 0: unknown).
+    pub page_offset_base: u64,
 }
 
 impl Kernel {
@@ -62,6 +65,7 @@ impl Kernel {
             slide,
             off: plan.offsets.clone(),
             init_task: reloc(plan.symbols.init_task, slide),
+            page_offset_base: reloc(plan.symbols.page_offset_base, slide),
         }
     }
 }

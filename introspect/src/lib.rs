@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod ctx;
 pub mod decode;
+pub mod defer;
 pub mod kernel;
 pub mod paging;
 pub mod plan;

@@ -70,6 +70,9 @@ pub struct Symbols {
     pub handle_irq_event: u64,
     pub sysvec_apic_timer_interrupt: u64,
     pub init_task: u64,
+    /// The variable holding the direct map's base (CONFIG_RANDOMIZE_MEMORY).
+    #[serde(default)]
+    pub page_offset_base: u64,
 }
 
 /// Structure offsets (bytes) from BTF.
@@ -137,6 +140,14 @@ pub struct ProbePlan {
     /// Sample mode: samples per second per vCPU (0: trap mode).
     #[serde(default)]
     pub sample_hz: u32,
+    /// User-defined probes (`--probe`), as given (see `userprobe`); the
+    /// engine parses them again and resolves their symbols with
+    /// `user_probe_symbols`.
+    #[serde(default)]
+    pub user_probes: Vec<String>,
+    /// Link-time address of every symbol the user probes name.
+    #[serde(default)]
+    pub user_probe_symbols: std::collections::BTreeMap<String, u64>,
 }
 
 impl ProbePlan {

@@ -66,6 +66,7 @@ impl VcpuContext for RandomGuest {
 fn kernel(rng: &mut Rng) -> Kernel {
     let mut small = || rng.next() % 4096;
     Kernel {
+        page_offset_base: 0,
         slide: 0,
         init_task: 0xffff_ffff_8200_0000 | (small() << 3),
         off: Offsets {

@@ -339,6 +339,7 @@ const STACK: u64 = 0xffff_c900_0001_3f00;
 
 fn kernel() -> Kernel {
     Kernel {
+        page_offset_base: 0,
         slide: SLIDE,
         init_task: 0,
         off: Offsets {

@@ -2,6 +2,7 @@
 
 use introspect::decode::{Event, Record};
 use introspect::plan::ProbePlan;
+use introspect::userprobe::{FieldKind, FieldValue, ProbeSpec, ResolvedProbe, MAX_FIELDS};
 use introspect::Task;
 use ltt_writer::{
     ArgDir, ArgKind, Catalog, FieldDecl, FieldType, Fork, ProcessState, ProduceError, Producer,
@@ -81,7 +82,64 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
             FieldDecl::new("kernel", FieldType::int(8, false)),
         ],
     )?;
+    for spec in &plan.user_probes {
+        // The host checked every spec; one that does not parse is left out.
+        // A probe the catalog refuses has no event; the others keep theirs.
+        if let Ok(p) = ProbeSpec::parse(spec) {
+            let fields = p.fields.iter().map(|f| (f.name.as_str(), f.kind));
+            let _ = c.add_event(&p.name, user_fields(fields));
+        }
+    }
     Ok(c)
+}
+
+/// Name of the field every user-probe event ends with: bit i set = field
+/// i was read (clear: it is 0 or "" because it could not be).
+pub const VALID: &str = "valid";
+
+/// The CTF fields of a user probe's event: its own, then [`VALID`].
+pub fn user_fields<'a>(fields: impl Iterator<Item = (&'a str, FieldKind)>) -> Vec<FieldDecl> {
+    let mut out: Vec<FieldDecl> = fields
+        .map(|(name, kind)| {
+            let ty = match kind {
+                FieldKind::Unsigned(b) => FieldType::int(b, false),
+                FieldKind::Signed(b) => FieldType::int(b, true),
+                FieldKind::Hex(b) => FieldType::hex(b),
+                FieldKind::String => FieldType::Str,
+            };
+            FieldDecl::new(name, ty)
+        })
+        .collect();
+    out.push(FieldDecl::new(VALID, FieldType::hex(32)));
+    out
+}
+
+/// Writes one hit of user probe `probe` (event `id`) with the values it
+/// fetched (`vals[..probe.len()]`). No allocation: the values borrow `vals`.
+pub fn emit_user(
+    p: &mut Producer,
+    id: u32,
+    ts: u64,
+    ctx: &TaskCtx,
+    probe: &ResolvedProbe,
+    vals: &[FieldValue],
+) -> Result<(), ProduceError> {
+    let mut v = [Value::U(0); MAX_FIELDS + 1];
+    let mut valid = 0u64;
+    let mut n = 0;
+    for (i, ((_, kind), fv)) in probe.fields().zip(vals).enumerate().take(MAX_FIELDS) {
+        v[i] = match kind {
+            FieldKind::String => Value::Str(fv.as_bytes()),
+            FieldKind::Signed(_) => Value::I(fv.as_i64()),
+            FieldKind::Unsigned(_) | FieldKind::Hex(_) => Value::U(fv.int),
+        };
+        if fv.valid {
+            valid |= 1 << i;
+        }
+        n = i + 1;
+    }
+    v[n] = Value::U(valid);
+    p.emit(id, ts, ctx, &v[..=n])
 }
 
 /// lttng-modules' events of the local APIC timer interrupt.
@@ -89,6 +147,8 @@ pub const TIMER_ENTRY: &str = "x86_irq_vectors_local_timer_entry";
 pub const TIMER_EXIT: &str = "x86_irq_vectors_local_timer_exit";
 /// hvtrace's sample event (`--mode sample`).
 pub const SAMPLE: &str = "hvtrace_sample";
+/// The value of a user string argument that could not be read.
+pub const UNREADABLE: &[u8] = b"(unreadable)";
 
 fn task_ref(t: &Task) -> TaskRef<'_> {
     TaskRef {
@@ -109,7 +169,12 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             str_arg,
             string,
         } => {
-            let s = string.as_str().as_bytes();
+            // A string still unreadable after the retry (see
+            // `introspect::defer`) is marked, never left empty.
+            let s = match str_arg {
+                Some(i) if !string.ok && args[usize::from(*i) % 6] != 0 => UNREADABLE,
+                _ => string.as_str().as_bytes(),
+            };
             let mut vals = [Value::U(0); 6];
             for (i, v) in vals.iter_mut().enumerate() {
                 *v = if *str_arg == Some(i as u8) {

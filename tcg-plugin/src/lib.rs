@@ -9,6 +9,7 @@
 pub mod ctf;
 mod sample;
 mod slots;
+mod user;
 mod vcpu;
 
 use std::collections::HashMap;
@@ -69,6 +70,8 @@ struct Hv {
     ret_sites: HashMap<u64, ProbeKind>,
     /// Runtime address of a callee → kind of its return sites.
     call_targets: HashMap<u64, ProbeKind>,
+    /// Runtime address → user probes (`--probe`) placed there.
+    user_sites: HashMap<u64, Vec<usize>>,
     slide_tries: u32,
 }
 
@@ -84,6 +87,9 @@ impl Hv {
         }
         for (kind, why) in &set.dropped {
             note(format!("not covered: {kind:?}: {why}"));
+        }
+        for (addr, i) in user::arm(&g.plan, slide) {
+            self.user_sites.entry(addr).or_default().push(i);
         }
     }
 }
@@ -138,7 +144,7 @@ fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
     if decode(kind, &rt.ctx, k, &strings, &mut rt.state, &mut rt.rec) {
         rt.rec.ts = now_ns(g);
         rt.by_kind[kind as usize] += 1;
-        rt.emit();
+        rt.emit_deferring(k);
         if let Event::ProcessExec { filename, .. } = &rt.rec.event {
             let f = filename.as_str().as_bytes();
             // the command as given, or as found on the PATH ("x" -> "/bin/x")
@@ -160,6 +166,8 @@ fn statedump_once(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
 }
 
 fn statedump(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
+    // Whatever is held back came before the statedump.
+    rt.flush_deferred();
     let ts = now_ns(g);
     let cpu = rt.ctx.vcpu_index_pub();
     let mut recs = Vec::new();
@@ -310,6 +318,8 @@ impl HasCallbacks for Hv {
                 write_errors: 0,
                 by_kind: [0; 16],
                 by_event: [0; 16],
+                deferral: Some(introspect::defer::Deferral::new()),
+                user: slots::UserBufs::new(),
             });
         }
         Ok(())
@@ -356,6 +366,12 @@ impl HasCallbacks for Hv {
             if let Some(kind) = kind {
                 insn.register_execute_callback_flags(
                     move |vcpu| on_hit(kind, vcpu),
+                    CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+                );
+            }
+            for &i in self.user_sites.get(&va).map(Vec::as_slice).unwrap_or(&[]) {
+                insn.register_execute_callback_flags(
+                    move |vcpu| user::on_hit(i, vcpu),
                     CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
                 );
             }

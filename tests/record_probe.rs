@@ -1,0 +1,134 @@
+//! `hvtrace record --probe`: user-defined probes on the QEMU TCG engine with
+//! the real Debian kernels, read back with babeltrace2 and held against the
+//! workload's own counts; bad specs are refused before anything boots.
+
+mod common;
+mod record_support;
+
+use record_support::{record_with, Ev};
+
+/// `do_sys_openat2(int dfd, const char __user *filename, struct open_how *how)`
+/// has this signature on both kernel lines (6.1 and 6.12).
+const PROBE: &str = "myopen=do_sys_openat2 dfd=arg1:s32 path=+0(arg2):string who=$comm";
+
+fn probe_matches_openat(line: &str) {
+    let rounds = 20;
+    let r = record_with(
+        line,
+        1,
+        "probe",
+        &["--probe", PROBE],
+        &["/bin/syscalls", &rounds.to_string()],
+    );
+    assert_eq!(r.status, 0, "{}", r.console);
+    // The workload's own count: one openat of /dev/null, the rest of
+    // /etc/hvtrace-probe.
+    let counted: usize = r.counts()["openat"].parse().unwrap();
+    assert_eq!(counted, rounds + 1);
+    let pid = r
+        .events
+        .iter()
+        .find(|e| e.name == "sched_process_exec" && e.text("filename") == "/bin/syscalls")
+        .map(|e| e.int("tid"))
+        .expect("exec of /bin/syscalls traced");
+    let mine: Vec<&Ev> = r.events.iter().filter(|e| e.tid == pid).collect();
+    let probes: Vec<&&Ev> = mine
+        .iter()
+        .filter(|e| e.name == "myopen" && e.text("path") == "/etc/hvtrace-probe")
+        .collect();
+    assert_eq!(
+        probes.len(),
+        counted - 1,
+        "myopen events of /etc/hvtrace-probe vs the workload's count"
+    );
+    for e in &probes {
+        assert_eq!(e.int("dfd"), -100, "AT_FDCWD: {e:?}");
+        assert_eq!(e.text("who"), "syscalls", "{e:?}");
+        assert_eq!(e.int("valid"), 0b111, "every field read: {e:?}");
+        assert_eq!(e.procname, "syscalls");
+    }
+    // Each openat of the process hits the probe once, right after its entry
+    // event and before its exit, with the same path.
+    for (i, e) in mine.iter().enumerate() {
+        if e.name != "syscall_entry_openat" {
+            continue;
+        }
+        let next = mine[i + 1..]
+            .iter()
+            .find(|x| x.name == "myopen" || x.name.starts_with("syscall_"))
+            .expect("something follows an openat entry");
+        assert_eq!(next.name, "myopen", "after {e:?}");
+        assert_eq!(next.text("path"), e.text("filename"));
+        assert_eq!(next.int("dfd"), e.int("dfd"));
+    }
+    let all = r.events.iter().filter(|e| e.name == "myopen").count();
+    let entries = r
+        .events
+        .iter()
+        .filter(|e| e.name == "syscall_entry_openat")
+        .count();
+    // open, creat and openat2 go through it too.
+    assert!(
+        all >= entries,
+        "every openat of the guest goes through do_sys_openat2"
+    );
+    assert!(
+        r.console.contains("probes: "),
+        "the summary counts the probe events:\n{}",
+        r.console
+    );
+}
+
+#[test]
+fn probe_on_do_sys_openat2_6_1() {
+    probe_matches_openat("6.1");
+}
+
+#[test]
+fn probe_on_do_sys_openat2_6_12() {
+    probe_matches_openat("6.12");
+}
+
+/// Runs `hvtrace record` with `probe` and expects a refusal naming `what`.
+fn refused(image: &std::path::Path, probe: &str, what: &str) {
+    let dir = std::env::temp_dir().join(format!("hvtrace-probe-bad-{}", std::process::id()));
+    let out = common::hvtrace()
+        .args(["record", "--backend", "qemu", "--kernel"])
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--probe", probe, "--", "/bin/true"])
+        .output()
+        .expect("run hvtrace record");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{probe}: {err}");
+    assert!(
+        err.contains("--probe") && err.contains(what),
+        "{probe}: the error names {what:?}: {err}"
+    );
+    assert!(
+        !err.contains("HVTRACE-EXIT") && !dir.join("kernel/metadata").exists(),
+        "nothing booted for {probe}: {err}"
+    );
+}
+
+#[test]
+fn bad_probe_specs_are_refused_with_a_clear_error() {
+    let image = common::image_dir("6.1");
+    let refused = |probe: &str, what: &str| refused(&image, probe, what);
+    refused("myopen", "NAME=SYMBOL");
+    refused("myopen=do_sys_openat2 x=%r99", "unknown register `%r99`");
+    refused("myopen=do_sys_openat2 x=arg1:u12", "unknown type `u12`");
+    refused("myopen=do_sys_openat2 x=+8(arg2", "expected `)`");
+    refused(
+        "sched_switch=do_sys_openat2",
+        "taken by one of hvtrace's own events",
+    );
+    refused("myopen=do_sys_openat2 valid=arg1", "`valid` is reserved");
+    refused(
+        "myopen=no_such_function_hvtrace",
+        "unknown kernel symbol `no_such_function_hvtrace`",
+    );
+}
