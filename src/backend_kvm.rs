@@ -64,6 +64,31 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 
 /// [`run`], writing the guest's second serial port (ttyS1) to `capture`.
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
+    let interrupted = crate::guest::install_interrupt_flag();
+    let (outcome, exit) = run_guest(cfg, capture, None, &interrupted, &mut |_| {})?;
+    match outcome {
+        GuestEnd::Exited(status) => Ok(status),
+        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
+        GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
+        GuestEnd::Interrupted => bail!("interrupted"),
+        GuestEnd::NoMarker => match exit {
+            Some(exit) => bail!("the guest ended without reporting an exit status: {exit:?}"),
+            None => bail!("the guest ended without reporting an exit status"),
+        },
+    }
+}
+
+/// Boots `cfg` on the KVM monitor with optional debug `handlers` until the
+/// `/init` marker, a panic, the timeout or `interrupted`; `tick` runs on
+/// this thread about every 50 ms with the running VM. Returns how the run
+/// ended and, for a VM that ended by itself without a marker, its exit.
+pub fn run_guest(
+    cfg: &GuestRun,
+    capture: Option<&Path>,
+    handlers: Option<vmm::HandlerFactory>,
+    interrupted: &std::sync::atomic::AtomicBool,
+    tick: &mut dyn FnMut(&vmm::Vm),
+) -> Result<(GuestEnd, Option<vmm::VmExit>)> {
     let probe = vmm::probe_native_virtualization();
     if !probe.native {
         eprintln!(
@@ -87,6 +112,7 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     vc.vcpus = cfg.vcpus;
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
+    vc.handlers = handlers;
     if let Some(path) = capture {
         let f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -96,8 +122,8 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     vc.emulator_cpuid = !probe.native;
     let mut vm = vmm::build(vc).context("creating the KVM guest")?;
     vm.start().context("starting the vCPUs")?;
-    let interrupted = crate::guest::install_interrupt_flag();
     let deadline = Instant::now() + cfg.timeout;
+    let mut vm_exit = None;
     let outcome = loop {
         if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             break e;
@@ -113,19 +139,14 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
             if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 break e;
             }
-            vm.shutdown();
-            bail!("the guest ended without reporting an exit status: {exit:?}");
+            vm_exit = Some(exit);
+            break GuestEnd::NoMarker;
         }
+        tick(&vm);
     };
     vm.stop();
     vm.shutdown();
-    match outcome {
-        GuestEnd::Exited(status) => Ok(status),
-        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
-        GuestEnd::Interrupted => bail!("interrupted"),
-        GuestEnd::NoMarker => bail!("the guest ended without reporting an exit status"),
-    }
+    Ok((outcome, vm_exit))
 }
 
 /// `hvtrace bench exits`: one debug exit through the monitor against a bare
@@ -146,20 +167,21 @@ pub struct KvmContext<'a, 'b> {
     ctx: &'a vmm::VcpuCtx<'b>,
     regs: vmm::kvm_regs,
     sregs: vmm::kvm_sregs,
-    kernel_gs_base: u64,
+    /// IA32_KERNEL_GS_BASE, read only when asked for (the core needs it
+    /// only when GS base is not the kernel's, i.e. rarely at our probes).
+    kernel_gs_base: std::cell::Cell<Option<u64>>,
 }
 
 impl<'a, 'b> KvmContext<'a, 'b> {
-    /// Snapshots the registers of `ctx` (GET_REGS, GET_SREGS, one MSR).
+    /// Snapshots the registers of `ctx` (GET_REGS, GET_SREGS).
     pub fn new(ctx: &'a mut vmm::VcpuCtx<'b>) -> Result<Self, vmm::DebugError> {
         let regs = ctx.regs()?;
         let sregs = ctx.sregs()?;
-        let kernel_gs_base = ctx.msr(0xc000_0102).unwrap_or(0);
         Ok(KvmContext {
             ctx,
             regs,
             sregs,
-            kernel_gs_base,
+            kernel_gs_base: std::cell::Cell::new(None),
         })
     }
 }
@@ -187,7 +209,14 @@ impl introspect::VcpuContext for KvmContext<'_, '_> {
             Cr4 => s.cr4,
             Efer => s.efer,
             GsBase => s.gs.base,
-            KernelGsBase => self.kernel_gs_base,
+            KernelGsBase => match self.kernel_gs_base.get() {
+                Some(v) => v,
+                None => {
+                    let v = self.ctx.msr(0xc000_0102).unwrap_or(0);
+                    self.kernel_gs_base.set(Some(v));
+                    v
+                }
+            },
         }
     }
 

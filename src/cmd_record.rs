@@ -113,7 +113,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let user_probes = parse_probes(&args.probes)?;
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
-        Backend::Kvm => bail!("--backend kvm: tracing on hvtrace's KVM monitor is not available yet (use --backend qemu)"),
+        Backend::Kvm => return crate::record_kvm::run(&args, events, &interrupt, driver),
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
     let run = args.guest.guest_run(&args.command)?;
@@ -459,7 +459,7 @@ pub struct Summary {
 }
 
 /// The class of an event, by `Record::event_tag`.
-fn class_of_tag(tag: usize) -> &'static str {
+pub(crate) fn class_of_tag(tag: usize) -> &'static str {
     match tag {
         0 | 1 => "syscalls",
         2 | 3 => "sched",

@@ -9,6 +9,7 @@ mod cmd_symbols;
 mod guest;
 mod image;
 mod latency;
+mod record_kvm;
 mod report;
 mod run;
 

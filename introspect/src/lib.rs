@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod paging;
 pub mod plan;
 pub mod probes;
+pub mod runtime;
 pub mod task;
 pub mod userprobe;
 

@@ -8,6 +8,8 @@ use std::process::Command;
 
 use crate::common;
 
+pub mod checks;
+
 /// One event as babeltrace2 prints it.
 #[derive(Debug, Clone)]
 pub struct Ev {
@@ -186,14 +188,32 @@ pub fn record(line: &str, vcpus: u32, tag: &str, cmd: &[&str]) -> Recorded {
 
 /// [`record`] with extra options of `hvtrace record` (e.g. `--append`).
 pub fn record_with(line: &str, vcpus: u32, tag: &str, opts: &[&str], cmd: &[&str]) -> Recorded {
+    record_on("qemu", line, vcpus, tag, opts, cmd)
+}
+
+/// [`record_with`] on the engine `backend` (`qemu` or `kvm`).
+pub fn record_on(
+    backend: &str,
+    line: &str,
+    vcpus: u32,
+    tag: &str,
+    opts: &[&str],
+    cmd: &[&str],
+) -> Recorded {
     let image = common::image_dir(line);
     let dir = std::env::temp_dir().join(format!(
-        "hvtrace-{tag}-{line}-{vcpus}-{}",
+        "hvtrace-{tag}-{backend}-{line}-{vcpus}-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let out = common::hvtrace()
-        .args(["record", "--backend", "qemu", "--vcpus", &vcpus.to_string()])
+        .args([
+            "record",
+            "--backend",
+            backend,
+            "--vcpus",
+            &vcpus.to_string(),
+        ])
         .arg("--kernel")
         .arg(image.join("vmlinuz"))
         .arg("--initrd")

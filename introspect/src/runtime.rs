@@ -1,0 +1,241 @@
+//! What every engine does with a probe hit, independent of the engine and
+//! of the trace format: decode into the vCPU's record, count it, hand it to
+//! a [`Sink`], and take the statedump once (at the first hit, or when the
+//! traced command is exec'd). Also the return-site search engines use to
+//! turn "trace the return of f" into probe addresses.
+//!
+//! Nothing here allocates on a trap, except the one statedump of a run
+//! (into a buffer reserved up front when possible).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::ctx::VcpuContext;
+use crate::decode::{decode, Event, ProbeKind, Record, SyscallStrings, VcpuState};
+use crate::kernel::Kernel;
+use crate::plan::ProbePlan;
+use crate::task::{for_each_task, Task};
+
+/// Where records go (an engine's trace producer for one vCPU).
+pub trait Sink {
+    /// Writes one record.
+    fn emit(&mut self, rec: &Record);
+    /// Marks the start of the statedump (taken by `current` at `ts`).
+    fn statedump_start(&mut self, ts: u64, current: &Task);
+    /// Marks its end.
+    fn statedump_end(&mut self, ts: u64, current: &Task);
+}
+
+/// The per-syscall "which argument is a user string" table of a plan,
+/// indexed by syscall number.
+pub fn string_table(plan: &ProbePlan) -> Vec<u8> {
+    let mut strings = vec![0u8; 1024];
+    for sc in &plan.syscalls {
+        if let Some(b) = strings.get_mut(sc.nr as usize) {
+            *b = sc.string_args;
+        }
+    }
+    strings
+}
+
+/// When the statedump is taken: once per run, at the first hit or when a
+/// task execs the traced command. Shared by all vCPUs (one atomic flag).
+#[derive(Debug, Default)]
+pub struct StatedumpGate {
+    done: AtomicBool,
+    exec: Vec<u8>,
+}
+
+impl StatedumpGate {
+    /// A gate for the command `exec` (empty: at the first hit).
+    pub fn new(exec: &str) -> Self {
+        Self {
+            done: AtomicBool::new(false),
+            exec: exec.as_bytes().to_vec(),
+        }
+    }
+
+    /// Whether the statedump was taken.
+    pub fn taken(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// True exactly once (for the caller that takes the statedump).
+    fn claim(&self) -> bool {
+        !self.done.load(Ordering::Relaxed) && !self.done.swap(true, Ordering::AcqRel)
+    }
+
+    /// Is `filename` the traced command, as given or as found on the PATH
+    /// ("x" matches "/bin/x")?
+    pub fn is_traced_exec(&self, filename: &[u8]) -> bool {
+        let w = &self.exec[..];
+        !w.is_empty()
+            && (filename == w
+                || (filename.ends_with(w)
+                    && filename.len() > w.len()
+                    && filename[filename.len() - w.len() - 1] == b'/'))
+    }
+}
+
+/// Everything one vCPU's traps use, apart from the engine's context and sink.
+#[derive(Debug)]
+pub struct VcpuTracer {
+    pub state: VcpuState,
+    pub rec: Record,
+    /// Events written.
+    pub events: u64,
+    /// Decoded hits by `ProbeKind`.
+    pub by_kind: [u64; 16],
+    /// Events written, by `Record::event_tag`.
+    pub by_event: [u64; 16],
+    /// Reserved for the statedump's task list.
+    tasks: Vec<(Task, i32)>,
+}
+
+impl VcpuTracer {
+    /// The tracer of vCPU `cpu`; reserves room for a statedump of
+    /// `statedump_capacity` tasks so that it does not allocate on a trap.
+    pub fn new(cpu: u32, statedump_capacity: usize) -> Self {
+        Self {
+            state: VcpuState::default(),
+            rec: Record {
+                cpu,
+                ts: 0,
+                current: Task::UNKNOWN,
+                event: Event::IrqExit { irq: 0, ret: 0 },
+            },
+            events: 0,
+            by_kind: [0; 16],
+            by_event: [0; 16],
+            tasks: Vec::with_capacity(statedump_capacity),
+        }
+    }
+
+    fn emit<S: Sink + ?Sized>(&mut self, sink: &mut S) {
+        self.events += 1;
+        if let Some(c) = self.by_event.get_mut(usize::from(self.rec.event_tag())) {
+            *c += 1;
+        }
+        sink.emit(&self.rec);
+    }
+
+    /// Handles a hit of a probe of kind `kind`: decodes, stamps with
+    /// `now()`, emits, and takes the statedump when `gate` says so.
+    /// Returns true if an event was emitted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hit<C: VcpuContext + ?Sized, S: Sink + ?Sized>(
+        &mut self,
+        kind: ProbeKind,
+        ctx: &C,
+        k: &Kernel,
+        strings: &SyscallStrings<'_>,
+        gate: &StatedumpGate,
+        now: impl Fn() -> u64,
+        sink: &mut S,
+    ) -> bool {
+        if gate.exec.is_empty() && gate.claim() {
+            self.statedump(ctx, k, now(), sink);
+        }
+        if !decode(kind, ctx, k, strings, &mut self.state, &mut self.rec) {
+            return false;
+        }
+        self.rec.ts = now();
+        if let Some(c) = self.by_kind.get_mut(kind as usize) {
+            *c += 1;
+        }
+        self.emit(sink);
+        if let Event::ProcessExec { filename, .. } = &self.rec.event {
+            if gate.is_traced_exec(filename.as_str().as_bytes()) && gate.claim() {
+                self.statedump(ctx, k, now(), sink);
+            }
+        }
+        true
+    }
+
+    /// Writes one `Statedump` record per task of the guest's task list.
+    pub fn statedump<C: VcpuContext + ?Sized, S: Sink + ?Sized>(
+        &mut self,
+        ctx: &C,
+        k: &Kernel,
+        ts: u64,
+        sink: &mut S,
+    ) {
+        let cpu = ctx.vcpu_index();
+        let cur = self.rec.current;
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.clear();
+        for_each_task(ctx, k, |t, ppid| tasks.push((*t, ppid)));
+        sink.statedump_start(ts, &cur);
+        for &(task, ppid) in &tasks {
+            self.rec = Record {
+                cpu,
+                ts,
+                current: task,
+                event: Event::Statedump { task, ppid },
+            };
+            self.emit(sink);
+        }
+        sink.statedump_end(ts, &cur);
+        self.rec.current = cur;
+        self.tasks = tasks;
+    }
+}
+
+/// Return sites of calls to `callee` in `code` (the bytes at guest-virtual
+/// `base`): the address after each 5-byte `call rel32` (E8) whose target
+/// is `callee`. Used on code whose instruction boundaries are not known
+/// (a function's bytes); with hardware breakpoints a misread site only
+/// costs a slot that never fires.
+pub fn return_sites(code: &[u8], base: u64, callee: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    if code.len() < 5 {
+        return out;
+    }
+    for i in 0..=code.len() - 5 {
+        if code[i] != 0xe8 {
+            continue;
+        }
+        let rel = i32::from_le_bytes([code[i + 1], code[i + 2], code[i + 3], code[i + 4]]);
+        let next = base.wrapping_add(i as u64 + 5);
+        if next.wrapping_add(rel as i64 as u64) == callee {
+            out.push(next);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_site_of_a_call() {
+        // nop; call +0x10; ret
+        let base = 0xffff_ffff_8100_0000u64;
+        let mut code = vec![0x90, 0xe8];
+        code.extend_from_slice(&0x10i32.to_le_bytes());
+        code.push(0xc3);
+        let callee = base + 6 + 0x10;
+        assert_eq!(return_sites(&code, base, callee), vec![base + 6]);
+        assert!(return_sites(&code, base, callee + 1).is_empty());
+        assert!(return_sites(&code[..4], base, callee).is_empty());
+    }
+
+    #[test]
+    fn traced_exec_matches_path_forms() {
+        let g = StatedumpGate::new("syscalls");
+        assert!(g.is_traced_exec(b"/bin/syscalls"));
+        assert!(g.is_traced_exec(b"syscalls"));
+        assert!(!g.is_traced_exec(b"/bin/xsyscalls"));
+        let g = StatedumpGate::new("/bin/true");
+        assert!(g.is_traced_exec(b"/bin/true"));
+        assert!(!StatedumpGate::new("").is_traced_exec(b"/bin/true"));
+    }
+
+    #[test]
+    fn gate_claims_once() {
+        let g = StatedumpGate::new("");
+        assert!(g.claim());
+        assert!(!g.claim());
+        assert!(g.taken());
+    }
+}

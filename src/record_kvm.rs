@@ -1,0 +1,517 @@
+//! `hvtrace record --backend kvm`: the shared `introspect` decoders on the
+//! debug exits of hvtrace's own KVM monitor, writing the same CTF trace as
+//! the TCG engine through `ltt-writer` (one producer per vCPU, owned by
+//! that vCPU's debug handler: the trap path takes no lock).
+//!
+//! Probes are hardware breakpoints (DR0-DR3 per vCPU), planned by
+//! `introspect::probes::plan_probes` within a budget of 4; what did not fit
+//! is said in the summary and in `DIR/kvm.json`.
+//!
+//! The KASLR slide: the monitor boots the ELF vmlinux extracted from the
+//! image (`backend_kvm::boot_kernel`). Linux's KASLR is chosen and applied
+//! by the bzImage's decompressor (`choose_random_location` and
+//! `handle_relocations` in arch/x86/boot/compressed), which an ELF boot
+//! does not run: `startup_64`/`__startup_64` only fix the page tables for
+//! the physical load address (linux-loader puts each segment at its
+//! `p_paddr`), and the virtual addresses stay the link-time ones. Our zero
+//! page has no KASLR_FLAG in `loadflags` either, so the kernel does not
+//! randomize its memory regions (`kaslr_enabled()` is false). So the
+//! probes are armed at slide 0 from the first instruction, and the slide is
+//! then *verified* in the running guest: by the banner (`find_slide`) at
+//! the first probe hit or at a kick once the kernel's page tables are up.
+//! Should it differ, every vCPU re-arms at the slide found.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use introspect::decode::SyscallStrings;
+use introspect::kernel::find_slide;
+use introspect::plan::EventClasses;
+use introspect::probes::plan_probes;
+use introspect::runtime::{return_sites, string_table, Sink, StatedumpGate, VcpuTracer};
+use introspect::{Kernel, ProbeKind, ProbePlan, Record, Task};
+use vmm::{Action, DebugEvent, HwBreakpoint, VcpuCtx};
+
+use crate::backend_kvm::KvmContext;
+use crate::cmd_record::{BufferMode, Mode, RecordArgs};
+use crate::guest::{self, GuestEnd};
+
+// The record → lttng-modules event mapping is the TCG engine's, shared
+// as one source file (the plugin is a cdylib the CLI cannot link).
+#[path = "../tcg-plugin/src/ctf.rs"]
+#[allow(dead_code)]
+mod ctf;
+
+/// Hardware breakpoints per vCPU.
+const HW_SLOTS: usize = 4;
+/// `__START_KERNEL_map`: kernel text's virtual base, at physical 0 plus
+/// the load offset (0 for the ELF loaded at its own `p_paddr`).
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+/// No slide verified yet.
+const UNKNOWN: u64 = u64::MAX;
+/// Tasks a statedump can hold without allocating on the trap path.
+const STATEDUMP_TASKS: usize = 4096;
+
+/// What every vCPU's handler shares (read-only or atomics on the trap path).
+struct Shared {
+    plan: ProbePlan,
+    strings: Vec<u8>,
+    gate: StatedumpGate,
+    epoch: Instant,
+    /// The slide the guest's banner was found at (UNKNOWN before).
+    verified_slide: AtomicU64,
+    /// Probe hits, all vCPUs.
+    hits: AtomicU64,
+    /// Filled by each handler when its vCPU thread ends.
+    reports: Mutex<Vec<CpuReport>>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Off the trap path only (arming, verification).
+    fn note(&self, s: String) {
+        let mut n = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        if n.len() < 200 && !n.contains(&s) {
+            n.push(s);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct CpuReport {
+    cpu: u32,
+    events: u64,
+    busy_ns: u64,
+    ctf_errors: u64,
+    by_kind: [u64; 16],
+    by_event: [u64; 16],
+    armed: Vec<(u64, ProbeKind)>,
+}
+
+/// The vCPU's ltt-writer producer as the runtime's sink.
+struct CtfSink {
+    producer: Option<ltt_writer::Producer>,
+    errors: u64,
+}
+
+impl Sink for CtfSink {
+    fn emit(&mut self, rec: &Record) {
+        if let Some(p) = self.producer.as_mut() {
+            if ctf::emit(p, rec).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+
+    fn statedump_start(&mut self, ts: u64, cur: &Task) {
+        if let Some(p) = self.producer.as_mut() {
+            let c = ltt_writer::TaskCtx::new(cur.pid, cur.tid, &cur.comm);
+            if p.lttng_statedump_start(ts, &c).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+
+    fn statedump_end(&mut self, ts: u64, cur: &Task) {
+        if let Some(p) = self.producer.as_mut() {
+            let c = ltt_writer::TaskCtx::new(cur.pid, cur.tid, &cur.comm);
+            if p.lttng_statedump_end(ts, &c).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+}
+
+/// One vCPU's debug handler.
+struct Handler {
+    sh: Arc<Shared>,
+    cpu: u32,
+    kernel: Kernel,
+    /// Slide the breakpoints are armed for.
+    armed_slide: u64,
+    slots: [Option<(u64, ProbeKind)>; HW_SLOTS],
+    tracer: VcpuTracer,
+    sink: CtfSink,
+    busy_ns: u64,
+}
+
+impl Handler {
+    /// Plans and arms the probes of `slide` on this vCPU (not a trap: at
+    /// start, or once if the verified slide differs).
+    fn arm(&mut self, ctx: &mut VcpuCtx<'_>, slide: u64) {
+        let sh = self.sh.clone();
+        let set = plan_probes(&sh.plan, slide, Some(HW_SLOTS));
+        let mut want: Vec<(u64, ProbeKind)> =
+            set.entries.iter().map(|p| (p.addr, p.kind)).collect();
+        for r in &set.returns {
+            let sites = self.return_sites_of(ctx, r.kind, r.addr, slide);
+            if sites.is_empty() {
+                sh.note(format!("not covered: {:?}: no return site found", r.kind));
+            }
+            want.extend(sites.into_iter().map(|a| (a, r.kind)));
+        }
+        for (kind, why) in &set.dropped {
+            sh.note(format!("not covered: {kind:?}: {why}"));
+        }
+        if want.len() > HW_SLOTS {
+            for (a, k) in &want[HW_SLOTS..] {
+                sh.note(format!("not covered: {k:?} at {a:#x}: no probe slot left"));
+            }
+            want.truncate(HW_SLOTS);
+        }
+        self.slots = [None; HW_SLOTS];
+        for slot in 0..HW_SLOTS {
+            let bp = want.get(slot).copied();
+            match ctx.set_hw_breakpoint(slot, bp.map(|(a, _)| HwBreakpoint::exec(a))) {
+                Ok(()) => self.slots[slot] = bp,
+                Err(e) => sh.note(format!("vCPU {}: slot {slot}: {e}", self.cpu)),
+            }
+        }
+        self.kernel = Kernel::new(&sh.plan, slide);
+        self.armed_slide = slide;
+    }
+
+    /// Return sites of calls to `callee` within the known caller of a
+    /// return probe (the syscall exit: the call in `entry_SYSCALL_64`), from
+    /// the kernel text in guest memory.
+    fn return_sites_of(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        kind: ProbeKind,
+        callee: u64,
+        slide: u64,
+    ) -> Vec<u64> {
+        let s = &self.sh.plan.symbols;
+        let (start, size) = match kind {
+            ProbeKind::SyscallExit => (s.entry_syscall_64, s.entry_syscall_64_size),
+            _ => (0, 0),
+        };
+        if start < START_KERNEL_MAP || size == 0 || size > 0x10000 {
+            return Vec::new();
+        }
+        let mut code = vec![0u8; size as usize];
+        if ctx.read_phys(start - START_KERNEL_MAP, &mut code).is_err() {
+            return Vec::new();
+        }
+        return_sites(&code, start.wrapping_add(slide), callee)
+    }
+
+    /// Looks for the banner; on success records the slide for all vCPUs.
+    fn verify(&mut self, ctx: &mut VcpuCtx<'_>) {
+        let found = match KvmContext::new(ctx) {
+            Ok(k) => find_slide(
+                &k,
+                self.sh.plan.symbols.linux_banner,
+                self.sh.plan.banner_prefix.as_bytes(),
+            )
+            .ok(),
+            Err(_) => None,
+        };
+        if let Some(slide) = found {
+            if self
+                .sh
+                .verified_slide
+                .compare_exchange(UNKNOWN, slide, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.sh.note(format!(
+                    "slide {slide:#x} verified by the banner on vCPU {} (armed at {:#x})",
+                    self.cpu, self.armed_slide
+                ));
+            }
+        }
+    }
+
+    fn probe_hit(&mut self, ctx: &mut VcpuCtx<'_>, slot: u8) {
+        let Some((_, kind)) = self.slots.get(usize::from(slot)).copied().flatten() else {
+            return;
+        };
+        self.sh.hits.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let Ok(kctx) = KvmContext::new(ctx) else {
+            return;
+        };
+        let sh = &*self.sh;
+        self.tracer.hit(
+            kind,
+            &kctx,
+            &self.kernel,
+            &SyscallStrings(&sh.strings),
+            &sh.gate,
+            || sh.now(),
+            &mut self.sink,
+        );
+        self.busy_ns += t0.elapsed().as_nanos() as u64;
+    }
+}
+
+impl vmm::DebugHandler for Handler {
+    fn on_event(&mut self, ctx: &mut VcpuCtx<'_>, ev: DebugEvent) -> Action {
+        match ev {
+            DebugEvent::Started => {
+                self.arm(ctx, 0);
+                return Action::Continue;
+            }
+            DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
+            DebugEvent::Kick => {}
+            _ => return Action::Continue,
+        }
+        let v = self.sh.verified_slide.load(Ordering::Acquire);
+        if v == UNKNOWN {
+            self.verify(ctx);
+        } else if v != self.armed_slide {
+            self.sh.note(format!(
+                "vCPU {}: re-armed at slide {v:#x} (was {:#x})",
+                self.cpu, self.armed_slide
+            ));
+            self.arm(ctx, v);
+        }
+        Action::Continue
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        // Dropping the producer closes its last packet.
+        self.sink.producer = None;
+        let r = CpuReport {
+            cpu: self.cpu,
+            events: self.tracer.events,
+            busy_ns: self.busy_ns,
+            ctf_errors: self.sink.errors,
+            by_kind: self.tracer.by_kind,
+            by_event: self.tracer.by_event,
+            armed: self.slots.iter().flatten().copied().collect(),
+        };
+        self.sh
+            .reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+    }
+}
+
+/// `hvtrace record --backend kvm`.
+pub fn run(
+    args: &RecordArgs,
+    events: EventClasses,
+    interrupt: &AtomicBool,
+    driver: Option<&mut dyn guest::ConsoleDriver>,
+) -> Result<i32> {
+    if driver.is_some() {
+        bail!("--backend kvm cannot type on the guest console yet (use --backend qemu)");
+    }
+    if !args.probes.is_empty() {
+        bail!("--probe is not available on --backend kvm yet (use --backend qemu)");
+    }
+    if args.mode == Mode::Sample {
+        bail!("--mode sample is not available on --backend kvm yet (use --backend qemu)");
+    }
+    let run = args.guest.guest_run(&args.command)?;
+    let out = &args.output;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(out.join("kernel"));
+    let _ = std::fs::remove_file(out.join("kvm.json"));
+    let out_abs = std::fs::canonicalize(out)?;
+
+    let t0 = Instant::now();
+    let mut plan =
+        crate::cmd_record::build_plan(&run.kernel).context("preparing the probe plan")?;
+    plan.events = events;
+    plan.out_dir = out_abs.to_string_lossy().into_owned();
+    plan.statedump_exec = args.command[0].clone();
+    std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
+    let prep = t0.elapsed();
+
+    let sw = vmm::probe_sw_breakpoints().unwrap_or(false);
+    let epoch = Instant::now();
+    let epoch_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let catalog = ctf::catalog_checked(&plan).context("declaring the trace's events")?;
+    let mut cfg = ltt_writer::TraceConfig::new(run.vcpus, catalog);
+    cfg.env.kernel_release = plan.kernel_release.clone();
+    cfg.clock_offset_ns = epoch_unix_ns;
+    cfg.policy = match args.buffer {
+        BufferMode::Lossless => ltt_writer::Policy::Lossless,
+        BufferMode::Discard => ltt_writer::Policy::Discard,
+        BufferMode::FlightRecorder => ltt_writer::Policy::FlightRecorder {
+            bytes_per_cpu: ((args.flight_mib << 20) as usize).max(cfg.packet_size * 2),
+        },
+    };
+    let (writer, producers) = ltt_writer::TraceWriter::create(&out_abs, cfg)
+        .with_context(|| format!("creating the trace in {}", out_abs.display()))?;
+
+    let sh = Arc::new(Shared {
+        strings: string_table(&plan),
+        gate: StatedumpGate::new(&plan.statedump_exec),
+        plan,
+        epoch,
+        verified_slide: AtomicU64::new(UNKNOWN),
+        hits: AtomicU64::new(0),
+        reports: Mutex::new(Vec::new()),
+        notes: Mutex::new(Vec::new()),
+    });
+    if sw {
+        sh.note("KVM delivers software breakpoints here, but this engine arms hardware breakpoints only (budget 4)".into());
+    }
+    let mut producers: Vec<Option<ltt_writer::Producer>> =
+        producers.into_iter().map(Some).collect();
+    let hsh = sh.clone();
+    let factory: vmm::HandlerFactory = Box::new(move |cpu| {
+        Box::new(Handler {
+            sh: hsh.clone(),
+            cpu,
+            kernel: Kernel::default(),
+            armed_slide: UNKNOWN,
+            slots: [None; HW_SLOTS],
+            tracer: VcpuTracer::new(cpu, STATEDUMP_TASKS),
+            sink: CtfSink {
+                producer: producers.get_mut(cpu as usize).and_then(Option::take),
+                errors: 0,
+            },
+            busy_ns: 0,
+        })
+    });
+
+    // Until the slide is verified, kick vCPU 0 about once a second so its
+    // handler looks for the banner even if no probe fires.
+    let mut last_kick = Instant::now();
+    let ksh = sh.clone();
+    let mut tick = move |vm: &vmm::Vm| {
+        if ksh.verified_slide.load(Ordering::Acquire) == UNKNOWN
+            && last_kick.elapsed().as_millis() >= 1000
+        {
+            last_kick = Instant::now();
+            if let Some(h) = vm.vcpu(0) {
+                h.kick();
+            }
+        }
+    };
+    let t1 = Instant::now();
+    let (end, vm_exit) = crate::backend_kvm::run_guest(
+        &run,
+        args.guest.capture.as_deref(),
+        Some(factory),
+        interrupt,
+        &mut tick,
+    )?;
+    let wall = t1.elapsed();
+    let report = writer.finish().context("finishing the trace")?;
+
+    let mut cpus = sh.reports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    cpus.sort_by_key(|c| c.cpu);
+    let notes = sh.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let slide = sh.verified_slide.load(Ordering::Acquire);
+    write_report(&out_abs, &cpus, &notes, slide, &sh, &report)?;
+
+    let total: u64 = cpus.iter().map(|c| c.events).sum();
+    let busy: u64 = cpus.iter().map(|c| c.busy_ns).sum();
+    eprintln!(
+        "hvtrace: record: {total} events, {} lost; per vCPU {:?}; guest run {:.1} s wall (symbols {:.1} s)",
+        report.discarded(),
+        cpus.iter().map(|c| c.events).collect::<Vec<_>>(),
+        wall.as_secs_f64(),
+        prep.as_secs_f64()
+    );
+    let mut per_class = std::collections::BTreeMap::<&str, u64>::new();
+    for c in &cpus {
+        for (tag, &n) in c.by_event.iter().enumerate() {
+            if n > 0 {
+                *per_class
+                    .entry(crate::cmd_record::class_of_tag(tag))
+                    .or_default() += n;
+            }
+        }
+    }
+    for (class, n) in &per_class {
+        eprintln!("hvtrace: record:   {class}: {n}");
+    }
+    if total > 0 {
+        eprintln!(
+            "hvtrace: record: tracer time {:.1} ms in debug-exit handlers, {:.2} us per event",
+            busy as f64 / 1e6,
+            busy as f64 / 1e3 / total as f64
+        );
+    }
+    if let Some(c) = cpus.first() {
+        let armed: Vec<String> = c
+            .armed
+            .iter()
+            .map(|(a, k)| format!("{k:?}@{a:#x}"))
+            .collect();
+        eprintln!(
+            "hvtrace: record: hardware breakpoints: {}",
+            armed.join(", ")
+        );
+    }
+    for n in &notes {
+        eprintln!("hvtrace: record: {n}");
+    }
+    if slide == UNKNOWN {
+        eprintln!("hvtrace: record: the running kernel's banner was not found (slide unverified); probes were armed at slide 0");
+    } else {
+        eprintln!(
+            "hvtrace: record: KASLR slide {slide:#x}; trace in {}",
+            out.join("kernel").display()
+        );
+    }
+    if let Some(exit) = &vm_exit {
+        eprintln!("hvtrace: record: the VM ended: {exit:?}");
+    }
+    if !matches!(end, GuestEnd::Exited(_)) {
+        eprintln!(
+            "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
+            out.display()
+        );
+    }
+    crate::run::outcome(end, run.timeout)
+}
+
+fn write_report(
+    out: &Path,
+    cpus: &[CpuReport],
+    notes: &[String],
+    slide: u64,
+    sh: &Shared,
+    report: &ltt_writer::TraceReport,
+) -> Result<()> {
+    let cpus: Vec<serde_json::Value> = cpus
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "cpu": c.cpu,
+                "events": c.events,
+                "busy_ns": c.busy_ns,
+                "ctf_errors": c.ctf_errors,
+                "by_kind": c.by_kind,
+                "by_event": c.by_event,
+                "breakpoints": c.armed.iter().map(|(a, k)| format!("{k:?}@{a:#x}")).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "engine": "kvm",
+        "slide": if slide == UNKNOWN { -1 } else { slide as i64 },
+        "hits": sh.hits.load(Ordering::Relaxed),
+        "statedump": sh.gate.taken(),
+        "ctf": {
+            "events": report.events(),
+            "discarded": report.discarded(),
+            "packets": report.packets_written,
+            "bytes": report.bytes_written,
+        },
+        "cpus": cpus,
+        "notes": notes,
+    });
+    std::fs::write(out.join("kvm.json"), serde_json::to_string_pretty(&v)?)
+        .with_context(|| format!("writing {}", out.join("kvm.json").display()))
+}

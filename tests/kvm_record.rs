@@ -1,0 +1,187 @@
+//! `hvtrace record --backend kvm`: the shared introspect decoders on the
+//! KVM monitor's debug exits.
+//!
+//! Everywhere `/dev/kvm` is usable (KVM-PVM included, where the real kernel
+//! runs in KVM's instruction emulator and gets through its early boot
+//! only): the recording arms its hardware breakpoints, verifies the kernel's
+//! slide by its banner in guest memory, and leaves a trace babeltrace2
+//! reads; whatever events early boot produces must name real tasks.
+//!
+//! With hardware virtualization only: the end-to-end checks of the TCG
+//! engine's tests (record_support::checks) on this engine, each with an
+//! `--events` subset that fits 4 hardware breakpoints. Elsewhere they print
+//! "skipped: no hardware virtualization (<reason>)".
+
+mod common;
+mod record_support;
+
+use std::process::Command;
+
+use record_support::checks;
+
+fn kvm_usable() -> bool {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// None with hardware virtualization, else why not.
+fn no_hardware_virtualization() -> Option<String> {
+    if !kvm_usable() {
+        return Some("no usable /dev/kvm".into());
+    }
+    let p = vmm::probe_native_virtualization();
+    (!p.native).then_some(p.reason)
+}
+
+macro_rules! needs_hardware_virtualization {
+    () => {
+        if let Some(why) = no_hardware_virtualization() {
+            println!("skipped: no hardware virtualization ({why})");
+            return;
+        }
+    };
+}
+
+/// The early boot of the real 6.1 kernel on the monitor, traced for a
+/// bounded time: hardware breakpoints armed on every vCPU, the slide
+/// verified as 0 (ELF boot: no decompressor, no KASLR), a trace that
+/// babeltrace2 reads, and any sched_switch naming real kernel tasks.
+#[test]
+fn kvm_record_early_boot_6_1() {
+    if !kvm_usable() {
+        println!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let native = no_hardware_virtualization().is_none();
+    let image = common::image_dir("6.1");
+    let dir = std::env::temp_dir().join(format!("hvtrace-kvm-early-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Natively the whole run takes seconds; emulated, 45 s of early boot.
+    let timeout = if native { "120" } else { "45" };
+    let out = common::hvtrace()
+        .args(["record", "--backend", "kvm", "--vcpus", "2"])
+        .args(["--memory", "256", "--timeout", timeout])
+        .args(["--events", "sched,irq"])
+        .args(["--append", "earlyprintk=serial"])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("run hvtrace record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if native {
+        assert!(out.status.success(), "{stderr}");
+    } else {
+        assert!(stderr.contains("ended early (TimedOut)"), "{stderr}");
+    }
+    // The console shows the kernel ran (banner through earlyprintk).
+    assert!(stderr.contains("Linux version 6.1."), "{stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json"))
+            .expect("kvm.json parses");
+    assert_eq!(report["slide"], 0, "slide verified by the banner: {report}");
+    let cpus = report["cpus"].as_array().expect("cpus");
+    assert_eq!(cpus.len(), 2, "{report}");
+    for c in cpus {
+        let bps: Vec<&str> = c["breakpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            bps.len(),
+            4,
+            "4 hardware breakpoints on each vCPU: {report}"
+        );
+        assert!(bps[0].starts_with("SchedSwitch@"), "{bps:?}");
+        assert!(bps[1].starts_with("IrqEntry@"), "{bps:?}");
+    }
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("IrqExit: no probe slot left"), "{notes}");
+
+    // babeltrace2 reads the trace (it may hold no event yet when emulated).
+    let bt = Command::new("babeltrace2")
+        .arg(dir.join("kernel"))
+        .output()
+        .expect("babeltrace2 runs");
+    assert!(
+        bt.status.success(),
+        "babeltrace2: {}",
+        String::from_utf8_lossy(&bt.stderr)
+    );
+    let n_events = report["ctf"]["events"].as_u64().unwrap();
+    let text = String::from_utf8_lossy(&bt.stdout);
+    assert_eq!(text.lines().count() as u64, n_events, "{text}");
+    let evs = if n_events > 0 {
+        record_support::babeltrace(&dir.join("kernel"))
+    } else {
+        Vec::new()
+    };
+    let switches: Vec<_> = evs.iter().filter(|e| e.name == "sched_switch").collect();
+    for s in &switches {
+        for (tid, comm) in [("prev_tid", "prev_comm"), ("next_tid", "next_comm")] {
+            let (t, c) = (s.int(tid), s.text(comm));
+            assert!(t >= 0 && !c.is_empty() && c != "?", "{s:?}");
+            if t == 0 {
+                assert!(c.starts_with("swapper"), "{s:?}");
+            }
+            if t == 2 {
+                assert_eq!(c, "kthreadd", "{s:?}");
+            }
+        }
+    }
+    println!(
+        "early boot on the KVM engine ({}): {n_events} events, {} sched_switch, {} irq entries",
+        if native { "native" } else { "emulated" },
+        switches.len(),
+        evs.iter().filter(|e| e.name == "irq_handler_entry").count()
+    );
+    if native {
+        assert!(
+            switches
+                .iter()
+                .any(|s| s.int("next_tid") == 2 && s.text("next_comm") == "kthreadd"),
+            "a switch to kthreadd"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kvm_record_syscalls_6_1_one_vcpu() {
+    needs_hardware_virtualization!();
+    checks::syscalls_match("kvm", &["--events", "syscalls"], "6.1", 1);
+}
+
+#[test]
+fn kvm_record_syscalls_6_12_two_vcpus() {
+    needs_hardware_virtualization!();
+    checks::syscalls_match("kvm", &["--events", "syscalls"], "6.12", 2);
+}
+
+#[test]
+fn kvm_record_forkexec_6_1() {
+    needs_hardware_virtualization!();
+    checks::forkexec_match("kvm", &["--events", "proc"], "6.1", 1);
+}
+
+#[test]
+fn kvm_record_forkexec_6_12_two_vcpus() {
+    needs_hardware_virtualization!();
+    checks::forkexec_match("kvm", &["--events", "proc"], "6.12", 2);
+}
+
+#[test]
+fn kvm_record_statedump_matches_proc() {
+    needs_hardware_virtualization!();
+    checks::statedump_matches_proc("kvm", &["--events", "proc"]);
+}
