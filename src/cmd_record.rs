@@ -34,7 +34,8 @@ pub enum BufferMode {
     Lossless,
     /// A full buffer drops events and counts them.
     Discard,
-    /// Keep the newest events in memory, write them at the end.
+    /// Keep the newest events in memory, write them at the end (and on
+    /// --trigger or SIGUSR1).
     FlightRecorder,
 }
 
@@ -58,6 +59,13 @@ pub struct RecordArgs {
     /// Memory kept per vCPU by --buffer flight-recorder, in MiB.
     #[arg(long, default_value_t = 4)]
     pub flight_mib: u64,
+    /// With --buffer flight-recorder, also write the window to
+    /// DIR/snapshot-N when SPEC happens (repeatable): `panic` (guest kernel
+    /// panic or oops), `syscall=NAME:ERRNO` (NAME returns -ERRNO; errno name
+    /// or number), `signal-exit` (a process dies of a signal). SIGUSR1 to
+    /// hvtrace always writes one.
+    #[arg(long = "trigger", value_name = "SPEC")]
+    pub triggers: Vec<String>,
     /// Also keep the raw record streams (DIR/raw/cpuN.bin), for debugging.
     #[arg(long, hide = true)]
     pub keep_raw: bool,
@@ -91,6 +99,7 @@ impl RecordArgs {
             buffer: BufferMode::Lossless,
             output,
             flight_mib: 4,
+            triggers: Vec::new(),
             keep_raw: false,
             baseline: false,
             plugin: None,
@@ -154,6 +163,13 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     .into();
     plan.flight_bytes = args.flight_mib * (1 << 20);
     plan.raw = args.keep_raw;
+    let triggers = crate::triggers::prepare(
+        &args.triggers,
+        args.buffer == BufferMode::FlightRecorder,
+        &plan,
+        &run.kernel,
+        &out_abs,
+    )?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();
@@ -165,6 +181,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         path_str(&plugin)?,
         path_str(&plan_path)?
     )));
+    if let (Some(t), Some(arg)) = (&triggers, extra.last_mut()) {
+        arg.push(t.plugin_arg()?);
+    }
     let baseline = if args.baseline {
         let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
         let t = Instant::now();
@@ -221,6 +240,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
             "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
             out.display()
         );
+    }
+    if let Some(t) = triggers {
+        t.finish();
     }
     outcome(end, run.timeout)
 }

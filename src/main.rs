@@ -12,6 +12,7 @@ mod latency;
 mod record_kvm;
 mod report;
 mod run;
+mod triggers;
 
 use clap::{Parser, Subcommand};
 

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod probes;
 pub mod runtime;
 pub mod task;
+pub mod triggers;
 pub mod userprobe;
 
 pub use ctx::{MemError, Reg, VcpuContext};

@@ -9,6 +9,7 @@
 pub mod ctf;
 mod sample;
 mod slots;
+mod triggers;
 mod user;
 mod vcpu;
 
@@ -73,10 +74,12 @@ struct Hv {
     /// Runtime address → user probes (`--probe`) placed there.
     user_sites: HashMap<u64, Vec<usize>>,
     slide_tries: u32,
+    trig: triggers::Sites,
 }
 
 impl Hv {
     fn arm(&mut self, g: &Global, slide: u64) {
+        self.trig.arm(slide);
         // Unlimited budget: translation-time callbacks cost nothing until hit.
         let set = plan_probes(&g.plan, slide, None);
         for p in &set.entries {
@@ -232,10 +235,11 @@ impl Register for Hv {
         let (writer, producers) = if out.is_empty() {
             (None, Vec::new())
         } else {
-            let catalog = ctf::catalog_checked(&plan).unwrap_or_else(|e| {
+            let mut catalog = ctf::catalog_checked(&plan).unwrap_or_else(|e| {
                 let _ = std::fs::write(format!("{out}/plugin-error"), format!("catalog: {e}\n"));
                 ctf::catalog(&ProbePlan::default())
             });
+            triggers::declare(args, &mut catalog);
             let mut cfg = ltt_writer::TraceConfig::new(ncpus, catalog);
             cfg.env.kernel_release = plan.kernel_release.clone();
             cfg.clock_offset_ns = epoch_unix_ns;
@@ -254,6 +258,7 @@ impl Register for Hv {
                 }
             }
         };
+        triggers::start(writer.as_ref(), &out);
         let sample_hz = plan.sample_hz;
         let _ = G.set(Global {
             plan,
@@ -375,6 +380,7 @@ impl HasCallbacks for Hv {
                     CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
                 );
             }
+            self.trig.instrument(&insn);
             if insn.size() == 5 && !self.call_targets.is_empty() {
                 let mut b = [0u8; 5];
                 if insn.read_data(&mut b) == 5 && b[0] == 0xe8 {
@@ -392,6 +398,7 @@ impl HasCallbacks for Hv {
 
 fn at_exit() {
     let Some(g) = G.get() else { return };
+    triggers::before_finish();
     let mut per_cpu = Vec::new();
     for (i, slot) in g.slots.iter().enumerate() {
         // SAFETY: QEMU calls the exit hook after all vCPUs stopped.
@@ -424,6 +431,7 @@ fn at_exit() {
         },
         None => "null".to_string(),
     };
+    triggers::after_finish();
     if g.plan.out_dir.is_empty() {
         return;
     }

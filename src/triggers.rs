@@ -1,0 +1,500 @@
+//! `hvtrace record --buffer flight-recorder --trigger SPEC`: the host side
+//! of flight-recorder triggers. It turns specs into a trigger plan for the
+//! plugin (symbols and syscall numbers of the image), forwards SIGUSR1 to
+//! the plugin through a FIFO in the output folder (QEMU itself is never
+//! signalled), and prints each snapshot the plugin logs as it happens.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use introspect::plan::ProbePlan;
+use introspect::triggers::{Condition, LogEntry, Trigger, TriggerPlan};
+
+/// Kernel functions of the panic/oops paths probed by `--trigger panic`
+/// (present in Debian's 6.1 and 6.12 kernels): `panic` itself, and
+/// `oops_begin`, where x86's `die`, `die_addr` and the page-fault oops start.
+pub const PANIC_SYMBOLS: [&str; 2] = ["panic", "oops_begin"];
+
+const PLAN_FILE: &str = "trigger-plan.json";
+const FIFO_FILE: &str = "trigger.fifo";
+const LOG_FILE: &str = "triggers.log";
+
+/// Linux errno names (x86-64 numbers).
+const ERRNOS: &[(&str, i32)] = &[
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("ESRCH", libc::ESRCH),
+    ("EINTR", libc::EINTR),
+    ("EIO", libc::EIO),
+    ("ENXIO", libc::ENXIO),
+    ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("EBADF", libc::EBADF),
+    ("ECHILD", libc::ECHILD),
+    ("EAGAIN", libc::EAGAIN),
+    ("EWOULDBLOCK", libc::EWOULDBLOCK),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
+    ("ENOTBLK", libc::ENOTBLK),
+    ("EBUSY", libc::EBUSY),
+    ("EEXIST", libc::EEXIST),
+    ("EXDEV", libc::EXDEV),
+    ("ENODEV", libc::ENODEV),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("EINVAL", libc::EINVAL),
+    ("ENFILE", libc::ENFILE),
+    ("EMFILE", libc::EMFILE),
+    ("ENOTTY", libc::ENOTTY),
+    ("ETXTBSY", libc::ETXTBSY),
+    ("EFBIG", libc::EFBIG),
+    ("ENOSPC", libc::ENOSPC),
+    ("ESPIPE", libc::ESPIPE),
+    ("EROFS", libc::EROFS),
+    ("EMLINK", libc::EMLINK),
+    ("EPIPE", libc::EPIPE),
+    ("EDOM", libc::EDOM),
+    ("ERANGE", libc::ERANGE),
+    ("EDEADLK", libc::EDEADLK),
+    ("ENAMETOOLONG", libc::ENAMETOOLONG),
+    ("ENOLCK", libc::ENOLCK),
+    ("ENOSYS", libc::ENOSYS),
+    ("ENOTEMPTY", libc::ENOTEMPTY),
+    ("ELOOP", libc::ELOOP),
+    ("ENOMSG", libc::ENOMSG),
+    ("EIDRM", libc::EIDRM),
+    ("ENODATA", libc::ENODATA),
+    ("ETIME", libc::ETIME),
+    ("EOVERFLOW", libc::EOVERFLOW),
+    ("EILSEQ", libc::EILSEQ),
+    ("ENOTSOCK", libc::ENOTSOCK),
+    ("EDESTADDRREQ", libc::EDESTADDRREQ),
+    ("EMSGSIZE", libc::EMSGSIZE),
+    ("EPROTOTYPE", libc::EPROTOTYPE),
+    ("ENOPROTOOPT", libc::ENOPROTOOPT),
+    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
+    ("EOPNOTSUPP", libc::EOPNOTSUPP),
+    ("ENOTSUP", libc::ENOTSUP),
+    ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("EISCONN", libc::EISCONN),
+    ("ENOTCONN", libc::ENOTCONN),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("EALREADY", libc::EALREADY),
+    ("EINPROGRESS", libc::EINPROGRESS),
+    ("ESTALE", libc::ESTALE),
+    ("EDQUOT", libc::EDQUOT),
+    ("ECANCELED", libc::ECANCELED),
+    ("EOWNERDEAD", libc::EOWNERDEAD),
+    ("ENOTRECOVERABLE", libc::ENOTRECOVERABLE),
+];
+
+/// An errno given by name (any case) or number.
+pub fn parse_errno(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        let n = n.abs();
+        return (1..4096).contains(&n).then_some(n);
+    }
+    ERRNOS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        .map(|&(_, n)| n)
+}
+
+/// Triggers of one spec. `symbol` gives a link-time address by name.
+pub fn parse_spec(
+    spec: &str,
+    plan: &ProbePlan,
+    symbol: &mut dyn FnMut(&str) -> Option<u64>,
+) -> Result<Vec<Trigger>> {
+    let trig = |name: &str, cond| Trigger {
+        spec: spec.to_string(),
+        name: name.to_string(),
+        cond,
+    };
+    match spec.trim() {
+        "panic" => {
+            let found: Vec<Trigger> = PANIC_SYMBOLS
+                .iter()
+                .filter_map(|&s| symbol(s).map(|link| trig(s, Condition::Enter { link })))
+                .collect();
+            if found.is_empty() {
+                bail!("--trigger panic: none of {PANIC_SYMBOLS:?} is in this kernel's symbols");
+            }
+            Ok(found)
+        }
+        "signal-exit" => {
+            if plan.symbols.do_exit == 0 {
+                bail!("--trigger signal-exit: do_exit is not in this kernel's symbols");
+            }
+            Ok(vec![trig(
+                "signal-exit",
+                Condition::SignalExit {
+                    do_exit: plan.symbols.do_exit,
+                },
+            )])
+        }
+        s => {
+            let Some((name, errno)) = s.strip_prefix("syscall=").and_then(|r| r.split_once(':'))
+            else {
+                bail!("--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO");
+            };
+            let name = name.trim();
+            let Some(sc) = plan.syscalls.iter().find(|sc| sc.name == name) else {
+                bail!("--trigger {s}: no syscall `{name}` in this kernel's syscall table");
+            };
+            let Some(errno) = parse_errno(errno) else {
+                bail!("--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number");
+            };
+            if plan.symbols.do_syscall_64 == 0 {
+                bail!("--trigger {s}: do_syscall_64 is not in this kernel's symbols");
+            }
+            Ok(vec![trig(
+                s,
+                Condition::SyscallReturns {
+                    do_syscall_64: plan.symbols.do_syscall_64,
+                    nr: sc.nr,
+                    ret: -i64::from(errno),
+                },
+            )])
+        }
+    }
+}
+
+/// Triggers armed for one recording: the plan file, the SIGUSR1 forwarder
+/// and the log printer.
+pub struct Armed {
+    plan_path: PathBuf,
+    out: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
+    sig: Option<signal_hook::SigId>,
+}
+
+/// Removes what triggers of an earlier recording left in `out`.
+fn remove_stale(out: &Path) {
+    for f in [PLAN_FILE, FIFO_FILE, LOG_FILE] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("snapshot-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Prepares triggers in `out` (absolute): with the flight recorder always
+/// (SIGUSR1), otherwise only to refuse `--trigger`.
+pub fn prepare(
+    specs: &[String],
+    flight: bool,
+    plan: &ProbePlan,
+    kernel: &Path,
+    out: &Path,
+) -> Result<Option<Armed>> {
+    remove_stale(out);
+    if !flight {
+        if !specs.is_empty() {
+            bail!("--trigger needs --buffer flight-recorder");
+        }
+        return Ok(None);
+    }
+    let mut image = None;
+    let mut symbol = |name: &str| -> Option<u64> {
+        if image.is_none() {
+            let cache = crate::cache::root().join("symbols");
+            let opts = guest_symbols::OpenOptions {
+                cache_dir: Some(&cache),
+                ..Default::default()
+            };
+            image = guest_symbols::KernelImage::open_with(kernel, &opts).ok();
+        }
+        image.as_ref().and_then(|k| k.symbols.addr(name))
+    };
+    let mut triggers: Vec<Trigger> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for spec in specs {
+        if seen.insert(spec.trim().to_string()) {
+            triggers.extend(parse_spec(spec, plan, &mut symbol)?);
+        }
+    }
+    let fifo = out.join(FIFO_FILE);
+    let c = CString::new(fifo.as_os_str().as_bytes()).context("output path")?;
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating {}", fifo.display()));
+    }
+    let tp = TriggerPlan {
+        triggers,
+        request_fifo: path_string(&fifo)?,
+        log: path_string(&out.join(LOG_FILE))?,
+    };
+    let plan_path = out.join(PLAN_FILE);
+    std::fs::write(&plan_path, tp.to_json())
+        .with_context(|| format!("writing {}", plan_path.display()))?;
+    let usr1 = Arc::new(AtomicBool::new(false));
+    let sig = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .context("installing the SIGUSR1 handler")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (stop, out, log) = (Arc::clone(&stop), out.to_path_buf(), out.join(LOG_FILE));
+        std::thread::Builder::new()
+            .name("triggers".into())
+            .spawn(move || watch(&usr1, &stop, &fifo, &log, &out))
+            .context("starting the trigger thread")?
+    };
+    Ok(Some(Armed {
+        plan_path,
+        out: out.to_path_buf(),
+        stop,
+        thread: Some(thread),
+        sig: Some(sig),
+    }))
+}
+
+fn path_string(p: &Path) -> Result<String> {
+    match p.to_str() {
+        Some(s) => Ok(s.to_string()),
+        None => bail!("{}: the output path must be UTF-8", p.display()),
+    }
+}
+
+impl Armed {
+    /// What to append to the plugin's argument list.
+    pub fn plugin_arg(&self) -> Result<String> {
+        match self.plan_path.to_str() {
+            Some(s) if !s.contains(',') => Ok(format!(",triggers={s}")),
+            _ => bail!(
+                "{}: paths given to QEMU must be UTF-8 without commas",
+                self.plan_path.display()
+            ),
+        }
+    }
+
+    /// After the run: prints the snapshots not printed yet and a summary.
+    pub fn finish(mut self) {
+        if let Some(id) = self.sig.take() {
+            signal_hook::low_level::unregister(id);
+        }
+        self.stop.store(true, Ordering::Release);
+        let n = self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0);
+        let _ = std::fs::remove_file(self.out.join(FIFO_FILE));
+        if n == 0 {
+            eprintln!(
+                "hvtrace: record: flight recorder: no trigger fired; the newest window is in {}",
+                self.out.join("kernel").display()
+            );
+        } else {
+            eprintln!(
+                "hvtrace: record: flight recorder: {n} snapshot(s) (log: {}); the newest window at the end is in {}",
+                self.out.join(LOG_FILE).display(),
+                self.out.join("kernel").display()
+            );
+        }
+    }
+}
+
+/// Forwards SIGUSR1 to the plugin and prints snapshots as they are logged;
+/// returns the number of snapshots printed.
+fn watch(usr1: &AtomicBool, stop: &AtomicBool, fifo: &Path, log: &Path, out: &Path) -> usize {
+    let mut offset = 0u64;
+    let mut partial = String::new();
+    let mut printed = 0usize;
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if usr1.swap(false, Ordering::AcqRel) {
+            forward_usr1(fifo);
+        }
+        printed += print_new(log, &mut offset, &mut partial, out);
+        if stopping {
+            return printed;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn forward_usr1(fifo: &Path) {
+    // Non-blocking: if the plugin has not opened the FIFO yet, opening fails
+    // (ENXIO) instead of waiting.
+    let res = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)
+        .and_then(|mut f| f.write_all(b"u"));
+    match res {
+        Ok(()) => eprintln!("hvtrace: record: SIGUSR1: asking the tracer for a snapshot"),
+        Err(e) => eprintln!(
+            "hvtrace: record: SIGUSR1: the tracer is not listening yet ({e}); no snapshot"
+        ),
+    }
+}
+
+/// Prints the complete lines appended to the log since `offset`.
+fn print_new(log: &Path, offset: &mut u64, partial: &mut String, out: &Path) -> usize {
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return 0;
+    };
+    let mut text = String::new();
+    if f.seek(SeekFrom::Start(*offset)).is_err() || f.read_to_string(&mut text).is_err() {
+        return 0;
+    }
+    *offset += text.len() as u64;
+    partial.push_str(&text);
+    let mut n = 0;
+    while let Some(at) = partial.find('\n') {
+        let line: String = partial.drain(..=at).collect();
+        match LogEntry::parse(&line) {
+            Some(e) => {
+                eprintln!("hvtrace: record: {}", describe(&e, out));
+                n += 1;
+            }
+            None => eprintln!("hvtrace: record: trigger log: {}", line.trim()),
+        }
+    }
+    n
+}
+
+/// `HH:MM:SS.nnnnnnnnn` UTC of a time in ns since the Epoch.
+fn utc(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    let d = s % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:09}",
+        d / 3600,
+        d / 60 % 60,
+        d % 60,
+        ns % 1_000_000_000
+    )
+}
+
+/// One line about a snapshot.
+pub fn describe(e: &LogEntry, out: &Path) -> String {
+    let who = match (e.cpu, e.pid, e.tid, &e.comm) {
+        (Some(cpu), Some(pid), Some(tid), Some(comm)) => {
+            format!(" on vCPU {cpu} in `{comm}` (pid {pid}, tid {tid})")
+        }
+        _ => String::new(),
+    };
+    let what = match e.spec.as_str() {
+        "sigusr1" => "SIGUSR1 to hvtrace".to_string(),
+        "signal-exit" => format!(
+            "trigger signal-exit fired (exit code {:#x}: signal {})",
+            e.detail,
+            e.detail & 0x7f
+        ),
+        s if s.starts_with("syscall=") => format!("trigger {s} fired (returned {})", e.detail),
+        s => format!("trigger {s} fired ({})", e.name),
+    };
+    let more = if e.coalesced > 0 {
+        format!(
+            " ({} more hit(s) while it was written share it)",
+            e.coalesced
+        )
+    } else {
+        String::new()
+    };
+    match &e.snapshot {
+        Some(dir) => format!(
+            "{what}{who} at {} UTC: snapshot {} in {dir}{more}",
+            utc(e.unix_ns),
+            e.n
+        ),
+        None => format!(
+            "{what}{who} at {} UTC, but the snapshot could not be written (see {})",
+            utc(e.unix_ns),
+            out.join("plugin.json").display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introspect::plan::{Symbols, Syscall};
+
+    fn plan() -> ProbePlan {
+        ProbePlan {
+            symbols: Symbols {
+                do_syscall_64: 0xffff_ffff_81a4_3dc0,
+                do_exit: 0xffff_ffff_810a_7010,
+                ..Symbols::default()
+            },
+            syscalls: vec![Syscall {
+                nr: 257,
+                name: "openat".into(),
+                ..Syscall::default()
+            }],
+            ..ProbePlan::default()
+        }
+    }
+
+    #[test]
+    fn errno_names_and_numbers() {
+        assert_eq!(parse_errno("ENOENT"), Some(2));
+        assert_eq!(parse_errno("enoent"), Some(2));
+        assert_eq!(parse_errno("13"), Some(13));
+        assert_eq!(parse_errno("-13"), Some(13));
+        assert_eq!(parse_errno("ENOTAREALERROR"), None);
+        assert_eq!(parse_errno("0"), None);
+    }
+
+    #[test]
+    fn specs() {
+        let p = plan();
+        let mut none = |_: &str| None;
+        let t = parse_spec("syscall=openat:ENOENT", &p, &mut none).unwrap();
+        assert_eq!(
+            t[0].cond,
+            Condition::SyscallReturns {
+                do_syscall_64: 0xffff_ffff_81a4_3dc0,
+                nr: 257,
+                ret: -2
+            }
+        );
+        assert!(parse_spec("syscall=nosuch:ENOENT", &p, &mut none).is_err());
+        assert!(parse_spec("syscall=openat:EWHAT", &p, &mut none).is_err());
+        assert!(parse_spec("bogus", &p, &mut none).is_err());
+        assert!(parse_spec("panic", &p, &mut none).is_err());
+        let mut syms = |s: &str| (s == "panic").then_some(0xffff_ffff_81a0_1cb0);
+        let t = parse_spec("panic", &p, &mut syms).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].name, "panic");
+        let t = parse_spec("signal-exit", &p, &mut none).unwrap();
+        assert_eq!(
+            t[0].cond,
+            Condition::SignalExit {
+                do_exit: 0xffff_ffff_810a_7010
+            }
+        );
+    }
+
+    #[test]
+    fn utc_format() {
+        assert_eq!(
+            utc(86_400 * 1_000_000_000 + 3_723_000_000_005),
+            "01:02:03.000000005"
+        );
+    }
+}
