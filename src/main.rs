@@ -2,6 +2,7 @@
 
 mod backend;
 mod backend_kvm;
+mod bench_trace;
 mod cache;
 mod cmd_bench_writer;
 mod cmd_record;
@@ -51,6 +52,8 @@ enum BenchCmd {
     Writer,
     /// One debug exit through the KVM monitor against a bare KVM_RUN loop.
     Exits,
+    /// Traced against untraced run, and hvtrace against gdb per event.
+    Trace(bench_trace::BenchTraceArgs),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),
+        Cmd::Bench(BenchCmd::Trace(args)) => bench_trace::run(args).map(|()| 0),
     };
     match result {
         Ok(status) => std::process::exit(status),

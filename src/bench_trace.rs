@@ -1,0 +1,193 @@
+//! `hvtrace bench trace`: what tracing costs, measured side by side in one
+//! run on the same guest and workload:
+//! - the slowdown of `/bin/syscalls N` traced (syscalls+sched+irq) against
+//!   untraced, timed by the guest itself around the workload;
+//! - the cost per event of hvtrace (time inside the plugin's callbacks)
+//!   against gdb counting a breakpoint through QEMU's gdbstub, the peer tool.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::{self, GuestRun};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchTraceArgs {
+    /// Rounds of /bin/syscalls for the slowdown.
+    #[arg(long, default_value_t = 5000)]
+    pub rounds: u32,
+    /// getpid calls counted through gdb (each costs tens of ms).
+    #[arg(long, default_value_t = 300)]
+    pub gdb_hits: u32,
+    /// Untraced and traced runs alternate this many times; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeat: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs hvtrace itself (run or record) and returns its console output.
+fn hvtrace(args: &[&str], image: &Path) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg(args[0])
+        .args(["--backend", "qemu", "--kernel"])
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .args(&args[1..])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("hvtrace {} failed:\n{text}", args.join(" "));
+    }
+    Ok(text)
+}
+
+/// The guest-timed seconds busybox `time -f 'ELAPSED %e'` printed.
+fn elapsed(console: &str) -> Result<f64> {
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ELAPSED ")?.trim().parse().ok())
+        .context("the guest printed no ELAPSED line")
+}
+
+/// Boots with QEMU's gdbstub (nokaslr: link-time addresses are the
+/// runtime ones) and, with `gdb`, counts hits of a breakpoint at `addr`
+/// while `/bin/syscalls rounds` runs. Returns (hits, wall seconds).
+fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64, f64)> {
+    let argv = vec!["/bin/syscalls".to_string(), rounds.to_string()];
+    let run = GuestRun {
+        kernel: image.join("vmlinuz"),
+        initrd: image.join("initrd.img"),
+        cmdline: guest::kernel_cmdline(&argv, "nokaslr"),
+        vcpus: 1,
+        memory_mib: 512,
+        timeout: std::time::Duration::from_secs(600),
+    };
+    let port = 20000 + std::process::id() % 20000;
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    if with_gdb {
+        extra.extend([
+            "-gdb".into(),
+            format!("tcp:127.0.0.1:{port}").into(),
+            "-S".into(),
+        ]);
+    }
+    let mut qemu = guest::qemu_command(&run, &extra);
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut hits = 0;
+    if with_gdb {
+        let script = std::env::temp_dir().join(format!("hvtrace-bench-{port}.gdb"));
+        std::fs::write(
+            &script,
+            format!(
+                "set pagination off\nset confirm off\ntarget remote 127.0.0.1:{port}\n\
+                 break *{addr:#x}\ncommands\nsilent\nprintf \"HIT\\n\"\ncontinue\nend\ncontinue\n"
+            ),
+        )?;
+        let out = Command::new("gdb")
+            .args(["-q", "-nx", "-batch", "-x"])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .context("running gdb (Debian package gdb)")?;
+        let _ = std::fs::remove_file(&script);
+        hits = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim() == "HIT")
+            .count() as u64;
+    }
+    let out = child.wait_with_output()?;
+    if !String::from_utf8_lossy(&out.stdout).contains("HVTRACE-EXIT 0") {
+        bail!("the gdbstub guest did not finish its workload");
+    }
+    Ok((hits, started.elapsed().as_secs_f64()))
+}
+
+pub fn run(args: BenchTraceArgs) -> Result<()> {
+    let image = crate::image::build("6.1", true)?;
+    let rounds = args.rounds.to_string();
+    let cmd = [
+        "--",
+        "/bin/busybox",
+        "time",
+        "-f",
+        "ELAPSED %e",
+        "/bin/syscalls",
+        &rounds,
+    ];
+    let out = std::env::temp_dir().join(format!("hvtrace-bench-trace-{}", std::process::id()));
+    let out_s = out.to_string_lossy().into_owned();
+    let record = [
+        &["record", "--events", "syscalls,sched,irq", "-o", &out_s][..],
+        &cmd,
+    ]
+    .concat();
+    let (mut untraced, mut traced, mut per_event) = (Vec::new(), Vec::new(), Vec::new());
+    let mut events = 0;
+    // Alternate, so that load on a shared machine hits both alike.
+    for round in 1..=args.repeat {
+        eprintln!(
+            "bench trace: round {round}/{}: untraced, then traced",
+            args.repeat
+        );
+        untraced.push(elapsed(&hvtrace(&[&["run"][..], &cmd].concat(), &image)?)?);
+        traced.push(elapsed(&hvtrace(&record, &image)?)?);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("plugin.json"))?)?;
+        let cpus = report["cpus"]
+            .as_array()
+            .context("plugin.json has no cpus")?;
+        events = cpus.iter().filter_map(|c| c["events"].as_u64()).sum();
+        let busy_ns: u64 = cpus.iter().filter_map(|c| c["busy_ns"].as_u64()).sum();
+        per_event.push(busy_ns as f64 / events.max(1) as f64);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let (untraced, traced) = (median(untraced), median(traced));
+    let per_event_ns = median(per_event);
+
+    let kernel = guest_symbols::KernelImage::open(image.join("vmlinuz"))?;
+    let addr = kernel
+        .symbols
+        .addr("__x64_sys_getpid")
+        .context("no __x64_sys_getpid")?;
+    eprintln!(
+        "bench trace: gdb peer ({} getpid calls through the gdbstub)",
+        args.gdb_hits
+    );
+    let (_, plain_wall) = gdb_run(&image, addr, args.gdb_hits, false)?;
+    let (hits, gdb_wall) = gdb_run(&image, addr, args.gdb_hits, true)?;
+    let gdb_per_hit_ns = (gdb_wall - plain_wall).max(0.0) * 1e9 / hits.max(1) as f64;
+
+    println!(
+        "workload /bin/syscalls {rounds}, guest-timed, median of {}: untraced {untraced:.2} s, traced {traced:.2} s",
+        args.repeat
+    );
+    println!(
+        "slowdown traced/untraced (syscalls+sched+irq): {:.2}x",
+        traced / untraced.max(1e-9)
+    );
+    println!(
+        "hvtrace: {events} events per traced run, {:.2} us per event inside the plugin",
+        per_event_ns / 1e3
+    );
+    println!(
+        "gdb via QEMU's gdbstub: {hits} hits, {:.1} ms per hit ({gdb_wall:.1} s against {plain_wall:.1} s without gdb)",
+        gdb_per_hit_ns / 1e6
+    );
+    println!(
+        "hvtrace/gdb cost per event: 1/{:.0}",
+        gdb_per_hit_ns / per_event_ns.max(1e-9)
+    );
+    Ok(())
+}
