@@ -186,11 +186,17 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
 const KEEP_IMAGES: usize = 3;
 
 fn prune_old_images(images: &Path, release: &str, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(images) else { return };
+    let Ok(entries) = std::fs::read_dir(images) else {
+        return;
+    };
     let prefix = format!("{release}-");
     let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
