@@ -122,7 +122,10 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let user_probes = parse_probes(&args.probes)?;
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
-        Backend::Kvm => return crate::record_kvm::run(&args, events, &interrupt, driver),
+        Backend::Kvm => {
+            crate::triggers::refuse_on_kvm(&args.triggers)?;
+            return crate::record_kvm::run(&args, events, &interrupt, driver);
+        }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
     let run = args.guest.guest_run(&args.command)?;

@@ -180,6 +180,14 @@ pub fn parse_spec(
     }
 }
 
+/// `--trigger` is implemented on the TCG engine only.
+pub fn refuse_on_kvm(specs: &[String]) -> Result<()> {
+    if !specs.is_empty() {
+        bail!("--trigger: flight-recorder triggers are only available with --backend qemu");
+    }
+    Ok(())
+}
+
 /// Triggers armed for one recording: the plan file, the SIGUSR1 forwarder
 /// and the log printer.
 pub struct Armed {
