@@ -93,6 +93,9 @@ struct CpuReport {
     by_kind: [u64; 16],
     by_event: [u64; 16],
     armed: Vec<(u64, ProbeKind)>,
+    /// Syscall entries whose string was deferred / read on a retry.
+    deferred: u64,
+    recovered: u64,
 }
 
 /// The vCPU's ltt-writer producer as the runtime's sink.
@@ -279,8 +282,11 @@ impl vmm::DebugHandler for Handler {
 
 impl Drop for Handler {
     fn drop(&mut self) {
-        // Dropping the producer closes its last packet.
+        // What the deferral holds, then the last packet (closed when the
+        // producer is dropped).
+        self.tracer.flush(&mut self.sink);
         self.sink.producer = None;
+        let (deferred, recovered) = self.tracer.deferred();
         let r = CpuReport {
             cpu: self.cpu,
             events: self.tracer.events,
@@ -289,6 +295,8 @@ impl Drop for Handler {
             by_kind: self.tracer.by_kind,
             by_event: self.tracer.by_event,
             armed: self.slots.iter().flatten().copied().collect(),
+            deferred,
+            recovered,
         };
         self.sh
             .reports
@@ -373,7 +381,7 @@ pub fn run(
             kernel: Kernel::default(),
             armed_slide: UNKNOWN,
             slots: [None; HW_SLOTS],
-            tracer: VcpuTracer::new(cpu, STATEDUMP_TASKS),
+            tracer: VcpuTracer::new(cpu, STATEDUMP_TASKS).with_deferral(),
             sink: CtfSink {
                 producer: producers.get_mut(cpu as usize).and_then(Option::take),
                 errors: 0,
@@ -494,6 +502,8 @@ fn write_report(
                 "ctf_errors": c.ctf_errors,
                 "by_kind": c.by_kind,
                 "by_event": c.by_event,
+                "strings_deferred": c.deferred,
+                "strings_recovered": c.recovered,
                 "breakpoints": c.armed.iter().map(|(a, k)| format!("{k:?}@{a:#x}")).collect::<Vec<_>>(),
             })
         })

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ctx::VcpuContext;
 use crate::decode::{decode, Event, ProbeKind, Record, SyscallStrings, VcpuState};
+use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
 use crate::plan::ProbePlan;
 use crate::task::{for_each_task, Task};
@@ -89,6 +90,18 @@ pub struct VcpuTracer {
     pub by_event: [u64; 16],
     /// Reserved for the statedump's task list.
     tasks: Vec<(Task, i32)>,
+    /// Syscall entries whose user string is not mapped yet, held back
+    /// (see [`crate::defer`]); None: written as decoded.
+    deferral: Option<Box<Deferral>>,
+}
+
+/// Counts and writes one record.
+fn write<S: Sink + ?Sized>(events: &mut u64, by_event: &mut [u64; 16], sink: &mut S, r: &Record) {
+    *events += 1;
+    if let Some(c) = by_event.get_mut(usize::from(r.event_tag())) {
+        *c += 1;
+    }
+    sink.emit(r);
 }
 
 impl VcpuTracer {
@@ -107,15 +120,59 @@ impl VcpuTracer {
             by_kind: [0; 16],
             by_event: [0; 16],
             tasks: Vec::with_capacity(statedump_capacity),
+            deferral: None,
         }
     }
 
+    /// Holds back syscall entries whose string argument is not mapped yet
+    /// and reads it again later in the syscall ([`crate::defer`]).
+    pub fn with_deferral(mut self) -> Self {
+        self.deferral = Some(Deferral::new());
+        self
+    }
+
+    /// Entries deferred, and how many of them were read on a retry.
+    pub fn deferred(&self) -> (u64, u64) {
+        self.deferral
+            .as_ref()
+            .map_or((0, 0), |d| (d.deferred, d.recovered))
+    }
+
+    /// Writes `self.rec` now.
     fn emit<S: Sink + ?Sized>(&mut self, sink: &mut S) {
-        self.events += 1;
-        if let Some(c) = self.by_event.get_mut(usize::from(self.rec.event_tag())) {
-            *c += 1;
+        write(&mut self.events, &mut self.by_event, sink, &self.rec);
+    }
+
+    /// Writes `self.rec` through the deferral (held back or let go, in order).
+    fn pass<C: VcpuContext + ?Sized, S: Sink + ?Sized>(
+        &mut self,
+        ctx: &C,
+        k: &Kernel,
+        sink: &mut S,
+    ) {
+        let rec = self.rec;
+        let (events, by_event) = (&mut self.events, &mut self.by_event);
+        match self.deferral.as_mut() {
+            Some(d) => d.pass(ctx, k, &rec, |h| {
+                if let Held::Rec(r) = h {
+                    write(events, by_event, sink, r);
+                }
+            }),
+            None => write(events, by_event, sink, &rec),
         }
-        sink.emit(&self.rec);
+    }
+
+    /// Writes whatever the deferral holds (before a statedump, and at the
+    /// end of the run).
+    pub fn flush<S: Sink + ?Sized>(&mut self, sink: &mut S) {
+        let (events, by_event) = (&mut self.events, &mut self.by_event);
+        if let Some(d) = self.deferral.as_mut() {
+            d.flush(|h| {
+                if let Held::Rec(r) = h {
+                    write(events, by_event, sink, r);
+                }
+            });
+        }
     }
 
     /// Handles a hit of a probe of kind `kind`: decodes, stamps with
@@ -142,7 +199,7 @@ impl VcpuTracer {
         if let Some(c) = self.by_kind.get_mut(kind as usize) {
             *c += 1;
         }
-        self.emit(sink);
+        self.pass(ctx, k, sink);
         if let Event::ProcessExec { filename, .. } = &self.rec.event {
             if gate.is_traced_exec(filename.as_str().as_bytes()) && gate.claim() {
                 self.statedump(ctx, k, now(), sink);
@@ -159,6 +216,8 @@ impl VcpuTracer {
         ts: u64,
         sink: &mut S,
     ) {
+        // Whatever is held back came before the statedump.
+        self.flush(sink);
         let cpu = ctx.vcpu_index();
         let cur = self.rec.current;
         let mut tasks = std::mem::take(&mut self.tasks);
