@@ -124,6 +124,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         Backend::Qemu => {}
         Backend::Kvm => {
             crate::triggers::refuse_on_kvm(&args.triggers)?;
+            if !args.probes.is_empty() {
+                bail!("--probe: user probes run on the QEMU engine only (use --backend qemu); the KVM monitor's 4 hardware breakpoints go to the built-in events");
+            }
             return crate::record_kvm::run(&args, events, &interrupt, driver);
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
@@ -354,10 +357,11 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
 
 /// Events the TCG engine writes besides lttng-modules' (which
 /// `userprobe` already refuses as probe names).
-const OWN_EVENTS: [&str; 3] = [
+const OWN_EVENTS: [&str; 4] = [
     "x86_irq_vectors_local_timer_entry",
     "x86_irq_vectors_local_timer_exit",
     "hvtrace_sample",
+    "hvtrace_trigger",
 ];
 
 /// Parses the `--probe` specs (each error names the spec and its fault).
@@ -472,6 +476,8 @@ fn offsets_from_btf(
         irq_desc_irq: m("irq_desc", "irq_data.irq")?,
         irq_desc_action: m("irq_desc", "action")?,
         irqaction_name: m("irqaction", "name")?,
+        task_mm: m("task_struct", "mm")?,
+        mm_pgd: m("mm_struct", "pgd")?,
     })
 }
 

@@ -10,6 +10,9 @@ use record_support::{record_with, Ev};
 /// `do_sys_openat2(int dfd, const char __user *filename, struct open_how *how)`
 /// has this signature on both kernel lines (6.1 and 6.12).
 const PROBE: &str = "myopen=do_sys_openat2 dfd=arg1:s32 path=+0(arg2):string who=$comm";
+/// A second probe at the same address whose first two fields read an
+/// unmapped address: they come out marked (bits 0 and 1 of `valid` clear).
+const UNMAPPED: &str = r"nullread=do_sys_openat2 p=+0(\0x10):string n=+0(\0x10):u32 dfd=arg1:s32";
 
 fn probe_matches_openat(line: &str) {
     let rounds = 20;
@@ -17,7 +20,7 @@ fn probe_matches_openat(line: &str) {
         line,
         1,
         "probe",
-        &["--probe", PROBE],
+        &["--probe", PROBE, "--probe", UNMAPPED],
         &["/bin/syscalls", &rounds.to_string()],
     );
     assert_eq!(r.status, 0, "{}", r.console);
@@ -72,6 +75,17 @@ fn probe_matches_openat(line: &str) {
         all >= entries,
         "every openat of the guest goes through do_sys_openat2"
     );
+    let marked: Vec<&Ev> = r.events.iter().filter(|e| e.name == "nullread").collect();
+    assert_eq!(
+        marked.len(),
+        all,
+        "both probes at one address fire together"
+    );
+    for e in marked {
+        assert_eq!(e.int("valid"), 0b100, "{e:?}");
+        assert_eq!(e.text("p"), "(unreadable)");
+        assert_eq!(e.int("n"), 0);
+    }
     assert!(
         r.console.contains("probes: "),
         "the summary counts the probe events:\n{}",

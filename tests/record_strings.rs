@@ -74,7 +74,7 @@ fn deadlock_child_and_parent_open_their_lock_files_by_name() {
 
 #[test]
 fn forked_children_exec_the_path_their_parent_wrote_6_12() {
-    let n = 10;
+    let n = 20;
     let r = record(
         "6.12",
         1,

@@ -95,6 +95,11 @@ pub struct Offsets {
     pub irq_desc_irq: u64,
     pub irq_desc_action: u64,
     pub irqaction_name: u64,
+    /// `task_struct.mm` and `mm_struct.pgd` (0: unknown).
+    #[serde(default)]
+    pub task_mm: u64,
+    #[serde(default)]
+    pub mm_pgd: u64,
 }
 
 /// One syscall of the kernel's table.

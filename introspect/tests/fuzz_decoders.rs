@@ -84,6 +84,8 @@ fn kernel(rng: &mut Rng) -> Kernel {
             irq_desc_irq: small(),
             irq_desc_action: small(),
             irqaction_name: small(),
+            task_mm: small(),
+            mm_pgd: small(),
         },
     }
 }

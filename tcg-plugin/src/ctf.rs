@@ -94,7 +94,8 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
 }
 
 /// Name of the field every user-probe event ends with: bit i set = field
-/// i was read (clear: it is 0 or "" because it could not be).
+/// i was read (clear: it is 0, or [`UNREADABLE`] for a string, because it
+/// could not be).
 pub const VALID: &str = "valid";
 
 /// The CTF fields of a user probe's event: its own, then [`VALID`].
@@ -129,6 +130,9 @@ pub fn emit_user(
     let mut n = 0;
     for (i, ((_, kind), fv)) in probe.fields().zip(vals).enumerate().take(MAX_FIELDS) {
         v[i] = match kind {
+            // Marked in the text too: babeltrace2 2.0 shows an empty
+            // string as the previous event's.
+            FieldKind::String if !fv.valid => Value::Str(UNREADABLE),
             FieldKind::String => Value::Str(fv.as_bytes()),
             FieldKind::Signed(_) => Value::I(fv.as_i64()),
             FieldKind::Unsigned(_) | FieldKind::Hex(_) => Value::U(fv.int),
