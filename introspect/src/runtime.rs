@@ -61,7 +61,7 @@ impl StatedumpGate {
     }
 
     /// True exactly once (for the caller that takes the statedump).
-    fn claim(&self) -> bool {
+    pub fn claim(&self) -> bool {
         !self.done.load(Ordering::Relaxed) && !self.done.swap(true, Ordering::AcqRel)
     }
 

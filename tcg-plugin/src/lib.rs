@@ -16,13 +16,14 @@ mod vcpu;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use introspect::decode::{Event, SyscallStrings};
 use introspect::kernel::find_slide;
 use introspect::probes::plan_probes;
+use introspect::runtime::{string_table, StatedumpGate};
 use introspect::task::for_each_task;
 use introspect::{decode, Kernel, ProbeKind, ProbePlan, Record, Task, VcpuState};
 use qemu_plugin::{
@@ -40,7 +41,7 @@ struct Global {
     kernel: OnceLock<Kernel>,
     strings: Vec<u8>,
     slots: Box<[Slot]>,
-    statedump_done: AtomicBool,
+    statedump: StatedumpGate,
     epoch: Instant,
     epoch_unix_ns: u64,
     hits: AtomicU64,
@@ -139,8 +140,7 @@ fn on_sample_check(vcpu: VCPUIndex) {
 }
 
 fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
-    let wanted = g.plan.statedump_exec.as_bytes();
-    if wanted.is_empty() {
+    if g.plan.statedump_exec.is_empty() {
         statedump_once(g, k, rt);
     }
     let strings = SyscallStrings(&g.strings);
@@ -149,13 +149,7 @@ fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
         rt.by_kind[kind as usize] += 1;
         rt.emit_deferring(k);
         if let Event::ProcessExec { filename, .. } = &rt.rec.event {
-            let f = filename.as_str().as_bytes();
-            // the command as given, or as found on the PATH ("x" -> "/bin/x")
-            let same = f == wanted
-                || (f.ends_with(wanted)
-                    && f.len() > wanted.len()
-                    && f[f.len() - wanted.len() - 1] == b'/');
-            if !wanted.is_empty() && same {
+            if g.statedump.is_traced_exec(filename.as_str().as_bytes()) {
                 statedump_once(g, k, rt);
             }
         }
@@ -163,7 +157,7 @@ fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
 }
 
 fn statedump_once(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
-    if !g.statedump_done.load(Ordering::Relaxed) && !g.statedump_done.swap(true, Ordering::AcqRel) {
+    if g.statedump.claim() {
         statedump(g, k, rt);
     }
 }
@@ -207,12 +201,8 @@ impl Register for Hv {
             .map(|s| s.max_vcpus.max(s.smp_vcpus))
             .unwrap_or(1)
             .clamp(1, 1024) as usize;
-        let mut strings = vec![0u8; 1024];
-        for sc in &plan.syscalls {
-            if let Some(b) = strings.get_mut(sc.nr as usize) {
-                *b = sc.string_args;
-            }
-        }
+        let strings = string_table(&plan);
+        let statedump = StatedumpGate::new(&plan.statedump_exec);
         let out = plan.out_dir.clone();
         if !out.is_empty() {
             if plan.raw {
@@ -265,7 +255,7 @@ impl Register for Hv {
             kernel: OnceLock::new(),
             strings,
             slots: (0..max).map(|_| Slot::empty()).collect(),
-            statedump_done: AtomicBool::new(false),
+            statedump,
             epoch,
             epoch_unix_ns,
             hits: AtomicU64::new(0),
