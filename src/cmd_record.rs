@@ -223,6 +223,21 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     for (class, n) in &summary.per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
+    // [deferred, read later, still unreadable] per vCPU (introspect::defer)
+    let late = report["cpus"].as_array().map_or([0u64; 3], |c| {
+        c.iter().fold([0; 3], |mut acc, cpu| {
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a += cpu["strings_late"][i].as_u64().unwrap_or(0);
+            }
+            acc
+        })
+    });
+    if late[0] > 0 {
+        eprintln!(
+            "hvtrace: record: {} syscall string arguments were not mapped at entry: {} read later in the syscall, {} left marked (unreadable)",
+            late[0], late[1], late[2]
+        );
+    }
     if summary.total > 0 {
         eprintln!(
             "hvtrace: record: tracer time {:.1} ms in trap callbacks, {:.2} us per event",

@@ -399,9 +399,13 @@ fn at_exit() {
             if let Some(e) = &rt.first_ctf_error {
                 note(format!("cpu {i}: first trace write error: {e}"));
             }
+            let late = rt
+                .deferral
+                .as_ref()
+                .map_or([0; 3], |d| [d.deferred, d.recovered, d.given_up]);
             per_cpu.push(format!(
-                "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?}}}",
-                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind, rt.by_event
+                "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?},\"strings_late\":{:?}}}",
+                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind, rt.by_event, late
             ));
         }
     }
