@@ -60,7 +60,7 @@ fn record_timeout_leaves_a_readable_trace() {
     let dir = std::env::temp_dir().join(format!("hvtrace-timeout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = common::hvtrace()
-        .args(["record", "--backend", "qemu", "--timeout", "12"])
+        .args(["record", "--backend", "qemu", "--timeout", "25"])
         .arg("--kernel")
         .arg(image.join("vmlinuz"))
         .arg("--initrd")
