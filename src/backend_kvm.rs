@@ -65,7 +65,8 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 /// [`run`], writing the guest's second serial port (ttyS1) to `capture`.
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     let interrupted = crate::guest::install_interrupt_flag();
-    let (outcome, exit) = run_guest(cfg, capture, None, &interrupted, &mut |_| {})?;
+    let every = Duration::from_millis(50);
+    let (outcome, exit) = run_guest(cfg, capture, None, &interrupted, every, &mut |_| {})?;
     match outcome {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
@@ -80,13 +81,14 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
 
 /// Boots `cfg` on the KVM monitor with optional debug `handlers` until the
 /// `/init` marker, a panic, the timeout or `interrupted`; `tick` runs on
-/// this thread about every 50 ms with the running VM. Returns how the run
+/// this thread about every `tick_every` (at most 50 ms) with the running VM. Returns how the run
 /// ended and, for a VM that ended by itself without a marker, its exit.
 pub fn run_guest(
     cfg: &GuestRun,
     capture: Option<&Path>,
     handlers: Option<vmm::HandlerFactory>,
     interrupted: &std::sync::atomic::AtomicBool,
+    tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
 ) -> Result<(GuestEnd, Option<vmm::VmExit>)> {
     let probe = vmm::probe_native_virtualization();
@@ -134,7 +136,7 @@ pub fn run_guest(
         if Instant::now() >= deadline {
             break GuestEnd::TimedOut;
         }
-        if let Some(exit) = vm.wait(Duration::from_millis(50)) {
+        if let Some(exit) = vm.wait(tick_every.min(Duration::from_millis(50))) {
             // Output written before the exit has been scanned already.
             if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 break e;
@@ -183,6 +185,19 @@ impl<'a, 'b> KvmContext<'a, 'b> {
             sregs,
             kernel_gs_base: std::cell::Cell::new(None),
         })
+    }
+
+    /// Uses `v` as IA32_KERNEL_GS_BASE instead of reading the MSR (a
+    /// vCPU's per-CPU base does not change once the kernel set it up; the
+    /// MSR read allocates, which a trap must not).
+    pub fn with_kernel_gs_base(self, v: Option<u64>) -> Self {
+        self.kernel_gs_base.set(v);
+        self
+    }
+
+    /// GS base (the kernel's per-CPU base when the vCPU is in the kernel).
+    pub fn gs_base(&self) -> u64 {
+        self.sregs.gs.base
     }
 }
 

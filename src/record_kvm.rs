@@ -143,6 +143,9 @@ struct Handler {
     tracer: VcpuTracer,
     sink: CtfSink,
     busy_ns: u64,
+    /// This vCPU's kernel per-CPU base, as last seen in GS base at a
+    /// kernel-mode trap (for samples taken in user mode).
+    kernel_gs: Option<u64>,
 }
 
 impl Handler {
@@ -236,11 +239,25 @@ impl Handler {
         let Some((_, kind)) = self.slots.get(usize::from(slot)).copied().flatten() else {
             return;
         };
+        self.trap(ctx, kind);
+    }
+
+    fn trap(&mut self, ctx: &mut VcpuCtx<'_>, kind: ProbeKind) {
         self.sh.hits.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         let Ok(kctx) = KvmContext::new(ctx) else {
             return;
         };
+        let gs = kctx.gs_base();
+        if introspect::ctx::is_kernel_addr(gs) {
+            self.kernel_gs = Some(gs);
+        }
+        if kind == ProbeKind::Sample && self.kernel_gs.is_none() {
+            // Not yet running the kernel (e.g. an AP still waiting for
+            // its INIT/SIPI at the boot entry): nothing to attribute.
+            return;
+        }
+        let kctx = kctx.with_kernel_gs_base(self.kernel_gs);
         let sh = &*self.sh;
         self.tracer.hit(
             kind,
@@ -263,7 +280,12 @@ impl vmm::DebugHandler for Handler {
                 return Action::Continue;
             }
             DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
-            DebugEvent::Kick => {}
+            DebugEvent::Kick => {
+                let verified = self.sh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
+                if self.sh.plan.sample_hz > 0 && verified {
+                    self.trap(ctx, ProbeKind::Sample);
+                }
+            }
             _ => return Action::Continue,
         }
         let v = self.sh.verified_slide.load(Ordering::Acquire);
@@ -319,9 +341,6 @@ pub fn run(
     if !args.probes.is_empty() {
         bail!("--probe is not available on --backend kvm yet (use --backend qemu)");
     }
-    if args.mode == Mode::Sample {
-        bail!("--mode sample is not available on --backend kvm yet (use --backend qemu)");
-    }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -335,6 +354,17 @@ pub fn run(
     plan.events = events;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
     plan.statedump_exec = args.command[0].clone();
+    if args.mode == Mode::Sample {
+        // As on the TCG engine: samples instead of the high-rate classes;
+        // process lifecycle (rare) stays traced so samples can be
+        // attributed. A sample is a kick of every vCPU (signal +
+        // immediate_exit) at --freq from this thread.
+        plan.sample_hz = args.freq;
+        plan.events = EventClasses {
+            proc: true,
+            ..EventClasses::default()
+        };
+    }
     std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
     let prep = t0.elapsed();
 
@@ -387,17 +417,27 @@ pub fn run(
                 errors: 0,
             },
             busy_ns: 0,
+            kernel_gs: None,
         })
     });
 
     // Until the slide is verified, kick vCPU 0 about once a second so its
-    // handler looks for the banner even if no probe fires.
+    // handler looks for the banner even if no probe fires; in sample mode,
+    // kick every vCPU every period.
     let mut last_kick = Instant::now();
     let ksh = sh.clone();
+    let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(args.freq.max(1)));
+    let sample = args.mode == Mode::Sample;
+    let tick_every = if sample {
+        period
+    } else {
+        std::time::Duration::from_millis(50)
+    };
     let mut tick = move |vm: &vmm::Vm| {
-        if ksh.verified_slide.load(Ordering::Acquire) == UNKNOWN
-            && last_kick.elapsed().as_millis() >= 1000
-        {
+        let verified = ksh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
+        if sample && verified {
+            vm.kick_all();
+        } else if !verified && last_kick.elapsed().as_millis() >= 1000 {
             last_kick = Instant::now();
             if let Some(h) = vm.vcpu(0) {
                 h.kick();
@@ -410,6 +450,7 @@ pub fn run(
         args.guest.capture.as_deref(),
         Some(factory),
         interrupt,
+        tick_every,
         &mut tick,
     )?;
     let wall = t1.elapsed();

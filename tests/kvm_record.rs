@@ -148,6 +148,59 @@ fn kvm_record_early_boot_6_1() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--mode sample` on the monitor: every vCPU is kicked at --freq and its
+/// state read. In the first seconds of an emulated boot only the boot CPU
+/// runs, as the idle task (pid 0, before rest_init forks anything), in the
+/// kernel; the second vCPU, not started by the kernel yet, gives nothing.
+#[test]
+fn kvm_record_sample_early_boot_6_1() {
+    if !kvm_usable() {
+        println!("skipped: no usable /dev/kvm");
+        return;
+    }
+    if no_hardware_virtualization().is_none() {
+        println!("skipped: checks an emulated early boot (this host runs the guest natively)");
+        return;
+    }
+    let image = common::image_dir("6.1");
+    let dir = std::env::temp_dir().join(format!("hvtrace-kvm-sample-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::hvtrace()
+        .args([
+            "record",
+            "--backend",
+            "kvm",
+            "--vcpus",
+            "2",
+            "--memory",
+            "128",
+        ])
+        .args(["--timeout", "20", "--mode", "sample", "--freq", "200"])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("run hvtrace record");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ended early (TimedOut)"), "{stderr}");
+    let evs = record_support::babeltrace(&dir.join("kernel"));
+    let samples: Vec<_> = evs.iter().filter(|e| e.name == "hvtrace_sample").collect();
+    assert!(samples.len() > 100, "{} samples\n{stderr}", samples.len());
+    for s in &samples {
+        assert_eq!(s.cpu, 0, "{s:?}");
+        assert_eq!((s.pid, s.tid), (0, 0), "{s:?}");
+        assert!(s.procname.starts_with("swapper"), "{s:?}");
+        assert_eq!(s.int("kernel"), 1, "{s:?}");
+        assert!(s.int("ip") as u64 >= 0xffff_ffff_8100_0000, "{s:?}");
+    }
+    println!("{} samples of the boot CPU in 20 s", samples.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every sched_switch names real tasks: readable tids and comms, the idle
 /// task as swapper, pid 2 as kthreadd (or, before kthreadd renames itself
 /// on its first run, still the swapper comm it was forked with).
