@@ -66,6 +66,13 @@ fn deadlock_child_and_parent_open_their_lock_files_by_name() {
         .collect();
     let (parent, child) = (pids[0], pids[1]);
     no_path_lost(&r);
+    // The case at hand did happen, and every such string was read later.
+    assert!(
+        r.console
+            .contains("read later in the syscall, 0 left marked"),
+        "{}",
+        r.console
+    );
     // The parent takes lock-a then lock-b; the child (which opens its files
     // right after fork, from pages it never touched) the opposite order.
     assert_eq!(opened_by(&r, parent), ["/tmp/lock-a", "/tmp/lock-b"]);
