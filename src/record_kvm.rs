@@ -195,8 +195,13 @@ impl Handler {
         slide: u64,
     ) -> Vec<u64> {
         let s = &self.sh.plan.symbols;
+        // kallsyms sizes run to the next symbol, and entry_SYSCALL_64 has
+        // local labels (entry_SYSCALL_64_safe_stack, _after_hwframe) before
+        // its call: search the first KiB from its start (do_syscall_64 is
+        // called from nowhere else near it; with hardware breakpoints a
+        // misread site only costs a slot that never fires).
         let (start, size) = match kind {
-            ProbeKind::SyscallExit => (s.entry_syscall_64, s.entry_syscall_64_size),
+            ProbeKind::SyscallExit => (s.entry_syscall_64, s.entry_syscall_64_size.max(0x400)),
             _ => (0, 0),
         };
         if start < START_KERNEL_MAP || size == 0 || size > 0x10000 {

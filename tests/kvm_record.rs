@@ -201,6 +201,64 @@ fn kvm_record_sample_early_boot_6_1() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--events syscalls` fits two hardware breakpoints: `do_syscall_64`'s
+/// entry and the return site of its call in `entry_SYSCALL_64`, found in
+/// the kernel text the monitor loaded (both kernel lines).
+#[test]
+fn kvm_record_arms_syscall_exit_at_its_return_site() {
+    if !kvm_usable() {
+        println!("skipped: no usable /dev/kvm");
+        return;
+    }
+    for line in ["6.1", "6.12"] {
+        let image = common::image_dir(line);
+        let k = guest_symbols::KernelImage::open(&image.join("vmlinuz")).expect("symbols");
+        let entry = k.symbols.addr("entry_SYSCALL_64").unwrap();
+        let callee = k.symbols.addr("do_syscall_64").unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("hvtrace-kvm-sysexit-{line}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = common::hvtrace()
+            .args([
+                "record",
+                "--backend",
+                "kvm",
+                "--memory",
+                "128",
+                "--timeout",
+                "3",
+            ])
+            .args(["--events", "syscalls"])
+            .arg("--kernel")
+            .arg(image.join("vmlinuz"))
+            .arg("--initrd")
+            .arg(image.join("initrd.img"))
+            .arg("-o")
+            .arg(&dir)
+            .args(["--", "/bin/true"])
+            .output()
+            .expect("run hvtrace record");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json"))
+                .unwrap();
+        let bps: Vec<String> = report["cpus"][0]["breakpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(bps.len(), 2, "{bps:?}\n{stderr}");
+        assert_eq!(bps[0], format!("SyscallEntry@{callee:#x}"));
+        let site = u64::from_str_radix(bps[1].strip_prefix("SyscallExit@0x").unwrap(), 16).unwrap();
+        assert!(
+            site > entry + 5 && site < entry + 0x400,
+            "{line}: return site {site:#x} in entry_SYSCALL_64 ({entry:#x})"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Every sched_switch names real tasks: readable tids and comms, the idle
 /// task as swapper, pid 2 as kthreadd (or, before kthreadd renames itself
 /// on its first run, still the swapper comm it was forked with).
