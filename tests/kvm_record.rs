@@ -212,7 +212,7 @@ fn kvm_record_arms_syscall_exit_at_its_return_site() {
     }
     for line in ["6.1", "6.12"] {
         let image = common::image_dir(line);
-        let k = guest_symbols::KernelImage::open(&image.join("vmlinuz")).expect("symbols");
+        let k = guest_symbols::KernelImage::open(image.join("vmlinuz")).expect("symbols");
         let entry = k.symbols.addr("entry_SYSCALL_64").unwrap();
         let callee = k.symbols.addr("do_syscall_64").unwrap();
         let dir =
