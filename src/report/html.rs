@@ -195,7 +195,10 @@ pub fn render(trace: &Trace, events: &[Ev], report: &Report) -> String {
     stats(
         "Interrupt handlers",
         "irqs",
-        a.irqs.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        super::irqs_by_number(a)
+            .into_iter()
+            .map(|(k, v)| (k.clone(), v))
+            .collect(),
     );
 
     let note = if tl.dropped_syscalls > 0 {

@@ -252,7 +252,7 @@ fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
 
     writeln!(out, "Interrupt handlers")?;
     let mut t = table(&["irq", "count", "total", "p50", "p99", "max"]);
-    for (name, s) in &a.irqs {
+    for (name, s) in irqs_by_number(a) {
         t.add_row(stats_row(name, s));
     }
     for (name, s) in &a.softirqs {
@@ -273,6 +273,18 @@ fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
     right(&mut t, 2);
     writeln!(out, "{t}")?;
     Ok(())
+}
+
+/// Interrupt rows in irq-number order (the keys are "N name").
+pub fn irqs_by_number(a: &Analysis) -> Vec<(&String, &LatencyStats)> {
+    let mut v: Vec<_> = a.irqs.iter().collect();
+    v.sort_by_key(|(k, _)| {
+        k.split(' ')
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(i64::MAX)
+    });
+    v
 }
 
 fn stats_row(name: &str, s: &LatencyStats) -> Vec<String> {

@@ -115,6 +115,12 @@ fn convert(t: &Trace, e: &DecodedEvent) -> Ev {
             name: text("name"),
         },
         "irq_handler_exit" => Kind::IrqExit { irq: int("irq") },
+        // lttng-modules' events for the local APIC timer (/proc/interrupts LOC).
+        "x86_irq_vectors_local_timer_entry" => Kind::IrqEntry {
+            irq: int("vector"),
+            name: "local timer".into(),
+        },
+        "x86_irq_vectors_local_timer_exit" => Kind::IrqExit { irq: int("vector") },
         "irq_softirq_entry" => Kind::SoftirqEntry { vec: int("vec") },
         "irq_softirq_exit" => Kind::SoftirqExit { vec: int("vec") },
         "sched_process_fork" => Kind::Fork {
