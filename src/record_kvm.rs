@@ -373,6 +373,25 @@ pub fn run(
     std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
     let prep = t0.elapsed();
 
+    let baseline = if args.baseline {
+        let t = Instant::now();
+        let (end, _) = crate::backend_kvm::run_guest(
+            &run,
+            None,
+            None,
+            interrupt,
+            std::time::Duration::from_millis(50),
+            &mut |_| {},
+        )?;
+        Some((t.elapsed(), end))
+    } else {
+        None
+    };
+    if args.keep_raw {
+        eprintln!(
+            "hvtrace: record: --keep-raw is ignored on --backend kvm (no raw record streams)"
+        );
+    }
     let sw = vmm::probe_sw_breakpoints().unwrap_or(false);
     let epoch = Instant::now();
     let epoch_unix_ns = SystemTime::now()
@@ -516,6 +535,13 @@ pub fn run(
         eprintln!(
             "hvtrace: record: KASLR slide {slide:#x}; trace in {}",
             out.join("kernel").display()
+        );
+    }
+    if let Some((base, base_end)) = baseline {
+        eprintln!(
+            "hvtrace: record: baseline (untraced) run {:.1} s wall ({base_end:?}); traced/untraced = {:.2}x (whole guest run, boot included)",
+            base.as_secs_f64(),
+            wall.as_secs_f64() / base.as_secs_f64().max(1e-9)
         );
     }
     if let Some(exit) = &vm_exit {
