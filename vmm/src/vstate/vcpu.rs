@@ -522,9 +522,6 @@ impl Runner {
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
         const DR6_BS: u64 = 1 << 14;
         let pc = arch.pc;
-        if std::env::var_os("VMM_TRACE_DEBUG").is_some() {
-            eprintln!("debug exit {arch:?}");
-        }
         let ev = match arch.exception {
             1 => {
                 let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
