@@ -51,9 +51,12 @@ pub fn boot_kernel(kernel: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let elf = guest_symbols::image::extract_vmlinux(&bytes)
         .with_context(|| format!("extracting the ELF vmlinux from {}", kernel.display()))?;
-    let tmp = out.with_extension("tmp");
+    // A per-process temporary name: concurrent runs extract side by side,
+    // and whichever renames last leaves the same bytes.
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, elf).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out)?;
+    std::fs::rename(&tmp, &out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     Ok(out)
 }
 
