@@ -39,11 +39,8 @@ use crate::backend_kvm::KvmContext;
 use crate::cmd_record::{BufferMode, Mode, RecordArgs};
 use crate::guest::{self, GuestEnd};
 
-// The record → lttng-modules event mapping is the TCG engine's, shared
-// as one source file (the plugin is a cdylib the CLI cannot link).
-#[path = "../tcg-plugin/src/ctf.rs"]
-#[allow(dead_code)]
-mod ctf;
+// The record → lttng-modules event mapping both engines share.
+use record_ctf as ctf;
 
 /// Hardware breakpoints per vCPU.
 const HW_SLOTS: usize = 4;

@@ -6,7 +6,7 @@
 //! `introspect::codec`) and `plugin.json` (what the plugin found and did).
 //! QEMU's stderr is not used: it is unreliable for plugins.
 
-pub mod ctf;
+use record_ctf as ctf;
 mod sample;
 mod slots;
 mod triggers;

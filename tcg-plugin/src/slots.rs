@@ -202,7 +202,7 @@ impl Out<'_> {
         let res = match p.catalog().id_of(rp.name()) {
             Some(id) => {
                 let ctx = ltt_writer::TaskCtx::new(task.pid, task.tid, &task.comm);
-                crate::ctf::emit_user(p, id, ts, &ctx, rp, vals)
+                record_ctf::emit_user(p, id, ts, &ctx, rp, vals)
             }
             None => Err(ltt_writer::ProduceError::NotDeclared("user probe")),
         };
@@ -227,7 +227,7 @@ impl Out<'_> {
             }
         }
         if let Some(p) = self.producer.as_mut() {
-            if let Err(e) = crate::ctf::emit(p, rec) {
+            if let Err(e) = record_ctf::emit(p, rec) {
                 *self.ctf_errors += 1;
                 if self.first_ctf_error.is_none() {
                     *self.first_ctf_error = Some(e);

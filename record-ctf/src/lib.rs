@@ -1,4 +1,7 @@
-//! Records → lttng-modules events through `ltt_writer` (one producer per vCPU).
+//! Decoded introspection records → lttng-modules events through
+//! `ltt_writer` (one producer per vCPU): the mapping both engines share,
+//! kept apart so that `introspect` never knows about CTF and `ltt_writer`
+//! never knows how events were obtained.
 
 use introspect::decode::{Event, Record};
 use introspect::plan::ProbePlan;
