@@ -15,7 +15,8 @@
 mod common;
 mod record_support;
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use record_support::checks;
 
@@ -25,6 +26,32 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// `hvtrace record --backend kvm ARGS` of /bin/true on `image` into a fresh
+/// folder named after `name`; returns the folder and hvtrace's output.
+fn record_kvm(image: &Path, name: &str, args: &[&str]) -> (PathBuf, Output) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::hvtrace()
+        .args(["record", "--backend", "kvm"])
+        .args(args)
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&dir)
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("run hvtrace record");
+    (dir, out)
+}
+
+/// The engine's own report of a recording (`DIR/kvm.json`).
+fn kvm_report(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json");
+    serde_json::from_str(&text).expect("kvm.json parses")
 }
 
 /// None with hardware virtualization, else why not.
@@ -57,24 +84,24 @@ fn kvm_record_early_boot_6_1() {
     }
     let native = no_hardware_virtualization().is_none();
     let image = common::image_dir("6.1");
-    let dir = std::env::temp_dir().join(format!("hvtrace-kvm-early-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     // Natively the whole run takes seconds; emulated, 45 s of early boot.
     let timeout = if native { "120" } else { "45" };
-    let out = common::hvtrace()
-        .args(["record", "--backend", "kvm", "--vcpus", "2"])
-        .args(["--memory", "256", "--timeout", timeout])
-        .args(["--events", "sched,irq"])
-        .args(["--append", "earlyprintk=serial loglevel=7"])
-        .arg("--kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("--initrd")
-        .arg(image.join("initrd.img"))
-        .arg("-o")
-        .arg(&dir)
-        .args(["--", "/bin/true"])
-        .output()
-        .expect("run hvtrace record");
+    let (dir, out) = record_kvm(
+        &image,
+        "hvtrace-kvm-early",
+        &[
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--timeout",
+            timeout,
+            "--events",
+            "sched,irq",
+            "--append",
+            "earlyprintk=serial loglevel=7",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     if native {
         assert!(out.status.success(), "{stderr}");
@@ -88,9 +115,7 @@ fn kvm_record_early_boot_6_1() {
         "{stderr}"
     );
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json"))
-            .expect("kvm.json parses");
+    let report = kvm_report(&dir);
     assert_eq!(report["slide"], 0, "slide verified by the banner: {report}");
     let cpus = report["cpus"].as_array().expect("cpus");
     assert_eq!(cpus.len(), 2, "{report}");
@@ -163,28 +188,22 @@ fn kvm_record_sample_early_boot_6_1() {
         return;
     }
     let image = common::image_dir("6.1");
-    let dir = std::env::temp_dir().join(format!("hvtrace-kvm-sample-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = common::hvtrace()
-        .args([
-            "record",
-            "--backend",
-            "kvm",
+    let (dir, out) = record_kvm(
+        &image,
+        "hvtrace-kvm-sample",
+        &[
             "--vcpus",
             "2",
             "--memory",
             "128",
-        ])
-        .args(["--timeout", "20", "--mode", "sample", "--freq", "200"])
-        .arg("--kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("--initrd")
-        .arg(image.join("initrd.img"))
-        .arg("-o")
-        .arg(&dir)
-        .args(["--", "/bin/true"])
-        .output()
-        .expect("run hvtrace record");
+            "--timeout",
+            "20",
+            "--mode",
+            "sample",
+            "--freq",
+            "200",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ended early (TimedOut)"), "{stderr}");
     let evs = record_support::babeltrace(&dir.join("kernel"));
@@ -215,33 +234,13 @@ fn kvm_record_arms_syscall_exit_at_its_return_site() {
         let k = guest_symbols::KernelImage::open(image.join("vmlinuz")).expect("symbols");
         let entry = k.symbols.addr("entry_SYSCALL_64").unwrap();
         let callee = k.symbols.addr("do_syscall_64").unwrap();
-        let dir =
-            std::env::temp_dir().join(format!("hvtrace-kvm-sysexit-{line}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = common::hvtrace()
-            .args([
-                "record",
-                "--backend",
-                "kvm",
-                "--memory",
-                "128",
-                "--timeout",
-                "3",
-            ])
-            .args(["--events", "syscalls"])
-            .arg("--kernel")
-            .arg(image.join("vmlinuz"))
-            .arg("--initrd")
-            .arg(image.join("initrd.img"))
-            .arg("-o")
-            .arg(&dir)
-            .args(["--", "/bin/true"])
-            .output()
-            .expect("run hvtrace record");
+        let (dir, out) = record_kvm(
+            &image,
+            &format!("hvtrace-kvm-sysexit-{line}"),
+            &["--memory", "128", "--timeout", "3", "--events", "syscalls"],
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json"))
-                .unwrap();
+        let report = kvm_report(&dir);
         let bps: Vec<String> = report["cpus"][0]["breakpoints"]
             .as_array()
             .unwrap()
@@ -293,28 +292,18 @@ fn kvm_record_first_tasks_6_1() {
     }
     let native = no_hardware_virtualization().is_none();
     let image = common::image_dir("6.1");
-    let dir = std::env::temp_dir().join(format!("hvtrace-kvm-first-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = common::hvtrace()
-        .args([
-            "record",
-            "--backend",
-            "kvm",
+    let (dir, out) = record_kvm(
+        &image,
+        "hvtrace-kvm-first",
+        &[
             "--memory",
             "128",
             "--timeout",
             "420",
-        ])
-        .args(["--events", "sched,proc"])
-        .arg("--kernel")
-        .arg(image.join("vmlinuz"))
-        .arg("--initrd")
-        .arg(image.join("initrd.img"))
-        .arg("-o")
-        .arg(&dir)
-        .args(["--", "/bin/true"])
-        .output()
-        .expect("run hvtrace record");
+            "--events",
+            "sched,proc",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     if native {
         assert!(out.status.success(), "{stderr}");
