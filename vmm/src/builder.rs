@@ -17,8 +17,12 @@ use crate::devices::serial::{ConsoleOut, SerialConsole, SerialError};
 use crate::devices::PioBus;
 use crate::layout::*;
 use crate::vstate::control::{install_kick_handler, Shared};
+use crate::vstate::swbp::{SwBreakpoints, SwLocal};
 use crate::vstate::vcpu::{self, ExitState, Runner, VcpuConfig, VcpuError};
 use crate::vstate::{memory, vm};
+
+/// KVM_CAP_SET_GUEST_DEBUG2 (not in kvm-ioctls' `Cap`).
+const KVM_CAP_SET_GUEST_DEBUG2: libc::c_ulong = 195;
 
 /// Errors of building a VM.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,10 @@ pub struct VmConfig {
     pub console2: Option<ConsoleOut>,
     /// Debug handlers, one per vCPU.
     pub handlers: Option<HandlerFactory>,
+    /// Every vCPU traps int3 (`KVM_GUESTDBG_USE_SW_BP`) from its first
+    /// entry, for the VM-wide software breakpoints ([`Vm::sw_breakpoints`]);
+    /// int3s that are not ours are reinjected into the guest.
+    pub sw_breakpoints: bool,
 }
 
 impl VmConfig {
@@ -133,6 +141,7 @@ impl VmConfig {
             console: None,
             console2: None,
             handlers: None,
+            sw_breakpoints: false,
         }
     }
 
@@ -147,6 +156,7 @@ impl VmConfig {
             console: None,
             console2: None,
             handlers: None,
+            sw_breakpoints: false,
         }
     }
 }
@@ -247,6 +257,8 @@ pub struct Vm {
     pub(crate) slots: Mutex<(Vec<memory::Slot>, u32)>,
     /// Guest-physical ranges watched by page protection.
     pub(crate) watches: Arc<std::sync::RwLock<Vec<(u64, u64)>>>,
+    /// VM-wide software breakpoints.
+    pub(crate) sw: Arc<SwBreakpoints>,
 }
 
 /// Builds a VM from `cfg` (nothing runs until [`Vm::start`]).
@@ -312,7 +324,12 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
     let _ = exit.vcpus.set(shared.clone());
     let slots = memory::initial_slots(&mem);
     let next = slots.len() as u32;
+    // KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* flags this KVM accepts.
+    let dbg_flags = kvm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2) as u32;
+    let block_irq = dbg_flags & kvm_bindings::KVM_GUESTDBG_BLOCKIRQ != 0;
+    let sw = Arc::new(SwBreakpoints::new(cfg.sw_breakpoints, block_irq));
     Ok(Vm {
+        sw,
         slots: Mutex::new((slots, next)),
         watches: Arc::default(),
         _kvm: kvm,
@@ -340,12 +357,14 @@ impl Vm {
                 shared: self.shared[i].clone(),
                 exit: self.exit.clone(),
                 handler: self.handlers.as_mut().map(|f| f(i as u32)),
-                dbg: DebugState::default(),
+                dbg: DebugState::with_vm_sw(self.sw.enabled()),
                 cache: RegCache::default(),
                 rf: false,
                 rf_ignored: false,
                 watches: self.watches.clone(),
                 pending_watch: None,
+                sw: self.sw.clone(),
+                swbp: SwLocal::default(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use kvm_bindings::{
-    kvm_guest_debug, kvm_regs, kvm_sregs, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_INJECT_BP,
-    KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_GUESTDBG_USE_SW_BP,
+    kvm_guest_debug, kvm_regs, kvm_sregs, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_INJECT_DB, KVM_GUESTDBG_SINGLESTEP,
+    KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
 };
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -183,9 +183,24 @@ pub(crate) struct DebugState {
     pub(crate) inject: u32,
     pub(crate) dirty: bool,
     pub(crate) dr7: u64,
+    /// The VM traps every int3 (VM-wide software breakpoints).
+    pub(crate) vm_sw: bool,
+    /// Single-stepping over a VM-wide software breakpoint.
+    pub(crate) vm_step: bool,
+    /// Hold interrupts off during that step (KVM_GUESTDBG_BLOCKIRQ).
+    pub(crate) block_irq: bool,
 }
 
 impl DebugState {
+    /// Initial state; `vm_sw`: trap int3 from the first entry.
+    pub(crate) fn with_vm_sw(vm_sw: bool) -> Self {
+        DebugState {
+            vm_sw,
+            dirty: vm_sw,
+            ..DebugState::default()
+        }
+    }
+
     /// Writes KVM_SET_GUEST_DEBUG if anything changed.
     pub(crate) fn apply(&mut self, fd: &VcpuFd) -> Result<(), DebugError> {
         if !self.dirty {
@@ -193,8 +208,12 @@ impl DebugState {
         }
         let mut dbg = kvm_guest_debug::default();
         let any_hw = self.hw.iter().any(Option::is_some);
-        let step = self.single_step || self.stepping_over.is_some() || self.suppressed.is_some();
-        if any_hw || step || !self.sw.is_empty() || self.inject != 0 {
+        let step = self.single_step
+            || self.stepping_over.is_some()
+            || self.suppressed.is_some()
+            || self.vm_step;
+        let use_sw = !self.sw.is_empty() || self.vm_sw;
+        if any_hw || step || use_sw || self.inject != 0 {
             dbg.control = KVM_GUESTDBG_ENABLE | self.inject;
         }
         if any_hw {
@@ -210,7 +229,10 @@ impl DebugState {
         if step {
             dbg.control |= KVM_GUESTDBG_SINGLESTEP;
         }
-        if !self.sw.is_empty() {
+        if self.vm_step && self.block_irq {
+            dbg.control |= KVM_GUESTDBG_BLOCKIRQ;
+        }
+        if use_sw {
             dbg.control |= KVM_GUESTDBG_USE_SW_BP;
         }
         fd.set_guest_debug(&dbg)
@@ -278,6 +300,7 @@ pub struct VcpuCtx<'a> {
     pub(crate) mem: &'a GuestMemoryMmap,
     pub(crate) dbg: &'a mut DebugState,
     pub(crate) cache: &'a mut RegCache,
+    pub(crate) sw: &'a crate::vstate::swbp::SwBreakpoints,
 }
 
 impl VcpuCtx<'_> {

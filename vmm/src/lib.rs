@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+pub use arch::step::StepInsn;
 pub use builder::{build, Boot, BuildError, HandlerFactory, Vm, VmConfig};
 pub use debug::{Action, DebugError, DebugEvent, DebugHandler, HwBreakpoint, VcpuCtx, Watch};
 pub use devices::serial::ConsoleOut;
 pub use kvm_bindings::{kvm_regs, kvm_sregs};
 pub use probe::{probe_native_virtualization, probe_sw_breakpoints, Probe};
 pub use vstate::control::{VcpuHandle, VcpuState};
+pub use vstate::swbp::{StepOver, SwBreakpoints, SwEntry, SwStats};
 pub use vstate::vcpu::VmExit;
 
 use devices::lock;
@@ -188,6 +190,8 @@ impl Vm {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // No vCPU runs any more: every int3 of ours goes.
+        self.sw.remove_all(&self.mem);
     }
 }
 

@@ -114,7 +114,7 @@ impl Shared {
         }
     }
 
-    fn change(&self, f: impl FnOnce(&mut Control)) {
+    pub(crate) fn change(&self, f: impl FnOnce(&mut Control)) {
         let mut c = lock(&self.control);
         f(&mut c);
         self.ctl_pending.store(true, Ordering::Release);

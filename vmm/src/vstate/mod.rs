@@ -2,5 +2,7 @@
 
 pub mod control;
 pub mod memory;
+pub mod swbp;
+mod swstep;
 pub mod vcpu;
 pub mod vm;

@@ -58,7 +58,7 @@ pub enum VmExit {
 }
 
 /// How one vCPU thread ended.
-enum End {
+pub(crate) enum End {
     Halted,
     Stopped,
     Vm(VmExit),
@@ -183,6 +183,9 @@ pub(crate) struct Runner {
     pub(crate) watches: Arc<std::sync::RwLock<Vec<(u64, u64)>>>,
     /// A watched write to report before re-entering the guest.
     pub(crate) pending_watch: Option<(u64, u8)>,
+    /// The VM-wide software breakpoints and this vCPU's view of them.
+    pub(crate) sw: Arc<super::swbp::SwBreakpoints>,
+    pub(crate) swbp: super::swbp::SwLocal,
 }
 
 impl Runner {
@@ -193,6 +196,7 @@ impl Runner {
         self.shared.set_state(VcpuState::Running);
         let end = self.run_loop();
         set_thread_kvm_run(std::ptr::null_mut());
+        self.vm_step_abandon();
         self.dbg.remove_all_sw(&self.mem);
         {
             let mut c = lock(&self.shared.control);
@@ -212,7 +216,7 @@ impl Runner {
         })
     }
 
-    fn call(&mut self, ev: DebugEvent) -> Action {
+    pub(crate) fn call(&mut self, ev: DebugEvent) -> Action {
         let Some(h) = self.handler.as_mut() else {
             return Action::Continue;
         };
@@ -222,12 +226,13 @@ impl Runner {
             mem: &self.mem,
             dbg: &mut self.dbg,
             cache: &mut self.cache,
+            sw: &self.sw,
         };
         h.on_event(&mut ctx, ev)
     }
 
     /// Applies a handler's decision; `Some` ends the loop.
-    fn act(&mut self, a: Action) -> Option<End> {
+    pub(crate) fn act(&mut self, a: Action) -> Option<End> {
         match a {
             Action::Continue => None,
             Action::Stop => Some(End::Vm(VmExit::Stopped)),
@@ -255,6 +260,7 @@ impl Runner {
                     mem: &self.mem,
                     dbg: &mut self.dbg,
                     cache: &mut self.cache,
+                    sw: &self.sw,
                 };
                 req(&mut ctx);
                 c = lock(&self.shared.control);
@@ -339,7 +345,7 @@ impl Runner {
         if b[0] != 0xcc {
             return Err(());
         }
-        if self.dbg.is_ours_sw(pc) {
+        if self.dbg.is_ours_sw(pc) || self.vm_sw_is_ours(pc) {
             return Ok(Some(pc));
         }
         regs.rip += 1;
@@ -522,6 +528,12 @@ impl Runner {
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
         const DR6_BS: u64 = 1 << 14;
         let pc = arch.pc;
+        if arch.exception == 1 && self.vm_step_done(arch.dr6) {
+            let hw = (0..4).any(|i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
+            if !hw && !self.dbg.single_step {
+                return None;
+            }
+        }
         let ev = match arch.exception {
             1 => {
                 let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
@@ -559,10 +571,8 @@ impl Runner {
                 }
             }
             3 if self.dbg.is_ours_sw(pc) => DebugEvent::SwBreakpoint { pc },
-            3 => {
-                self.dbg.reinject(3);
-                return None;
-            }
+            // VM-wide list, or not ours: reinjected.
+            3 => return self.vm_sw_exit(pc),
             _ => return None,
         };
         let a = self.call(ev);

@@ -1,0 +1,370 @@
+//! VM-wide software breakpoints: one int3 per guest address for the whole
+//! VM, its original byte saved once and restored on removal, at
+//! [`crate::Vm::shutdown`] (normal end, timeout, interrupt, and the `Vm`'s
+//! drop during a panic's unwinding), and never written back over a byte the
+//! guest changed meanwhile.
+//!
+//! Every vCPU of a VM built with [`crate::VmConfig::sw_breakpoints`] runs
+//! with `KVM_GUESTDBG_USE_SW_BP` from its first entry, so any int3 is a
+//! debug exit: one of ours is reported as [`DebugEvent::SwBreakpoint`]; any
+//! other is reinjected into the guest (the kernel's own text patching and
+//! kprobes use int3), and an int3 of ours removed while a vCPU was exiting
+//! on it just runs the restored instruction.
+//!
+//! Resuming past ours: when the covered instruction is one of the small set
+//! in [`crate::arch::step`] (the NOP family incl. ftrace's 5-byte NOP,
+//! `endbr64`, `push r64`, `mov %rsp,%rbp`), the monitor emulates it, so the
+//! int3 never leaves memory and no hit on another vCPU can be lost. Any
+//! other instruction takes the slow, correct path: pause every other vCPU,
+//! restore the byte, single-step this vCPU (interrupts blocked where KVM
+//! offers `KVM_GUESTDBG_BLOCKIRQ`), put the int3 back, resume the others.
+//! Costs two vCPU round trips per other vCPU per hit: fine for rare
+//! probes, not for a hot one.
+//!
+//! Readers on the trap path take no lock: each vCPU keeps its own `Arc` of
+//! the published table and refreshes it only when the generation changed.
+//! The vCPU side (hits, step-over, fallback) is in [`super::swstep`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::control::Shared;
+use crate::arch::step::{self, StepInsn, MAX_INSN};
+use crate::debug::DebugError;
+use crate::devices::lock;
+
+/// How the monitor resumes past one software breakpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOver {
+    /// The covered instruction is emulated; the int3 stays in memory.
+    Emulated(StepInsn),
+    /// Other vCPUs paused, byte restored, single step, re-inserted.
+    SingleStep,
+}
+
+impl std::fmt::Display for StepOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepOver::Emulated(StepInsn::Nop(n)) => write!(f, "emulated nop{n}"),
+            StepOver::Emulated(StepInsn::Endbr64) => write!(f, "emulated endbr64"),
+            StepOver::Emulated(StepInsn::Push { reg, .. }) => {
+                write!(f, "emulated push r{reg}")
+            }
+            StepOver::Emulated(StepInsn::MovRspRbp) => write!(f, "emulated mov %rsp,%rbp"),
+            StepOver::SingleStep => write!(f, "single-step (other vCPUs paused)"),
+        }
+    }
+}
+
+/// One software breakpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwEntry {
+    /// Guest-physical address of the int3.
+    pub gpa: u64,
+    /// The byte it replaced.
+    pub orig: u8,
+    /// How hits are stepped over (decided from the bytes at insertion; the
+    /// bytes are decoded again at every hit, so a tail the guest changed
+    /// meanwhile is seen).
+    pub step: StepOver,
+}
+
+type Table = HashMap<u64, SwEntry>;
+
+/// Counters of the VM-wide list.
+#[derive(Debug, Default)]
+pub struct SwStats {
+    /// Hits of ours reported to a handler.
+    pub hits: AtomicU64,
+    /// Step-overs by emulation.
+    pub emulated: AtomicU64,
+    /// Step-overs by single-stepping with the other vCPUs paused.
+    pub single_stepped: AtomicU64,
+    /// int3s that were not ours, reinjected into the guest.
+    pub reinjected: AtomicU64,
+}
+
+/// The VM-wide software-breakpoint list (see the module documentation).
+pub struct SwBreakpoints {
+    enabled: bool,
+    /// KVM offers KVM_GUESTDBG_BLOCKIRQ (interrupts held off while stepping).
+    pub(crate) block_irq: bool,
+    table: Mutex<Table>,
+    published: Mutex<Arc<Table>>,
+    generation: AtomicU64,
+    /// Held by the vCPU doing a single-step fallback.
+    pub(crate) stepping: AtomicBool,
+    /// Counters.
+    pub stats: SwStats,
+}
+
+pub(crate) fn read_byte(mem: &GuestMemoryMmap, gpa: u64) -> Result<u8, DebugError> {
+    mem.read_obj(GuestAddress(gpa))
+        .map_err(|_| DebugError::Memory(gpa, 1))
+}
+
+fn write_byte(mem: &GuestMemoryMmap, gpa: u64, b: u8) -> Result<(), DebugError> {
+    mem.write_obj(b, GuestAddress(gpa))
+        .map_err(|_| DebugError::Memory(gpa, 1))
+}
+
+/// Up to [`MAX_INSN`] bytes at `gpa`, not crossing its page.
+pub(crate) fn insn_bytes(mem: &GuestMemoryMmap, gpa: u64, buf: &mut [u8; MAX_INSN]) -> usize {
+    let n = MAX_INSN.min((0x1000 - (gpa & 0xfff)) as usize);
+    match mem.read_slice(&mut buf[..n], GuestAddress(gpa)) {
+        Ok(()) => n,
+        Err(_) => 0,
+    }
+}
+
+impl SwBreakpoints {
+    /// A list for a VM whose vCPUs run with USE_SW_BP (`enabled`).
+    pub fn new(enabled: bool, block_irq: bool) -> Self {
+        SwBreakpoints {
+            enabled,
+            block_irq,
+            table: Mutex::new(Table::new()),
+            published: Mutex::new(Arc::new(Table::new())),
+            generation: AtomicU64::new(0),
+            stepping: AtomicBool::new(false),
+            stats: SwStats::default(),
+        }
+    }
+
+    /// Whether the VM's vCPUs trap int3 (insertion is refused otherwise).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn publish(&self, t: &Table) {
+        *lock(&self.published) = Arc::new(t.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Inserts an int3 at guest-virtual `gva` whose byte is at
+    /// guest-physical `gpa`; says how its hits will be stepped over.
+    pub fn insert(
+        &self,
+        mem: &GuestMemoryMmap,
+        gva: u64,
+        gpa: u64,
+    ) -> Result<StepOver, DebugError> {
+        if !self.enabled {
+            return Err(DebugError::SwBreakpoint(
+                gva,
+                "this VM was built without VmConfig::sw_breakpoints",
+            ));
+        }
+        let mut t = lock(&self.table);
+        if t.contains_key(&gva) {
+            return Err(DebugError::SwBreakpoint(gva, "already set"));
+        }
+        if t.values().any(|e| e.gpa == gpa) {
+            return Err(DebugError::SwBreakpoint(
+                gva,
+                "its byte already holds one of ours (alias)",
+            ));
+        }
+        let mut b = [0u8; MAX_INSN];
+        let n = insn_bytes(mem, gpa, &mut b);
+        if n == 0 {
+            return Err(DebugError::Memory(gpa, 1));
+        }
+        if b[0] == 0xcc {
+            return Err(DebugError::SwBreakpoint(gva, "the guest has an int3 there"));
+        }
+        let step = match step::decode(&b[..n]) {
+            Some(i) => StepOver::Emulated(i),
+            None => StepOver::SingleStep,
+        };
+        let e = SwEntry {
+            gpa,
+            orig: b[0],
+            step,
+        };
+        t.insert(gva, e);
+        // Published before the int3 exists: a vCPU that hits it finds it.
+        self.publish(&t);
+        write_byte(mem, gpa, 0xcc)?;
+        Ok(step)
+    }
+
+    /// Restores `e`'s byte unless the guest rewrote it since (its own text
+    /// patching): then the guest's byte stays.
+    fn restore(mem: &GuestMemoryMmap, e: &SwEntry) -> Result<(), DebugError> {
+        if read_byte(mem, e.gpa)? == 0xcc {
+            write_byte(mem, e.gpa, e.orig)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the breakpoint at `gva`, restoring the original byte.
+    pub fn remove(&self, mem: &GuestMemoryMmap, gva: u64) -> Result<(), DebugError> {
+        let mut t = lock(&self.table);
+        let e = t
+            .remove(&gva)
+            .ok_or(DebugError::SwBreakpoint(gva, "not set"))?;
+        Self::restore(mem, &e)?;
+        self.publish(&t);
+        Ok(())
+    }
+
+    /// Removes every breakpoint (detach); returns how many.
+    pub fn remove_all(&self, mem: &GuestMemoryMmap) -> usize {
+        let mut t = lock(&self.table);
+        let n = t.len();
+        for e in t.values() {
+            let _ = Self::restore(mem, e);
+        }
+        t.clear();
+        if n > 0 {
+            self.publish(&t);
+        }
+        n
+    }
+
+    /// The breakpoints, sorted by address.
+    pub fn list(&self) -> Vec<(u64, SwEntry)> {
+        let mut v: Vec<_> = lock(&self.table).iter().map(|(a, e)| (*a, *e)).collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+
+    /// Writes the original byte for a single step over `gva` (false if the
+    /// breakpoint is gone).
+    pub(crate) fn lift(&self, mem: &GuestMemoryMmap, gva: u64) -> bool {
+        let t = lock(&self.table);
+        match t.get(&gva) {
+            Some(e) => write_byte(mem, e.gpa, e.orig).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Puts the int3 back after a single step, if still wanted.
+    pub(crate) fn relower(&self, mem: &GuestMemoryMmap, gva: u64) {
+        let t = lock(&self.table);
+        if let Some(e) = t.get(&gva) {
+            let _ = write_byte(mem, e.gpa, 0xcc);
+        }
+    }
+}
+
+/// A vCPU's private view of the published table.
+#[derive(Default)]
+pub(crate) struct SwView {
+    generation: u64,
+    table: Arc<Table>,
+}
+
+impl SwView {
+    /// The entry at `gva`, from a view refreshed if the list changed.
+    pub(crate) fn get(&mut self, sw: &SwBreakpoints, gva: u64) -> Option<SwEntry> {
+        let g = sw.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.table = lock(&sw.published).clone();
+            self.generation = g;
+        }
+        self.table.get(&gva).copied()
+    }
+}
+
+/// A vCPU thread's software-breakpoint state.
+#[derive(Default)]
+pub(crate) struct SwLocal {
+    pub(crate) view: SwView,
+    /// Hit at this address reported, step-over still to do (the single-step
+    /// fallback was busy on another vCPU, or the handler parked this one):
+    /// the next #BP here is not reported again.
+    pub(crate) reported: Option<u64>,
+    /// Single-stepping over ours at this address with the byte lifted.
+    pub(crate) stepping: Option<u64>,
+    /// vCPUs this one paused for its single step.
+    pub(crate) paused: Vec<Arc<Shared>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    #[test]
+    fn insert_remove_restores_the_exact_bytes() {
+        let m = mem();
+        let code = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0x41, 0x57, 0xe8, 1, 2, 3, 4];
+        m.write_slice(&code, GuestAddress(0x1000)).unwrap();
+        let sw = SwBreakpoints::new(true, false);
+        let va = 0xffff_ffff_8100_0000u64;
+        assert_eq!(
+            sw.insert(&m, va, 0x1000).unwrap(),
+            StepOver::Emulated(StepInsn::Nop(5))
+        );
+        assert_eq!(
+            sw.insert(&m, va + 5, 0x1005).unwrap(),
+            StepOver::Emulated(StepInsn::Push { reg: 15, len: 2 })
+        );
+        assert_eq!(sw.insert(&m, va + 7, 0x1007).unwrap(), StepOver::SingleStep);
+        let mut now = [0u8; 12];
+        m.read_slice(&mut now, GuestAddress(0x1000)).unwrap();
+        assert_eq!(now, [0xcc, 0x1f, 0x44, 0, 0, 0xcc, 0x57, 0xcc, 1, 2, 3, 4]);
+        // One byte saved per address: a second insert or an alias is refused.
+        assert!(sw.insert(&m, va, 0x1000).is_err());
+        assert!(sw.insert(&m, va + 0x10_0000, 0x1000).is_err());
+        assert_eq!(sw.list().len(), 3);
+        sw.remove(&m, va + 5).unwrap();
+        assert!(sw.remove(&m, va + 5).is_err(), "not set any more");
+        assert_eq!(sw.remove_all(&m), 2);
+        m.read_slice(&mut now, GuestAddress(0x1000)).unwrap();
+        assert_eq!(now, code, "every byte as before");
+        assert!(sw.list().is_empty());
+    }
+
+    #[test]
+    fn the_guest_own_bytes_are_never_overwritten() {
+        let m = mem();
+        m.write_slice(&[0x90, 0xcc], GuestAddress(0x2000)).unwrap();
+        let sw = SwBreakpoints::new(true, false);
+        assert!(sw.insert(&m, 0x2001, 0x2001).is_err(), "the guest's int3");
+        sw.insert(&m, 0x2000, 0x2000).unwrap();
+        // The guest patches its text over our int3 (e.g. a static key).
+        m.write_obj(0xebu8, GuestAddress(0x2000)).unwrap();
+        sw.remove(&m, 0x2000).unwrap();
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0xeb);
+        // Outside RAM, and on a VM that does not trap int3.
+        assert!(sw.insert(&m, 1, 0x10_0000).is_err());
+        let off = SwBreakpoints::new(false, false);
+        assert!(off.insert(&m, 0x2000, 0x2000).is_err());
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0xeb);
+    }
+
+    #[test]
+    fn views_follow_the_published_table() {
+        let m = mem();
+        m.write_slice(&[0x90; 4], GuestAddress(0x3000)).unwrap();
+        let sw = SwBreakpoints::new(true, false);
+        let mut v = SwView::default();
+        assert_eq!(v.get(&sw, 0x3000), None);
+        sw.insert(&m, 0x3000, 0x3000).unwrap();
+        let e = v.get(&sw, 0x3000).unwrap();
+        assert_eq!((e.gpa, e.orig), (0x3000, 0x90));
+        let held = v.table.clone();
+        sw.remove(&m, 0x3000).unwrap();
+        assert_eq!(v.get(&sw, 0x3000), None, "removal seen at the next lookup");
+        assert!(held.contains_key(&0x3000), "an old view stays intact");
+        // The single-step fallback's lift / relower only touch listed ones.
+        sw.insert(&m, 0x3001, 0x3001).unwrap();
+        assert!(sw.lift(&m, 0x3001));
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3001)).unwrap(), 0x90);
+        sw.relower(&m, 0x3001);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3001)).unwrap(), 0xcc);
+        assert!(!sw.lift(&m, 0x3002));
+        sw.remove(&m, 0x3001).unwrap();
+        sw.relower(&m, 0x3001);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3001)).unwrap(), 0x90);
+    }
+}
