@@ -24,8 +24,12 @@ pub struct SymbolsArgs {
     #[arg(long, value_enum, default_value = "system-map")]
     pub format: Format,
     /// Print the syscall table (`NR NAME(type name, ...)`) instead.
-    #[arg(long, conflicts_with = "types")]
+    #[arg(long, conflicts_with_all = ["types", "tracepoints"])]
     pub syscalls: bool,
+    /// Print the tracepoints' static-branch sites instead
+    /// (`ADDR LEN TRACEPOINT FIRST-ARG-REGISTER`, `-` when unknown).
+    #[arg(long, conflicts_with = "types")]
+    pub tracepoints: bool,
     /// Print the struct layouts introspection uses (JSON) instead.
     #[arg(long)]
     pub types: bool,
@@ -94,6 +98,29 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
         });
         serde_json::to_writer_pretty(&mut out, &doc).map_err(std::io::Error::from)?;
         writeln!(out)?;
+    } else if args.tracepoints {
+        if args.format == Format::Json {
+            let sites: Vec<serde_json::Value> = k
+                .tracepoint_sites
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "tracepoint": t.tracepoint,
+                        "addr": format!("{:#x}", t.addr),
+                        "len": t.len,
+                        "first_arg": t.first_arg.map(register_name),
+                    })
+                })
+                .collect();
+            let doc = serde_json::json!({ "kernel": header, "tracepoint_sites": sites });
+            serde_json::to_writer_pretty(&mut out, &doc).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            for t in &k.tracepoint_sites {
+                let reg = t.first_arg.map_or("-", register_name);
+                writeln!(out, "{:016x} {} {} {reg}", t.addr, t.len, t.tracepoint)?;
+            }
+        }
     } else if args.syscalls {
         if args.format == Format::Json {
             let doc = serde_json::json!({ "kernel": header, "syscalls": k.syscalls.entries });
@@ -117,4 +144,13 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// AT&T name of x86-64 general register number `n`.
+fn register_name(n: u8) -> &'static str {
+    const NAMES: [&str; 16] = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    NAMES.get(usize::from(n)).copied().unwrap_or("?")
 }

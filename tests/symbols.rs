@@ -218,6 +218,68 @@ fn btf_layouts_for_introspection() {
     }
 }
 
+/// Tracepoint sites from `__jump_table`: every `sched_wakeup` site lies in
+/// the wakeup path, and the register found in the out-of-line block (moved
+/// into %rsi for the probe call) is the one the instruction right before
+/// the site stores TASK_RUNNING through: `movl $0, __state(%reg)`, the
+/// `WRITE_ONCE(p->__state, TASK_RUNNING)` of ttwu_do_wakeup, read
+/// independently of the block. The CLI lists the same sites.
+#[test]
+fn sched_wakeup_sites_name_the_woken_task_register() {
+    for line in LINES {
+        let (k, elf_bytes) = open(line);
+        let space = KernelElf::parse(&elf_bytes).unwrap().address_space();
+        let state = k.types.member_offset("task_struct", "__state").unwrap();
+        let sites: Vec<_> = k
+            .tracepoint_sites
+            .iter()
+            .filter(|t| t.tracepoint == "sched_wakeup")
+            .collect();
+        assert!(!sites.is_empty(), "{line}: no sched_wakeup site");
+        for t in &sites {
+            let func = k.symbols.by_addr(t.addr).unwrap().symbol.name.clone();
+            assert!(
+                ["ttwu_do_wakeup", "try_to_wake_up", "ttwu_do_activate"].contains(&func.as_str()),
+                "{line}: site {:#x} in {func}",
+                t.addr
+            );
+            let reg = t
+                .first_arg
+                .unwrap_or_else(|| panic!("{line}: {t:?} without register"));
+            assert!(reg < 8 && state < 0x80, "{line}: {t:?}");
+            let before = space.read(&elf_bytes, t.addr - 7, 7).unwrap();
+            assert_eq!(
+                before,
+                [0xc7, 0x40 | reg, state as u8, 0, 0, 0, 0],
+                "{line}: {t:?} in {func}: not preceded by movl $0, {state:#x}(reg {reg})"
+            );
+        }
+        // the other tracepoints are found too (hundreds of each kernel)
+        let names: std::collections::BTreeSet<&str> = k
+            .tracepoint_sites
+            .iter()
+            .map(|t| t.tracepoint.as_str())
+            .collect();
+        assert!(names.len() > 300, "{line}: {} tracepoints", names.len());
+        assert!(names.contains("sched_switch") && names.contains("sched_waking"));
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvtrace"))
+            .args(["symbols", "--tracepoints", "--no-cache"])
+            .arg(vmlinuz(line))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("sched_wakeup"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = sites.iter().map(|t| format!("{:016x}", t.addr)).collect();
+        assert_eq!(listed, want, "{line}");
+    }
+}
+
 /// `hvtrace symbols`: System.map text sorted by address, the same from the
 /// cache, and a usable `--syscalls`/`--types` output.
 #[test]

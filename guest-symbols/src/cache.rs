@@ -9,8 +9,9 @@ use crate::btf::KernelTypes;
 use crate::image::{ImageFormat, Kernel};
 use crate::symbols::{ExportedSymbol, KernelSymbols, Symbol, SymbolSource};
 use crate::syscalls::{Syscall, SyscallArg, SyscallTable};
+use crate::tracepoints::TracepointSite;
 
-const MAGIC: &[u8; 8] = b"HVSYM\x00\x01\x00";
+const MAGIC: &[u8; 8] = b"HVSYM\x00\x02\x00";
 /// Largest cache entry read back.
 const MAX_ENTRY: u64 = 256 << 20;
 
@@ -143,6 +144,13 @@ fn encode(k: &Kernel) -> Vec<u8> {
         }
     }
     w.bytes(k.types.raw());
+    w.u32(k.tracepoint_sites.len() as u32);
+    for t in &k.tracepoint_sites {
+        w.str(&t.tracepoint);
+        w.u64(t.addr);
+        w.u8(t.len);
+        w.u8(t.first_arg.unwrap_or(0xff));
+    }
     w.0
 }
 
@@ -206,6 +214,17 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
     } else {
         KernelTypes::parse(btf.to_vec()).ok()?
     };
+    let n = r.count(14)?;
+    let mut tracepoint_sites = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tracepoint, addr, len, arg) = (r.str()?, r.u64()?, r.u8()?, r.u8()?);
+        tracepoint_sites.push(TracepointSite {
+            tracepoint,
+            addr,
+            len,
+            first_arg: (arg < 16).then_some(arg),
+        });
+    }
     Some(Kernel {
         symbols,
         types,
@@ -215,6 +234,7 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
         build_id: (!build_id.is_empty()).then_some(build_id),
         format: ImageFormat::Cache,
         kallsyms_layout: None,
+        tracepoint_sites,
     })
 }
 
@@ -306,6 +326,20 @@ mod tests {
             build_id: Some("abcd".into()),
             format: ImageFormat::Elf,
             kallsyms_layout: None,
+            tracepoint_sites: vec![
+                TracepointSite {
+                    tracepoint: "sched_wakeup".into(),
+                    addr: 0xffff_ffff_810d_f8ae,
+                    len: 2,
+                    first_arg: Some(5),
+                },
+                TracepointSite {
+                    tracepoint: "sched_waking".into(),
+                    addr: 0xffff_ffff_810e_1984,
+                    len: 5,
+                    first_arg: None,
+                },
+            ],
         };
         let dir = std::env::temp_dir().join(format!("gs-cache-{}", std::process::id()));
         store(&dir, Some("key1"), &k).unwrap();
@@ -314,6 +348,7 @@ mod tests {
         assert_eq!(back.syscalls.entries, k.syscalls.entries);
         assert_eq!(back.types.member_offset("task_struct", "comm"), Some(48));
         assert_eq!(back.build_id.as_deref(), Some("abcd"));
+        assert_eq!(back.tracepoint_sites, k.tracepoint_sites);
         assert!(load_by_content(&dir, "nope").unwrap().is_none());
         assert!(load_by_build_id(&dir, "../x").unwrap().is_none());
         let enc = encode(&k);

@@ -8,6 +8,7 @@ use crate::elf::{build_id_from_notes, AddressSpace, ElfError, KernelElf};
 use crate::kallsyms::{self, KallsymsError, Layout};
 use crate::symbols::{KernelSymbols, Symbol, SymbolSource, SystemMapError};
 use crate::syscalls::{self, SyscallTable};
+use crate::tracepoints::{self, TracepointSite};
 use crate::{cache, ksymtab};
 
 /// Largest input file accepted.
@@ -69,6 +70,8 @@ pub struct Kernel {
     pub format: ImageFormat,
     /// Where the kallsyms tables were (None if symbols came from elsewhere).
     pub kallsyms_layout: Option<Layout>,
+    /// Static-branch sites of the kernel's tracepoints (`__jump_table`).
+    pub tracepoint_sites: Vec<TracepointSite>,
 }
 
 /// Options of [`KernelImage::open_with`].
@@ -272,6 +275,7 @@ fn finish(
     let release = banner.split_whitespace().nth(2).unwrap_or("").to_string();
     let types_ref = (!types.is_empty()).then_some(&types);
     let syscalls = syscalls::recover(data, space, &symbols, types_ref).unwrap_or_default();
+    let tracepoint_sites = tracepoints::recover(data, space, &symbols, &types);
     Ok(Kernel {
         symbols,
         types,
@@ -281,6 +285,7 @@ fn finish(
         build_id,
         format: ImageFormat::Elf,
         kallsyms_layout,
+        tracepoint_sites,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod kallsyms;
 pub mod ksymtab;
 pub mod symbols;
 pub mod syscalls;
+pub mod tracepoints;
 
 pub use btf::{KernelTypes, Member, StructLayout, INTROSPECTION_LAYOUT};
 pub use image::{
@@ -29,3 +30,4 @@ pub use image::{
 };
 pub use symbols::{ExportedSymbol, KernelSymbols, Location, Symbol, SymbolSource};
 pub use syscalls::{Syscall, SyscallArg, SyscallTable};
+pub use tracepoints::TracepointSite;
