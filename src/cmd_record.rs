@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use introspect::plan::{EventClasses, Offsets, ProbePlan, Symbols, Syscall};
+use introspect::plan::{ArgSite, EventClasses, Offsets, ProbePlan, Symbols, Syscall};
 use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
 
 use crate::guest;
@@ -331,6 +331,8 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
         init_task: need("init_task")?,
         page_offset_base: sym("page_offset_base"),
+        sched_wakeup_sites: tracepoint_sites(&k, "sched_wakeup"),
+        sched_waking_sites: tracepoint_sites(&k, "sched_waking"),
     };
     let offsets = offsets_from_btf(&k.types, &k.symbols)?;
     // Unimplemented slots (sys_ni_syscall) are left out; a name is declared once.
@@ -368,6 +370,19 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         syscalls,
         ..ProbePlan::default()
     })
+}
+
+/// The static-branch sites of a tracepoint, for the planner.
+fn tracepoint_sites(k: &guest_symbols::Kernel, tracepoint: &str) -> Vec<ArgSite> {
+    k.tracepoint_sites
+        .iter()
+        .filter(|t| t.tracepoint == tracepoint)
+        .map(|t| ArgSite {
+            addr: t.addr,
+            // an unknown register: the planner says so and skips the site
+            reg: t.first_arg.unwrap_or(u8::MAX),
+        })
+        .collect()
 }
 
 /// Events the TCG engine writes besides lttng-modules' (which
@@ -508,7 +523,7 @@ pub struct Summary {
 pub(crate) fn class_of_tag(tag: usize) -> &'static str {
     match tag {
         0 | 1 => "syscalls",
-        2 | 3 => "sched",
+        2 | 3 | 14 => "sched",
         7 | 8 | 10 | 11 => "irq",
         13 => "probes",
         9 => "statedump",

@@ -92,6 +92,50 @@ fn pingpong_switches_match_rusage(line: &str, vcpus: u32) {
             assert!(t == 0 || known.contains(&t), "{k} {t} unknown: {e:?}");
         }
     }
+    let pairs = wakeups_pair_with_wakings(&r.events, vcpus);
+    assert!(
+        pairs >= 500,
+        "500 round trips wake a blocked side each time: {pairs}"
+    );
+}
+
+/// sched_waking and sched_wakeup come in the kernel's order: each wakeup
+/// follows a waking of the same task not yet matched, no task is switched
+/// in while its waking is unmatched (try_to_wake_up makes it runnable
+/// first), and at the end at most one waking per vCPU is still in flight.
+/// Returns the number of pairs.
+fn wakeups_pair_with_wakings(events: &[Ev], vcpus: u32) -> usize {
+    let mut pending: BTreeMap<i64, u32> = BTreeMap::new();
+    let mut pairs = 0;
+    for (i, e) in events.iter().enumerate() {
+        match e.name.as_str() {
+            "sched_waking" => *pending.entry(e.int("tid")).or_default() += 1,
+            "sched_wakeup" => {
+                let n = pending.entry(e.int("tid")).or_default();
+                assert!(
+                    *n > 0,
+                    "event {i}: sched_wakeup without its sched_waking: {e:?}"
+                );
+                *n -= 1;
+                pairs += 1;
+            }
+            "sched_switch" => {
+                let t = e.int("next_tid");
+                let n = pending.get(&t).copied().unwrap_or(0);
+                assert!(
+                    n == 0,
+                    "event {i}: {t} switched in before its sched_wakeup: {e:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let in_flight: u32 = pending.values().sum();
+    assert!(
+        in_flight <= vcpus,
+        "{in_flight} sched_waking without sched_wakeup at the end"
+    );
+    pairs
 }
 
 /// Interrupts: per device irq, the traced `irq_handler_entry` events (and
@@ -271,11 +315,11 @@ fn record_sample_mode() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// sched_waking: the kernel counts successful wakeups (try_to_wake_up whose
-/// state matched, the same condition as its sched_waking tracepoint) in
-/// /proc/schedstat's `ttwu_count` when booted with `schedstats=enable`; the
-/// traced sched_waking events between two reads equal its growth (up to
-/// the wakeups during the two reads themselves).
+/// sched_waking and sched_wakeup: the kernel counts successful wakeups
+/// (try_to_wake_up whose state matched, the condition of both tracepoints)
+/// in /proc/schedstat's `ttwu_count` when booted with `schedstats=enable`;
+/// the traced events of each between two reads equal its growth (up to the
+/// wakeups during the two reads themselves).
 #[test]
 fn record_wakeups_match_schedstat() {
     let dd = "dd if=/proc/schedstat bs=65536 count=1 2>/dev/null";
@@ -319,15 +363,20 @@ fn record_wakeups_match_schedstat() {
     let out1 = pos(in1, dds[0], "syscall_exit_read");
     let in2 = pos(out1, dds[1], "syscall_entry_read");
     let out2 = pos(in2, dds[1], "syscall_exit_read");
-    let wakes = |evs: &[Ev]| evs.iter().filter(|e| e.name == "sched_waking").count() as i64;
-    let (lo, hi) = (wakes(&r.events[out1..in2]), wakes(&r.events[in1..out2]));
-    eprintln!("ttwu_count grew {growth}; sched_waking traced: {lo} between the reads, {hi} including them");
     assert!(
         growth >= 200,
         "200 round trips wake at least one side: {growth}"
     );
-    assert!(
-        lo <= growth && growth <= hi,
-        "ttwu_count grew {growth}; traced sched_waking {lo} between the reads, {hi} including them"
-    );
+    for name in ["sched_waking", "sched_wakeup"] {
+        let wakes = |evs: &[Ev]| evs.iter().filter(|e| e.name == name).count() as i64;
+        let (lo, hi) = (wakes(&r.events[out1..in2]), wakes(&r.events[in1..out2]));
+        eprintln!(
+            "ttwu_count grew {growth}; {name} traced: {lo} between the reads, {hi} including them"
+        );
+        assert!(
+            lo <= growth && growth <= hi,
+            "ttwu_count grew {growth}; traced {name} {lo} between the reads, {hi} including them"
+        );
+    }
+    wakeups_pair_with_wakings(&r.events, 1);
 }

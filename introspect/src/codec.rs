@@ -82,7 +82,7 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.task(prev);
             w.task(next);
         }
-        Event::SchedWaking { task, target_cpu } => {
+        Event::SchedWaking { task, target_cpu } | Event::SchedWakeup { task, target_cpu } => {
             w.task(task);
             w.i32(*target_cpu);
         }
@@ -238,6 +238,10 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         10 => Event::TimerEntry { vector: r.i32()? },
         11 => Event::TimerExit { vector: r.i32()? },
         12 => Event::Sample { ip: r.u64()? },
+        14 => Event::SchedWakeup {
+            task: r.task()?,
+            target_cpu: r.i32()?,
+        },
         t => return Err(CodecError::BadTag(t)),
     };
     Ok((

@@ -23,11 +23,15 @@ pub enum Reg {
     Efer,
     GsBase,
     KernelGsBase,
+    R12,
+    R13,
+    R14,
+    R15,
 }
 
 impl Reg {
     /// Every register, in discriminant order.
-    pub const ALL: [Reg; 19] = [
+    pub const ALL: [Reg; 23] = [
         Reg::Rax,
         Reg::Rbx,
         Reg::Rcx,
@@ -47,7 +51,35 @@ impl Reg {
         Reg::Efer,
         Reg::GsBase,
         Reg::KernelGsBase,
+        Reg::R12,
+        Reg::R13,
+        Reg::R14,
+        Reg::R15,
     ];
+
+    /// The general register of x86 encoding number `n` (0 rax, 1 rcx,
+    /// 2 rdx, 3 rbx, 4 rsp, 5 rbp, 6 rsi, 7 rdi, 8-15 r8-r15).
+    pub fn from_x86(n: u8) -> Option<Reg> {
+        const BY_NUMBER: [Reg; 16] = [
+            Reg::Rax,
+            Reg::Rcx,
+            Reg::Rdx,
+            Reg::Rbx,
+            Reg::Rsp,
+            Reg::Rbp,
+            Reg::Rsi,
+            Reg::Rdi,
+            Reg::R8,
+            Reg::R9,
+            Reg::R10,
+            Reg::R11,
+            Reg::R12,
+            Reg::R13,
+            Reg::R14,
+            Reg::R15,
+        ];
+        BY_NUMBER.get(usize::from(n)).copied()
+    }
 
     /// The register's name in QEMU's gdb XML (and so in the plugin API).
     pub fn gdb_name(self) -> &'static str {
@@ -71,6 +103,10 @@ impl Reg {
             Reg::Efer => "efer",
             Reg::GsBase => "gs_base",
             Reg::KernelGsBase => "k_gs_base",
+            Reg::R12 => "r12",
+            Reg::R13 => "r13",
+            Reg::R14 => "r14",
+            Reg::R15 => "r15",
         }
     }
 }

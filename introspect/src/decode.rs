@@ -33,7 +33,6 @@ pub mod pt_regs {
 
 /// What a probe point is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
 pub enum ProbeKind {
     /// Entry of `do_syscall_64(regs, nr)`.
     SyscallEntry,
@@ -42,8 +41,15 @@ pub enum ProbeKind {
     SyscallExit,
     /// Entry of `__switch_to(prev, next)`.
     SchedSwitch,
-    /// Entry of `try_to_wake_up(p, state, flags)`.
+    /// Entry of `try_to_wake_up(p, state, flags)` (when the kernel has no
+    /// usable `sched_waking` tracepoint site).
     SchedWaking,
+    /// A static-branch site of the `sched_waking` tracepoint, where `arg`
+    /// holds the task being woken.
+    SchedWakingAt { arg: Reg },
+    /// A static-branch site of the `sched_wakeup` tracepoint, where `arg`
+    /// holds the task (`p`) just made runnable.
+    SchedWakeup { arg: Reg },
     /// Entry of `wake_up_new_task(p)`.
     ProcessFork,
     /// Entry of `begin_new_exec(bprm)`.
@@ -60,6 +66,28 @@ pub enum ProbeKind {
     TimerExit,
     /// A statistical sample of whatever the vCPU runs (sample mode).
     Sample,
+}
+
+impl ProbeKind {
+    /// A small distinct number per kind (< 16), for per-kind counters.
+    pub fn index(self) -> usize {
+        match self {
+            ProbeKind::SyscallEntry => 0,
+            ProbeKind::SyscallExit => 1,
+            ProbeKind::SchedSwitch => 2,
+            ProbeKind::SchedWaking => 3,
+            ProbeKind::ProcessFork => 4,
+            ProbeKind::ProcessExec => 5,
+            ProbeKind::ProcessExit => 6,
+            ProbeKind::IrqEntry => 7,
+            ProbeKind::IrqExit => 8,
+            ProbeKind::TimerEntry => 9,
+            ProbeKind::TimerExit => 10,
+            ProbeKind::Sample => 11,
+            ProbeKind::SchedWakeup { .. } => 12,
+            ProbeKind::SchedWakingAt { .. } => 13,
+        }
+    }
 }
 
 /// Vector of the local APIC timer (LOCAL_TIMER_VECTOR).
@@ -117,6 +145,11 @@ pub enum Event {
         next: Task,
     },
     SchedWaking {
+        task: Task,
+        target_cpu: i32,
+    },
+    /// The task is runnable again (`sched_wakeup`, after `sched_waking`).
+    SchedWakeup {
         task: Task,
         target_cpu: i32,
     },
@@ -184,6 +217,8 @@ impl Record {
             Event::TimerEntry { .. } => 10,
             Event::TimerExit { .. } => 11,
             Event::Sample { .. } => 12,
+            // 13 is the engines' count of user-probe events
+            Event::SchedWakeup { .. } => 14,
         }
     }
 }
@@ -249,6 +284,13 @@ fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u6
     ))
 }
 
+/// The CPU whose run queue task `p` is on (-1: unreadable).
+fn task_cpu<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel, p: u64) -> i32 {
+    read_u32(ctx, p.wrapping_add(k.off.task_cpu))
+        .map(|v| v as i32)
+        .unwrap_or(-1)
+}
+
 /// Decodes the trap at a probe of kind `kind` into `out`. Returns false when
 /// there is nothing to emit (e.g. a return site reached without a match).
 pub fn decode<C: VcpuContext + ?Sized>(
@@ -307,12 +349,21 @@ pub fn decode<C: VcpuContext + ?Sized>(
             if u64::from(st) & wanted == 0 {
                 return false;
             }
-            let target_cpu = read_u32(ctx, p.wrapping_add(k.off.task_cpu))
-                .map(|v| v as i32)
-                .unwrap_or(-1);
             Event::SchedWaking {
                 task: read_task(ctx, k, p),
-                target_cpu,
+                target_cpu: task_cpu(ctx, k, p),
+            }
+        }
+        ProbeKind::SchedWakingAt { arg } | ProbeKind::SchedWakeup { arg } => {
+            let p = ctx.read_reg(arg);
+            if !is_kernel_addr(p) {
+                return false;
+            }
+            let (task, target_cpu) = (read_task(ctx, k, p), task_cpu(ctx, k, p));
+            if let ProbeKind::SchedWakeup { .. } = kind {
+                Event::SchedWakeup { task, target_cpu }
+            } else {
+                Event::SchedWaking { task, target_cpu }
             }
         }
         ProbeKind::ProcessFork => Event::ProcessFork {

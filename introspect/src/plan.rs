@@ -73,6 +73,24 @@ pub struct Symbols {
     /// The variable holding the direct map's base (CONFIG_RANDOMIZE_MEMORY).
     #[serde(default)]
     pub page_offset_base: u64,
+    /// The `sched_wakeup` tracepoint's static-branch sites (see
+    /// `guest_symbols::tracepoints`): the event has no function of its own.
+    #[serde(default)]
+    pub sched_wakeup_sites: Vec<ArgSite>,
+    /// The `sched_waking` tracepoint's sites: exact where `try_to_wake_up`'s
+    /// entry can only guess whether the wakeup will go ahead.
+    #[serde(default)]
+    pub sched_waking_sites: Vec<ArgSite>,
+}
+
+/// A probe point inside a function, where a value the decoder needs is in
+/// a register the compiler chose.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArgSite {
+    /// Link-time address.
+    pub addr: u64,
+    /// The register, by x86 encoding number (see [`crate::Reg::from_x86`]).
+    pub reg: u8,
 }
 
 /// Structure offsets (bytes) from BTF.

@@ -5,7 +5,8 @@
 
 use crate::decode::ProbeKind;
 use crate::kernel::reloc;
-use crate::plan::ProbePlan;
+use crate::plan::{ArgSite, ProbePlan};
+use crate::Reg;
 
 /// Errors of arming probes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,34 +56,51 @@ impl ProbeSet {
 /// Plans probes for `plan.events` on a kernel relocated by `slide`, within
 /// `budget` addresses (None: unlimited). In a tight budget the order of
 /// importance is: syscall entry, context switch, irq entry, fork, exec,
-/// exit, wakeup, timer, then the return probes.
+/// exit, waking, wakeup (one slot per tracepoint site), timer, then the
+/// return probes.
 pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> ProbeSet {
     let s = &plan.symbols;
     let ev = plan.events;
-    let wanted: [(bool, u64, ProbeKind, bool); 11] = [
+    // (wanted, link-time address, kind, is a return probe)
+    let mut wanted: Vec<(bool, u64, ProbeKind, bool)> = vec![
         (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallEntry, false),
         (ev.sched, s.switch_to, ProbeKind::SchedSwitch, false),
         (ev.irq, s.handle_irq_event, ProbeKind::IrqEntry, false),
         (ev.proc, s.wake_up_new_task, ProbeKind::ProcessFork, false),
         (ev.proc, s.begin_new_exec, ProbeKind::ProcessExec, false),
         (ev.proc, s.do_exit, ProbeKind::ProcessExit, false),
-        (ev.sched, s.try_to_wake_up, ProbeKind::SchedWaking, false),
-        (
-            ev.irq,
-            s.sysvec_apic_timer_interrupt,
-            ProbeKind::TimerEntry,
-            false,
-        ),
-        (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallExit, true),
-        (ev.irq, s.handle_irq_event, ProbeKind::IrqExit, true),
-        (
-            ev.irq,
-            s.sysvec_apic_timer_interrupt,
-            ProbeKind::TimerExit,
-            true,
-        ),
     ];
     let mut set = ProbeSet::default();
+    // sched_waking at its tracepoint's sites when every one is usable (the
+    // kernel's own condition), else at try_to_wake_up's entry
+    let waking = sites(&s.sched_waking_sites, |arg| ProbeKind::SchedWakingAt {
+        arg,
+    });
+    match waking {
+        Some(w) if !w.is_empty() => {
+            wanted.extend(w.into_iter().map(|(a, k)| (ev.sched, a, k, false)))
+        }
+        _ => wanted.push((ev.sched, s.try_to_wake_up, ProbeKind::SchedWaking, false)),
+    }
+    let wakeup_absent = ProbeKind::SchedWakeup { arg: Reg::Rax };
+    match sites(&s.sched_wakeup_sites, |arg| ProbeKind::SchedWakeup { arg }) {
+        _ if !ev.sched => {}
+        Some(w) if w.is_empty() => set
+            .dropped
+            .push((wakeup_absent, "no site of the tracepoint in this kernel")),
+        Some(w) => wanted.extend(w.into_iter().map(|(a, k)| (true, a, k, false))),
+        // one site missed would lose events silently: none is armed
+        None => set
+            .dropped
+            .push((wakeup_absent, "a site whose argument register is unknown")),
+    }
+    let timer = s.sysvec_apic_timer_interrupt;
+    wanted.extend([
+        (ev.irq, timer, ProbeKind::TimerEntry, false),
+        (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallExit, true),
+        (ev.irq, s.handle_irq_event, ProbeKind::IrqExit, true),
+        (ev.irq, timer, ProbeKind::TimerExit, true),
+    ]);
     let mut left = budget.unwrap_or(usize::MAX);
     for (on, link, kind, is_return) in wanted {
         if !on {
@@ -110,6 +128,14 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
     set
 }
 
+/// Probes at every tracepoint site, or None if a site's argument register
+/// is unknown.
+fn sites(list: &[ArgSite], kind: impl Fn(Reg) -> ProbeKind) -> Option<Vec<(u64, ProbeKind)>> {
+    list.iter()
+        .map(|site| Some((site.addr, kind(Reg::from_x86(site.reg)?))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +152,16 @@ mod tests {
                 do_exit: 0xffff_ffff_810a_7010,
                 try_to_wake_up: 0xffff_ffff_810e_1700,
                 sysvec_apic_timer_interrupt: 0,
+                sched_wakeup_sites: vec![
+                    ArgSite {
+                        addr: 0xffff_ffff_810d_f8ae,
+                        reg: 5,
+                    },
+                    ArgSite {
+                        addr: 0xffff_ffff_810e_1984,
+                        reg: 3,
+                    },
+                ],
                 ..Symbols::default()
             },
             events: EventClasses::all(),
@@ -136,7 +172,15 @@ mod tests {
     #[test]
     fn unlimited_budget_covers_everything_present() {
         let set = plan_probes(&plan(), 0x20c0_0000, None);
-        assert_eq!(set.entries.len(), 7);
+        assert_eq!(set.entries.len(), 9);
+        assert_eq!(
+            set.entry_at(0xffff_ffff_810d_f8ae + 0x20c0_0000),
+            Some(ProbeKind::SchedWakeup { arg: Reg::Rbp })
+        );
+        assert_eq!(
+            set.entry_at(0xffff_ffff_810e_1984 + 0x20c0_0000),
+            Some(ProbeKind::SchedWakeup { arg: Reg::Rbx })
+        );
         assert_eq!(set.returns.len(), 2);
         assert_eq!(
             set.entry_at(0xffff_ffff_81a4_3dc0 + 0x20c0_0000),
@@ -168,6 +212,57 @@ mod tests {
             .dropped
             .iter()
             .any(|d| d.0 == ProbeKind::SyscallExit && d.1 == "no probe slot left"));
+    }
+
+    #[test]
+    fn wakeup_sites_without_a_register_or_at_all_are_reported() {
+        let mut p = plan();
+        p.symbols.sched_wakeup_sites[1].reg = u8::MAX;
+        let set = plan_probes(&p, 0, None);
+        assert_eq!(set.entries.len(), 7);
+        assert!(set
+            .dropped
+            .iter()
+            .any(|d| matches!(d.0, ProbeKind::SchedWakeup { .. })
+                && d.1 == "a site whose argument register is unknown"));
+        p.symbols.sched_wakeup_sites.clear();
+        let set = plan_probes(&p, 0, None);
+        assert!(set
+            .dropped
+            .iter()
+            .any(|d| matches!(d.0, ProbeKind::SchedWakeup { .. })
+                && d.1 == "no site of the tracepoint in this kernel"));
+        // not asked for: not reported
+        p.events = EventClasses::parse("syscalls").unwrap();
+        assert!(plan_probes(&p, 0, None).dropped.is_empty());
+    }
+
+    #[test]
+    fn waking_at_its_tracepoint_sites_when_all_are_usable() {
+        let mut p = plan();
+        p.symbols.sched_waking_sites = vec![
+            ArgSite {
+                addr: 0xffff_ffff_810e_1978,
+                reg: 3,
+            },
+            ArgSite {
+                addr: 0xffff_ffff_810e_179e,
+                reg: 3,
+            },
+        ];
+        let set = plan_probes(&p, 0, None);
+        let waking = ProbeKind::SchedWakingAt { arg: Reg::Rbx };
+        assert_eq!(set.entry_at(0xffff_ffff_810e_1978), Some(waking));
+        assert_eq!(set.entry_at(0xffff_ffff_810e_179e), Some(waking));
+        assert_eq!(set.entry_at(p.symbols.try_to_wake_up), None);
+        // one site without a register: back to try_to_wake_up's entry
+        p.symbols.sched_waking_sites[0].reg = 16;
+        let set = plan_probes(&p, 0, None);
+        assert_eq!(
+            set.entry_at(p.symbols.try_to_wake_up),
+            Some(ProbeKind::SchedWaking)
+        );
+        assert_eq!(set.entry_at(0xffff_ffff_810e_179e), None);
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl VcpuTracer {
             return false;
         }
         self.rec.ts = now();
-        if let Some(c) = self.by_kind.get_mut(kind as usize) {
+        if let Some(c) = self.by_kind.get_mut(kind.index()) {
             *c += 1;
         }
         self.pass(ctx, k, sink);

@@ -25,7 +25,7 @@ impl Rng {
 /// pages whose hash says so are unmapped. Counts reads.
 struct RandomGuest {
     seed: u64,
-    regs: [u64; 19],
+    regs: [u64; Reg::ALL.len()],
     reads: Cell<u64>,
     overrides: HashMap<u64, u8>,
 }
@@ -90,7 +90,7 @@ fn kernel(rng: &mut Rng) -> Kernel {
     }
 }
 
-const KINDS: [ProbeKind; 12] = [
+const KINDS: [ProbeKind; 15] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -103,6 +103,9 @@ const KINDS: [ProbeKind; 12] = [
     ProbeKind::TimerEntry,
     ProbeKind::TimerExit,
     ProbeKind::Sample,
+    ProbeKind::SchedWakeup { arg: Reg::Rbx },
+    ProbeKind::SchedWakeup { arg: Reg::R15 },
+    ProbeKind::SchedWakingAt { arg: Reg::Rbp },
 ];
 
 #[test]
@@ -111,7 +114,7 @@ fn decoders_survive_random_memory_and_roundtrip_through_the_codec() {
     let strings = vec![0xffu8; 512];
     let mut st = VcpuState::default();
     for round in 0..3000 {
-        let mut regs = [0u64; 19];
+        let mut regs = [0u64; Reg::ALL.len()];
         for r in regs.iter_mut() {
             // kernel-looking, user-looking and garbage values
             *r = match rng.next() % 3 {
@@ -192,7 +195,7 @@ fn cyclic_task_list_terminates() {
     for seed in 0..64u64 {
         let g = RandomGuest {
             seed,
-            regs: [0; 19],
+            regs: [0; Reg::ALL.len()],
             reads: Cell::new(0),
             overrides: ov.clone(),
         };
@@ -215,7 +218,7 @@ fn slide_found_from_banner() {
     for seed in 0..64u64 {
         let g = RandomGuest {
             seed,
-            regs: [0; 19],
+            regs: [0; Reg::ALL.len()],
             reads: Cell::new(0),
             overrides: ov.clone(),
         };

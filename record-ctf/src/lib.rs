@@ -203,6 +203,9 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
         Event::SchedWaking { task, target_cpu } => {
             p.sched_waking(ts, &ctx, task_ref(task), *target_cpu)
         }
+        Event::SchedWakeup { task, target_cpu } => {
+            p.sched_wakeup(ts, &ctx, task_ref(task), *target_cpu)
+        }
         Event::ProcessFork { parent, child } => {
             let vtids = [child.tid];
             p.sched_process_fork(

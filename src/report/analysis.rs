@@ -189,6 +189,18 @@ pub fn analyze(events: &[Ev]) -> Analysis {
                     *wakes.entry((e.tid, *tid)).or_default() += 1;
                 }
             }
+            // Follows its sched_waking, which already made the task
+            // runnable; alone (a trace without sched_waking) it does that.
+            Kind::Wakeup { tid } => {
+                if *tid > 0 {
+                    let t = task(&mut tasks, *tid, -1, "");
+                    if let State::Blocked { since } = t.get() {
+                        t.charge_blocked(e.ts - since);
+                        t.set(State::Runnable { since: e.ts });
+                        *wakes.entry((e.tid, *tid)).or_default() += 1;
+                    }
+                }
+            }
             Kind::SysEntry { name, args } => {
                 let t = task(&mut tasks, e.tid, e.pid, &e.comm);
                 t.charge_running(e.ts);
@@ -448,6 +460,39 @@ mod tests {
         assert_eq!(t2.preempted, 1);
         assert_eq!(a.wakeups[0].waker_tid, 2);
         assert_eq!(a.wakeups[0].wakee_tid, 1);
+    }
+
+    /// sched_wakeup after its sched_waking changes nothing; alone (a
+    /// trace without sched_waking) it ends the blocked time.
+    #[test]
+    fn wakeup_counts_once_with_or_without_waking() {
+        let both = vec![
+            switch(0, 0, 0, 1),
+            switch(15, 1, 1, 2),                // t1 blocks
+            ev(40, 2, Kind::Waking { tid: 1 }), // t2 wakes it
+            ev(42, 0, Kind::Wakeup { tid: 1 }), // runnable, logged elsewhere
+            switch(50, 2, 0, 1),
+        ];
+        let a = analyze(&both);
+        let t1 = a.tasks.iter().find(|t| t.tid == 1).unwrap();
+        assert_eq!(
+            (t1.blocked_ns.values().sum::<u64>(), t1.wait_cpu_ns),
+            (25, 10)
+        );
+        assert_eq!(a.wakeups.len(), 1);
+        assert_eq!((a.wakeups[0].waker_tid, a.wakeups[0].count), (2, 1));
+
+        let alone: Vec<Ev> = both
+            .into_iter()
+            .filter(|e| !matches!(e.kind, Kind::Waking { .. }))
+            .collect();
+        let a = analyze(&alone);
+        let t1 = a.tasks.iter().find(|t| t.tid == 1).unwrap();
+        assert_eq!(
+            (t1.blocked_ns.values().sum::<u64>(), t1.wait_cpu_ns),
+            (27, 8)
+        );
+        assert_eq!((a.wakeups[0].waker_tid, a.wakeups[0].count), (0, 1));
     }
 
     #[test]

@@ -31,7 +31,13 @@ pub enum Kind {
         next_tid: i32,
         next_comm: String,
     },
+    /// `sched_waking`: a wakeup begins (the waker is the event's task).
     Waking {
+        tid: i32,
+    },
+    /// `sched_wakeup`: the task is runnable (may be logged on another CPU
+    /// than the waker's, so it names no waker).
+    Wakeup {
         tid: i32,
     },
     SysEntry {
@@ -109,7 +115,8 @@ fn convert(t: &Trace, e: &DecodedEvent) -> Ev {
             next_tid: tid("next_tid"),
             next_comm: text("next_comm"),
         },
-        "sched_waking" | "sched_wakeup" => Kind::Waking { tid: tid("tid") },
+        "sched_waking" => Kind::Waking { tid: tid("tid") },
+        "sched_wakeup" => Kind::Wakeup { tid: tid("tid") },
         "irq_handler_entry" => Kind::IrqEntry {
             irq: int("irq"),
             name: text("name"),

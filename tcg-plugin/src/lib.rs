@@ -146,7 +146,7 @@ fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
     let strings = SyscallStrings(&g.strings);
     if decode(kind, &rt.ctx, k, &strings, &mut rt.state, &mut rt.rec) {
         rt.rec.ts = now_ns(g);
-        rt.by_kind[kind as usize] += 1;
+        rt.by_kind[kind.index()] += 1;
         rt.emit_deferring(k);
         if let Event::ProcessExec { filename, .. } = &rt.rec.event {
             if g.statedump.is_traced_exec(filename.as_str().as_bytes()) {
