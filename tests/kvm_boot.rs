@@ -3,6 +3,13 @@
 //! lines in a minute; those must show the banner, our exact command line
 //! and the e820 map we built, and a hardware breakpoint on `start_kernel`
 //! (address from `guest-symbols`) must fire exactly once, on vCPU 0.
+//!
+//! At that breakpoint the KVM engine's software page walk
+//! (`introspect::paging::translate`, what `backend_kvm::KvmContext` reads
+//! guest-virtual memory with) runs on the kernel's own page tables (its
+//! CR3): `linux_banner` must translate to the same page as KVM_TRANSLATE
+//! gives and read "Linux version <line>."; an unmapped user address and a
+//! non-canonical one must fail cleanly.
 
 mod common;
 
@@ -11,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use introspect::paging::{self, WalkError};
 use vmm::{Action, DebugEvent, HwBreakpoint, VcpuCtx};
 
 #[derive(Clone, Default)]
@@ -32,6 +40,51 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// What the software page walk found at `start_kernel`.
+#[derive(Debug)]
+struct Walk {
+    cr3: u64,
+    banner: Result<paging::Translation, WalkError>,
+    kvm_banner_pa: Option<u64>,
+    text: Vec<u8>,
+    unmapped: Result<paging::Translation, WalkError>,
+    non_canonical: Result<paging::Translation, WalkError>,
+}
+
+/// Walks the guest's own page tables at a stop (as the KVM engine does).
+fn walk(ctx: &VcpuCtx<'_>, banner_va: u64) -> Walk {
+    let s = ctx.sregs().expect("sregs");
+    let la57 = s.cr4 & paging::CR4_LA57 != 0;
+    let phys = |pa: u64| {
+        let mut b = [0u8; 8];
+        ctx.read_phys(pa, &mut b)
+            .ok()
+            .map(|_| u64::from_le_bytes(b))
+    };
+    let banner = paging::translate(&phys, s.cr3, banner_va, la57);
+    // 64 bytes, page by page as the engine reads them.
+    let mut text = vec![0u8; 64];
+    let mut done = 0;
+    while done < text.len() {
+        let va = banner_va + done as u64;
+        let Ok(t) = paging::translate(&phys, s.cr3, va, la57) else {
+            break;
+        };
+        let n = ((t.page_size - (va & (t.page_size - 1))) as usize).min(text.len() - done);
+        ctx.read_phys(t.pa, &mut text[done..done + n])
+            .expect("banner bytes");
+        done += n;
+    }
+    Walk {
+        cr3: s.cr3,
+        banner,
+        kvm_banner_pa: ctx.translate(banner_va).ok().flatten(),
+        text,
+        unmapped: paging::translate(&phys, s.cr3, 0x0000_7fff_f000_0000, la57),
+        non_canonical: paging::translate(&phys, s.cr3, 0x0000_8000_0000_0000, la57),
+    }
 }
 
 #[test]
@@ -56,6 +109,12 @@ fn early_boot(line: &str) {
         .symbols
         .addr("start_kernel")
         .expect("start_kernel in kallsyms");
+    let banner_va = kernel
+        .symbols
+        .addr("linux_banner")
+        .expect("linux_banner in kallsyms");
+    let walked: Arc<Mutex<Option<Walk>>> = Arc::default();
+    let w2 = walked.clone();
     let tmp = std::env::temp_dir().join(format!(
         "hvtrace-kvm-boot-{}-{line}.elf",
         std::process::id()
@@ -77,6 +136,7 @@ fn early_boot(line: &str) {
     cfg.console = Some(Box::new(cap.clone()));
     cfg.handlers = Some(Box::new(move |_| {
         let hits = h2.clone();
+        let walked = w2.clone();
         Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| {
             match ev {
                 DebugEvent::Started => ctx
@@ -85,6 +145,7 @@ fn early_boot(line: &str) {
                 DebugEvent::HwBreakpoint { slot: 0, pc, .. } => {
                     assert_eq!(pc, start_kernel);
                     hits[ctx.index() as usize].fetch_add(1, Ordering::SeqCst);
+                    walked.lock().unwrap().get_or_insert(walk(ctx, banner_va));
                 }
                 _ => {}
             }
@@ -136,4 +197,37 @@ fn early_boot(line: &str) {
         "start_kernel hit once on vCPU 0"
     );
     assert_eq!(hits[1].load(Ordering::SeqCst), 0, "never on vCPU 1");
+
+    let w = walked
+        .lock()
+        .unwrap()
+        .take()
+        .expect("walked at start_kernel");
+    let t = w
+        .banner
+        .unwrap_or_else(|e| panic!("linux_banner {banner_va:#x}: {e}"));
+    // ELF boot: the kernel image's virtual base __START_KERNEL_map maps
+    // physical 0, each segment at its p_paddr.
+    assert_eq!(t.pa, banner_va - 0xffff_ffff_8000_0000, "{w:?}");
+    assert_eq!(w.kvm_banner_pa, Some(t.pa), "KVM_TRANSLATE agrees: {w:?}");
+    let text = String::from_utf8_lossy(&w.text);
+    assert!(
+        text.starts_with(&format!("Linux version {line}.")),
+        "read through the guest's page tables: {text:?}"
+    );
+    assert!(
+        matches!(w.unmapped, Err(WalkError::NotPresent { .. })),
+        "{w:?}"
+    );
+    assert!(
+        matches!(w.non_canonical, Err(WalkError::NonCanonical(_))),
+        "{w:?}"
+    );
+    println!(
+        "page walk at start_kernel (CR3 {:#x}): linux_banner {banner_va:#x} -> {:#x} in a {} KiB page: {:?}",
+        w.cr3,
+        t.pa,
+        t.page_size >> 10,
+        text.lines().next().unwrap_or("")
+    );
 }
