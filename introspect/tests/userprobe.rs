@@ -38,13 +38,13 @@ fn accepted_specs() {
             ],
         ),
         (
-            "k=vfs_read+0x10 a=%di b=%rax c=%r11 d=%ip e=$stack f=$stack3 g=-8(%bp):s32 h=+0x10(+8(%di)):x16 t=$tid:u64",
+            "k=vfs_read+0x10 a=%di b=%rax c=%r13 d=%ip e=$stack f=$stack3 g=-8(%bp):s32 h=+0x10(+8(%di)):x16 t=$tid:u64",
             "vfs_read",
             0x10,
             vec![
                 "a=Reg(Rdi)[]:Unsigned(64)",
                 "b=Reg(Rax)[]:Unsigned(64)",
-                "c=Reg(R11)[]:Unsigned(64)",
+                "c=Reg(R13)[]:Unsigned(64)",
                 "d=Reg(Rip)[]:Unsigned(64)",
                 "e=Reg(Rsp)[]:Unsigned(64)",
                 "f=Reg(Rsp)[24]:Unsigned(64)",
@@ -110,7 +110,7 @@ fn refused_specs_say_what_is_wrong() {
     let eight_and_sym = format!("e=f x={}@jiffies{}", "+0(".repeat(8), ")".repeat(8));
     let huge = format!("e=f x={}%di", "+0(".repeat(100_000));
     let seventeen = format!("e=f {}", vec!["%di"; 17].join(" "));
-    let regs = "(they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip)";
+    let regs = "(they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r15 %ip)";
     let table: Vec<(&str, String)> = vec![
         ("", "empty probe: expected NAME=SYMBOL[+OFFSET] [FIELD=EXPR ...]".into()),
         ("   ", "empty probe: expected NAME=SYMBOL[+OFFSET] [FIELD=EXPR ...]".into()),
@@ -137,9 +137,8 @@ fn refused_specs_say_what_is_wrong() {
         ("e=f a=%di a=%si", "field `a` is defined twice".into()),
         ("e=f %di arg1=%si", "field `arg1` is defined twice".into()),
         (&seventeen, "too many fields (17): at most 16".into()),
-        ("e=f x=%r12", format!("field `x`: register `%r12` is not available to hvtrace's engines {regs}")),
         ("e=f x=%flags", format!("field `x`: register `%flags` is not available to hvtrace's engines {regs}")),
-        ("e=f x=%foo", "field `x`: unknown register `%foo` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip, or %rax...)".into()),
+        ("e=f x=%foo", "field `x`: unknown register `%foo` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r15 %ip, or %rax...)".into()),
         ("e=f r=$retval", "field `r`: `$retval` needs a return probe; hvtrace user probes fire at SYMBOL[+OFFSET], not on return".into()),
         ("e=f+4 x=arg1", "field `x`: `arg1` is only known at a function's entry; this probe is at +0x4".into()),
         ("e=f+0x20 x=+8($arg2)", "field `x`: `$arg2` is only known at a function's entry; this probe is at +0x20".into()),
@@ -237,7 +236,7 @@ struct PagedGuest {
     phys: Vec<u8>,
     next_table: u64,
     next_page: u64,
-    regs: [u64; 19],
+    regs: [u64; Reg::ALL.len()],
     reads: Cell<u64>,
 }
 
@@ -247,7 +246,7 @@ impl PagedGuest {
             phys: vec![0; PHYS],
             next_table: 0x2000,
             next_page: 0x10_0000,
-            regs: [0; 19],
+            regs: [0; Reg::ALL.len()],
             reads: Cell::new(0),
         }
     }
@@ -587,7 +586,7 @@ fn mix(mut x: u64) -> u64 {
 /// Every byte a hash of its address; a quarter of the pages unmapped.
 struct RandomGuest {
     seed: u64,
-    regs: [u64; 19],
+    regs: [u64; Reg::ALL.len()],
     reads: Cell<u64>,
 }
 
@@ -624,6 +623,7 @@ fn random_expr(rng: &mut Rng, depth: u32) -> String {
         "%sp",
         "%bp",
         "%r8",
+        "%r15",
         "%ip",
         "arg1",
         "arg2",
@@ -666,7 +666,7 @@ fn random_memory_never_panics_and_reads_are_bounded() {
             .resolve(|_| Some(0xffff_ffff_8100_0000 | (rng.0 & 0xff_f000)))
             .unwrap()
             .with_slide(rng.next() & 0x3fe0_0000);
-        let mut regs = [0u64; 19];
+        let mut regs = [0u64; Reg::ALL.len()];
         for r in regs.iter_mut() {
             *r = match rng.next() % 3 {
                 0 => 0xffff_8880_0000_0000 | (rng.next() & 0xffff_ffff),

@@ -72,9 +72,9 @@ pub enum ProbeError {
         col: usize,
         why: &'static str,
     },
-    #[error("field `{0}`: unknown register `%{1}` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip, or %rax...)")]
+    #[error("field `{0}`: unknown register `%{1}` (x86-64 names: %ax %bx %cx %dx %si %di %bp %sp %r8..%r15 %ip, or %rax...)")]
     UnknownRegister(String, String),
-    #[error("field `{0}`: register `%{1}` is not available to hvtrace's engines (they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r11 %ip)")]
+    #[error("field `{0}`: register `%{1}` is not available to hvtrace's engines (they expose %ax %bx %cx %dx %si %di %bp %sp %r8..%r15 %ip)")]
     UnavailableRegister(String, String),
     #[error("field `{0}`: `$retval` needs a return probe; hvtrace user probes fire at SYMBOL[+OFFSET], not on return")]
     Retval(String),

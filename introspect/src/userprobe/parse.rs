@@ -126,9 +126,12 @@ fn reg_by_name(n: &str) -> Option<Option<Reg>> {
         "r9" => Reg::R9,
         "r10" => Reg::R10,
         "r11" => Reg::R11,
+        "r12" => Reg::R12,
+        "r13" => Reg::R13,
+        "r14" => Reg::R14,
+        "r15" => Reg::R15,
         "ip" | "rip" => Reg::Rip,
-        "r12" | "r13" | "r14" | "r15" | "flags" | "cs" | "ss" | "ds" | "es" | "fs" | "gs"
-        | "orig_ax" => return Some(None),
+        "flags" | "cs" | "ss" | "ds" | "es" | "fs" | "gs" | "orig_ax" => return Some(None),
         _ => return None,
     }))
 }
@@ -463,7 +466,7 @@ mod tests {
         assert_eq!(reg_by_name("r11"), Some(Some(Reg::R11)));
         assert_eq!(reg_by_name("ip"), Some(Some(Reg::Rip)));
         // Known to x86-64 but not exposed by the engines.
-        assert_eq!(reg_by_name("r12"), Some(None));
+        assert_eq!(reg_by_name("r15"), Some(Some(Reg::R15)));
         assert_eq!(reg_by_name("flags"), Some(None));
         assert_eq!(reg_by_name("eax"), None);
         assert_eq!(reg_by_name(""), None);
