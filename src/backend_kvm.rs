@@ -69,7 +69,8 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     let interrupted = crate::guest::install_interrupt_flag();
     let every = Duration::from_millis(50);
-    let (outcome, exit) = run_guest(cfg, capture, None, &interrupted, every, &mut |_| {})?;
+    let (outcome, exit, _) =
+        run_guest(cfg, capture, None, false, &interrupted, every, &mut |_| {})?;
     match outcome {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
@@ -82,18 +83,40 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     }
 }
 
+/// What the VM-wide software breakpoints did in a run.
+#[derive(Debug, Clone, Default)]
+pub struct SwOutcome {
+    /// Hits of ours reported to the handlers.
+    pub hits: u64,
+    /// Step-overs by emulating the covered instruction.
+    pub emulated: u64,
+    /// Step-overs by single-step with the other vCPUs paused.
+    pub single_stepped: u64,
+    /// Guest int3s that were not ours, reinjected.
+    pub reinjected: u64,
+    /// int3s still in guest memory when the run ended.
+    pub left: usize,
+    /// Of those, original bytes back in place after the VM stopped.
+    pub restored: usize,
+}
+
 /// Boots `cfg` on the KVM monitor with optional debug `handlers` until the
 /// `/init` marker, a panic, the timeout or `interrupted`; `tick` runs on
 /// this thread about every `tick_every` (at most 50 ms) with the running VM. Returns how the run
 /// ended and, for a VM that ended by itself without a marker, its exit.
+/// With `sw_breakpoints` every vCPU traps int3 (VM-wide software
+/// breakpoints); whatever way the run ends (marker, timeout, interrupt, or
+/// a panic unwinding through here, by the `Vm`'s drop), the monitor puts
+/// every byte it changed back before this returns.
 pub fn run_guest(
     cfg: &GuestRun,
     capture: Option<&Path>,
     handlers: Option<vmm::HandlerFactory>,
+    sw_breakpoints: bool,
     interrupted: &std::sync::atomic::AtomicBool,
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
-) -> Result<(GuestEnd, Option<vmm::VmExit>)> {
+) -> Result<(GuestEnd, Option<vmm::VmExit>, SwOutcome)> {
     let probe = vmm::probe_native_virtualization();
     if !probe.native {
         eprintln!(
@@ -118,6 +141,7 @@ pub fn run_guest(
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
     vc.handlers = handlers;
+    vc.sw_breakpoints = sw_breakpoints;
     if let Some(path) = capture {
         let f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -149,9 +173,26 @@ pub fn run_guest(
         }
         tick(&vm);
     };
+    let left = vm.sw_breakpoints().list();
     vm.stop();
     vm.shutdown();
-    Ok((outcome, vm_exit))
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let st = &vm.sw_breakpoints().stats;
+    let sw = SwOutcome {
+        hits: load(&st.hits),
+        emulated: load(&st.emulated),
+        single_stepped: load(&st.single_stepped),
+        reinjected: load(&st.reinjected),
+        left: left.len(),
+        restored: left
+            .iter()
+            .filter(|(_, e)| {
+                let mut b = [0u8; 1];
+                vm.read_phys(e.gpa, &mut b).is_ok() && b[0] == e.orig
+            })
+            .count(),
+    };
+    Ok((outcome, vm_exit, sw))
 }
 
 /// `hvtrace bench exits`: one debug exit through the monitor against a bare

@@ -3,9 +3,13 @@
 //! the TCG engine through `ltt-writer` (one producer per vCPU, owned by
 //! that vCPU's debug handler: the trap path takes no lock).
 //!
-//! Probes are hardware breakpoints (DR0-DR3 per vCPU), planned by
-//! `introspect::probes::plan_probes` within a budget of 4; what did not fit
-//! is said in the summary and in `DIR/kvm.json`.
+//! Probes: where KVM delivers software breakpoints (hardware KVM), every
+//! planned entry probe becomes a VM-wide int3 once the kernel's boot-time
+//! text patching is over, and return sites stay hardware breakpoints
+//! ([`sw`]); until then, and everywhere KVM does not deliver #BP (KVM-PVM),
+//! probes are hardware breakpoints (DR0-DR3 per vCPU), planned by
+//! `introspect::probes::plan_probes` within a budget of 4. The summary and
+//! `DIR/kvm.json` say which mechanism each probe used and what did not fit.
 //!
 //! The KASLR slide: the monitor boots the ELF vmlinux extracted from the
 //! image (`backend_kvm::boot_kernel`). Linux's KASLR is chosen and applied
@@ -21,7 +25,6 @@
 //! the first probe hit or at a kick once the kernel's page tables are up.
 //! Should it differ, every vCPU re-arms at the slide found.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +39,9 @@ use introspect::{Kernel, ProbeKind, ProbePlan, Record, Task};
 use vmm::{Action, DebugEvent, HwBreakpoint, VcpuCtx};
 
 use crate::backend_kvm::KvmContext;
+
+mod report;
+mod sw;
 use crate::cmd_record::{BufferMode, Mode, RecordArgs};
 use crate::guest::{self, GuestEnd};
 
@@ -65,6 +71,8 @@ struct Shared {
     /// Filled by each handler when its vCPU thread ends.
     reports: Mutex<Vec<CpuReport>>,
     notes: Mutex<Vec<String>>,
+    /// Software breakpoints: used or not, and armed or not yet.
+    sw: sw::SwPhase,
 }
 
 impl Shared {
@@ -136,7 +144,11 @@ struct Handler {
     kernel: Kernel,
     /// Slide the breakpoints are armed for.
     armed_slide: u64,
-    slots: [Option<(u64, ProbeKind)>; HW_SLOTS],
+    /// Hardware breakpoints: address and the probe (None: only the
+    /// software-breakpoint trigger).
+    slots: [Option<(u64, Option<ProbeKind>)>; HW_SLOTS],
+    /// The hardware slots hold only return sites (software phase).
+    returns_only: bool,
     tracer: VcpuTracer,
     sink: CtfSink,
     busy_ns: u64,
@@ -150,25 +162,39 @@ impl Handler {
     /// start, or once if the verified slide differs).
     fn arm(&mut self, ctx: &mut VcpuCtx<'_>, slide: u64) {
         let sh = self.sh.clone();
-        let set = plan_probes(&sh.plan, slide, Some(HW_SLOTS));
-        let mut want: Vec<(u64, ProbeKind)> =
-            set.entries.iter().map(|p| (p.addr, p.kind)).collect();
+        // Software phase: the int3s cover the entries, hardware breakpoints
+        // the return sites. Before it: the 4 best, one of them the trigger,
+        // and nothing said about what the int3s will cover later.
+        let returns_only = sh.sw.armed();
+        let waiting = sh.sw.enabled && !returns_only && sh.sw.trigger != 0;
+        let budget = if returns_only { None } else { Some(HW_SLOTS) };
+        let set = plan_probes(&sh.plan, slide, budget);
+        let mut want: Vec<(u64, Option<ProbeKind>)> = if returns_only {
+            Vec::new()
+        } else {
+            set.entries.iter().map(|p| (p.addr, Some(p.kind))).collect()
+        };
         for r in &set.returns {
             let sites = self.return_sites_of(ctx, r.kind, r.addr, slide);
-            if sites.is_empty() {
+            if sites.is_empty() && !waiting {
                 sh.note(format!("not covered: {:?}: no return site found", r.kind));
             }
-            want.extend(sites.into_iter().map(|a| (a, r.kind)));
+            want.extend(sites.into_iter().map(|a| (a, Some(r.kind))));
         }
-        for (kind, why) in &set.dropped {
+        if waiting && !want.iter().any(|w| w.0 == sh.sw.trigger) {
+            want.truncate(HW_SLOTS - 1);
+            want.push((sh.sw.trigger, None));
+        }
+        for (kind, why) in set.dropped.iter().filter(|_| !waiting) {
             sh.note(format!("not covered: {kind:?}: {why}"));
         }
         if want.len() > HW_SLOTS {
-            for (a, k) in &want[HW_SLOTS..] {
+            for (a, k) in want[HW_SLOTS..].iter().filter(|_| !waiting) {
                 sh.note(format!("not covered: {k:?} at {a:#x}: no probe slot left"));
             }
             want.truncate(HW_SLOTS);
         }
+        self.returns_only = returns_only;
         self.slots = [None; HW_SLOTS];
         for slot in 0..HW_SLOTS {
             let bp = want.get(slot).copied();
@@ -238,10 +264,29 @@ impl Handler {
     }
 
     fn probe_hit(&mut self, ctx: &mut VcpuCtx<'_>, slot: u8) {
-        let Some((_, kind)) = self.slots.get(usize::from(slot)).copied().flatten() else {
+        let Some((addr, kind)) = self.slots.get(usize::from(slot)).copied().flatten() else {
             return;
         };
-        self.trap(ctx, kind);
+        let sh = self.sh.clone();
+        if sh.sw.enabled && addr == sh.sw.trigger && !sh.sw.armed() {
+            // The kernel execs /init: its boot-time text patching is over.
+            for n in sh.sw.arm(ctx, &sh.plan, self.armed_slide) {
+                sh.note(n);
+            }
+            sh.note(format!(
+                "software breakpoints armed by vCPU {} at the first begin_new_exec, {:.3} s into the run",
+                self.cpu,
+                sh.now() as f64 / 1e9
+            ));
+        }
+        if sh.sw.covers(addr) {
+            // The int3 at this address reports it (also right after this
+            // exit, where it was just inserted).
+            return;
+        }
+        if let Some(kind) = kind {
+            self.trap(ctx, kind);
+        }
     }
 
     fn trap(&mut self, ctx: &mut VcpuCtx<'_>, kind: ProbeKind) {
@@ -282,6 +327,10 @@ impl vmm::DebugHandler for Handler {
                 return Action::Continue;
             }
             DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
+            DebugEvent::SwBreakpoint { pc } => match self.sh.sw.kind_at(pc) {
+                Some(kind) => self.trap(ctx, kind),
+                None => return Action::Continue,
+            },
             DebugEvent::Kick => {
                 let verified = self.sh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
                 if self.sh.plan.sample_hz > 0 && verified {
@@ -289,6 +338,10 @@ impl vmm::DebugHandler for Handler {
                 }
             }
             _ => return Action::Continue,
+        }
+        if self.sh.sw.armed() && !self.returns_only {
+            let slide = self.armed_slide;
+            self.arm(ctx, slide);
         }
         let v = self.sh.verified_slide.load(Ordering::Acquire);
         if v == UNKNOWN {
@@ -318,7 +371,12 @@ impl Drop for Handler {
             ctf_errors: self.sink.errors,
             by_kind: self.tracer.by_kind,
             by_event: self.tracer.by_event,
-            armed: self.slots.iter().flatten().copied().collect(),
+            armed: self
+                .slots
+                .iter()
+                .flatten()
+                .filter_map(|&(a, k)| Some((a, k?)))
+                .collect(),
             deferred,
             recovered,
         };
@@ -372,10 +430,11 @@ pub fn run(
 
     let baseline = if args.baseline {
         let t = Instant::now();
-        let (end, _) = crate::backend_kvm::run_guest(
+        let (end, _, _) = crate::backend_kvm::run_guest(
             &run,
             None,
             None,
+            false,
             interrupt,
             std::time::Duration::from_millis(50),
             &mut |_| {},
@@ -389,7 +448,7 @@ pub fn run(
             "hvtrace: record: --keep-raw is ignored on --backend kvm (no raw record streams)"
         );
     }
-    let sw = vmm::probe_sw_breakpoints().unwrap_or(false);
+    let (sw_on, sw_reason) = sw::decide();
     let epoch = Instant::now();
     let epoch_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -412,15 +471,16 @@ pub fn run(
     let sh = Arc::new(Shared {
         strings: string_table(&plan),
         gate: StatedumpGate::new(&plan.statedump_exec),
-        plan,
         epoch,
         verified_slide: AtomicU64::new(UNKNOWN),
         hits: AtomicU64::new(0),
         reports: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
+        sw: sw::SwPhase::new(sw_on, sw_reason, plan.symbols.begin_new_exec),
+        plan,
     });
-    if sw {
-        sh.note("KVM delivers software breakpoints here, but this engine arms hardware breakpoints only (budget 4)".into());
+    if sw_on && sh.sw.trigger == 0 {
+        sh.note("no begin_new_exec in this kernel: software breakpoints never armed, hardware breakpoints only".into());
     }
     let mut producers: Vec<Option<ltt_writer::Producer>> =
         producers.into_iter().map(Some).collect();
@@ -432,6 +492,7 @@ pub fn run(
             kernel: Kernel::default(),
             armed_slide: UNKNOWN,
             slots: [None; HW_SLOTS],
+            returns_only: false,
             tracer: VcpuTracer::new(cpu, STATEDUMP_TASKS).with_deferral(),
             sink: CtfSink {
                 producer: producers.get_mut(cpu as usize).and_then(Option::take),
@@ -466,10 +527,11 @@ pub fn run(
         }
     };
     let t1 = Instant::now();
-    let (end, vm_exit) = crate::backend_kvm::run_guest(
+    let (end, vm_exit, sw_out) = crate::backend_kvm::run_guest(
         &run,
         args.guest.capture.as_deref(),
         Some(factory),
+        sw_on,
         interrupt,
         tick_every,
         &mut tick,
@@ -481,7 +543,10 @@ pub fn run(
     cpus.sort_by_key(|c| c.cpu);
     let notes = sh.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let slide = sh.verified_slide.load(Ordering::Acquire);
-    write_report(&out_abs, &cpus, &notes, slide, &sh, &report)?;
+    let probes = report::probes(&cpus, &sh.sw);
+    report::write(
+        &out_abs, &cpus, &notes, slide, &sh, &report, &probes, &sw_out,
+    )?;
 
     let total: u64 = cpus.iter().map(|c| c.events).sum();
     let busy: u64 = cpus.iter().map(|c| c.busy_ns).sum();
@@ -512,17 +577,7 @@ pub fn run(
             busy as f64 / 1e3 / total as f64
         );
     }
-    if let Some(c) = cpus.first() {
-        let armed: Vec<String> = c
-            .armed
-            .iter()
-            .map(|(a, k)| format!("{k:?}@{a:#x}"))
-            .collect();
-        eprintln!(
-            "hvtrace: record: hardware breakpoints: {}",
-            armed.join(", ")
-        );
-    }
+    report::print_probes(&sh.sw, &probes, &sw_out);
     for n in &notes {
         eprintln!("hvtrace: record: {n}");
     }
@@ -551,46 +606,4 @@ pub fn run(
         );
     }
     crate::run::outcome(end, run.timeout)
-}
-
-fn write_report(
-    out: &Path,
-    cpus: &[CpuReport],
-    notes: &[String],
-    slide: u64,
-    sh: &Shared,
-    report: &ltt_writer::TraceReport,
-) -> Result<()> {
-    let cpus: Vec<serde_json::Value> = cpus
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "cpu": c.cpu,
-                "events": c.events,
-                "busy_ns": c.busy_ns,
-                "ctf_errors": c.ctf_errors,
-                "by_kind": c.by_kind,
-                "by_event": c.by_event,
-                "strings_deferred": c.deferred,
-                "strings_recovered": c.recovered,
-                "breakpoints": c.armed.iter().map(|(a, k)| format!("{k:?}@{a:#x}")).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let v = serde_json::json!({
-        "engine": "kvm",
-        "slide": if slide == UNKNOWN { -1 } else { slide as i64 },
-        "hits": sh.hits.load(Ordering::Relaxed),
-        "statedump": sh.gate.taken(),
-        "ctf": {
-            "events": report.events(),
-            "discarded": report.discarded(),
-            "packets": report.packets_written,
-            "bytes": report.bytes_written,
-        },
-        "cpus": cpus,
-        "notes": notes,
-    });
-    std::fs::write(out.join("kvm.json"), serde_json::to_string_pretty(&v)?)
-        .with_context(|| format!("writing {}", out.join("kvm.json").display()))
 }
