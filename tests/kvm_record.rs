@@ -8,12 +8,17 @@
 //! reads; whatever events early boot produces must name real tasks.
 //!
 //! With hardware virtualization only: the end-to-end checks of the TCG
-//! engine's tests (record_support::checks) on this engine, each with an
-//! `--events` subset that fits 4 hardware breakpoints. Elsewhere they print
-//! "skipped: no hardware virtualization (<reason>)".
+//! engine's tests (record_support::checks, record_support/sched_irq.rs) on
+//! this engine, each with an `--events` subset that fits 4 hardware
+//! breakpoints (what this engine falls back to where KVM does not deliver
+//! software breakpoints; where it does, every entry probe is an int3 once
+//! the kernel execs /init). Elsewhere they print "skipped: no hardware
+//! virtualization (<reason>)".
 
 mod common;
 mod record_support;
+#[path = "record_support/sched_irq.rs"]
+mod sched_irq;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -119,23 +124,34 @@ fn kvm_record_early_boot_6_1() {
     assert_eq!(report["slide"], 0, "slide verified by the banner: {report}");
     let cpus = report["cpus"].as_array().expect("cpus");
     assert_eq!(cpus.len(), 2, "{report}");
-    for c in cpus {
-        let bps: Vec<&str> = c["breakpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_str().unwrap())
-            .collect();
-        assert_eq!(
-            bps.len(),
-            4,
-            "4 hardware breakpoints on each vCPU: {report}"
+    // The mechanism is said, with the reason.
+    let sw = &report["software_breakpoints"];
+    let delivered = vmm::probe_sw_breakpoints().unwrap_or(false);
+    assert_eq!(sw["used"], delivered, "{report}");
+    if !delivered {
+        assert!(
+            stderr.contains(
+                "no software breakpoints: KVM does not deliver software breakpoints here"
+            ),
+            "{stderr}"
         );
-        assert!(bps[0].starts_with("SchedSwitch@"), "{bps:?}");
-        assert!(bps[1].starts_with("IrqEntry@"), "{bps:?}");
+        assert_eq!(sw["armed"], false);
     }
-    let notes = report["notes"].to_string();
-    assert!(notes.contains("IrqExit: no probe slot left"), "{notes}");
+    if sw["armed"] == true {
+        // The kernel reached /init: int3s on the entries, the hardware
+        // slots on return sites only, every byte back at the end.
+        let probes = report["probes"].as_array().unwrap();
+        for kind in ["SchedSwitch", "IrqEntry"] {
+            assert!(
+                probes.iter().any(|p| p["kind"] == kind
+                    && p["mechanism"].as_str().unwrap().starts_with("software")),
+                "{kind} on an int3: {report}"
+            );
+        }
+        assert_eq!(sw["removed_at_end"], sw["bytes_restored"], "{report}");
+    } else {
+        early_hardware_breakpoints(&report);
+    }
 
     // babeltrace2 reads the trace (it may hold no event yet when emulated).
     let bt = Command::new("babeltrace2")
@@ -171,6 +187,29 @@ fn kvm_record_early_boot_6_1() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The 4 hardware breakpoints of a run before (or without) software
+/// breakpoints: the most important probes, and what did not fit said.
+fn early_hardware_breakpoints(report: &serde_json::Value) {
+    let cpus = report["cpus"].as_array().expect("cpus");
+    for c in cpus {
+        let bps: Vec<&str> = c["breakpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            bps.len(),
+            4,
+            "4 hardware breakpoints on each vCPU: {report}"
+        );
+        assert!(bps[0].starts_with("SchedSwitch@"), "{bps:?}");
+        assert!(bps[1].starts_with("IrqEntry@"), "{bps:?}");
+    }
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("IrqExit: no probe slot left"), "{notes}");
 }
 
 /// `--mode sample` on the monitor: every vCPU is kicked at --freq and its
@@ -363,4 +402,34 @@ fn kvm_record_forkexec_6_12_two_vcpus() {
 fn kvm_record_statedump_matches_proc() {
     needs_hardware_virtualization!();
     checks::statedump_matches_proc("kvm", &["--events", "proc"]);
+}
+
+/// Context switches of `/bin/pingpong 500` against the pair's rusage
+/// (sched_switch and the statedump; `sched,proc` fits 4 hardware
+/// breakpoints where software ones are not delivered).
+#[test]
+fn kvm_record_pingpong_6_1() {
+    needs_hardware_virtualization!();
+    sched_irq::pingpong_switches_match_rusage("kvm", &["--events", "sched,proc"], "6.1", 1);
+}
+
+#[test]
+fn kvm_record_pingpong_6_12_two_vcpus() {
+    needs_hardware_virtualization!();
+    sched_irq::pingpong_switches_match_rusage("kvm", &["--events", "sched,proc"], "6.12", 2);
+}
+
+/// Interrupts against the growth of /proc/interrupts (`syscalls,irq`:
+/// syscall entry, irq entry, timer entry and the syscall exit's return
+/// site fit 4 hardware breakpoints).
+#[test]
+fn kvm_record_irqs_6_1() {
+    needs_hardware_virtualization!();
+    sched_irq::irqs_match_proc_interrupts("kvm", &["--events", "syscalls,irq"], "6.1", 1);
+}
+
+#[test]
+fn kvm_record_irqs_6_12_two_vcpus() {
+    needs_hardware_virtualization!();
+    sched_irq::irqs_match_proc_interrupts("kvm", &["--events", "syscalls,irq"], "6.12", 2);
 }
