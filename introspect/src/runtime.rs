@@ -20,6 +20,10 @@ use crate::task::{for_each_task, Task};
 pub trait Sink {
     /// Writes one record.
     fn emit(&mut self, rec: &Record);
+    /// Writes the engine's own event it held as number `n` (see
+    /// [`VcpuTracer::hold_external`]); engines without such events need
+    /// not implement it.
+    fn emit_external(&mut self, _n: usize) {}
     /// Marks the start of the statedump (taken by `current` at `ts`).
     fn statedump_start(&mut self, ts: u64, current: &Task);
     /// Marks its end.
@@ -104,6 +108,19 @@ fn write<S: Sink + ?Sized>(events: &mut u64, by_event: &mut [u64; 16], sink: &mu
     sink.emit(r);
 }
 
+/// Writes what the deferral lets go: a record, or an engine's held event.
+fn release<S: Sink + ?Sized>(
+    events: &mut u64,
+    by_event: &mut [u64; 16],
+    sink: &mut S,
+    h: Held<'_>,
+) {
+    match h {
+        Held::Rec(r) => write(events, by_event, sink, r),
+        Held::External(n) => sink.emit_external(n),
+    }
+}
+
 impl VcpuTracer {
     /// The tracer of vCPU `cpu`; reserves room for a statedump of
     /// `statedump_capacity` tasks so that it does not allocate on a trap.
@@ -138,6 +155,13 @@ impl VcpuTracer {
             .map_or((0, 0), |d| (d.deferred, d.recovered))
     }
 
+    /// Entries deferred, read on a retry, and written marked unreadable.
+    pub fn strings_late(&self) -> [u64; 3] {
+        self.deferral
+            .as_ref()
+            .map_or([0; 3], |d| [d.deferred, d.recovered, d.given_up])
+    }
+
     /// Writes `self.rec` now.
     fn emit<S: Sink + ?Sized>(&mut self, sink: &mut S) {
         write(&mut self.events, &mut self.by_event, sink, &self.rec);
@@ -153,13 +177,25 @@ impl VcpuTracer {
         let rec = self.rec;
         let (events, by_event) = (&mut self.events, &mut self.by_event);
         match self.deferral.as_mut() {
-            Some(d) => d.pass(ctx, k, &rec, |h| {
-                if let Held::Rec(r) = h {
-                    write(events, by_event, sink, r);
-                }
-            }),
+            Some(d) => d.pass(ctx, k, &rec, |h| release(events, by_event, sink, h)),
             None => write(events, by_event, sink, &rec),
         }
+    }
+
+    /// Places an event of the engine's own (a user probe's) in order: when
+    /// a syscall entry is held back, returns `Some(n)` and the engine keeps
+    /// the event's values under `n` until its sink's `emit_external(n)`;
+    /// `None`: the engine writes it now.
+    pub fn hold_external<C: VcpuContext + ?Sized, S: Sink + ?Sized>(
+        &mut self,
+        ctx: &C,
+        k: &Kernel,
+        sink: &mut S,
+    ) -> Option<usize> {
+        let (events, by_event) = (&mut self.events, &mut self.by_event);
+        self.deferral
+            .as_mut()?
+            .hold_external(ctx, k, |h| release(events, by_event, sink, h))
     }
 
     /// Writes whatever the deferral holds (before a statedump, and at the
@@ -167,11 +203,7 @@ impl VcpuTracer {
     pub fn flush<S: Sink + ?Sized>(&mut self, sink: &mut S) {
         let (events, by_event) = (&mut self.events, &mut self.by_event);
         if let Some(d) = self.deferral.as_mut() {
-            d.flush(|h| {
-                if let Held::Rec(r) = h {
-                    write(events, by_event, sink, r);
-                }
-            });
+            d.flush(|h| release(events, by_event, sink, h));
         }
     }
 

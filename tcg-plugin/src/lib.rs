@@ -20,19 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use introspect::decode::{Event, SyscallStrings};
+use introspect::decode::SyscallStrings;
 use introspect::kernel::find_slide;
 use introspect::probes::plan_probes;
-use introspect::runtime::{string_table, StatedumpGate};
-use introspect::task::for_each_task;
-use introspect::{decode, Kernel, ProbeKind, ProbePlan, Record, Task, VcpuState};
+use introspect::runtime::{string_table, StatedumpGate, VcpuTracer};
+use introspect::{Kernel, ProbeKind, ProbePlan};
 use qemu_plugin::{
     install::{Args, Info, Value},
     plugin::{HasCallbacks, Register},
     qemu_plugin_register_atexit_cb, register, CallbackFlags, PluginId, TranslationBlock, VCPUIndex,
 };
 
-use slots::{Slot, VcpuRuntime};
+use slots::{Slot, TraceSink, VcpuRuntime};
 use vcpu::QemuVcpu;
 
 /// Read-only after install, shared by all vCPU threads.
@@ -53,6 +52,12 @@ struct Global {
 }
 
 static G: OnceLock<Global> = OnceLock::new();
+
+/// Tasks a statedump holds without allocating on the trap path.
+const STATEDUMP_TASKS: usize = 4096;
+/// Index of user-probe events in the report's `by_event` (the
+/// `Record::event_tag`s leave it free).
+const USER_TAG: usize = 13;
 
 fn note(s: String) {
     if let Some(g) = G.get() {
@@ -140,52 +145,10 @@ fn on_sample_check(vcpu: VCPUIndex) {
 }
 
 fn hit(g: &Global, k: &Kernel, kind: ProbeKind, rt: &mut VcpuRuntime) {
-    if g.plan.statedump_exec.is_empty() {
-        statedump_once(g, k, rt);
-    }
     let strings = SyscallStrings(&g.strings);
-    if decode(kind, &rt.ctx, k, &strings, &mut rt.state, &mut rt.rec) {
-        rt.rec.ts = now_ns(g);
-        rt.by_kind[kind.index()] += 1;
-        rt.emit_deferring(k);
-        if let Event::ProcessExec { filename, .. } = &rt.rec.event {
-            if g.statedump.is_traced_exec(filename.as_str().as_bytes()) {
-                statedump_once(g, k, rt);
-            }
-        }
-    }
-}
-
-fn statedump_once(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
-    if g.statedump.claim() {
-        statedump(g, k, rt);
-    }
-}
-
-fn statedump(g: &Global, k: &Kernel, rt: &mut VcpuRuntime) {
-    // Whatever is held back came before the statedump.
-    rt.flush_deferred();
-    let ts = now_ns(g);
-    let cpu = rt.ctx.vcpu_index_pub();
-    let mut recs = Vec::new();
-    for_each_task(&rt.ctx, k, |t, ppid| recs.push((*t, ppid)));
-    let cur = rt.rec.current;
-    let tctx = ltt_writer::TaskCtx::new(cur.pid, cur.tid, &cur.comm);
-    if let Some(p) = rt.producer.as_mut() {
-        let _ = p.lttng_statedump_start(ts, &tctx);
-    }
-    for (task, ppid) in recs {
-        rt.rec = Record {
-            cpu,
-            ts,
-            current: task,
-            event: Event::Statedump { task, ppid },
-        };
-        rt.emit();
-    }
-    if let Some(p) = rt.producer.as_mut() {
-        let _ = p.lttng_statedump_end(ts, &tctx);
-    }
+    let now = || now_ns(g);
+    rt.tracer
+        .hit(kind, &rt.ctx, k, &strings, &g.statedump, now, &mut rt.sink);
 }
 
 impl Register for Hv {
@@ -290,31 +253,17 @@ impl HasCallbacks for Hv {
             // SAFETY: vCPU init runs on the vCPU's own thread before any of
             // its trap callbacks.
             let s = unsafe { slot.get() };
+            let producer = g
+                .producers
+                .lock()
+                .ok()
+                .and_then(|mut p| p.get_mut(vcpu as usize).and_then(Option::take));
             *s = Some(VcpuRuntime {
                 ctx,
-                state: VcpuState::default(),
-                rec: Record {
-                    cpu: vcpu,
-                    ts: 0,
-                    current: Task::UNKNOWN,
-                    event: Event::IrqExit { irq: 0, ret: 0 },
-                },
-                out,
-                producer: g
-                    .producers
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.get_mut(vcpu as usize).and_then(Option::take)),
-                ctf_errors: 0,
-                first_ctf_error: None,
-                events: 0,
+                tracer: VcpuTracer::new(vcpu, STATEDUMP_TASKS).with_deferral(),
+                sink: TraceSink::new(out, producer),
                 busy_ns: 0,
                 last_sample_ns: 0,
-                write_errors: 0,
-                by_kind: [0; 16],
-                by_event: [0; 16],
-                deferral: Some(introspect::defer::Deferral::new()),
-                user: slots::UserBufs::new(),
             });
         }
         Ok(())
@@ -394,18 +343,24 @@ fn at_exit() {
         // SAFETY: QEMU calls the exit hook after all vCPUs stopped.
         if let Some(rt) = unsafe { slot.get() }.as_mut() {
             rt.flush();
+            let sink = &mut rt.sink;
             // Dropping the producer closes its last packet.
-            rt.producer = None;
-            if let Some(e) = &rt.first_ctf_error {
+            sink.producer = None;
+            if let Some(e) = &sink.first_ctf_error {
                 note(format!("cpu {i}: first trace write error: {e}"));
             }
-            let late = rt
-                .deferral
-                .as_ref()
-                .map_or([0; 3], |d| [d.deferred, d.recovered, d.given_up]);
+            let t = &rt.tracer;
+            let mut by_event = t.by_event;
+            by_event[USER_TAG] = sink.user_events;
             per_cpu.push(format!(
                 "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?},\"strings_late\":{:?}}}",
-                rt.events, rt.busy_ns, rt.write_errors, rt.ctf_errors, rt.by_kind, rt.by_event, late
+                t.events + sink.user_events,
+                rt.busy_ns,
+                sink.write_errors,
+                sink.ctf_errors,
+                t.by_kind,
+                by_event,
+                t.strings_late()
             ));
         }
     }

@@ -309,7 +309,7 @@ fn fire(st: &State, index: u32, rt: &mut crate::slots::VcpuRuntime, detail: i64)
     let ts = crate::now_ns(g);
     // Records the vCPU still holds back go first.
     rt.flush();
-    if let (Some(p), Some(id)) = (rt.producer.as_mut(), st.marker) {
+    if let (Some(p), Some(id)) = (rt.sink.producer.as_mut(), st.marker) {
         let ctx = TaskCtx::new(task.pid, task.tid, &task.comm);
         let _ = p.emit(
             id,
@@ -327,7 +327,7 @@ fn fire(st: &State, index: u32, rt: &mut crate::slots::VcpuRuntime, detail: i64)
         return;
     }
     // Close this vCPU's packet now: it holds the event that fired.
-    if let Some(p) = rt.producer.as_mut() {
+    if let Some(p) = rt.sink.producer.as_mut() {
         let _ = p.flush();
     }
     let mut c = [0u8; 8];

@@ -123,13 +123,6 @@ impl VcpuContext for QemuVcpu {
     }
 }
 
-impl QemuVcpu {
-    /// The vCPU index.
-    pub fn vcpu_index_pub(&self) -> u32 {
-        self.index
-    }
-}
-
 /// A context for translation time: memory reads only (registers are not
 /// readable outside callbacks registered with QEMU_PLUGIN_CB_R_REGS).
 pub struct MemOnly;
