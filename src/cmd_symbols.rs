@@ -26,6 +26,10 @@ pub struct SymbolsArgs {
     /// Print the syscall table (`NR NAME(type name, ...)`) instead.
     #[arg(long, conflicts_with_all = ["types", "tracepoints"])]
     pub syscalls: bool,
+    /// With `--syscalls`: the 32-bit (compat, i386 ABI) table instead,
+    /// recovered from `ia32_sys_call`'s compare tree.
+    #[arg(long, requires = "syscalls")]
+    pub compat: bool,
     /// Print the tracepoints' static-branch sites instead
     /// (`ADDR LEN TRACEPOINT FIRST-ARG-REGISTER`, `-` when unknown).
     #[arg(long, conflicts_with = "types")]
@@ -122,12 +126,17 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
             }
         }
     } else if args.syscalls {
+        let table = if args.compat {
+            &k.compat_syscalls
+        } else {
+            &k.syscalls
+        };
         if args.format == Format::Json {
-            let doc = serde_json::json!({ "kernel": header, "syscalls": k.syscalls.entries });
+            let doc = serde_json::json!({ "kernel": header, "syscalls": table.entries });
             serde_json::to_writer_pretty(&mut out, &doc).map_err(std::io::Error::from)?;
             writeln!(out)?;
         } else {
-            for s in &k.syscalls.entries {
+            for s in &table.entries {
                 writeln!(out, "{s}")?;
             }
         }

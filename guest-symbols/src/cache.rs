@@ -11,7 +11,7 @@ use crate::symbols::{ExportedSymbol, KernelSymbols, Symbol, SymbolSource};
 use crate::syscalls::{Syscall, SyscallArg, SyscallTable};
 use crate::tracepoints::TracepointSite;
 
-const MAGIC: &[u8; 8] = b"HVSYM\x00\x02\x00";
+const MAGIC: &[u8; 8] = b"HVSYM\x00\x03\x00";
 /// Largest cache entry read back.
 const MAX_ENTRY: u64 = 256 << 20;
 
@@ -126,8 +126,22 @@ fn encode(k: &Kernel) -> Vec<u8> {
         w.u8(u8::from(e.gpl));
         w.str(&e.namespace);
     }
-    w.u32(k.syscalls.entries.len() as u32);
-    for s in &k.syscalls.entries {
+    put_table(&mut w, &k.syscalls);
+    w.bytes(k.types.raw());
+    w.u32(k.tracepoint_sites.len() as u32);
+    for t in &k.tracepoint_sites {
+        w.str(&t.tracepoint);
+        w.u64(t.addr);
+        w.u8(t.len);
+        w.u8(t.first_arg.unwrap_or(0xff));
+    }
+    put_table(&mut w, &k.compat_syscalls);
+    w.0
+}
+
+fn put_table(w: &mut W, t: &SyscallTable) {
+    w.u32(t.entries.len() as u32);
+    for s in &t.entries {
         w.u32(s.nr);
         w.str(&s.name);
         w.u64(s.handler);
@@ -143,15 +157,35 @@ fn encode(k: &Kernel) -> Vec<u8> {
             }
         }
     }
-    w.bytes(k.types.raw());
-    w.u32(k.tracepoint_sites.len() as u32);
-    for t in &k.tracepoint_sites {
-        w.str(&t.tracepoint);
-        w.u64(t.addr);
-        w.u8(t.len);
-        w.u8(t.first_arg.unwrap_or(0xff));
+}
+
+fn get_table(r: &mut R<'_>) -> Option<SyscallTable> {
+    let n = r.count(21)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (nr, name, handler, handler_symbol) = (r.u32()?, r.str()?, r.u64()?, r.str()?);
+        let args = match r.u8()? {
+            0xff => None,
+            c => Some(
+                (0..c)
+                    .map(|_| {
+                        Some(SyscallArg {
+                            type_name: r.str()?,
+                            name: r.str()?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+        };
+        entries.push(Syscall {
+            nr,
+            name,
+            handler,
+            handler_symbol,
+            args,
+        });
     }
-    w.0
+    Some(SyscallTable { entries })
 }
 
 /// Decodes a cache entry; `None` if it is corrupt or truncated.
@@ -183,31 +217,7 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
             namespace,
         });
     }
-    let n = r.count(21)?;
-    let mut entries = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (nr, name, handler, handler_symbol) = (r.u32()?, r.str()?, r.u64()?, r.str()?);
-        let args = match r.u8()? {
-            0xff => None,
-            c => Some(
-                (0..c)
-                    .map(|_| {
-                        Some(SyscallArg {
-                            type_name: r.str()?,
-                            name: r.str()?,
-                        })
-                    })
-                    .collect::<Option<Vec<_>>>()?,
-            ),
-        };
-        entries.push(Syscall {
-            nr,
-            name,
-            handler,
-            handler_symbol,
-            args,
-        });
-    }
+    let syscalls = get_table(&mut r)?;
     let btf = r.bytes()?;
     let types = if btf.is_empty() {
         KernelTypes::default()
@@ -225,10 +235,12 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
             first_arg: (arg < 16).then_some(arg),
         });
     }
+    let compat_syscalls = get_table(&mut r)?;
     Some(Kernel {
         symbols,
         types,
-        syscalls: SyscallTable { entries },
+        syscalls,
+        compat_syscalls,
         release,
         banner,
         build_id: (!build_id.is_empty()).then_some(build_id),
@@ -321,6 +333,15 @@ mod tests {
                     }]),
                 }],
             },
+            compat_syscalls: SyscallTable {
+                entries: vec![Syscall {
+                    nr: 11,
+                    name: "execve".into(),
+                    handler: 2,
+                    handler_symbol: "__ia32_compat_sys_execve".into(),
+                    args: None,
+                }],
+            },
             release: "6.1.0".into(),
             banner: "Linux version 6.1.0 x".into(),
             build_id: Some("abcd".into()),
@@ -346,6 +367,7 @@ mod tests {
         let back = load_by_content(&dir, "key1").unwrap().unwrap();
         assert_eq!(back.symbols.as_slice(), k.symbols.as_slice());
         assert_eq!(back.syscalls.entries, k.syscalls.entries);
+        assert_eq!(back.compat_syscalls.entries, k.compat_syscalls.entries);
         assert_eq!(back.types.member_offset("task_struct", "comm"), Some(48));
         assert_eq!(back.build_id.as_deref(), Some("abcd"));
         assert_eq!(back.tracepoint_sites, k.tracepoint_sites);

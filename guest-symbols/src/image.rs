@@ -8,6 +8,7 @@ use crate::elf::{build_id_from_notes, AddressSpace, ElfError, KernelElf};
 use crate::kallsyms::{self, KallsymsError, Layout};
 use crate::symbols::{KernelSymbols, Symbol, SymbolSource, SystemMapError};
 use crate::syscalls::{self, SyscallTable};
+use crate::syscalls32;
 use crate::tracepoints::{self, TracepointSite};
 use crate::{cache, ksymtab};
 
@@ -61,6 +62,9 @@ pub struct Kernel {
     /// Types from `.BTF` (empty if the kernel has none).
     pub types: KernelTypes,
     pub syscalls: SyscallTable,
+    /// The 32-bit (compat, i386 ABI) syscalls, from `ia32_sys_call`'s code
+    /// (see [`crate::syscalls32`]); empty without CONFIG_IA32_EMULATION.
+    pub compat_syscalls: SyscallTable,
     /// `uname -r`, e.g. `6.1.0-56-amd64`.
     pub release: String,
     /// `linux_banner` (`Linux version ...`), without the trailing newline.
@@ -275,11 +279,14 @@ fn finish(
     let release = banner.split_whitespace().nth(2).unwrap_or("").to_string();
     let types_ref = (!types.is_empty()).then_some(&types);
     let syscalls = syscalls::recover(data, space, &symbols, types_ref).unwrap_or_default();
+    let meta = syscalls::metadata(data, space, &symbols, types_ref);
+    let compat_syscalls = syscalls32::recover(data, space, &symbols, &meta);
     let tracepoint_sites = tracepoints::recover(data, space, &symbols, &types);
     Ok(Kernel {
         symbols,
         types,
         syscalls,
+        compat_syscalls,
         release,
         banner,
         build_id,

@@ -22,6 +22,7 @@ pub mod kallsyms;
 pub mod ksymtab;
 pub mod symbols;
 pub mod syscalls;
+pub mod syscalls32;
 pub mod tracepoints;
 
 pub use btf::{KernelTypes, Member, StructLayout, INTROSPECTION_LAYOUT};

@@ -108,7 +108,7 @@ fn meta_layout(types: Option<&KernelTypes>) -> MetaLayout {
 }
 
 /// Reads the metadata records: syscall name (without `sys_`) → args.
-fn metadata(
+pub(crate) fn metadata(
     data: &[u8],
     space: &AddressSpace,
     syms: &KernelSymbols,
