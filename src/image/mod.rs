@@ -3,6 +3,7 @@
 //! by the content of its inputs.
 
 mod apt;
+pub mod compat32;
 mod cpio;
 
 use anyhow::{bail, Context, Result};
@@ -138,6 +139,7 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
     for (name, path) in &bins {
         workloads.push((name.clone(), cache::sha256_file(path)?));
     }
+    workloads.push(("compat32".into(), cache::sha256_hex(&compat32::elf())));
     let key_text = format!(
         "{LAYOUT_VERSION} {} {} {workloads:?}",
         kernel_in.sha256, busybox_in.sha256
@@ -303,6 +305,7 @@ fn build_initramfs(busybox: &Path, bins: &[(String, PathBuf)]) -> Result<Vec<u8>
             a.file(&format!("bin/{name}"), 0o755, &data);
         }
     }
+    a.file("bin/compat32", 0o755, &compat32::elf());
     a.file(PROBE_FILE.0, 0o644, PROBE_FILE.1);
     a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     Ok(cpio::gzip(&a.finish())?)
