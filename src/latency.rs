@@ -138,6 +138,7 @@ pub struct Hops {
     pub typed_unix_ns: u64,
     pub serial_irq: Option<u64>,
     pub wakeup: Option<u64>,
+    pub runnable: Option<u64>,
     pub scheduled: Option<u64>,
     pub read_returns: Option<u64>,
     pub write_entry: Option<u64>,
@@ -145,9 +146,10 @@ pub struct Hops {
     pub echo_at_host: Option<u64>,
 }
 
-pub const HOP_NAMES: [&str; 7] = [
+pub const HOP_NAMES: [&str; 8] = [
     "serial interrupt (irq_handler_entry ttyS0)",
     "reader woken (sched_waking)",
+    "reader runnable (sched_wakeup)",
     "reader scheduled in (sched_switch)",
     "read() returns the byte",
     "write() of the echo begins",
@@ -156,10 +158,11 @@ pub const HOP_NAMES: [&str; 7] = [
 ];
 
 impl Hops {
-    pub fn offsets(&self) -> [Option<u64>; 7] {
+    pub fn offsets(&self) -> [Option<u64>; 8] {
         [
             self.serial_irq,
             self.wakeup,
+            self.runnable,
             self.scheduled,
             self.read_returns,
             self.write_entry,
@@ -191,6 +194,7 @@ pub fn follow(events: &[Ev], offset: u64, reader_tid: i32, injections: &[Injecti
                 &|e| matches!(&e.kind, Kind::IrqEntry { name, .. } if name.starts_with("ttyS")),
             );
             h.wakeup = find(&|e| matches!(e.kind, Kind::Waking { tid } if tid == reader_tid));
+            h.runnable = find(&|e| matches!(e.kind, Kind::Wakeup { tid } if tid == reader_tid));
             h.scheduled = find(
                 &|e| matches!(e.kind, Kind::Switch { next_tid, .. } if next_tid == reader_tid),
             );

@@ -37,6 +37,7 @@ fn each_key_is_followed_from_the_serial_interrupt_to_the_echo() {
     let hops = [
         "serial_irq",
         "wakeup",
+        "runnable",
         "scheduled",
         "read_returns",
         "write_entry",
@@ -51,17 +52,18 @@ fn each_key_is_followed_from_the_serial_interrupt_to_the_echo() {
                     .unwrap_or_else(|| panic!("hop {h} not seen: {k}"))
             })
             .collect();
-        // Causal order: interrupt, wake-up, run, read returns, write begins;
+        // Causal order: interrupt, waking, runnable, run, read returns,
+        // write begins;
         // then the byte leaves during the write, so the host sees the echo
         // after the write began (and maybe before it returns). The trace's
         // clock and the host's must agree for this to hold.
         assert!(
-            t[..6].windows(2).all(|w| w[0] <= w[1]),
+            t[..7].windows(2).all(|w| w[0] <= w[1]),
             "hops out of order: {k}"
         );
-        assert!(t[6] >= t[4], "echo seen before the write began: {k}");
+        assert!(t[7] >= t[5], "echo seen before the write began: {k}");
         assert!(
-            t[6] < 5_000_000_000,
+            t[7] < 5_000_000_000,
             "echo within the driver's timeout: {k}"
         );
     }
