@@ -19,12 +19,20 @@
 //! them on `begin_new_exec` itself). The bytes are read at that moment,
 //! not assumed: a function still starting with a `call` is probed too, on
 //! the slow single-step path, and the report says so.
+//!
+//! Never on a tracepoint's static-branch site (`sched_waking`/`sched_wakeup`
+//! at their sites): the guest's jump_label code compares those bytes with
+//! the NOP it expects before patching them, and BUG()s on a mismatch, so an
+//! int3 there would crash a guest that turns the tracepoint on. sched_waking
+//! goes back to `try_to_wake_up`'s entry; sched_wakeup, which has no
+//! function of its own, is left out and reported.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use introspect::probes::plan_probes;
+use introspect::kernel::reloc;
+use introspect::probes::{plan_probes, Probe};
 use introspect::ProbeKind;
 use vmm::VcpuCtx;
 
@@ -98,12 +106,13 @@ impl SwPhase {
         if self.arming.swap(true, Ordering::AcqRel) {
             return Vec::new();
         }
-        let set = plan_probes(plan, slide, None);
+        let mut set = plan_probes(plan, slide, None);
         let mut notes: Vec<String> = set
             .dropped
             .iter()
             .map(|(k, why)| format!("not covered: {k:?}: {why}"))
             .collect();
+        set.entries = off_static_branches(set.entries, plan, slide, &mut notes);
         let mut sites = HashMap::new();
         for p in &set.entries {
             sites.entry(p.addr).or_insert(Site {
@@ -150,6 +159,38 @@ impl SwPhase {
     }
 }
 
+/// The entry probes with none on a static-branch site (see the module
+/// comment): sched_waking's sites become one probe at `try_to_wake_up`.
+fn off_static_branches(
+    entries: Vec<Probe>,
+    plan: &introspect::ProbePlan,
+    slide: u64,
+    notes: &mut Vec<String>,
+) -> Vec<Probe> {
+    let mut out = Vec::with_capacity(entries.len());
+    let (mut waking, mut wakeup) = (false, false);
+    for p in entries {
+        match p.kind {
+            ProbeKind::SchedWakingAt { .. } => waking = true,
+            ProbeKind::SchedWakeup { .. } => wakeup = true,
+            _ => out.push(p),
+        }
+    }
+    let ttwu = plan.symbols.try_to_wake_up;
+    if waking && ttwu != 0 {
+        out.push(Probe {
+            addr: reloc(ttwu, slide),
+            kind: ProbeKind::SchedWaking,
+        });
+    }
+    if wakeup {
+        notes.push(
+            "not covered: sched_wakeup: its sites are static branches the guest may patch (an int3 there would crash it)".into(),
+        );
+    }
+    out
+}
+
 fn first_byte(ctx: &VcpuCtx<'_>, addr: u64) -> Option<u8> {
     let gpa = ctx.translate(addr).ok()??;
     let mut b = [0u8; 1];
@@ -172,5 +213,44 @@ pub(super) fn decide() -> (bool, String) {
             false,
             format!("software breakpoints could not be probed ({e}), so probes are the 4 hardware breakpoints per vCPU"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use introspect::Reg;
+
+    #[test]
+    fn no_int3_on_a_static_branch_site() {
+        let mut plan = introspect::ProbePlan::default();
+        plan.symbols.try_to_wake_up = 0xffff_ffff_810e_1700;
+        let p = |addr, kind| Probe { addr, kind };
+        let entries = vec![
+            p(0xffff_ffff_81a4_3dc0, ProbeKind::SyscallEntry),
+            p(
+                0xffff_ffff_810e_1978,
+                ProbeKind::SchedWakingAt { arg: Reg::Rbx },
+            ),
+            p(
+                0xffff_ffff_810e_179e,
+                ProbeKind::SchedWakingAt { arg: Reg::Rbx },
+            ),
+            p(
+                0xffff_ffff_810d_f8ae,
+                ProbeKind::SchedWakeup { arg: Reg::Rbp },
+            ),
+        ];
+        let mut notes = Vec::new();
+        let out = off_static_branches(entries, &plan, 0x1000_0000, &mut notes);
+        assert_eq!(
+            out,
+            [
+                p(0xffff_ffff_81a4_3dc0, ProbeKind::SyscallEntry),
+                p(0xffff_ffff_910e_1700, ProbeKind::SchedWaking),
+            ]
+        );
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("sched_wakeup"));
     }
 }
