@@ -18,7 +18,12 @@ const FOUR_LEVEL_KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 #[test]
 fn paging_mode_is_the_one_asked_for() {
     for (opts, five_level) in [(&[][..], true), (&["--append", "no5lvl"][..], false)] {
-        let mut all = vec!["--events", "sched", "--probe", "sw=__switch_to prev=%di:x64"];
+        let mut all = vec![
+            "--events",
+            "sched",
+            "--probe",
+            "sw=__switch_to prev=%di:x64",
+        ];
         all.extend_from_slice(opts);
         let tag = if five_level { "la57" } else { "no5lvl" };
         let r = record_with("6.12", 1, tag, &all, &["/bin/true"]);
