@@ -408,13 +408,23 @@ fn kvm_record_statedump_matches_proc() {
 #[test]
 fn kvm_record_pingpong_6_1() {
     needs_hardware_virtualization!();
-    record_support::sched_irq::pingpong_switches_match_rusage("kvm", &["--events", "sched,proc"], "6.1", 1);
+    record_support::sched_irq::pingpong_switches_match_rusage(
+        "kvm",
+        &["--events", "sched,proc"],
+        "6.1",
+        1,
+    );
 }
 
 #[test]
 fn kvm_record_pingpong_6_12_two_vcpus() {
     needs_hardware_virtualization!();
-    record_support::sched_irq::pingpong_switches_match_rusage("kvm", &["--events", "sched,proc"], "6.12", 2);
+    record_support::sched_irq::pingpong_switches_match_rusage(
+        "kvm",
+        &["--events", "sched,proc"],
+        "6.12",
+        2,
+    );
 }
 
 /// Interrupts against the growth of /proc/interrupts (`syscalls,irq`:
@@ -423,11 +433,21 @@ fn kvm_record_pingpong_6_12_two_vcpus() {
 #[test]
 fn kvm_record_irqs_6_1() {
     needs_hardware_virtualization!();
-    record_support::sched_irq::irqs_match_proc_interrupts("kvm", &["--events", "syscalls,irq"], "6.1", 1);
+    record_support::sched_irq::irqs_match_proc_interrupts(
+        "kvm",
+        &["--events", "syscalls,irq"],
+        "6.1",
+        1,
+    );
 }
 
 #[test]
 fn kvm_record_irqs_6_12_two_vcpus() {
     needs_hardware_virtualization!();
-    record_support::sched_irq::irqs_match_proc_interrupts("kvm", &["--events", "syscalls,irq"], "6.12", 2);
+    record_support::sched_irq::irqs_match_proc_interrupts(
+        "kvm",
+        &["--events", "syscalls,irq"],
+        "6.12",
+        2,
+    );
 }
