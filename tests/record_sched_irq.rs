@@ -143,17 +143,7 @@ fn record_wakeups_match_schedstat() {
         .map(|e| e.tid)
         .collect();
     assert_eq!(dds.len(), 2);
-    let pos = |from: usize, tid: i64, name: &str| {
-        r.events[from..]
-            .iter()
-            .position(|e| e.tid == tid && e.name == name)
-            .map(|p| p + from)
-            .unwrap_or_else(|| panic!("{name} of {tid}"))
-    };
-    let in1 = pos(0, dds[0], "syscall_entry_read");
-    let out1 = pos(in1, dds[0], "syscall_exit_read");
-    let in2 = pos(out1, dds[1], "syscall_entry_read");
-    let out2 = pos(in2, dds[1], "syscall_exit_read");
+    let [in1, out1, in2, out2] = record_support::two_reads(&r.events, dds[0], dds[1]);
     assert!(
         growth >= 200,
         "200 round trips wake at least one side: {growth}"

@@ -147,6 +147,25 @@ pub fn babeltrace(trace: &Path) -> Vec<Ev> {
     evs
 }
 
+/// Where two snapshots of a /proc file were taken: the indices of the
+/// `read` entry and exit of process `first`, then of process `second`
+/// after it (e.g. two `cat`s of /proc/interrupts). What lies between the
+/// first exit and the second entry is outside both reads.
+pub fn two_reads(events: &[Ev], first: i64, second: i64) -> [usize; 4] {
+    let pos = |from: usize, tid: i64, name: &str| {
+        events[from..]
+            .iter()
+            .position(|e| e.tid == tid && e.name == name)
+            .map(|p| p + from)
+            .unwrap_or_else(|| panic!("{name} of {tid}"))
+    };
+    let in1 = pos(0, first, "syscall_entry_read");
+    let out1 = pos(in1, first, "syscall_exit_read");
+    let in2 = pos(out1, second, "syscall_entry_read");
+    let out2 = pos(in2, second, "syscall_exit_read");
+    [in1, out1, in2, out2]
+}
+
 pub struct Recorded {
     pub status: i32,
     pub console: String,

@@ -193,17 +193,8 @@ pub fn irqs_match_proc_interrupts(backend: &str, opts: &[&str], line: &str, vcpu
     // Each snapshot is taken somewhere inside its read(): interrupts during
     // the two reads may fall on either side of it. Outside the reads the
     // count must be exact.
-    let pos = |from: usize, tid: i64, name: &str| {
-        r.events[from..]
-            .iter()
-            .position(|e| e.tid == tid && e.name == name)
-            .map(|p| p + from)
-            .unwrap_or_else(|| panic!("{name} of {tid}"))
-    };
-    let read1_in = pos(0, cats[0], "syscall_entry_read");
-    let read1_out = pos(read1_in, cats[0], "syscall_exit_read");
-    let read2_in = pos(read1_out, cats[1], "syscall_entry_read");
-    let read2_out = pos(read2_in, cats[1], "syscall_exit_read");
+    let [read1_in, read1_out, read2_in, read2_out] =
+        crate::record_support::two_reads(&r.events, cats[0], cats[1]);
     let count = |evs: &[Ev]| {
         let mut m: BTreeMap<i64, i64> = BTreeMap::new();
         for e in evs {

@@ -11,6 +11,8 @@
 //! int3s, so the same list, step-over and reinjection logic is exercised;
 //! they say which. Without a usable /dev/kvm they print `skipped: ...`.
 
+mod idt;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,7 +159,7 @@ fn the_guest_own_int3_is_reinjected_and_ours_still_hit() {
     let Some(how) = mechanism() else { return };
     // lidt [0x3000]; nop5 (ours); int3 (the guest's); hlt
     // handler at +0x40: nop5 (ours); mov rax,[rsp]; mov [0x5000],rax; hlt
-    let mut c = vec![0x0f, 0x01, 0x1c, 0x25, 0x00, 0x30, 0, 0];
+    let mut c = idt::LIDT.to_vec();
     let ours1 = BASE + c.len() as u64;
     c.extend_from_slice(&[0x0f, 0x1f, 0x44, 0, 0]);
     c.extend_from_slice(&[0xcc, 0xf4]);
@@ -165,25 +167,14 @@ fn the_guest_own_int3_is_reinjected_and_ours_still_hit() {
     c.resize(0x40, 0x90);
     let handler = BASE + 0x40;
     c.extend_from_slice(&[0x0f, 0x1f, 0x44, 0, 0]);
-    c.extend_from_slice(&[0x48, 0x8b, 0x04, 0x24]);
-    c.extend_from_slice(&[0x48, 0x89, 0x04, 0x25, 0x00, 0x50, 0, 0, 0xf4]);
-    let mut gate = Vec::new();
-    gate.extend_from_slice(&(handler as u16).to_le_bytes());
-    gate.extend_from_slice(&0x10u16.to_le_bytes()); // __BOOT_CS
-    gate.extend_from_slice(&[0, 0x8e]); // present interrupt gate
-    gate.extend_from_slice(&((handler >> 16) as u16).to_le_bytes());
-    gate.extend_from_slice(&((handler >> 32) as u32).to_le_bytes());
-    gate.extend_from_slice(&[0; 4]);
-    let mut idtr = (4 * 16 - 1u16).to_le_bytes().to_vec();
-    idtr.extend_from_slice(&0x4000u64.to_le_bytes());
+    c.extend_from_slice(&idt::STORE_RIP_AND_HALT);
 
     let hits: Hits = Default::default();
     let mut cfg = VmConfig::raw(c.clone());
     cfg.sw_breakpoints = true;
     cfg.handlers = Some(counting(hits.clone()));
     let mut vm = vmm::build(cfg).unwrap();
-    vm.write_phys(0x3000, &idtr).unwrap();
-    vm.write_phys(0x4000 + 3 * 16, &gate).unwrap();
+    idt::install(&vm, 3, handler);
     vm.insert_sw_breakpoint(ours1, ours1).unwrap();
     vm.insert_sw_breakpoint(handler, handler).unwrap();
     assert!(
@@ -194,7 +185,7 @@ fn the_guest_own_int3_is_reinjected_and_ours_still_hit() {
     vm.start().unwrap();
     assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
     assert_eq!(
-        read_u64(&vm, 0x5000),
+        idt::stored_rip(&vm),
         after_int3,
         "the guest's #BP handler ran with RIP after its int3"
     );

@@ -4,6 +4,8 @@
 //! breakpoints and watchpoints, kicks, pause/resume and SMP. They run on any
 //! /dev/kvm, emulated (KVM-PVM) or not.
 
+mod idt;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -509,30 +511,18 @@ fn the_guest_own_int3_reaches_its_idt_handler() {
     }
     // lidt [0x3000]; int3; (handler at +0x40:) mov rax,[rsp];
     // mov [0x5000],rax; hlt
-    let mut c = vec![0x0f, 0x01, 0x1c, 0x25, 0x00, 0x30, 0, 0, 0xcc, 0xf4];
-    let after_int3 = BASE + 9;
+    let mut c = idt::LIDT.to_vec();
+    c.extend_from_slice(&[0xcc, 0xf4]);
+    let after_int3 = BASE + c.len() as u64 - 1;
     c.resize(0x40, 0x90);
-    c.extend_from_slice(&[0x48, 0x8b, 0x04, 0x24]);
-    c.extend_from_slice(&[0x48, 0x89, 0x04, 0x25, 0x00, 0x50, 0, 0, 0xf4]);
+    c.extend_from_slice(&idt::STORE_RIP_AND_HALT);
     let handler = BASE + 0x40;
-    let mut gate = Vec::new();
-    gate.extend_from_slice(&(handler as u16).to_le_bytes());
-    gate.extend_from_slice(&0x10u16.to_le_bytes()); // __BOOT_CS
-    gate.extend_from_slice(&[0, 0x8e]); // present interrupt gate
-    gate.extend_from_slice(&((handler >> 16) as u16).to_le_bytes());
-    gate.extend_from_slice(&((handler >> 32) as u32).to_le_bytes());
-    gate.extend_from_slice(&[0; 4]);
-    let mut idtr = (4 * 16 - 1u16).to_le_bytes().to_vec();
-    idtr.extend_from_slice(&0x4000u64.to_le_bytes());
     let mut vm = vmm::build(VmConfig::raw(c)).unwrap();
-    vm.write_phys(0x3000, &idtr).unwrap();
-    vm.write_phys(0x4000 + 3 * 16, &gate).unwrap();
+    idt::install(&vm, 3, handler);
     vm.start().unwrap();
     assert_eq!(vm.wait(WAIT), Some(VmExit::Halted));
-    let mut b = [0u8; 8];
-    vm.read_phys(0x5000, &mut b).unwrap();
     assert_eq!(
-        u64::from_le_bytes(b),
+        idt::stored_rip(&vm),
         after_int3,
         "#BP pushed RIP after the int3"
     );
