@@ -333,12 +333,44 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         page_offset_base: sym("page_offset_base"),
         sched_wakeup_sites: tracepoint_sites(&k, "sched_wakeup"),
         sched_waking_sites: tracepoint_sites(&k, "sched_waking"),
+        ia32_sys_call: sym("ia32_sys_call"),
     };
-    let offsets = offsets_from_btf(&k.types, &k.symbols)?;
-    // Unimplemented slots (sys_ni_syscall) are left out; a name is declared once.
+    let mut offsets = offsets_from_btf(&k.types, &k.symbols)?;
+    // task_pt_regs() for the compat syscall exit: the top of the task's
+    // stack. BTF has no `thread_union`; THREAD_SIZE is the extent of the
+    // init task's stack, whose bounds the linker script names
+    offsets.task_stack = k.types.member_offset("task_struct", "stack").unwrap_or(0);
+    let extent = |a: &str, b: &str| k.symbols.addr(b)?.checked_sub(k.symbols.addr(a)?);
+    offsets.thread_size = extent("__start_init_stack", "__end_init_stack")
+        .or_else(|| extent("init_stack", "__end_init_task"))
+        .filter(|&n| n.is_power_of_two() && (0x2000..=0x10000).contains(&n))
+        .unwrap_or(0);
+    let syscalls = plan_syscalls(&k.syscalls);
+    if syscalls.is_empty() {
+        bail!("no syscall table in the image");
+    }
+    let compat_syscalls = plan_syscalls(&k.compat_syscalls);
+    let top = compat_syscalls.iter().map(|s| s.nr as usize + 1).max();
+    offsets.compat_string_args = vec![0; top.unwrap_or(0)];
+    for s in &compat_syscalls {
+        offsets.compat_string_args[s.nr as usize] = s.string_args;
+    }
+    Ok(ProbePlan {
+        banner_prefix: format!("Linux version {} ", k.release),
+        kernel_release: k.release.clone(),
+        symbols,
+        offsets,
+        syscalls,
+        compat_syscalls,
+        ..ProbePlan::default()
+    })
+}
+
+/// A syscall table as the plan holds it: unimplemented slots
+/// (sys_ni_syscall) are left out; a name is declared once.
+fn plan_syscalls(table: &guest_symbols::SyscallTable) -> Vec<Syscall> {
     let mut seen = std::collections::HashSet::new();
-    let syscalls: Vec<Syscall> = k
-        .syscalls
+    table
         .entries
         .iter()
         .filter(|sc| !sc.name.contains("ni_syscall"))
@@ -358,18 +390,7 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
                     .fold(0u8, |m, (i, _)| m | 1 << i),
             }
         })
-        .collect();
-    if syscalls.is_empty() {
-        bail!("no syscall table in the image");
-    }
-    Ok(ProbePlan {
-        banner_prefix: format!("Linux version {} ", k.release),
-        kernel_release: k.release.clone(),
-        symbols,
-        offsets,
-        syscalls,
-        ..ProbePlan::default()
-    })
+        .collect()
 }
 
 /// The static-branch sites of a tracepoint, for the planner.
@@ -508,6 +529,7 @@ fn offsets_from_btf(
         irqaction_name: m("irqaction", "name")?,
         task_mm: m("task_struct", "mm")?,
         mm_pgd: m("mm_struct", "pgd")?,
+        ..Offsets::default()
     })
 }
 
@@ -522,7 +544,7 @@ pub struct Summary {
 /// The class of an event, by `Record::event_tag`.
 pub(crate) fn class_of_tag(tag: usize) -> &'static str {
     match tag {
-        0 | 1 => "syscalls",
+        0 | 1 | 15 => "syscalls",
         2 | 3 | 14 => "sched",
         7 | 8 | 10 | 11 => "irq",
         13 => "probes",

@@ -13,6 +13,10 @@ pub enum CodecError {
     BadTag(u8),
 }
 
+/// Tag 15 (both compat syscall events) is followed by one of these.
+const COMPAT_ENTRY: u8 = 0;
+const COMPAT_EXIT: u8 = 1;
+
 /// Largest encoded record, length prefix included.
 pub const MAX_RECORD: usize = 512;
 
@@ -75,6 +79,25 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.gstr(string);
         }
         Event::SyscallExit { nr, ret } => {
+            w.put(&nr.to_le_bytes());
+            w.u64(*ret as u64);
+        }
+        Event::CompatSyscallEntry {
+            nr,
+            args,
+            str_arg,
+            string,
+        } => {
+            w.u8(COMPAT_ENTRY);
+            w.put(&nr.to_le_bytes());
+            for a in args {
+                w.u64(*a);
+            }
+            w.u8(str_arg.unwrap_or(0xff));
+            w.gstr(string);
+        }
+        Event::CompatSyscallExit { nr, ret } => {
+            w.u8(COMPAT_EXIT);
             w.put(&nr.to_le_bytes());
             w.u64(*ret as u64);
         }
@@ -241,6 +264,27 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         14 => Event::SchedWakeup {
             task: r.task()?,
             target_cpu: r.i32()?,
+        },
+        15 => match r.u8()? {
+            COMPAT_ENTRY => {
+                let nr = r.u32()?;
+                let mut args = [0u64; 6];
+                for a in &mut args {
+                    *a = r.u64()?;
+                }
+                let sa = r.u8()?;
+                Event::CompatSyscallEntry {
+                    nr,
+                    args,
+                    str_arg: (sa < 6).then_some(sa),
+                    string: r.gstr()?,
+                }
+            }
+            COMPAT_EXIT => Event::CompatSyscallExit {
+                nr: r.u32()?,
+                ret: r.u64()? as i64,
+            },
+            _ => return Err(CodecError::BadTag(15)),
         },
         t => return Err(CodecError::BadTag(t)),
     };

@@ -3,7 +3,7 @@
 
 use crate::ctx::{is_kernel_addr, read_cstr, read_u32, read_u64, Reg, VcpuContext};
 use crate::kernel::Kernel;
-use crate::task::{current_task, current_task_addr, read_task, Task};
+use crate::task::{current_pt_regs, current_task, current_task_addr, read_task, Task};
 
 /// Errors of decoding (the event is then still emitted, with marked fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,14 +21,20 @@ pub const IRQ_DEPTH: usize = 8;
 
 /// x86-64 `struct pt_regs` offsets (stable ABI of the entry code).
 pub mod pt_regs {
+    pub const BP: u64 = 32;
+    pub const BX: u64 = 40;
     pub const R10: u64 = 56;
     pub const R9: u64 = 64;
     pub const R8: u64 = 72;
     pub const AX: u64 = 80;
+    pub const CX: u64 = 88;
     pub const DX: u64 = 96;
     pub const SI: u64 = 104;
     pub const DI: u64 = 112;
     pub const ORIG_AX: u64 = 120;
+    pub const CS: u64 = 136;
+    /// `sizeof(struct pt_regs)`.
+    pub const SIZE: u64 = 168;
 }
 
 /// What a probe point is for.
@@ -66,6 +72,11 @@ pub enum ProbeKind {
     TimerExit,
     /// A statistical sample of whatever the vCPU runs (sample mode).
     Sample,
+    /// Entry of `ia32_sys_call(regs, nr)`: a 32-bit (compat) syscall.
+    CompatSyscallEntry,
+    /// Return site of a call to `ia32_sys_call` (rax = the return value;
+    /// the number is `orig_ax` of the task's own pt_regs).
+    CompatSyscallExit,
 }
 
 impl ProbeKind {
@@ -86,6 +97,8 @@ impl ProbeKind {
             ProbeKind::Sample => 11,
             ProbeKind::SchedWakeup { .. } => 12,
             ProbeKind::SchedWakingAt { .. } => 13,
+            ProbeKind::CompatSyscallEntry => 14,
+            ProbeKind::CompatSyscallExit => 15,
         }
     }
 }
@@ -137,6 +150,18 @@ pub enum Event {
         string: GuestStr,
     },
     SyscallExit {
+        nr: u32,
+        ret: i64,
+    },
+    /// A 32-bit (compat) syscall: `nr` in the i386 table, the argument
+    /// registers ebx, ecx, edx, esi, edi, ebp (zero-extended).
+    CompatSyscallEntry {
+        nr: u32,
+        args: [u64; 6],
+        str_arg: Option<u8>,
+        string: GuestStr,
+    },
+    CompatSyscallExit {
         nr: u32,
         ret: i64,
     },
@@ -219,6 +244,9 @@ impl Record {
             Event::Sample { .. } => 12,
             // 13 is the engines' count of user-probe events
             Event::SchedWakeup { .. } => 14,
+            // one tag for both (engines count events per tag in 16 slots);
+            // the codec tells them apart by the next byte
+            Event::CompatSyscallEntry { .. } | Event::CompatSyscallExit { .. } => 15,
         }
     }
 }
@@ -256,6 +284,11 @@ impl VcpuState {
 /// x86-64 numbers of the syscalls after which the current task's comm may
 /// differ: execve, execveat, prctl (PR_SET_NAME).
 const COMM_CHANGING: [u32; 3] = [59, 322, 157];
+/// The same in the i386 table: execve, execveat, prctl.
+const COMM_CHANGING_32: [u32; 3] = [11, 358, 172];
+/// i386 `execve`, and the user code segment of 32-bit programs.
+const I386_EXECVE: u32 = 11;
+const USER32_CS: u64 = 0x23;
 
 /// Syscall metadata the decoder needs per number: which argument is a user
 /// string. `string_args[nr]` bit i set = argument i.
@@ -284,6 +317,41 @@ fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u6
     ))
 }
 
+/// The i386 argument registers of a compat syscall from its pt_regs.
+fn compat_args<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<[u64; 6], DecodeError> {
+    let mut raw = [0u8; 128];
+    ctx.read_virt(regs, &mut raw)
+        .map_err(|_| DecodeError::Regs(regs))?;
+    let at = |off: u64| {
+        let o = off as usize;
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&raw[o..o + 4]);
+        u64::from(u32::from_le_bytes(b))
+    };
+    Ok([
+        at(pt_regs::BX),
+        at(pt_regs::CX),
+        at(pt_regs::DX),
+        at(pt_regs::SI),
+        at(pt_regs::DI),
+        at(pt_regs::BP),
+    ])
+}
+
+/// The first string argument of `mask` and its text.
+fn string_arg<C: VcpuContext + ?Sized>(
+    ctx: &C,
+    mask: u8,
+    args: &[u64; 6],
+) -> (Option<u8>, GuestStr) {
+    let str_arg = (0..6u8).find(|i| mask & (1 << i) != 0);
+    let string = match str_arg {
+        Some(i) => GuestStr::read(ctx, args[i as usize]),
+        None => GuestStr::default(),
+    };
+    (str_arg, string)
+}
+
 /// The CPU whose run queue task `p` is on (-1: unreadable).
 fn task_cpu<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel, p: u64) -> i32 {
     read_u32(ctx, p.wrapping_add(k.off.task_cpu))
@@ -310,11 +378,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
                 Err(_) => ([0; 6], ctx.read_reg(Reg::Rsi) as u32),
             };
             let mask = strings.0.get(nr as usize).copied().unwrap_or(0);
-            let str_arg = (0..6u8).find(|i| mask & (1 << i) != 0);
-            let string = match str_arg {
-                Some(i) => GuestStr::read(ctx, args[i as usize]),
-                None => GuestStr::default(),
-            };
+            let (str_arg, string) = string_arg(ctx, mask, &args);
             Event::SyscallEntry {
                 nr,
                 args,
@@ -327,6 +391,19 @@ pub fn decode<C: VcpuContext + ?Sized>(
             let nr = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)).map(|v| v as u32);
             let ret = read_u64(ctx, regs.wrapping_add(pt_regs::AX)).map(|v| v as i64);
             match (nr, ret) {
+                // An execve into an i386 program returns to 32-bit code
+                // with orig_ax set to the i386 execve by the kernel
+                // (`__set_personality_ia32`): its exit is a compat one, as
+                // `in_compat_syscall()` then says.
+                (Ok(I386_EXECVE), Ok(ret))
+                    if read_u64(ctx, regs.wrapping_add(pt_regs::CS)) == Ok(USER32_CS) =>
+                {
+                    st.invalidate_current();
+                    Event::CompatSyscallExit {
+                        nr: I386_EXECVE,
+                        ret,
+                    }
+                }
                 (Ok(nr), Ok(ret)) => {
                     if COMM_CHANGING.contains(&nr) {
                         st.invalidate_current();
@@ -334,6 +411,35 @@ pub fn decode<C: VcpuContext + ?Sized>(
                     Event::SyscallExit { nr, ret }
                 }
                 _ => return false,
+            }
+        }
+        ProbeKind::CompatSyscallEntry => {
+            // the number the switch dispatches on (after seccomp/ptrace)
+            let nr = ctx.read_reg(Reg::Rsi) as u32;
+            let args = compat_args(ctx, ctx.read_reg(Reg::Rdi)).unwrap_or([0; 6]);
+            let mask = k.off.compat_string_args.get(nr as usize).copied();
+            let (str_arg, string) = string_arg(ctx, mask.unwrap_or(0), &args);
+            Event::CompatSyscallEntry {
+                nr,
+                args,
+                str_arg,
+                string,
+            }
+        }
+        ProbeKind::CompatSyscallExit => {
+            let Ok(regs) = current_pt_regs(ctx, k) else {
+                return false;
+            };
+            let Ok(orig) = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)) else {
+                return false;
+            };
+            let nr = orig as u32;
+            if COMM_CHANGING_32.contains(&nr) {
+                st.invalidate_current();
+            }
+            Event::CompatSyscallExit {
+                nr,
+                ret: ctx.read_reg(Reg::Rax) as i64,
             }
         }
         ProbeKind::SchedSwitch => Event::SchedSwitch {

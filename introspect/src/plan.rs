@@ -81,6 +81,9 @@ pub struct Symbols {
     /// entry can only guess whether the wakeup will go ahead.
     #[serde(default)]
     pub sched_waking_sites: Vec<ArgSite>,
+    /// The compat syscall dispatcher `ia32_sys_call(regs, nr)` (0: absent).
+    #[serde(default)]
+    pub ia32_sys_call: u64,
 }
 
 /// A probe point inside a function, where a value the decoder needs is in
@@ -118,6 +121,17 @@ pub struct Offsets {
     pub task_mm: u64,
     #[serde(default)]
     pub mm_pgd: u64,
+    /// `task_struct.stack` and THREAD_SIZE (the size of `thread_union`),
+    /// for `task_pt_regs` (0: unknown).
+    #[serde(default)]
+    pub task_stack: u64,
+    #[serde(default)]
+    pub thread_size: u64,
+    /// Not an offset: which argument of each compat (i386) syscall is a
+    /// user string, by number (as [`Syscall::string_args`]). It lives here
+    /// because the decoders see the plan only through `Kernel::off`.
+    #[serde(default)]
+    pub compat_string_args: Vec<u8>,
 }
 
 /// One syscall of the kernel's table.
@@ -171,6 +185,10 @@ pub struct ProbePlan {
     /// Link-time address of every symbol the user probes name.
     #[serde(default)]
     pub user_probe_symbols: std::collections::BTreeMap<String, u64>,
+    /// The 32-bit (compat, i386 ABI) syscalls, from `ia32_sys_call`'s code
+    /// (empty: none traced).
+    #[serde(default)]
+    pub compat_syscalls: Vec<Syscall>,
 }
 
 impl ProbePlan {

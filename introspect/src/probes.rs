@@ -56,8 +56,8 @@ impl ProbeSet {
 /// Plans probes for `plan.events` on a kernel relocated by `slide`, within
 /// `budget` addresses (None: unlimited). In a tight budget the order of
 /// importance is: syscall entry, context switch, irq entry, fork, exec,
-/// exit, waking, wakeup (one slot per tracepoint site), timer, then the
-/// return probes.
+/// exit, waking, wakeup (one slot per tracepoint site), timer, the return
+/// probes, then the 32-bit (compat) syscall entry and exit.
 pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> ProbeSet {
     let s = &plan.symbols;
     let ev = plan.events;
@@ -100,6 +100,18 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
         (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallExit, true),
         (ev.irq, s.handle_irq_event, ProbeKind::IrqExit, true),
         (ev.irq, timer, ProbeKind::TimerExit, true),
+        (
+            ev.syscalls,
+            s.ia32_sys_call,
+            ProbeKind::CompatSyscallEntry,
+            false,
+        ),
+        (
+            ev.syscalls,
+            s.ia32_sys_call,
+            ProbeKind::CompatSyscallExit,
+            true,
+        ),
     ]);
     let mut left = budget.unwrap_or(usize::MAX);
     for (on, link, kind, is_return) in wanted {
@@ -152,6 +164,7 @@ mod tests {
                 do_exit: 0xffff_ffff_810a_7010,
                 try_to_wake_up: 0xffff_ffff_810e_1700,
                 sysvec_apic_timer_interrupt: 0,
+                ia32_sys_call: 0xffff_ffff_8100_5630,
                 sched_wakeup_sites: vec![
                     ArgSite {
                         addr: 0xffff_ffff_810d_f8ae,
@@ -172,7 +185,7 @@ mod tests {
     #[test]
     fn unlimited_budget_covers_everything_present() {
         let set = plan_probes(&plan(), 0x20c0_0000, None);
-        assert_eq!(set.entries.len(), 9);
+        assert_eq!(set.entries.len(), 10);
         assert_eq!(
             set.entry_at(0xffff_ffff_810d_f8ae + 0x20c0_0000),
             Some(ProbeKind::SchedWakeup { arg: Reg::Rbp })
@@ -181,10 +194,20 @@ mod tests {
             set.entry_at(0xffff_ffff_810e_1984 + 0x20c0_0000),
             Some(ProbeKind::SchedWakeup { arg: Reg::Rbx })
         );
-        assert_eq!(set.returns.len(), 2);
+        assert_eq!(set.returns.len(), 3);
         assert_eq!(
             set.entry_at(0xffff_ffff_81a4_3dc0 + 0x20c0_0000),
             Some(ProbeKind::SyscallEntry)
+        );
+        // compat syscalls: the dispatcher's entry and its callers' return sites
+        assert_eq!(
+            set.entry_at(0xffff_ffff_8100_5630 + 0x20c0_0000),
+            Some(ProbeKind::CompatSyscallEntry)
+        );
+        assert_eq!(set.returns[2].kind, ProbeKind::CompatSyscallExit);
+        assert_eq!(
+            set.entries.last().unwrap().kind,
+            ProbeKind::CompatSyscallEntry
         );
         // the timer symbol is missing: said so, twice (entry and return)
         assert_eq!(set.dropped.len(), 2);
@@ -219,7 +242,7 @@ mod tests {
         let mut p = plan();
         p.symbols.sched_wakeup_sites[1].reg = u8::MAX;
         let set = plan_probes(&p, 0, None);
-        assert_eq!(set.entries.len(), 7);
+        assert_eq!(set.entries.len(), 8);
         assert!(set
             .dropped
             .iter()
@@ -270,8 +293,16 @@ mod tests {
         let mut p = plan();
         p.events = EventClasses::parse("syscalls").unwrap();
         let set = plan_probes(&p, 0, None);
-        assert_eq!(set.entries.len(), 1);
-        assert_eq!(set.returns.len(), 1);
+        assert_eq!(set.entries.len(), 2);
+        assert_eq!(set.returns.len(), 2);
         assert!(set.dropped.is_empty());
+        // a kernel without IA32 emulation: said so
+        p.symbols.ia32_sys_call = 0;
+        let set = plan_probes(&p, 0, None);
+        assert_eq!(set.entries.len(), 1);
+        assert!(set
+            .dropped
+            .iter()
+            .any(|d| d.0 == ProbeKind::CompatSyscallEntry && d.1 == "symbol not in this kernel"));
     }
 }

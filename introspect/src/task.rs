@@ -73,6 +73,23 @@ pub fn current_task_addr<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel) -> Result
     Ok(p)
 }
 
+/// Address of the current task's user-mode `pt_regs`, at the top of its
+/// kernel stack (`task_pt_regs`: `task->stack + THREAD_SIZE - sizeof(pt_regs)`).
+pub fn current_pt_regs<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel) -> Result<u64, TaskError> {
+    if k.off.thread_size == 0 {
+        return Err(TaskError::Unreadable(0));
+    }
+    let task = current_task_addr(ctx, k)?;
+    let stack = read_u64(ctx, task.wrapping_add(k.off.task_stack))
+        .map_err(|_| TaskError::Unreadable(task))?;
+    if !is_kernel_addr(stack) {
+        return Err(TaskError::BadTask(stack));
+    }
+    Ok(stack
+        .wrapping_add(k.off.thread_size)
+        .wrapping_sub(crate::decode::pt_regs::SIZE))
+}
+
 /// Reads a task's fields. A garbage pointer gives `Task::UNKNOWN` with
 /// `addr` set, never a panic.
 pub fn read_task<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel, addr: u64) -> Task {

@@ -86,11 +86,14 @@ fn kernel(rng: &mut Rng) -> Kernel {
             irqaction_name: small(),
             task_mm: small(),
             mm_pgd: small(),
+            task_stack: small(),
+            thread_size: [0, 0x4000][(small() % 2) as usize],
+            compat_string_args: (0..512).map(|_| small() as u8).collect(),
         },
     }
 }
 
-const KINDS: [ProbeKind; 15] = [
+const KINDS: [ProbeKind; 17] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -106,6 +109,8 @@ const KINDS: [ProbeKind; 15] = [
     ProbeKind::SchedWakeup { arg: Reg::Rbx },
     ProbeKind::SchedWakeup { arg: Reg::R15 },
     ProbeKind::SchedWakingAt { arg: Reg::Rbp },
+    ProbeKind::CompatSyscallEntry,
+    ProbeKind::CompatSyscallExit,
 ];
 
 #[test]
@@ -146,6 +151,25 @@ fn decoders_survive_random_memory_and_roundtrip_through_the_codec() {
             assert_eq!(used, n);
             assert_eq!(back.event_tag(), rec.event_tag());
             assert_eq!(back.current.tid, rec.current.tid);
+            match (back.event, rec.event) {
+                (
+                    Event::CompatSyscallEntry { nr, args, .. },
+                    Event::CompatSyscallEntry {
+                        nr: n2, args: a2, ..
+                    },
+                ) => {
+                    assert_eq!((nr, args), (n2, a2));
+                    // i386 registers: 32-bit values
+                    assert!(args.iter().all(|&a| a <= u64::from(u32::MAX)));
+                }
+                (Event::CompatSyscallExit { nr, ret }, e) => {
+                    assert_eq!(Event::CompatSyscallExit { nr, ret }, e)
+                }
+                (_, Event::CompatSyscallEntry { .. } | Event::CompatSyscallExit { .. }) => {
+                    panic!("a compat event decoded as another")
+                }
+                _ => {}
+            }
         }
         // a random task list stops within the cap
         let walked = for_each_task(&g, &k, |_, _| {});

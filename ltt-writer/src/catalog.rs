@@ -188,6 +188,9 @@ pub struct KernelIds {
     pub lttng_statedump_process_state: Option<u32>,
     pub syscall_entry_unknown: Option<u32>,
     pub syscall_exit_unknown: Option<u32>,
+    /// Declared with the compat syscalls ([`Catalog::add_compat_syscalls`]).
+    pub compat_syscall_entry_unknown: Option<u32>,
+    pub compat_syscall_exit_unknown: Option<u32>,
 }
 
 /// Syscall numbers accepted (x86-64 tables stay far below).
@@ -203,6 +206,8 @@ pub struct Catalog {
     by_name: HashMap<String, u32>,
     /// Indexed by syscall number.
     syscalls: Vec<Option<(SyscallIds, SyscallDecl)>>,
+    /// The 32-bit (compat) table, indexed by its own numbers.
+    compat: Vec<Option<(SyscallIds, SyscallDecl)>>,
     kernel: KernelIds,
 }
 
@@ -355,28 +360,57 @@ impl Catalog {
                 f("file_table_address", T::hex(64)),
             ],
         )?);
-        let args6 = T::IntArray {
+        let (entry, exit) = self.add_unknown("")?;
+        k.syscall_entry_unknown = Some(entry);
+        k.syscall_exit_unknown = Some(exit);
+        self.kernel = k.clone();
+        Ok(())
+    }
+
+    /// `<prefix>syscall_entry_unknown` (id, args[6]) and
+    /// `<prefix>syscall_exit_unknown` (id, ret, args[6]).
+    fn add_unknown(&mut self, prefix: &str) -> Result<(u32, u32), CatalogError> {
+        let args6 = FieldType::IntArray {
             bits: 64,
             signed: false,
             base: Base::Dec,
             len: 6,
         };
-        k.syscall_entry_unknown = Some(self.add_event(
-            "syscall_entry_unknown",
-            vec![f("id", T::I32), f("args", args6.clone())],
-        )?);
-        k.syscall_exit_unknown = Some(self.add_event(
-            "syscall_exit_unknown",
-            vec![f("id", T::I32), f("ret", T::I64), f("args", args6)],
-        )?);
-        self.kernel = k.clone();
-        Ok(())
+        let f = FieldDecl::new;
+        let entry = self.add_event(
+            &format!("{prefix}syscall_entry_unknown"),
+            vec![f("id", FieldType::I32), f("args", args6.clone())],
+        )?;
+        let exit = self.add_event(
+            &format!("{prefix}syscall_exit_unknown"),
+            vec![
+                f("id", FieldType::I32),
+                f("ret", FieldType::I64),
+                f("args", args6),
+            ],
+        )?;
+        Ok((entry, exit))
+    }
+
+    /// Declare the 32-bit (compat) syscalls as lttng-modules names them:
+    /// `compat_syscall_entry_<name>` / `compat_syscall_exit_<name>` (same
+    /// fields as the native events), and `compat_syscall_{entry,exit}_unknown`.
+    pub fn add_compat_syscalls(&mut self, syscalls: &[SyscallDecl]) -> Result<(), CatalogError> {
+        let (entry, exit) = self.add_unknown("compat_")?;
+        self.kernel.compat_syscall_entry_unknown = Some(entry);
+        self.kernel.compat_syscall_exit_unknown = Some(exit);
+        self.add_table(syscalls, true)
     }
 
     /// Declare `syscall_entry_<name>` (input arguments) and
     /// `syscall_exit_<name>` (`ret` as int64, then output arguments) for
     /// each syscall, like lttng-modules' syscall tracer.
     pub fn add_syscalls(&mut self, syscalls: &[SyscallDecl]) -> Result<(), CatalogError> {
+        self.add_table(syscalls, false)
+    }
+
+    fn add_table(&mut self, syscalls: &[SyscallDecl], compat: bool) -> Result<(), CatalogError> {
+        let prefix = if compat { "compat_" } else { "" };
         for sc in syscalls {
             if sc.nr >= MAX_SYSCALL_NR {
                 return Err(CatalogError::BadSyscallNr {
@@ -384,7 +418,12 @@ impl Catalog {
                     max: MAX_SYSCALL_NR,
                 });
             }
-            if self.syscall(sc.nr).is_some() {
+            let taken = if compat {
+                self.compat_syscall(sc.nr)
+            } else {
+                self.syscall(sc.nr)
+            };
+            if taken.is_some() {
                 return Err(CatalogError::DuplicateSyscall {
                     nr: sc.nr,
                     name: sc.name.clone(),
@@ -401,10 +440,13 @@ impl Catalog {
                     .map(|&i| FieldDecl::new(&sc.args[i].name, sc.args[i].kind.field_type()))
                     .collect()
             };
-            let entry = self.add_event(&format!("syscall_entry_{}", sc.name), mk(&entry_args))?;
+            let entry = self.add_event(
+                &format!("{prefix}syscall_entry_{}", sc.name),
+                mk(&entry_args),
+            )?;
             let mut exit_fields = vec![FieldDecl::new("ret", FieldType::I64)];
             exit_fields.extend(mk(&exit_args));
-            let exit = self.add_event(&format!("syscall_exit_{}", sc.name), exit_fields)?;
+            let exit = self.add_event(&format!("{prefix}syscall_exit_{}", sc.name), exit_fields)?;
             let string_mask = (0..sc.args.len().min(8))
                 .filter(|&i| sc.args[i].kind == ArgKind::String)
                 .fold(0u8, |m, i| m | 1 << i);
@@ -416,10 +458,15 @@ impl Catalog {
                 string_mask,
             };
             let nr = sc.nr as usize;
-            if self.syscalls.len() <= nr {
-                self.syscalls.resize(nr + 1, None);
+            let table = if compat {
+                &mut self.compat
+            } else {
+                &mut self.syscalls
+            };
+            if table.len() <= nr {
+                table.resize(nr + 1, None);
             }
-            self.syscalls[nr] = Some((ids, sc.clone()));
+            table[nr] = Some((ids, sc.clone()));
         }
         Ok(())
     }
@@ -439,6 +486,14 @@ impl Catalog {
     #[inline]
     pub fn syscall(&self, nr: u32) -> Option<&SyscallIds> {
         self.syscalls
+            .get(nr as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| &s.0)
+    }
+    /// A compat (32-bit) syscall's ids, by its i386 number.
+    #[inline]
+    pub fn compat_syscall(&self, nr: u32) -> Option<&SyscallIds> {
+        self.compat
             .get(nr as usize)
             .and_then(|s| s.as_ref())
             .map(|s| &s.0)
@@ -489,6 +544,26 @@ mod tests {
         assert_eq!(names, ["ret", "buf"]);
         assert_eq!(exit.fields[0].ty, FieldType::I64);
         assert!(c.kernel_ids().sched_switch.unwrap() < 31);
+        // the same number in the compat table is another event
+        let native_entry = ids.entry;
+        let mut c = c;
+        let open = SyscallDecl {
+            nr: 0,
+            name: "read".into(),
+            args: vec![],
+        };
+        c.add_compat_syscalls(&[open]).unwrap();
+        let compat = c.compat_syscall(0).unwrap();
+        assert_eq!(
+            c.event(compat.entry).unwrap().name,
+            "compat_syscall_entry_read"
+        );
+        assert_eq!(
+            c.event(compat.exit).unwrap().name,
+            "compat_syscall_exit_read"
+        );
+        assert_eq!(c.syscall(0).unwrap().entry, native_entry);
+        assert!(c.id_of("compat_syscall_exit_unknown").is_some());
     }
 
     #[test]

@@ -334,7 +334,7 @@ impl Producer {
         nr: u32,
         args: &[Value<'_>],
     ) -> Result<(), ProduceError> {
-        self.syscall(ts, ctx, nr, None, args)
+        self.syscall(ts, ctx, nr, None, args, false)
     }
 
     /// `syscall_exit_<name>`: `ret`, then the output arguments of `args`
@@ -347,7 +347,31 @@ impl Producer {
         ret: i64,
         args: &[Value<'_>],
     ) -> Result<(), ProduceError> {
-        self.syscall(ts, ctx, nr, Some(ret), args)
+        self.syscall(ts, ctx, nr, Some(ret), args, false)
+    }
+
+    /// `compat_syscall_entry_<name>`: as [`Producer::syscall_entry`], for
+    /// syscall `nr` of the 32-bit (compat) table.
+    pub fn compat_syscall_entry(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        nr: u32,
+        args: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
+        self.syscall(ts, ctx, nr, None, args, true)
+    }
+
+    /// `compat_syscall_exit_<name>`.
+    pub fn compat_syscall_exit(
+        &mut self,
+        ts: u64,
+        ctx: &TaskCtx,
+        nr: u32,
+        ret: i64,
+        args: &[Value<'_>],
+    ) -> Result<(), ProduceError> {
+        self.syscall(ts, ctx, nr, Some(ret), args, true)
     }
 
     fn syscall(
@@ -357,11 +381,17 @@ impl Producer {
         nr: u32,
         ret: Option<i64>,
         args: &[Value<'_>],
+        compat: bool,
     ) -> Result<(), ProduceError> {
         let catalog = self.catalog();
         let mut vals = [Value::U(0); MAX_SYSCALL_ARGS + 1];
         let mut n = 0;
-        let Some(ids) = catalog.syscall(nr) else {
+        let found = if compat {
+            catalog.compat_syscall(nr)
+        } else {
+            catalog.syscall(nr)
+        };
+        let Some(ids) = found else {
             let mut raw = [0u64; MAX_SYSCALL_ARGS];
             for (r, a) in raw.iter_mut().zip(args) {
                 *r = match a {
@@ -371,6 +401,19 @@ impl Producer {
                 };
             }
             return match ret {
+                None if compat => {
+                    let id = id!(self, compat_syscall_entry_unknown);
+                    self.emit(id, ts, ctx, &[Value::I(nr as i64), Value::Ints(&raw)])
+                }
+                Some(r) if compat => {
+                    let id = id!(self, compat_syscall_exit_unknown);
+                    self.emit(
+                        id,
+                        ts,
+                        ctx,
+                        &[Value::I(nr as i64), Value::I(r), Value::Ints(&raw)],
+                    )
+                }
                 None => {
                     let id = id!(self, syscall_entry_unknown);
                     self.emit(id, ts, ctx, &[Value::I(nr as i64), Value::Ints(&raw)])

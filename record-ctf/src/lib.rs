@@ -3,8 +3,8 @@
 //! kept apart so that `introspect` never knows about CTF and `ltt_writer`
 //! never knows how events were obtained.
 
-use introspect::decode::{Event, Record};
-use introspect::plan::ProbePlan;
+use introspect::decode::{Event, GuestStr, Record};
+use introspect::plan::{ProbePlan, Syscall};
 use introspect::userprobe::{FieldKind, FieldValue, ProbeSpec, ResolvedProbe, MAX_FIELDS};
 use introspect::Task;
 use ltt_writer::{
@@ -41,16 +41,18 @@ pub fn arg_kind(ty: &str, is_string: bool) -> ArgKind {
     }
 }
 
-/// The trace catalog for a plan's syscall table.
-pub fn catalog(plan: &ProbePlan) -> Catalog {
-    catalog_checked(plan)
-        .unwrap_or_else(|_| Catalog::kernel(&[]).unwrap_or_else(|_| Catalog::new()))
+/// How an argument of a 32-bit (compat) syscall is recorded: as the native
+/// declaration's type, narrowed to the 32-bit registers it came in.
+pub fn compat_arg_kind(ty: &str, is_string: bool) -> ArgKind {
+    match arg_kind(ty, is_string) {
+        ArgKind::Signed(_) => ArgKind::Signed(32),
+        ArgKind::Unsigned(_) => ArgKind::Unsigned(32),
+        k => k,
+    }
 }
 
-/// The catalog, or why the syscall table could not be declared.
-pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog::CatalogError> {
-    let decls: Vec<SyscallDecl> = plan
-        .syscalls
+fn decls(table: &[Syscall], kind: fn(&str, bool) -> ArgKind) -> Vec<SyscallDecl> {
+    table
         .iter()
         .map(|s| SyscallDecl {
             nr: s.nr,
@@ -62,7 +64,7 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
                 .take(6)
                 .map(|(i, name)| SyscallArg {
                     name: name.clone(),
-                    kind: arg_kind(
+                    kind: kind(
                         s.arg_types.get(i).map(String::as_str).unwrap_or(""),
                         s.string_args & (1 << i) != 0,
                     ),
@@ -70,8 +72,21 @@ pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog:
                 })
                 .collect(),
         })
-        .collect();
-    let mut c = Catalog::kernel(&decls)?;
+        .collect()
+}
+
+/// The trace catalog for a plan's syscall table.
+pub fn catalog(plan: &ProbePlan) -> Catalog {
+    catalog_checked(plan)
+        .unwrap_or_else(|_| Catalog::kernel(&[]).unwrap_or_else(|_| Catalog::new()))
+}
+
+/// The catalog, or why the syscall table could not be declared.
+pub fn catalog_checked(plan: &ProbePlan) -> Result<Catalog, ltt_writer::catalog::CatalogError> {
+    let mut c = Catalog::kernel(&decls(&plan.syscalls, arg_kind))?;
+    if !plan.compat_syscalls.is_empty() {
+        c.add_compat_syscalls(&decls(&plan.compat_syscalls, compat_arg_kind))?;
+    }
     for name in [TIMER_ENTRY, TIMER_EXIT] {
         c.add_event(
             name,
@@ -165,6 +180,28 @@ fn task_ref(t: &Task) -> TaskRef<'_> {
     }
 }
 
+/// A string argument's bytes: one still unreadable after the retry (see
+/// `introspect::defer`) is marked, never left empty.
+fn string_value<'a>(args: &[u64; 6], str_arg: Option<u8>, string: &'a GuestStr) -> &'a [u8] {
+    match str_arg {
+        Some(i) if !string.ok && args[usize::from(i) % 6] != 0 => UNREADABLE,
+        _ => string.as_str().as_bytes(),
+    }
+}
+
+/// A syscall's six argument values, the string one as `s`.
+fn arg_values<'a>(args: &[u64; 6], str_arg: Option<u8>, s: &'a [u8]) -> [Value<'a>; 6] {
+    let mut vals = [Value::U(0); 6];
+    for (i, v) in vals.iter_mut().enumerate() {
+        *v = if str_arg == Some(i as u8) {
+            Value::Str(s)
+        } else {
+            Value::U(args[i])
+        };
+    }
+    vals
+}
+
 /// Writes `r` to `p`.
 pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
     let ctx = TaskCtx::new(r.current.pid, r.current.tid, &r.current.comm);
@@ -176,23 +213,20 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             str_arg,
             string,
         } => {
-            // A string still unreadable after the retry (see
-            // `introspect::defer`) is marked, never left empty.
-            let s = match str_arg {
-                Some(i) if !string.ok && args[usize::from(*i) % 6] != 0 => UNREADABLE,
-                _ => string.as_str().as_bytes(),
-            };
-            let mut vals = [Value::U(0); 6];
-            for (i, v) in vals.iter_mut().enumerate() {
-                *v = if *str_arg == Some(i as u8) {
-                    Value::Str(s)
-                } else {
-                    Value::U(args[i])
-                };
-            }
-            p.syscall_entry(ts, &ctx, *nr, &vals)
+            let s = string_value(args, *str_arg, string);
+            p.syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
         }
         Event::SyscallExit { nr, ret } => p.syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::CompatSyscallEntry {
+            nr,
+            args,
+            str_arg,
+            string,
+        } => {
+            let s = string_value(args, *str_arg, string);
+            p.compat_syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
+        }
+        Event::CompatSyscallExit { nr, ret } => p.compat_syscall_exit(ts, &ctx, *nr, *ret, &[]),
         Event::SchedSwitch { prev, next } => p.sched_switch(
             ts,
             &ctx,

@@ -73,7 +73,7 @@ pub fn elf() -> Vec<u8> {
     f.extend_from_slice(&40u16.to_le_bytes()); // e_shentsize
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    // program header: PT_LOAD of the whole file
+                                              // program header: PT_LOAD of the whole file
     f.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
     f.extend_from_slice(&0u32.to_le_bytes()); // p_offset
     f.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
@@ -112,6 +112,9 @@ mod tests {
         let path = (u32_at(mov_ebx + 1) - BASE) as usize;
         assert_eq!(&f[path..path + MISSING.len() + 1], b"/compat32-missing\0");
         assert!(f.ends_with(COUNTS.as_bytes()));
-        assert!(f.len() < 4096, "one page: every string is mapped with the code");
+        assert!(
+            f.len() < 4096,
+            "one page: every string is mapped with the code"
+        );
     }
 }
