@@ -537,3 +537,74 @@ fn guest_proc_kallsyms_equals_recovered_table_6_1() {
 fn guest_proc_kallsyms_equals_recovered_table_6_12() {
     guest_kallsyms_equals_recovered("6.12");
 }
+
+/// The 32-bit (compat) table recovered from `ia32_sys_call`'s compare tree
+/// holds the i386 ABI's numbers (fixed since Linux 1.0), each handler
+/// being the kallsyms symbol of that name, and the native metadata's
+/// argument names; the CLI prints it.
+#[test]
+fn compat_syscall_table_has_the_i386_numbers() {
+    for line in LINES {
+        let (k, _) = open(line);
+        let t = &k.compat_syscalls;
+        for (nr, name) in [
+            (1, "exit"),
+            (3, "read"),
+            (4, "write"),
+            (5, "open"),
+            (6, "close"),
+            (11, "execve"),
+            (20, "getpid"),
+            (102, "socketcall"),
+            (190, "vfork"),
+            (252, "exit_group"),
+        ] {
+            let s = t
+                .by_nr(nr)
+                .unwrap_or_else(|| panic!("{line}: no compat syscall {nr}"));
+            assert_eq!(s.name, name, "{line}: compat {nr}");
+        }
+        // i386 has no syscall 17 (`break`), 31 (`stty`) nor 222
+        for nr in [17, 31, 222] {
+            assert!(t.by_nr(nr).is_none(), "{line}: compat {nr} is implemented?");
+        }
+        let open_args: Vec<&str> = t
+            .by_nr(5)
+            .unwrap()
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(open_args, ["filename", "flags", "mode"]);
+        let dispatcher = k.symbols.addr("ia32_sys_call").unwrap();
+        for s in &t.entries {
+            assert_eq!(
+                k.symbols.addr(&s.handler_symbol),
+                Some(s.handler),
+                "{line}: {s}"
+            );
+            assert!(
+                s.handler_symbol.starts_with("__ia32_"),
+                "{line}: {}",
+                s.handler_symbol
+            );
+            assert_ne!(s.handler, dispatcher);
+        }
+        assert!(t.entries.len() > 350, "{line}: {}", t.entries.len());
+        let out = common::hvtrace()
+            .args(["symbols", "--syscalls", "--compat"])
+            .arg(vmlinuz(line))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().any(|l| l == "20 getpid()"), "{line}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("5 open(const char * filename")),
+            "{line}"
+        );
+    }
+}
