@@ -256,3 +256,120 @@ fn slide_found_from_banner() {
     }
     panic!("no seed mapped the banner page");
 }
+
+/// The compat decoders on a known guest: the entry takes the number from
+/// esi and the arguments from pt_regs' bx, cx, dx, si, di, bp (32 bits),
+/// the string from the argument the syscall declares; the exit takes the
+/// number from `orig_ax` of the pt_regs at the top of the current task's
+/// stack and the value from rax.
+#[test]
+fn compat_decoders_read_the_i386_registers_and_the_tasks_own_pt_regs() {
+    const PERCPU: u64 = 0xffff_8880_0010_0000;
+    const TASK: u64 = 0xffff_8880_0020_0000;
+    const STACK: u64 = 0xffff_c900_0040_0000;
+    const REGS: u64 = STACK + 0x4000 - 168;
+    const PATH: u64 = 0x0804_80a0;
+    let k = Kernel {
+        off: Offsets {
+            percpu_current_task: 0x20,
+            task_pid: 0x10,
+            task_tgid: 0x14,
+            task_comm: 0x40,
+            task_stack: 0x30,
+            thread_size: 0x4000,
+            compat_string_args: vec![0, 0, 0, 0, 0, 0b1],
+            ..Offsets::default()
+        },
+        ..Kernel::default()
+    };
+    let mut ov = HashMap::new();
+    let mut put = |at: u64, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            ov.insert(at + i as u64, *b);
+        }
+    };
+    put(PERCPU + 0x20, &TASK.to_le_bytes());
+    put(TASK + 0x10, &7u32.to_le_bytes());
+    put(TASK + 0x14, &7u32.to_le_bytes());
+    put(TASK + 0x40, b"compat32\0\0\0\0\0\0\0\0");
+    put(TASK + 0x30, &STACK.to_le_bytes());
+    // pt_regs: bx, cx, dx, si, di, bp with junk in their upper halves
+    for (off, v) in [
+        (40u64, PATH),
+        (88, 2),
+        (96, 0o644),
+        (104, 4),
+        (112, 5),
+        (32, 6),
+    ] {
+        put(REGS + off, &(v | 0xdead_0000_0000_0000).to_le_bytes());
+    }
+    put(REGS + 120, &5u64.to_le_bytes()); // orig_ax
+    put(PATH, b"/compat32-missing\0");
+    let mut regs = [0u64; Reg::ALL.len()];
+    regs[Reg::GsBase as usize] = PERCPU;
+    regs[Reg::Rdi as usize] = REGS;
+    regs[Reg::Rsi as usize] = 5;
+    regs[Reg::Rax as usize] = (-2i64) as u64;
+    let needed = [PERCPU, TASK, STACK + 0x3000, PATH];
+    let g = (0..4096u64)
+        .map(|seed| RandomGuest {
+            seed,
+            regs,
+            reads: Cell::new(0),
+            overrides: ov.clone(),
+        })
+        .find(|g| {
+            needed
+                .iter()
+                .all(|&a| g.read_virt(a, &mut [0u8; 1]).is_ok())
+        })
+        .expect("a seed maps every page the test uses");
+    let strings = vec![0u8; 512];
+    let mut st = VcpuState::default();
+    let mut rec = Record {
+        cpu: 0,
+        ts: 0,
+        current: Task::UNKNOWN,
+        event: Event::IrqExit { irq: 0, ret: 0 },
+    };
+    let mut run = |kind| {
+        assert!(decode(
+            kind,
+            &g,
+            &k,
+            &SyscallStrings(&strings),
+            &mut st,
+            &mut rec
+        ));
+        rec
+    };
+    let entry = run(ProbeKind::CompatSyscallEntry);
+    assert_eq!(entry.current.tid, 7);
+    assert_eq!(entry.current.comm_str(), "compat32");
+    let Event::CompatSyscallEntry {
+        nr,
+        args,
+        str_arg,
+        string,
+    } = entry.event
+    else {
+        panic!("{entry:?}");
+    };
+    assert_eq!((nr, args), (5, [PATH, 2, 0o644, 4, 5, 6]));
+    assert_eq!(str_arg, Some(0));
+    assert_eq!(string.as_str(), "/compat32-missing");
+    let exit = run(ProbeKind::CompatSyscallExit);
+    assert_eq!(exit.event, Event::CompatSyscallExit { nr: 5, ret: -2 });
+    // unknown THREAD_SIZE: no exit rather than a wrong number
+    let mut k0 = k.clone();
+    k0.off.thread_size = 0;
+    assert!(!decode(
+        ProbeKind::CompatSyscallExit,
+        &g,
+        &k0,
+        &SyscallStrings(&strings),
+        &mut VcpuState::default(),
+        &mut rec
+    ));
+}
