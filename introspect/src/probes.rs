@@ -56,8 +56,9 @@ impl ProbeSet {
 /// Plans probes for `plan.events` on a kernel relocated by `slide`, within
 /// `budget` addresses (None: unlimited). In a tight budget the order of
 /// importance is: syscall entry, context switch, irq entry, fork, exec,
-/// exit, waking, wakeup (one slot per tracepoint site), timer, the return
-/// probes, then the 32-bit (compat) syscall entry and exit.
+/// exit, waking, wakeup (one slot per tracepoint site), timer, then the
+/// return probes. The 32-bit (compat) syscall entry and exit come last,
+/// and only without a budget.
 pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> ProbeSet {
     let s = &plan.symbols;
     let ev = plan.events;
@@ -100,19 +101,23 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
         (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallExit, true),
         (ev.irq, s.handle_irq_event, ProbeKind::IrqExit, true),
         (ev.irq, timer, ProbeKind::TimerExit, true),
-        (
-            ev.syscalls,
-            s.ia32_sys_call,
-            ProbeKind::CompatSyscallEntry,
-            false,
-        ),
-        (
-            ev.syscalls,
-            s.ia32_sys_call,
-            ProbeKind::CompatSyscallExit,
-            true,
-        ),
     ]);
+    // Compat syscalls only where probes are not counted: a budget is the
+    // KVM monitor's hardware breakpoints, which keep to the native events
+    // (that engine does not search the compat return sites either, and an
+    // entry without its exit would mislead).
+    let compat = [
+        (ProbeKind::CompatSyscallEntry, false),
+        (ProbeKind::CompatSyscallExit, true),
+    ];
+    for (kind, is_return) in compat {
+        if budget.is_none() {
+            wanted.push((ev.syscalls, s.ia32_sys_call, kind, is_return));
+        } else if ev.syscalls {
+            set.dropped
+                .push((kind, "not planned within a probe budget"));
+        }
+    }
     let mut left = budget.unwrap_or(usize::MAX);
     for (on, link, kind, is_return) in wanted {
         if !on {
@@ -235,6 +240,16 @@ mod tests {
             .dropped
             .iter()
             .any(|d| d.0 == ProbeKind::SyscallExit && d.1 == "no probe slot left"));
+        // a budget with room left still keeps to the native events
+        let mut p = plan();
+        p.events = EventClasses::parse("syscalls").unwrap();
+        let set = plan_probes(&p, 0, Some(4));
+        assert_eq!(set.entries.len() + set.returns.len(), 2);
+        assert!(set
+            .dropped
+            .iter()
+            .any(|d| d.0 == ProbeKind::CompatSyscallEntry
+                && d.1 == "not planned within a probe budget"));
     }
 
     #[test]
