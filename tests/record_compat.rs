@@ -1,7 +1,7 @@
 //! End-to-end tests of 32-bit (compat) syscall tracing on the QEMU TCG
 //! engine with the real Debian kernels: `/bin/compat32` (a static i386
-//! program of the image) makes its syscalls through `int $0x80`, which never
-//! reach `do_syscall_64`. The trace, read back with babeltrace2, is held
+//! program of the image) makes its syscalls through `int $0x80` and the
+//! 32-bit vDSO (`sysenter`/`syscall`), which never reach `do_syscall_64`. The trace, read back with babeltrace2, is held
 //! against what the program itself says it did (its COUNTS line), the
 //! kernel's own answers (getpid's value is the task's tgid the tracer reads
 //! from the task struct; open of a missing file is -ENOENT), and the i386
@@ -10,7 +10,7 @@
 mod common;
 mod record_support;
 
-use record_support::{record, Ev};
+use record_support::{record_with, Ev};
 
 fn count(events: &[Ev], tid: i64, name: &str) -> usize {
     events
@@ -20,11 +20,22 @@ fn count(events: &[Ev], tid: i64, name: &str) -> usize {
 }
 
 fn compat_matches(line: &str, vcpus: u32) {
-    let r = record(line, vcpus, "compat", &["/bin/compat32"]);
+    // user probes at the two entry paths' own functions tell them apart
+    let probes = [
+        "--probe",
+        "fast32=do_fast_syscall_32",
+        "--probe",
+        "int80=do_int80_emulation",
+    ];
+    let r = record_with(line, vcpus, "compat", &probes, &["/bin/compat32"]);
     assert_eq!(r.status, 0, "{line}: console:\n{}", r.console);
     let counts = r.counts();
-    let getpids: usize = counts["getpid"].parse().unwrap();
-    assert!(getpids >= 50, "{counts:?}");
+    let n = |k: &str| -> usize { counts[k].parse().unwrap() };
+    let getpids = n("getpid");
+    // both compat entries: `int $0x80`, and the vDSO's sysenter/syscall
+    // (do_fast_syscall_32, the other caller of ia32_sys_call)
+    assert_eq!(n("int80") + n("vsyscall"), getpids, "{counts:?}");
+    assert!(n("int80") > 0 && n("vsyscall") > 0, "{counts:?}");
     let ev = &r.events;
     // the program: the task that exec'd /bin/compat32
     let exec = ev
@@ -33,6 +44,11 @@ fn compat_matches(line: &str, vcpus: u32) {
         .unwrap_or_else(|| panic!("{line}: no exec of /bin/compat32"));
     let (tid, pid) = (exec.tid, exec.pid);
     let exec_at = ev.iter().position(|e| std::ptr::eq(e, exec)).unwrap();
+
+    // the program took both paths as often as it says (open, write and
+    // exit go through int $0x80 too)
+    assert_eq!(count(ev, tid, "fast32"), n("vsyscall"), "{line}");
+    assert_eq!(count(ev, tid, "int80"), n("int80") + 3, "{line}");
 
     // every getpid it made: an entry and an exit each, returning its pid
     assert_eq!(count(ev, tid, "compat_syscall_entry_getpid"), getpids);
