@@ -350,11 +350,6 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         bail!("no syscall table in the image");
     }
     let compat_syscalls = plan_syscalls(&k.compat_syscalls);
-    let top = compat_syscalls.iter().map(|s| s.nr as usize + 1).max();
-    offsets.compat_string_args = vec![0; top.unwrap_or(0)];
-    for s in &compat_syscalls {
-        offsets.compat_string_args[s.nr as usize] = s.string_args;
-    }
     Ok(ProbePlan {
         banner_prefix: format!("Linux version {} ", k.release),
         kernel_release: k.release.clone(),

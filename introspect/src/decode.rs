@@ -291,8 +291,29 @@ const I386_EXECVE: u32 = 11;
 const USER32_CS: u64 = 0x23;
 
 /// Syscall metadata the decoder needs per number: which argument is a user
-/// string. `string_args[nr]` bit i set = argument i.
+/// string, bit i set = argument i. The table holds the native syscalls at
+/// `[0, SYSCALL_SLOTS)` and the compat (i386) ones after them (see
+/// `runtime::string_table`).
 pub struct SyscallStrings<'a>(pub &'a [u8]);
+
+/// Syscall numbers each half of a [`SyscallStrings`] table covers.
+pub const SYSCALL_SLOTS: usize = 1024;
+
+impl SyscallStrings<'_> {
+    /// The string-argument mask of native syscall `nr`.
+    pub fn native(&self, nr: u32) -> u8 {
+        self.at(nr as usize)
+    }
+    /// The string-argument mask of compat syscall `nr`.
+    pub fn compat(&self, nr: u32) -> u8 {
+        (nr as usize)
+            .checked_add(SYSCALL_SLOTS)
+            .map_or(0, |i| self.at(i))
+    }
+    fn at(&self, i: usize) -> u8 {
+        self.0.get(i).copied().unwrap_or(0)
+    }
+}
 
 fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u64), DecodeError> {
     let mut raw = [0u8; 128];
@@ -377,7 +398,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
                 Ok((a, orig)) => (a, orig as u32),
                 Err(_) => ([0; 6], ctx.read_reg(Reg::Rsi) as u32),
             };
-            let mask = strings.0.get(nr as usize).copied().unwrap_or(0);
+            let mask = strings.native(nr);
             let (str_arg, string) = string_arg(ctx, mask, &args);
             Event::SyscallEntry {
                 nr,
@@ -417,8 +438,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
             // the number the switch dispatches on (after seccomp/ptrace)
             let nr = ctx.read_reg(Reg::Rsi) as u32;
             let args = compat_args(ctx, ctx.read_reg(Reg::Rdi)).unwrap_or([0; 6]);
-            let mask = k.off.compat_string_args.get(nr as usize).copied();
-            let (str_arg, string) = string_arg(ctx, mask.unwrap_or(0), &args);
+            let (str_arg, string) = string_arg(ctx, strings.compat(nr), &args);
             Event::CompatSyscallEntry {
                 nr,
                 args,

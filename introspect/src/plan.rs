@@ -127,11 +127,6 @@ pub struct Offsets {
     pub task_stack: u64,
     #[serde(default)]
     pub thread_size: u64,
-    /// Not an offset: which argument of each compat (i386) syscall is a
-    /// user string, by number (as [`Syscall::string_args`]). It lives here
-    /// because the decoders see the plan only through `Kernel::off`.
-    #[serde(default)]
-    pub compat_string_args: Vec<u8>,
 }
 
 /// One syscall of the kernel's table.

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ctx::VcpuContext;
-use crate::decode::{decode, Event, ProbeKind, Record, SyscallStrings, VcpuState};
+use crate::decode::{decode, Event, ProbeKind, Record, SyscallStrings, VcpuState, SYSCALL_SLOTS};
 use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
 use crate::plan::ProbePlan;
@@ -30,13 +30,17 @@ pub trait Sink {
     fn statedump_end(&mut self, ts: u64, current: &Task);
 }
 
-/// The per-syscall "which argument is a user string" table of a plan,
-/// indexed by syscall number.
+/// The per-syscall "which argument is a user string" table of a plan, as
+/// [`SyscallStrings`] reads it: native syscalls by number, then the compat
+/// (i386) ones from [`SYSCALL_SLOTS`].
 pub fn string_table(plan: &ProbePlan) -> Vec<u8> {
-    let mut strings = vec![0u8; 1024];
-    for sc in &plan.syscalls {
-        if let Some(b) = strings.get_mut(sc.nr as usize) {
-            *b = sc.string_args;
+    let mut strings = vec![0u8; 2 * SYSCALL_SLOTS];
+    let (native, compat) = strings.split_at_mut(SYSCALL_SLOTS);
+    for (table, calls) in [(native, &plan.syscalls), (compat, &plan.compat_syscalls)] {
+        for sc in calls {
+            if let Some(b) = table.get_mut(sc.nr as usize) {
+                *b = sc.string_args;
+            }
         }
     }
     strings

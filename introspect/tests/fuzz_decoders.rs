@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use introspect::codec::{decode as decode_rec, decode_all, encode, MAX_RECORD};
-use introspect::decode::{GuestStr, SyscallStrings};
+use introspect::decode::{GuestStr, SyscallStrings, SYSCALL_SLOTS};
 use introspect::kernel::{find_slide, Kernel};
 use introspect::plan::Offsets;
 use introspect::task::{for_each_task, read_task, MAX_TASKS};
@@ -88,7 +88,6 @@ fn kernel(rng: &mut Rng) -> Kernel {
             mm_pgd: small(),
             task_stack: small(),
             thread_size: [0, 0x4000][(small() % 2) as usize],
-            compat_string_args: (0..512).map(|_| small() as u8).collect(),
         },
     }
 }
@@ -116,7 +115,7 @@ const KINDS: [ProbeKind; 17] = [
 #[test]
 fn decoders_survive_random_memory_and_roundtrip_through_the_codec() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let strings = vec![0xffu8; 512];
+    let strings = vec![0xffu8; 2 * SYSCALL_SLOTS];
     let mut st = VcpuState::default();
     for round in 0..3000 {
         let mut regs = [0u64; Reg::ALL.len()];
@@ -277,7 +276,6 @@ fn compat_decoders_read_the_i386_registers_and_the_tasks_own_pt_regs() {
             task_comm: 0x40,
             task_stack: 0x30,
             thread_size: 0x4000,
-            compat_string_args: vec![0, 0, 0, 0, 0, 0b1],
             ..Offsets::default()
         },
         ..Kernel::default()
@@ -325,7 +323,9 @@ fn compat_decoders_read_the_i386_registers_and_the_tasks_own_pt_regs() {
                 .all(|&a| g.read_virt(a, &mut [0u8; 1]).is_ok())
         })
         .expect("a seed maps every page the test uses");
-    let strings = vec![0u8; 512];
+    // open (i386 5): its first argument is a string
+    let mut strings = vec![0u8; 2 * SYSCALL_SLOTS];
+    strings[SYSCALL_SLOTS + 5] = 0b1;
     let mut st = VcpuState::default();
     let mut rec = Record {
         cpu: 0,
