@@ -216,6 +216,47 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// A syscall entry's (native or compat) arguments, the index of its
+    /// string argument and that string.
+    pub fn syscall_string(&self) -> Option<(&[u64; 6], Option<u8>, &GuestStr)> {
+        match self {
+            Event::SyscallEntry {
+                args,
+                str_arg,
+                string,
+                ..
+            }
+            | Event::CompatSyscallEntry {
+                args,
+                str_arg,
+                string,
+                ..
+            } => Some((args, *str_arg, string)),
+            _ => None,
+        }
+    }
+
+    /// [`Self::syscall_string`], with the string to fill in.
+    pub fn syscall_string_mut(&mut self) -> Option<(&[u64; 6], Option<u8>, &mut GuestStr)> {
+        match self {
+            Event::SyscallEntry {
+                args,
+                str_arg,
+                string,
+                ..
+            }
+            | Event::CompatSyscallEntry {
+                args,
+                str_arg,
+                string,
+                ..
+            } => Some((args, *str_arg, string)),
+            _ => None,
+        }
+    }
+}
+
 /// One trace record: who, where, when, what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {

@@ -239,6 +239,8 @@ impl Deferral {
                 Event::Statedump { .. } => true,
                 Event::SyscallEntry { .. }
                 | Event::SyscallExit { .. }
+                | Event::CompatSyscallEntry { .. }
+                | Event::CompatSyscallExit { .. }
                 | Event::ProcessExit { .. } => who == task,
                 _ => false,
             };
@@ -261,17 +263,11 @@ impl Deferral {
             }
             let rec = &mut self.queue[s];
             let task = rec.current.addr;
-            let Event::SyscallEntry {
-                args,
-                str_arg: Some(a),
-                string,
-                ..
-            } = &mut rec.event
-            else {
+            let Some((args, Some(a), string)) = rec.event.syscall_string_mut() else {
                 self.cr3[s] = 0;
                 continue;
             };
-            let va = args[usize::from(*a) % 6];
+            let va = args[usize::from(a) % 6];
             let (direct_map, la57) = walk
                 .get_or_insert_with(|| direct_map(ctx, k))
                 .unwrap_or_default();
@@ -348,16 +344,12 @@ fn owner_pgd<C: VcpuContext + ?Sized>(
     Some(pgd())
 }
 
-/// A syscall entry whose string argument (a non-NULL pointer) was unreadable.
+/// A syscall entry (native or compat) whose string argument (a non-NULL
+/// pointer) was unreadable.
 pub fn needs_retry(rec: &Record) -> bool {
     matches!(
-        rec.event,
-        Event::SyscallEntry {
-            args,
-            str_arg: Some(i),
-            string,
-            ..
-        } if !string.ok && args[usize::from(i) % 6] != 0
+        rec.event.syscall_string(),
+        Some((args, Some(i), string)) if !string.ok && args[usize::from(i) % 6] != 0
     )
 }
 
@@ -556,8 +548,8 @@ mod tests {
     }
 
     fn filename(r: &Record) -> Option<String> {
-        match &r.event {
-            Event::SyscallEntry { string, .. } if string.ok => Some(string.as_str().to_string()),
+        match r.event.syscall_string() {
+            Some((_, _, string)) if string.ok => Some(string.as_str().to_string()),
             _ => None,
         }
     }
@@ -604,6 +596,34 @@ mod tests {
         assert_eq!(out.ts(), [10, 20, 1000, 30]);
         assert_eq!(filename(&out.0[0]).as_deref(), Some("/tmp/lock-b"));
         assert!(!d.is_holding());
+        assert_eq!((d.deferred, d.recovered, d.given_up), (1, 1, 0));
+    }
+
+    /// A 32-bit process's open(2) is held and read again the same way.
+    #[test]
+    fn compat_entry_is_held_and_read_at_its_exit() {
+        let (g, k) = (Guest::new(), kernel());
+        let mut d = Deferral::new();
+        let mut out = Out::default();
+        let mut args = [0u64; 6];
+        args[0] = USER_VA;
+        let entry = rec(
+            10,
+            Event::CompatSyscallEntry {
+                nr: 5,
+                args,
+                str_arg: Some(0),
+                string: GuestStr::read(&g, USER_VA),
+            },
+        );
+        assert!(needs_retry(&entry));
+        d.pass(&g, &k, &entry, out.take());
+        assert!(out.0.is_empty() && d.is_holding());
+        g.fault_in();
+        let exit = rec(20, Event::CompatSyscallExit { nr: 5, ret: 3 });
+        d.pass(&g, &k, &exit, out.take());
+        assert_eq!(out.ts(), [10, 20]);
+        assert_eq!(filename(&out.0[0]).as_deref(), Some("/tmp/lock-b"));
         assert_eq!((d.deferred, d.recovered, d.given_up), (1, 1, 0));
     }
 
