@@ -79,7 +79,7 @@ pub fn analyze(events: &[Ev]) -> LockReport {
                     continue;
                 }
                 let table = fds.entry(e.tid).or_default();
-                match name.as_str() {
+                match name.strip_prefix("compat_").unwrap_or(name) {
                     "openat" | "open" if *ret >= 0 => {
                         if let Some(path) = arg_str(&args, "filename") {
                             table.insert(*ret, path);
@@ -116,7 +116,7 @@ pub fn analyze(events: &[Ev]) -> LockReport {
 
     let mut waits: Vec<LockWait> = pending
         .iter()
-        .filter(|(_, (name, _, _))| name == "flock")
+        .filter(|(_, (name, _, _))| name.strip_prefix("compat_").unwrap_or(name) == "flock")
         .filter_map(|(tid, (_, args, ts))| {
             let fd = arg_int(args, "fd")?;
             let cmd = arg_int(args, "cmd").unwrap_or(0);
@@ -287,5 +287,27 @@ mod tests {
         assert_eq!(r.waits.len(), 1);
         assert_eq!(r.waits[0].holder_tid, None);
         assert!(r.cycles.is_empty());
+    }
+
+    /// A 32-bit process's flock (compat_ events) takes part the same way.
+    #[test]
+    fn compat_syscalls_hold_and_wait_too() {
+        let compat = |mut e: Ev| {
+            match &mut e.kind {
+                Kind::SysEntry { name, .. } | Kind::SysExit { name, .. } => {
+                    *name = format!("compat_{name}")
+                }
+                _ => {}
+            }
+            e
+        };
+        let mut evs = Vec::new();
+        evs.extend(open(0, 10, "/tmp/l", 3).map(compat));
+        evs.extend(flock(2, 10, 3, true).into_iter().map(compat));
+        evs.extend(open(4, 12, "/tmp/l", 3));
+        evs.extend(flock(6, 12, 3, false));
+        let r = analyze(&evs);
+        assert_eq!(r.waits.len(), 1);
+        assert_eq!(r.waits[0].holder_tid, Some(10));
     }
 }

@@ -149,6 +149,12 @@ fn convert(t: &Trace, e: &DecodedEvent) -> Ev {
             kernel_thread: int("type") == 1,
         },
         _ => {
+            // a 32-bit process's syscalls keep lttng's compat_ prefix:
+            // their own rows in the tables, the same meaning to the analyses
+            let (compat, name) = match name.strip_prefix("compat_") {
+                Some(rest) => ("compat_", rest),
+                None => ("", name),
+            };
             if let Some(sys) = name.strip_prefix("syscall_entry_") {
                 let decl = t.catalog.event(e.id);
                 let args = decl
@@ -167,12 +173,12 @@ fn convert(t: &Trace, e: &DecodedEvent) -> Ev {
                     })
                     .unwrap_or_default();
                 Kind::SysEntry {
-                    name: sys.to_string(),
+                    name: format!("{compat}{sys}"),
                     args,
                 }
             } else if let Some(sys) = name.strip_prefix("syscall_exit_") {
                 Kind::SysExit {
-                    name: sys.to_string(),
+                    name: format!("{compat}{sys}"),
                     ret: int("ret"),
                 }
             } else {
