@@ -159,23 +159,44 @@ pub fn parse_spec(
                 bail!("--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO");
             };
             let name = name.trim();
-            let Some(sc) = plan.syscalls.iter().find(|sc| sc.name == name) else {
-                bail!("--trigger {s}: no syscall `{name}` in this kernel's syscall table");
-            };
+            let native = plan.syscalls.iter().find(|sc| sc.name == name);
+            let compat = plan.compat_syscalls.iter().find(|sc| sc.name == name);
+            if native.is_none() && compat.is_none() {
+                bail!("--trigger {s}: no syscall `{name}` in this kernel's syscall tables");
+            }
             let Some(errno) = parse_errno(errno) else {
                 bail!("--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number");
             };
-            if plan.symbols.do_syscall_64 == 0 {
-                bail!("--trigger {s}: do_syscall_64 is not in this kernel's symbols");
+            let ret = -i64::from(errno);
+            let mut out = Vec::new();
+            // A syscall of both tables fires from 64-bit and 32-bit processes.
+            if let Some(sc) = native {
+                if plan.symbols.do_syscall_64 == 0 {
+                    bail!("--trigger {s}: do_syscall_64 is not in this kernel's symbols");
+                }
+                out.push(trig(
+                    s,
+                    Condition::SyscallReturns {
+                        do_syscall_64: plan.symbols.do_syscall_64,
+                        nr: sc.nr,
+                        ret,
+                    },
+                ));
             }
-            Ok(vec![trig(
-                s,
-                Condition::SyscallReturns {
-                    do_syscall_64: plan.symbols.do_syscall_64,
-                    nr: sc.nr,
-                    ret: -i64::from(errno),
-                },
-            )])
+            if let Some(sc) = compat.filter(|_| plan.symbols.ia32_sys_call != 0) {
+                out.push(trig(
+                    s,
+                    Condition::CompatSyscallReturns {
+                        ia32_sys_call: plan.symbols.ia32_sys_call,
+                        nr: sc.nr,
+                        ret,
+                    },
+                ));
+            }
+            if out.is_empty() {
+                bail!("--trigger {s}: `{name}` is a compat syscall only, and ia32_sys_call is not in this kernel's symbols");
+            }
+            Ok(out)
         }
     }
 }
@@ -454,6 +475,18 @@ mod tests {
                 name: "openat".into(),
                 ..Syscall::default()
             }],
+            compat_syscalls: vec![
+                Syscall {
+                    nr: 295,
+                    name: "openat".into(),
+                    ..Syscall::default()
+                },
+                Syscall {
+                    nr: 5,
+                    name: "open".into(),
+                    ..Syscall::default()
+                },
+            ],
             ..ProbePlan::default()
         }
     }
@@ -481,6 +514,22 @@ mod tests {
                 ret: -2
             }
         );
+        // no ia32_sys_call: the native trigger only
+        assert_eq!(t.len(), 1);
+        let mut p32 = plan();
+        p32.symbols.ia32_sys_call = 0xffff_ffff_8100_5630;
+        let t = parse_spec("syscall=openat:ENOENT", &p32, &mut none).unwrap();
+        assert_eq!(
+            t[1].cond,
+            Condition::CompatSyscallReturns {
+                ia32_sys_call: 0xffff_ffff_8100_5630,
+                nr: 295,
+                ret: -2
+            }
+        );
+        let t = parse_spec("syscall=open:ENOENT", &p32, &mut none).unwrap();
+        assert_eq!(t.len(), 1, "open is compat-only in this plan");
+        assert!(parse_spec("syscall=open:ENOENT", &p, &mut none).is_err());
         assert!(parse_spec("syscall=nosuch:ENOENT", &p, &mut none).is_err());
         assert!(parse_spec("syscall=openat:EWHAT", &p, &mut none).is_err());
         assert!(parse_spec("bogus", &p, &mut none).is_err());

@@ -284,6 +284,51 @@ fn syscall_error_trigger_snapshot_ends_at_the_failed_open() {
     );
 }
 
+/// The same trigger on a 32-bit process: `syscall=open:ENOENT` also arms
+/// the compat table's `open`, and /bin/compat32's failed open (int $0x80)
+/// ends a snapshot, its 100 getpid calls before it.
+#[test]
+fn syscall_error_trigger_fires_on_a_32_bit_process() {
+    let run = record_on(
+        "6.12",
+        "compat-open",
+        &["--trigger", "syscall=open:ENOENT"],
+        &["/bin/compat32"],
+        |_, _| {},
+    );
+    let text = run.text();
+    assert_eq!(run.status, 0, "{text}");
+    let snaps = snapshots(&run.dir);
+    let found = snaps.iter().find_map(|s| {
+        let evs = read_trace(s);
+        let exit = evs
+            .iter()
+            .rposition(|e| e.name == "compat_syscall_exit_open" && e.procname == "compat32")?;
+        Some((evs, exit))
+    });
+    let (evs, exit) =
+        found.unwrap_or_else(|| panic!("no snapshot ends with compat32's open:\n{text}"));
+    let e = &evs[exit];
+    assert_eq!(e.int("ret"), -2, "{e:?}");
+    let entry = evs[..exit]
+        .iter()
+        .rev()
+        .find(|x| x.name == "compat_syscall_entry_open" && x.tid == e.tid)
+        .expect("the entry of its open");
+    assert_eq!(entry.text("filename"), "/compat32-missing");
+    let getpids = evs[..exit]
+        .iter()
+        .filter(|x| x.name == "compat_syscall_entry_getpid" && x.tid == e.tid)
+        .count();
+    assert_eq!(getpids, 100, "the window before the trigger");
+    let last = last_ts(&evs);
+    assert!(
+        last <= e.ts + GRACE_NS,
+        "events until {} ns after the trigger",
+        last - e.ts
+    );
+}
+
 #[test]
 fn signal_exit_trigger_snapshot_ends_at_the_killed_process() {
     let run = record(

@@ -29,6 +29,14 @@ pub enum Condition {
         nr: u32,
         ret: i64,
     },
+    /// Compat (i386) syscall `nr` returns `ret`: probed at the return
+    /// sites of calls to `ia32_sys_call` (link address); the number is the
+    /// `orig_ax` of the task's own `pt_regs`.
+    CompatSyscallReturns {
+        ia32_sys_call: u64,
+        nr: u32,
+        ret: i64,
+    },
     /// `do_exit(code)` (link address) with a signal in `code & 0x7f`.
     SignalExit { do_exit: u64 },
 }

@@ -11,7 +11,7 @@
 //! line to the log. The same thread reads snapshot requests (one byte
 //! each, from hvtrace's SIGUSR1) from the request FIFO.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -66,8 +66,8 @@ struct Fired {
 struct State {
     plan: &'static TriggerPlan,
     marker: Option<u32>,
-    /// (nr, ret, trigger index) of the syscall triggers.
-    syscalls: Vec<(u32, i64, u32)>,
+    /// (compat, nr, ret, trigger index) of the syscall triggers.
+    syscalls: Vec<(bool, u32, i64, u32)>,
     fired: Fired,
     /// Hits while a snapshot was pending (they share it).
     coalesced: AtomicU64,
@@ -142,7 +142,8 @@ pub(crate) fn start(writer: Option<&TraceWriter>, out: &str) {
         .iter()
         .enumerate()
         .filter_map(|(i, t)| match t.cond {
-            Condition::SyscallReturns { nr, ret, .. } => Some((nr, ret, i as u32)),
+            Condition::SyscallReturns { nr, ret, .. } => Some((false, nr, ret, i as u32)),
+            Condition::CompatSyscallReturns { nr, ret, .. } => Some((true, nr, ret, i as u32)),
             _ => None,
         })
         .collect();
@@ -190,10 +191,11 @@ pub(crate) fn start(writer: Option<&TraceWriter>, out: &str) {
 pub(crate) struct Sites {
     /// Runtime function entry → trigger index.
     entries: HashMap<u64, u32>,
-    /// Runtime address of `do_syscall_64` (syscall triggers).
-    callees: HashSet<u64>,
-    /// Return sites of calls to a callee.
-    returns: HashSet<u64>,
+    /// Runtime address of `do_syscall_64` (false) or `ia32_sys_call`
+    /// (true: compat) for the syscall triggers.
+    callees: HashMap<u64, bool>,
+    /// Return sites of calls to a callee, and whether it is the compat one.
+    returns: HashMap<u64, bool>,
 }
 
 impl Sites {
@@ -209,7 +211,12 @@ impl Sites {
                 }
                 Condition::SyscallReturns { do_syscall_64, .. } => {
                     if do_syscall_64 != 0 {
-                        self.callees.insert(reloc(do_syscall_64, slide));
+                        self.callees.insert(reloc(do_syscall_64, slide), false);
+                    }
+                }
+                Condition::CompatSyscallReturns { ia32_sys_call, .. } => {
+                    if ia32_sys_call != 0 {
+                        self.callees.insert(reloc(ia32_sys_call, slide), true);
                     }
                 }
             }
@@ -226,16 +233,22 @@ impl Sites {
                 CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
             );
         }
-        if self.returns.contains(&va) {
-            insn.register_execute_callback_flags(on_return, CallbackFlags::QEMU_PLUGIN_CB_R_REGS);
+        match self.returns.get(&va) {
+            Some(false) => insn
+                .register_execute_callback_flags(on_return, CallbackFlags::QEMU_PLUGIN_CB_R_REGS),
+            Some(true) => insn.register_execute_callback_flags(
+                on_compat_return,
+                CallbackFlags::QEMU_PLUGIN_CB_R_REGS,
+            ),
+            None => {}
         }
         if !self.callees.is_empty() && insn.size() == 5 {
             let mut b = [0u8; 5];
             if insn.read_data(&mut b) == 5 && b[0] == 0xe8 {
                 let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
                 let target = va.wrapping_add(5).wrapping_add(rel as i64 as u64);
-                if self.callees.contains(&target) {
-                    self.returns.insert(va.wrapping_add(5));
+                if let Some(&compat) = self.callees.get(&target) {
+                    self.returns.insert(va.wrapping_add(5), compat);
                 }
             }
         }
@@ -269,21 +282,49 @@ fn on_return(vcpu: VCPUIndex) {
     let Some(st) = STATE.get() else { return };
     with_vcpu(vcpu, |rt| {
         let regs = rt.ctx.read_reg(Reg::Rsp);
-        let Ok(nr) = read_u64(&rt.ctx, regs.wrapping_add(pt_regs::ORIG_AX)) else {
-            return;
-        };
-        let nr = nr as u32;
-        if !st.syscalls.iter().any(|s| s.0 == nr) {
-            return;
-        }
-        let Ok(ret) = read_u64(&rt.ctx, regs.wrapping_add(pt_regs::AX)) else {
-            return;
-        };
-        let ret = ret as i64;
-        if let Some(&(_, _, i)) = st.syscalls.iter().find(|s| s.0 == nr && s.1 == ret) {
-            fire(st, i, rt, ret);
-        }
+        check_return(st, rt, false, regs, |rt| {
+            read_u64(&rt.ctx, regs.wrapping_add(pt_regs::AX)).ok()
+        });
     });
+}
+
+/// Trap: return site of a call to `ia32_sys_call` (RAX is the return
+/// value; the number is in the task's own `pt_regs`).
+fn on_compat_return(vcpu: VCPUIndex) {
+    let Some(st) = STATE.get() else { return };
+    let Some(k) = crate::G.get().and_then(|g| g.kernel.get()) else {
+        return;
+    };
+    with_vcpu(vcpu, |rt| {
+        let Ok(regs) = introspect::task::current_pt_regs(&rt.ctx, k) else {
+            return;
+        };
+        check_return(st, rt, true, regs, |rt| Some(rt.ctx.read_reg(Reg::Rax)));
+    });
+}
+
+/// Fires the syscall triggers of (`compat`, `orig_ax` at `regs`) whose
+/// return value `ret()` gives.
+fn check_return(
+    st: &State,
+    rt: &mut crate::slots::VcpuRuntime,
+    compat: bool,
+    regs: u64,
+    ret: impl FnOnce(&crate::slots::VcpuRuntime) -> Option<u64>,
+) {
+    let Ok(nr) = read_u64(&rt.ctx, regs.wrapping_add(pt_regs::ORIG_AX)) else {
+        return;
+    };
+    let nr = nr as u32;
+    let mine = |s: &&(bool, u32, i64, u32)| s.0 == compat && s.1 == nr;
+    if !st.syscalls.iter().any(|s| mine(&s)) {
+        return;
+    }
+    let Some(ret) = ret(rt) else { return };
+    let ret = ret as i64;
+    if let Some(&(_, _, _, i)) = st.syscalls.iter().filter(mine).find(|s| s.2 == ret) {
+        fire(st, i, rt, ret);
+    }
 }
 
 fn with_vcpu(vcpu: VCPUIndex, f: impl FnOnce(&mut crate::slots::VcpuRuntime)) {
