@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use introspect::plan::{ArgSite, EventClasses, Offsets, ProbePlan, Symbols, Syscall};
+use introspect::plan::{
+    ArgSite, EventClasses, Offsets, ProbePlan, Symbols, Syscall, SITE_TRACEPOINTS,
+};
 use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
 
 use crate::guest;
@@ -331,8 +333,10 @@ pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
         sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
         init_task: need("init_task")?,
         page_offset_base: sym("page_offset_base"),
-        sched_wakeup_sites: tracepoint_sites(&k, "sched_wakeup"),
-        sched_waking_sites: tracepoint_sites(&k, "sched_waking"),
+        tracepoints: SITE_TRACEPOINTS
+            .iter()
+            .map(|&name| (name.to_string(), tracepoint_sites(&k, name)))
+            .collect(),
         ia32_sys_call: sym("ia32_sys_call"),
     };
     let mut offsets = offsets_from_btf(&k.types, &k.symbols)?;
@@ -395,8 +399,9 @@ fn tracepoint_sites(k: &guest_symbols::Kernel, tracepoint: &str) -> Vec<ArgSite>
         .filter(|t| t.tracepoint == tracepoint)
         .map(|t| ArgSite {
             addr: t.addr,
-            // an unknown register: the planner says so and skips the site
+            // neither known: the planner says so and skips the tracepoint
             reg: t.first_arg.unwrap_or(u8::MAX),
+            constant: t.first_arg_const,
         })
         .collect()
 }
@@ -541,7 +546,7 @@ pub(crate) fn class_of_tag(tag: usize) -> &'static str {
     match tag {
         0 | 1 | 15 => "syscalls",
         2 | 3 | 14 => "sched",
-        7 | 8 | 10 | 11 => "irq",
+        7 | 8 | 10 | 11 | 16..=18 => "irq",
         13 => "probes",
         9 => "statedump",
         12 => "samples",

@@ -31,7 +31,7 @@ pub struct SymbolsArgs {
     #[arg(long, requires = "syscalls")]
     pub compat: bool,
     /// Print the tracepoints' static-branch sites instead
-    /// (`ADDR LEN TRACEPOINT FIRST-ARG-REGISTER`, `-` when unknown).
+    /// (`ADDR LEN TRACEPOINT FIRST-ARG`: its register, `$CONSTANT`, or `-`).
     #[arg(long, conflicts_with = "types")]
     pub tracepoints: bool,
     /// Print the struct layouts introspection uses (JSON) instead.
@@ -113,6 +113,7 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
                         "addr": format!("{:#x}", t.addr),
                         "len": t.len,
                         "first_arg": t.first_arg.map(register_name),
+                        "first_arg_const": t.first_arg_const,
                     })
                 })
                 .collect();
@@ -121,8 +122,12 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
             writeln!(out)?;
         } else {
             for t in &k.tracepoint_sites {
-                let reg = t.first_arg.map_or("-", register_name);
-                writeln!(out, "{:016x} {} {} {reg}", t.addr, t.len, t.tracepoint)?;
+                let arg = match (t.first_arg, t.first_arg_const) {
+                    (Some(r), _) => register_name(r).to_string(),
+                    (None, Some(c)) => format!("${c:#x}"),
+                    (None, None) => "-".into(),
+                };
+                writeln!(out, "{:016x} {} {} {arg}", t.addr, t.len, t.tracepoint)?;
             }
         }
     } else if args.syscalls {

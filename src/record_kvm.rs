@@ -95,8 +95,8 @@ struct CpuReport {
     events: u64,
     busy_ns: u64,
     ctf_errors: u64,
-    by_kind: [u64; 16],
-    by_event: [u64; 16],
+    by_kind: [u64; introspect::decode::COUNTER_SLOTS],
+    by_event: [u64; introspect::decode::COUNTER_SLOTS],
     armed: Vec<(u64, ProbeKind)>,
     /// Syscall entries whose string was deferred / read on a retry.
     deferred: u64,

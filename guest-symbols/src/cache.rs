@@ -11,7 +11,9 @@ use crate::symbols::{ExportedSymbol, KernelSymbols, Symbol, SymbolSource};
 use crate::syscalls::{Syscall, SyscallArg, SyscallTable};
 use crate::tracepoints::TracepointSite;
 
-const MAGIC: &[u8; 8] = b"HVSYM\x00\x03\x00";
+/// Format and analysis version: bump it whenever an entry's layout or what
+/// the analysis recovers changes (entries are keyed by content alone).
+const MAGIC: &[u8; 8] = b"HVSYM\x00\x05\x00";
 /// Largest cache entry read back.
 const MAX_ENTRY: u64 = 256 << 20;
 
@@ -134,6 +136,8 @@ fn encode(k: &Kernel) -> Vec<u8> {
         w.u64(t.addr);
         w.u8(t.len);
         w.u8(t.first_arg.unwrap_or(0xff));
+        w.u8(u8::from(t.first_arg_const.is_some()));
+        w.u32(t.first_arg_const.unwrap_or(0));
     }
     put_table(&mut w, &k.compat_syscalls);
     w.0
@@ -224,15 +228,17 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
     } else {
         KernelTypes::parse(btf.to_vec()).ok()?
     };
-    let n = r.count(14)?;
+    let n = r.count(19)?;
     let mut tracepoint_sites = Vec::with_capacity(n);
     for _ in 0..n {
         let (tracepoint, addr, len, arg) = (r.str()?, r.u64()?, r.u8()?, r.u8()?);
+        let (has_const, constant) = (r.u8()? != 0, r.u32()?);
         tracepoint_sites.push(TracepointSite {
             tracepoint,
             addr,
             len,
             first_arg: (arg < 16).then_some(arg),
+            first_arg_const: has_const.then_some(constant),
         });
     }
     let compat_syscalls = get_table(&mut r)?;
@@ -353,12 +359,14 @@ mod tests {
                     addr: 0xffff_ffff_810d_f8ae,
                     len: 2,
                     first_arg: Some(5),
+                    first_arg_const: None,
                 },
                 TracepointSite {
                     tracepoint: "sched_waking".into(),
                     addr: 0xffff_ffff_810e_1984,
                     len: 5,
                     first_arg: None,
+                    first_arg_const: Some(6),
                 },
             ],
         };

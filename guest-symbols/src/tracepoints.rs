@@ -42,6 +42,8 @@ pub struct TracepointSite {
     /// its x86 encoding number (0 rax, 1 rcx, 2 rdx, 3 rbx, … 15 r15);
     /// `None` if the site has another shape.
     pub first_arg: Option<u8>,
+    /// The first argument when it is a constant (`mov $imm32, %esi`).
+    pub first_arg_const: Option<u32>,
 }
 
 /// Every tracepoint site of the image, sorted by tracepoint then address.
@@ -99,14 +101,15 @@ pub fn recover(
             symbols.addr(&format!("__SCT__tp_func_{name}")),
             symbols.addr(&format!("__traceiter_{name}")),
         ];
-        let first_arg = space
+        let arg = space
             .read(data, target, BLOCK)
-            .and_then(|block| first_arg_register(block, target, &callees));
+            .and_then(|block| first_arg(block, target, &callees));
         out.push(TracepointSite {
             tracepoint: name.to_string(),
             addr: code,
             len,
-            first_arg,
+            first_arg: arg.and_then(|a| a.register()),
+            first_arg_const: arg.and_then(|a| a.constant()),
         });
     }
     out.sort_by(|a, b| (&a.tracepoint, a.addr).cmp(&(&b.tracepoint, b.addr)));
@@ -125,10 +128,33 @@ fn nop_len(code: &[u8]) -> Option<u8> {
     }
 }
 
+/// Where the first argument is at a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arg {
+    Register(u8),
+    Constant(u32),
+}
+
+impl Arg {
+    fn register(self) -> Option<u8> {
+        match self {
+            Arg::Register(r) => Some(r),
+            Arg::Constant(_) => None,
+        }
+    }
+    fn constant(self) -> Option<u32> {
+        match self {
+            Arg::Constant(c) => Some(c),
+            Arg::Register(_) => None,
+        }
+    }
+}
+
 /// In the out-of-line block at `base`, finds `call rel32` to one of
-/// `callees` preceded immediately by `mov %reg, %rsi` (64-bit), and
-/// returns that register's number.
-fn first_arg_register(block: &[u8], base: u64, callees: &[Option<u64>]) -> Option<u8> {
+/// `callees` preceded immediately by `mov %reg, %rsi` (or `%esi`, for an
+/// integer argument), `mov $imm32, %esi` or `xor %esi, %esi`, and says
+/// which.
+fn first_arg(block: &[u8], base: u64, callees: &[Option<u64>]) -> Option<Arg> {
     for at in 3..block.len().saturating_sub(4) {
         if block[at] != 0xe8 {
             continue;
@@ -138,19 +164,34 @@ fn first_arg_register(block: &[u8], base: u64, callees: &[Option<u64>]) -> Optio
         if !callees.contains(&Some(dest)) {
             continue;
         }
-        return mov_to_rsi(&block[at - 3..at]);
+        // mov $imm32, %esi: BE imm32
+        if at >= 5 && block[at - 5] == 0xbe {
+            let imm = u32::from_le_bytes(block[at - 4..at].try_into().ok()?);
+            return Some(Arg::Constant(imm));
+        }
+        // xor %esi,%esi (31 f6 or 33 f6): zero
+        if matches!(block[at - 2..at], [0x31 | 0x33, 0xf6]) {
+            return Some(Arg::Constant(0));
+        }
+        return mov_to_rsi(&block[at - 3..at]).map(Arg::Register);
     }
     None
 }
 
-/// Decodes `mov %src, %rsi` in its two 3-byte encodings (REX.W 89 /r with
-/// rm = rsi, or REX.W 8B /r with reg = rsi), both register-direct.
+/// Decodes the register-to-register `mov` into %rsi/%esi that ends `insn`
+/// (the 3 bytes before the call): `[REX] 89 /r` with rm = rsi, or
+/// `[REX] 8B /r` with reg = rsi; the REX prefix (W for 64 bits, R/B for
+/// r8-r15) is optional.
 fn mov_to_rsi(insn: &[u8]) -> Option<u8> {
-    let &[rex, op, modrm] = insn else {
+    const RSI: u8 = 6;
+    let &[b0, b1, b2] = insn else {
         return None;
     };
-    const RSI: u8 = 6;
-    if rex & 0xf8 != 0x48 || modrm >> 6 != 0b11 {
+    let (rex, op, modrm) = match b0 {
+        0x40..=0x4f if matches!(b1, 0x89 | 0x8b) => (b0, b1, b2),
+        _ => (0, b1, b2),
+    };
+    if !matches!(op, 0x89 | 0x8b) || modrm >> 6 != 0b11 {
         return None;
     }
     let reg = ((rex >> 2) & 1) << 3 | ((modrm >> 3) & 7);
@@ -176,10 +217,12 @@ mod tests {
         assert_eq!(mov_to_rsi(&[0x49, 0x89, 0xf5]), None);
         // mov %r14,%rsi written as 8B: 49 8b f6
         assert_eq!(mov_to_rsi(&[0x49, 0x8b, 0xf6]), Some(14));
-        // 32-bit mov %ebx,%esi has no REX.W: not a pointer
-        assert_eq!(mov_to_rsi(&[0x90, 0x89, 0xde]), None);
-        // memory operand
+        // 32-bit: mov %edx,%esi (89 d6) after another byte; mov %r14d,%esi
+        assert_eq!(mov_to_rsi(&[0x90, 0x89, 0xd6]), Some(2));
+        assert_eq!(mov_to_rsi(&[0x44, 0x89, 0xf6]), Some(14));
+        // memory operand, or into another register
         assert_eq!(mov_to_rsi(&[0x48, 0x8b, 0x73]), None);
+        assert_eq!(mov_to_rsi(&[0x90, 0x89, 0xd7]), None);
     }
 
     #[test]
@@ -240,7 +283,21 @@ mod tests {
                 addr: base + 0x1010,
                 len: 5,
                 first_arg: Some(5),
+                first_arg_const: None,
             }]
+        );
+    }
+
+    #[test]
+    fn a_constant_argument_is_read_from_its_immediate() {
+        // mov 0x8(%rax),%rdi ; mov $0x6,%esi ; call
+        let b = [
+            0x48, 0x8b, 0x78, 0x08, 0xbe, 6, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xcc, 0xcc, 0xcc, 0xcc,
+        ];
+        let callee = 0x1000 + 14;
+        assert_eq!(
+            first_arg(&b, 0x1000, &[Some(callee)]),
+            Some(Arg::Constant(6))
         );
     }
 

@@ -136,6 +136,9 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.i32(*ppid);
         }
         Event::TimerEntry { vector } | Event::TimerExit { vector } => w.i32(*vector),
+        Event::SoftirqEntry { vec } | Event::SoftirqExit { vec } | Event::SoftirqRaise { vec } => {
+            w.i32(*vec as i32)
+        }
         Event::Sample { ip } => w.u64(*ip),
     }
     let len = w.at;
@@ -260,6 +263,15 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         },
         10 => Event::TimerEntry { vector: r.i32()? },
         11 => Event::TimerExit { vector: r.i32()? },
+        16 => Event::SoftirqEntry {
+            vec: r.i32()? as u32,
+        },
+        17 => Event::SoftirqExit {
+            vec: r.i32()? as u32,
+        },
+        18 => Event::SoftirqRaise {
+            vec: r.i32()? as u32,
+        },
         12 => Event::Sample { ip: r.u64()? },
         14 => Event::SchedWakeup {
             task: r.task()?,

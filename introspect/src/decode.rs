@@ -52,10 +52,25 @@ pub enum ProbeKind {
     SchedWaking,
     /// A static-branch site of the `sched_waking` tracepoint, where `arg`
     /// holds the task being woken.
-    SchedWakingAt { arg: Reg },
+    SchedWakingAt {
+        arg: SiteArg,
+    },
+    /// Sites of the `softirq_entry`, `softirq_exit` and `softirq_raise`
+    /// tracepoints, where `arg` holds the softirq's number (`vec_nr`).
+    SoftirqEntry {
+        arg: SiteArg,
+    },
+    SoftirqExit {
+        arg: SiteArg,
+    },
+    SoftirqRaise {
+        arg: SiteArg,
+    },
     /// A static-branch site of the `sched_wakeup` tracepoint, where `arg`
     /// holds the task (`p`) just made runnable.
-    SchedWakeup { arg: Reg },
+    SchedWakeup {
+        arg: SiteArg,
+    },
     /// Entry of `wake_up_new_task(p)`.
     ProcessFork,
     /// Entry of `begin_new_exec(bprm)`.
@@ -99,9 +114,34 @@ impl ProbeKind {
             ProbeKind::SchedWakingAt { .. } => 13,
             ProbeKind::CompatSyscallEntry => 14,
             ProbeKind::CompatSyscallExit => 15,
+            ProbeKind::SoftirqEntry { .. } => 16,
+            ProbeKind::SoftirqExit { .. } => 17,
+            ProbeKind::SoftirqRaise { .. } => 18,
         }
     }
 }
+
+/// Where a tracepoint site's argument is: in a register the compiler
+/// chose, or a constant it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteArg {
+    Reg(Reg),
+    Const(u32),
+}
+
+impl SiteArg {
+    /// Its value at the site.
+    pub fn value<C: VcpuContext + ?Sized>(self, ctx: &C) -> u64 {
+        match self {
+            SiteArg::Reg(r) => ctx.read_reg(r),
+            SiteArg::Const(c) => u64::from(c),
+        }
+    }
+}
+
+/// Slots of the engines' per-kind and per-tag counters: more than any
+/// [`ProbeKind::index`] or [`Record::event_tag`].
+pub const COUNTER_SLOTS: usize = 32;
 
 /// Vector of the local APIC timer (LOCAL_TIMER_VECTOR).
 pub const LOCAL_TIMER_VECTOR: i32 = 0xec;
@@ -205,6 +245,17 @@ pub enum Event {
     TimerExit {
         vector: i32,
     },
+    /// A softirq (`vec`: its number, e.g. 1 TIMER, 9 RCU) runs, ends, or
+    /// is raised (lttng's `irq_softirq_entry/exit/raise`).
+    SoftirqEntry {
+        vec: u32,
+    },
+    SoftirqExit {
+        vec: u32,
+    },
+    SoftirqRaise {
+        vec: u32,
+    },
     /// Sample mode: the instruction pointer of the current task.
     Sample {
         ip: u64,
@@ -288,6 +339,9 @@ impl Record {
             // one tag for both (engines count events per tag in 16 slots);
             // the codec tells them apart by the next byte
             Event::CompatSyscallEntry { .. } | Event::CompatSyscallExit { .. } => 15,
+            Event::SoftirqEntry { .. } => 16,
+            Event::SoftirqExit { .. } => 17,
+            Event::SoftirqRaise { .. } => 18,
         }
     }
 }
@@ -522,7 +576,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
             }
         }
         ProbeKind::SchedWakingAt { arg } | ProbeKind::SchedWakeup { arg } => {
-            let p = ctx.read_reg(arg);
+            let p = arg.value(ctx);
             if !is_kernel_addr(p) {
                 return false;
             }
@@ -590,6 +644,20 @@ pub fn decode<C: VcpuContext + ?Sized>(
         ProbeKind::TimerExit => Event::TimerExit {
             vector: LOCAL_TIMER_VECTOR,
         },
+        ProbeKind::SoftirqEntry { arg }
+        | ProbeKind::SoftirqExit { arg }
+        | ProbeKind::SoftirqRaise { arg } => {
+            let vec = arg.value(ctx) as u32;
+            // NR_SOFTIRQS is 10: anything else is not a softirq number
+            if vec >= 32 {
+                return false;
+            }
+            match kind {
+                ProbeKind::SoftirqEntry { .. } => Event::SoftirqEntry { vec },
+                ProbeKind::SoftirqExit { .. } => Event::SoftirqExit { vec },
+                _ => Event::SoftirqRaise { vec },
+            }
+        }
         ProbeKind::Sample => Event::Sample {
             ip: ctx.read_reg(Reg::Rip),
         },

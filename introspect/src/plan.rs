@@ -73,17 +73,32 @@ pub struct Symbols {
     /// The variable holding the direct map's base (CONFIG_RANDOMIZE_MEMORY).
     #[serde(default)]
     pub page_offset_base: u64,
-    /// The `sched_wakeup` tracepoint's static-branch sites (see
-    /// `guest_symbols::tracepoints`): the event has no function of its own.
+    /// Static-branch sites of the tracepoints probed where they sit (see
+    /// `guest_symbols::tracepoints`), by tracepoint name: those of
+    /// [`SITE_TRACEPOINTS`]. Events such as `sched_wakeup` have no function
+    /// of their own, and at its sites `sched_waking` is exact where
+    /// `try_to_wake_up`'s entry can only guess.
     #[serde(default)]
-    pub sched_wakeup_sites: Vec<ArgSite>,
-    /// The `sched_waking` tracepoint's sites: exact where `try_to_wake_up`'s
-    /// entry can only guess whether the wakeup will go ahead.
-    #[serde(default)]
-    pub sched_waking_sites: Vec<ArgSite>,
+    pub tracepoints: std::collections::BTreeMap<String, Vec<ArgSite>>,
     /// The compat syscall dispatcher `ia32_sys_call(regs, nr)` (0: absent).
     #[serde(default)]
     pub ia32_sys_call: u64,
+}
+
+/// The tracepoints probed at their static-branch sites.
+pub const SITE_TRACEPOINTS: [&str; 5] = [
+    "sched_waking",
+    "sched_wakeup",
+    "softirq_entry",
+    "softirq_exit",
+    "softirq_raise",
+];
+
+impl Symbols {
+    /// The sites of tracepoint `name` (empty: none known).
+    pub fn sites(&self, name: &str) -> &[ArgSite] {
+        self.tracepoints.get(name).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A probe point inside a function, where a value the decoder needs is in
@@ -94,6 +109,10 @@ pub struct ArgSite {
     pub addr: u64,
     /// The register, by x86 encoding number (see [`crate::Reg::from_x86`]).
     pub reg: u8,
+    /// The value itself when the compiler passes a constant (then `reg`
+    /// means nothing).
+    #[serde(default)]
+    pub constant: Option<u32>,
 }
 
 /// Structure offsets (bytes) from BTF.

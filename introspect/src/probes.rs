@@ -3,7 +3,7 @@
 //! breakpoints; 4 hardware breakpoints per vCPU on KVM under PVM), and says
 //! what it could not cover.
 
-use crate::decode::ProbeKind;
+use crate::decode::{ProbeKind, SiteArg};
 use crate::kernel::reloc;
 use crate::plan::{ArgSite, ProbePlan};
 use crate::Reg;
@@ -74,7 +74,7 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
     let mut set = ProbeSet::default();
     // sched_waking at its tracepoint's sites when every one is usable (the
     // kernel's own condition), else at try_to_wake_up's entry
-    let waking = sites(&s.sched_waking_sites, |arg| ProbeKind::SchedWakingAt {
+    let waking = sites(s.sites("sched_waking"), |arg| ProbeKind::SchedWakingAt {
         arg,
     });
     match waking {
@@ -83,21 +83,41 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
         }
         _ => wanted.push((ev.sched, s.try_to_wake_up, ProbeKind::SchedWaking, false)),
     }
-    let wakeup_absent = ProbeKind::SchedWakeup { arg: Reg::Rax };
-    match sites(&s.sched_wakeup_sites, |arg| ProbeKind::SchedWakeup { arg }) {
-        _ if !ev.sched => {}
-        Some(w) if w.is_empty() => set
-            .dropped
-            .push((wakeup_absent, "no site of the tracepoint in this kernel")),
-        Some(w) => wanted.extend(w.into_iter().map(|(a, k)| (true, a, k, false))),
-        // one site missed would lose events silently: none is armed
-        None => set
-            .dropped
-            .push((wakeup_absent, "a site whose argument register is unknown")),
-    }
+    // Events that exist only at their tracepoint's sites: all or none.
+    let at_sites: [(bool, &str, SiteKind); 4] = [
+        (ev.sched, "sched_wakeup", |arg| ProbeKind::SchedWakeup {
+            arg,
+        }),
+        (ev.irq, "softirq_entry", |arg| ProbeKind::SoftirqEntry {
+            arg,
+        }),
+        (ev.irq, "softirq_exit", |arg| ProbeKind::SoftirqExit { arg }),
+        (ev.irq, "softirq_raise", |arg| ProbeKind::SoftirqRaise {
+            arg,
+        }),
+    ];
     let timer = s.sysvec_apic_timer_interrupt;
+    for (on, name, kind) in at_sites {
+        if name == "softirq_entry" {
+            // the local timer interrupt before the softirqs
+            wanted.push((ev.irq, timer, ProbeKind::TimerEntry, false));
+        }
+        if !on {
+            continue;
+        }
+        let absent = kind(SiteArg::Const(0));
+        match sites(s.sites(name), kind) {
+            Some(w) if w.is_empty() => set
+                .dropped
+                .push((absent, "no site of the tracepoint in this kernel")),
+            Some(w) => wanted.extend(w.into_iter().map(|(a, k)| (true, a, k, false))),
+            // one site missed would lose events silently: none is armed
+            None => set
+                .dropped
+                .push((absent, "a site whose argument register is unknown")),
+        }
+    }
     wanted.extend([
-        (ev.irq, timer, ProbeKind::TimerEntry, false),
         (ev.syscalls, s.do_syscall_64, ProbeKind::SyscallExit, true),
         (ev.irq, s.handle_irq_event, ProbeKind::IrqExit, true),
         (ev.irq, timer, ProbeKind::TimerExit, true),
@@ -145,11 +165,20 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
     set
 }
 
-/// Probes at every tracepoint site, or None if a site's argument register
-/// is unknown.
-fn sites(list: &[ArgSite], kind: impl Fn(Reg) -> ProbeKind) -> Option<Vec<(u64, ProbeKind)>> {
+/// The probe kind of a tracepoint site whose argument is in a register.
+type SiteKind = fn(SiteArg) -> ProbeKind;
+
+/// Probes at every tracepoint site, or None if a site's argument is
+/// unknown.
+fn sites(list: &[ArgSite], kind: impl Fn(SiteArg) -> ProbeKind) -> Option<Vec<(u64, ProbeKind)>> {
     list.iter()
-        .map(|site| Some((site.addr, kind(Reg::from_x86(site.reg)?))))
+        .map(|site| {
+            let arg = match site.constant {
+                Some(c) => SiteArg::Const(c),
+                None => SiteArg::Reg(Reg::from_x86(site.reg)?),
+            };
+            Some((site.addr, kind(arg)))
+        })
         .collect()
 }
 
@@ -170,16 +199,22 @@ mod tests {
                 try_to_wake_up: 0xffff_ffff_810e_1700,
                 sysvec_apic_timer_interrupt: 0,
                 ia32_sys_call: 0xffff_ffff_8100_5630,
-                sched_wakeup_sites: vec![
-                    ArgSite {
-                        addr: 0xffff_ffff_810d_f8ae,
-                        reg: 5,
-                    },
-                    ArgSite {
-                        addr: 0xffff_ffff_810e_1984,
-                        reg: 3,
-                    },
-                ],
+                tracepoints: [(
+                    "sched_wakeup".to_string(),
+                    vec![
+                        ArgSite {
+                            addr: 0xffff_ffff_810d_f8ae,
+                            reg: 5,
+                            constant: None,
+                        },
+                        ArgSite {
+                            addr: 0xffff_ffff_810e_1984,
+                            reg: 3,
+                            constant: None,
+                        },
+                    ],
+                )]
+                .into(),
                 ..Symbols::default()
             },
             events: EventClasses::all(),
@@ -193,11 +228,15 @@ mod tests {
         assert_eq!(set.entries.len(), 10);
         assert_eq!(
             set.entry_at(0xffff_ffff_810d_f8ae + 0x20c0_0000),
-            Some(ProbeKind::SchedWakeup { arg: Reg::Rbp })
+            Some(ProbeKind::SchedWakeup {
+                arg: SiteArg::Reg(Reg::Rbp)
+            })
         );
         assert_eq!(
             set.entry_at(0xffff_ffff_810e_1984 + 0x20c0_0000),
-            Some(ProbeKind::SchedWakeup { arg: Reg::Rbx })
+            Some(ProbeKind::SchedWakeup {
+                arg: SiteArg::Reg(Reg::Rbx)
+            })
         );
         assert_eq!(set.returns.len(), 3);
         assert_eq!(
@@ -214,12 +253,12 @@ mod tests {
             set.entries.last().unwrap().kind,
             ProbeKind::CompatSyscallEntry
         );
-        // the timer symbol is missing: said so, twice (entry and return)
-        assert_eq!(set.dropped.len(), 2);
-        assert!(set
-            .dropped
-            .iter()
-            .all(|d| d.1 == "symbol not in this kernel"));
+        // the timer symbol is missing: said so, twice (entry and return);
+        // so are the softirq tracepoints' sites, once each
+        let said = |why: &str| set.dropped.iter().filter(|d| d.1 == why).count();
+        assert_eq!(said("symbol not in this kernel"), 2);
+        assert_eq!(said("no site of the tracepoint in this kernel"), 3);
+        assert_eq!(set.dropped.len(), 5);
     }
 
     #[test]
@@ -255,7 +294,8 @@ mod tests {
     #[test]
     fn wakeup_sites_without_a_register_or_at_all_are_reported() {
         let mut p = plan();
-        p.symbols.sched_wakeup_sites[1].reg = u8::MAX;
+        let wakeup = p.symbols.tracepoints.get_mut("sched_wakeup").unwrap();
+        wakeup[1].reg = u8::MAX;
         let set = plan_probes(&p, 0, None);
         assert_eq!(set.entries.len(), 8);
         assert!(set
@@ -263,7 +303,7 @@ mod tests {
             .iter()
             .any(|d| matches!(d.0, ProbeKind::SchedWakeup { .. })
                 && d.1 == "a site whose argument register is unknown"));
-        p.symbols.sched_wakeup_sites.clear();
+        p.symbols.tracepoints.clear();
         let set = plan_probes(&p, 0, None);
         assert!(set
             .dropped
@@ -278,23 +318,28 @@ mod tests {
     #[test]
     fn waking_at_its_tracepoint_sites_when_all_are_usable() {
         let mut p = plan();
-        p.symbols.sched_waking_sites = vec![
+        let waking = vec![
             ArgSite {
                 addr: 0xffff_ffff_810e_1978,
                 reg: 3,
+                constant: None,
             },
             ArgSite {
                 addr: 0xffff_ffff_810e_179e,
                 reg: 3,
+                constant: None,
             },
         ];
+        p.symbols.tracepoints.insert("sched_waking".into(), waking);
         let set = plan_probes(&p, 0, None);
-        let waking = ProbeKind::SchedWakingAt { arg: Reg::Rbx };
+        let waking = ProbeKind::SchedWakingAt {
+            arg: SiteArg::Reg(Reg::Rbx),
+        };
         assert_eq!(set.entry_at(0xffff_ffff_810e_1978), Some(waking));
         assert_eq!(set.entry_at(0xffff_ffff_810e_179e), Some(waking));
         assert_eq!(set.entry_at(p.symbols.try_to_wake_up), None);
         // one site without a register: back to try_to_wake_up's entry
-        p.symbols.sched_waking_sites[0].reg = 16;
+        p.symbols.tracepoints.get_mut("sched_waking").unwrap()[0].reg = 16;
         let set = plan_probes(&p, 0, None);
         assert_eq!(
             set.entry_at(p.symbols.try_to_wake_up),

@@ -10,7 +10,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ctx::VcpuContext;
-use crate::decode::{decode, Event, ProbeKind, Record, SyscallStrings, VcpuState, SYSCALL_SLOTS};
+use crate::decode::{
+    decode, Event, ProbeKind, Record, SyscallStrings, VcpuState, COUNTER_SLOTS, SYSCALL_SLOTS,
+};
 use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
 use crate::plan::ProbePlan;
@@ -93,9 +95,9 @@ pub struct VcpuTracer {
     /// Events written.
     pub events: u64,
     /// Decoded hits by `ProbeKind`.
-    pub by_kind: [u64; 16],
+    pub by_kind: [u64; COUNTER_SLOTS],
     /// Events written, by `Record::event_tag`.
-    pub by_event: [u64; 16],
+    pub by_event: [u64; COUNTER_SLOTS],
     /// Reserved for the statedump's task list.
     tasks: Vec<(Task, i32)>,
     /// Syscall entries whose user string is not mapped yet, held back
@@ -104,7 +106,12 @@ pub struct VcpuTracer {
 }
 
 /// Counts and writes one record.
-fn write<S: Sink + ?Sized>(events: &mut u64, by_event: &mut [u64; 16], sink: &mut S, r: &Record) {
+fn write<S: Sink + ?Sized>(
+    events: &mut u64,
+    by_event: &mut [u64; COUNTER_SLOTS],
+    sink: &mut S,
+    r: &Record,
+) {
     *events += 1;
     if let Some(c) = by_event.get_mut(usize::from(r.event_tag())) {
         *c += 1;
@@ -115,7 +122,7 @@ fn write<S: Sink + ?Sized>(events: &mut u64, by_event: &mut [u64; 16], sink: &mu
 /// Writes what the deferral lets go: a record, or an engine's held event.
 fn release<S: Sink + ?Sized>(
     events: &mut u64,
-    by_event: &mut [u64; 16],
+    by_event: &mut [u64; COUNTER_SLOTS],
     sink: &mut S,
     h: Held<'_>,
 ) {
@@ -138,8 +145,8 @@ impl VcpuTracer {
                 event: Event::IrqExit { irq: 0, ret: 0 },
             },
             events: 0,
-            by_kind: [0; 16],
-            by_event: [0; 16],
+            by_kind: [0; COUNTER_SLOTS],
+            by_event: [0; COUNTER_SLOTS],
             tasks: Vec::with_capacity(statedump_capacity),
             deferral: None,
         }

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use introspect::codec::{decode as decode_rec, decode_all, encode, MAX_RECORD};
-use introspect::decode::{GuestStr, SyscallStrings, SYSCALL_SLOTS};
+use introspect::decode::{GuestStr, SiteArg, SyscallStrings, SYSCALL_SLOTS};
 use introspect::kernel::{find_slide, Kernel};
 use introspect::plan::Offsets;
 use introspect::task::{for_each_task, read_task, MAX_TASKS};
@@ -92,7 +92,7 @@ fn kernel(rng: &mut Rng) -> Kernel {
     }
 }
 
-const KINDS: [ProbeKind; 17] = [
+const KINDS: [ProbeKind; 20] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -105,9 +105,24 @@ const KINDS: [ProbeKind; 17] = [
     ProbeKind::TimerEntry,
     ProbeKind::TimerExit,
     ProbeKind::Sample,
-    ProbeKind::SchedWakeup { arg: Reg::Rbx },
-    ProbeKind::SchedWakeup { arg: Reg::R15 },
-    ProbeKind::SchedWakingAt { arg: Reg::Rbp },
+    ProbeKind::SchedWakeup {
+        arg: SiteArg::Reg(Reg::Rbx),
+    },
+    ProbeKind::SchedWakeup {
+        arg: SiteArg::Reg(Reg::R15),
+    },
+    ProbeKind::SchedWakingAt {
+        arg: SiteArg::Reg(Reg::Rbp),
+    },
+    ProbeKind::SoftirqEntry {
+        arg: SiteArg::Reg(Reg::Rdx),
+    },
+    ProbeKind::SoftirqExit {
+        arg: SiteArg::Reg(Reg::R14),
+    },
+    ProbeKind::SoftirqRaise {
+        arg: SiteArg::Const(6),
+    },
     ProbeKind::CompatSyscallEntry,
     ProbeKind::CompatSyscallExit,
 ];

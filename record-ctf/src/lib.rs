@@ -266,6 +266,9 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
         Event::ProcessExit { task } => p.sched_process_exit(ts, &ctx, task_ref(task)),
         Event::IrqEntry { irq, name } => p.irq_handler_entry(ts, &ctx, *irq, name),
         Event::IrqExit { irq, ret } => p.irq_handler_exit(ts, &ctx, *irq, *ret),
+        Event::SoftirqEntry { vec } => p.irq_softirq_entry(ts, &ctx, *vec),
+        Event::SoftirqExit { vec } => p.irq_softirq_exit(ts, &ctx, *vec),
+        Event::SoftirqRaise { vec } => p.irq_softirq_raise(ts, &ctx, *vec),
         Event::TimerEntry { vector } | Event::TimerExit { vector } => {
             let name = if matches!(r.event, Event::TimerEntry { .. }) {
                 TIMER_ENTRY

@@ -168,11 +168,15 @@ fn off_static_branches(
     notes: &mut Vec<String>,
 ) -> Vec<Probe> {
     let mut out = Vec::with_capacity(entries.len());
-    let (mut waking, mut wakeup) = (false, false);
+    let mut waking = false;
+    let mut left_out = std::collections::BTreeSet::new();
     for p in entries {
         match p.kind {
             ProbeKind::SchedWakingAt { .. } => waking = true,
-            ProbeKind::SchedWakeup { .. } => wakeup = true,
+            ProbeKind::SchedWakeup { .. } => _ = left_out.insert("sched_wakeup"),
+            ProbeKind::SoftirqEntry { .. }
+            | ProbeKind::SoftirqExit { .. }
+            | ProbeKind::SoftirqRaise { .. } => _ = left_out.insert("softirqs"),
             _ => out.push(p),
         }
     }
@@ -183,10 +187,10 @@ fn off_static_branches(
             kind: ProbeKind::SchedWaking,
         });
     }
-    if wakeup {
-        notes.push(
-            "not covered: sched_wakeup: its sites are static branches the guest may patch (an int3 there would crash it)".into(),
-        );
+    for what in left_out {
+        notes.push(format!(
+            "not covered: {what}: its sites are static branches the guest may patch (an int3 there would crash it)"
+        ));
     }
     out
 }
@@ -219,6 +223,7 @@ pub(super) fn decide() -> (bool, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use introspect::decode::SiteArg;
     use introspect::Reg;
 
     #[test]
@@ -230,15 +235,33 @@ mod tests {
             p(0xffff_ffff_81a4_3dc0, ProbeKind::SyscallEntry),
             p(
                 0xffff_ffff_810e_1978,
-                ProbeKind::SchedWakingAt { arg: Reg::Rbx },
+                ProbeKind::SchedWakingAt {
+                    arg: SiteArg::Reg(Reg::Rbx),
+                },
             ),
             p(
                 0xffff_ffff_810e_179e,
-                ProbeKind::SchedWakingAt { arg: Reg::Rbx },
+                ProbeKind::SchedWakingAt {
+                    arg: SiteArg::Reg(Reg::Rbx),
+                },
             ),
             p(
                 0xffff_ffff_810d_f8ae,
-                ProbeKind::SchedWakeup { arg: Reg::Rbp },
+                ProbeKind::SchedWakeup {
+                    arg: SiteArg::Reg(Reg::Rbp),
+                },
+            ),
+            p(
+                0xffff_ffff_810a_8eb6,
+                ProbeKind::SoftirqEntry {
+                    arg: SiteArg::Reg(Reg::Rdx),
+                },
+            ),
+            p(
+                0xffff_ffff_810a_9ab8,
+                ProbeKind::SoftirqRaise {
+                    arg: SiteArg::Const(6),
+                },
             ),
         ];
         let mut notes = Vec::new();
@@ -250,7 +273,7 @@ mod tests {
                 p(0xffff_ffff_910e_1700, ProbeKind::SchedWaking),
             ]
         );
-        assert_eq!(notes.len(), 1);
-        assert!(notes[0].contains("sched_wakeup"));
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("sched_wakeup") && notes[1].contains("softirqs"));
     }
 }
