@@ -105,7 +105,9 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.task(prev);
             w.task(next);
         }
-        Event::SchedWaking { task, target_cpu } | Event::SchedWakeup { task, target_cpu } => {
+        Event::SchedWaking { task, target_cpu }
+        | Event::SchedWakeup { task, target_cpu }
+        | Event::SchedWakeupNew { task, target_cpu } => {
             w.task(task);
             w.i32(*target_cpu);
         }
@@ -274,6 +276,10 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         },
         12 => Event::Sample { ip: r.u64()? },
         14 => Event::SchedWakeup {
+            task: r.task()?,
+            target_cpu: r.i32()?,
+        },
+        19 => Event::SchedWakeupNew {
             task: r.task()?,
             target_cpu: r.i32()?,
         },

@@ -71,6 +71,11 @@ pub enum ProbeKind {
     SchedWakeup {
         arg: SiteArg,
     },
+    /// The `sched_wakeup_new` tracepoint's site in `wake_up_new_task`,
+    /// where `arg` holds the new task (its CPU chosen).
+    SchedWakeupNew {
+        arg: SiteArg,
+    },
     /// Entry of `wake_up_new_task(p)`.
     ProcessFork,
     /// Entry of `begin_new_exec(bprm)`.
@@ -117,6 +122,7 @@ impl ProbeKind {
             ProbeKind::SoftirqEntry { .. } => 16,
             ProbeKind::SoftirqExit { .. } => 17,
             ProbeKind::SoftirqRaise { .. } => 18,
+            ProbeKind::SchedWakeupNew { .. } => 19,
         }
     }
 }
@@ -215,6 +221,11 @@ pub enum Event {
     },
     /// The task is runnable again (`sched_wakeup`, after `sched_waking`).
     SchedWakeup {
+        task: Task,
+        target_cpu: i32,
+    },
+    /// A new task is runnable for the first time (`sched_wakeup_new`).
+    SchedWakeupNew {
         task: Task,
         target_cpu: i32,
     },
@@ -342,6 +353,7 @@ impl Record {
             Event::SoftirqEntry { .. } => 16,
             Event::SoftirqExit { .. } => 17,
             Event::SoftirqRaise { .. } => 18,
+            Event::SchedWakeupNew { .. } => 19,
         }
     }
 }
@@ -575,16 +587,18 @@ pub fn decode<C: VcpuContext + ?Sized>(
                 target_cpu: task_cpu(ctx, k, p),
             }
         }
-        ProbeKind::SchedWakingAt { arg } | ProbeKind::SchedWakeup { arg } => {
+        ProbeKind::SchedWakingAt { arg }
+        | ProbeKind::SchedWakeup { arg }
+        | ProbeKind::SchedWakeupNew { arg } => {
             let p = arg.value(ctx);
             if !is_kernel_addr(p) {
                 return false;
             }
             let (task, target_cpu) = (read_task(ctx, k, p), task_cpu(ctx, k, p));
-            if let ProbeKind::SchedWakeup { .. } = kind {
-                Event::SchedWakeup { task, target_cpu }
-            } else {
-                Event::SchedWaking { task, target_cpu }
+            match kind {
+                ProbeKind::SchedWakeup { .. } => Event::SchedWakeup { task, target_cpu },
+                ProbeKind::SchedWakeupNew { .. } => Event::SchedWakeupNew { task, target_cpu },
+                _ => Event::SchedWaking { task, target_cpu },
             }
         }
         ProbeKind::ProcessFork => Event::ProcessFork {

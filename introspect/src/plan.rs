@@ -86,9 +86,10 @@ pub struct Symbols {
 }
 
 /// The tracepoints probed at their static-branch sites.
-pub const SITE_TRACEPOINTS: [&str; 5] = [
+pub const SITE_TRACEPOINTS: [&str; 6] = [
     "sched_waking",
     "sched_wakeup",
+    "sched_wakeup_new",
     "softirq_entry",
     "softirq_exit",
     "softirq_raise",

@@ -84,9 +84,12 @@ pub fn plan_probes(plan: &ProbePlan, slide: u64, budget: Option<usize>) -> Probe
         _ => wanted.push((ev.sched, s.try_to_wake_up, ProbeKind::SchedWaking, false)),
     }
     // Events that exist only at their tracepoint's sites: all or none.
-    let at_sites: [(bool, &str, SiteKind); 4] = [
+    let at_sites: [(bool, &str, SiteKind); 5] = [
         (ev.sched, "sched_wakeup", |arg| ProbeKind::SchedWakeup {
             arg,
+        }),
+        (ev.sched, "sched_wakeup_new", |arg| {
+            ProbeKind::SchedWakeupNew { arg }
         }),
         (ev.irq, "softirq_entry", |arg| ProbeKind::SoftirqEntry {
             arg,
@@ -254,11 +257,11 @@ mod tests {
             ProbeKind::CompatSyscallEntry
         );
         // the timer symbol is missing: said so, twice (entry and return);
-        // so are the softirq tracepoints' sites, once each
+        // so are the sites of sched_wakeup_new and the softirqs, once each
         let said = |why: &str| set.dropped.iter().filter(|d| d.1 == why).count();
         assert_eq!(said("symbol not in this kernel"), 2);
-        assert_eq!(said("no site of the tracepoint in this kernel"), 3);
-        assert_eq!(set.dropped.len(), 5);
+        assert_eq!(said("no site of the tracepoint in this kernel"), 4);
+        assert_eq!(set.dropped.len(), 6);
     }
 
     #[test]

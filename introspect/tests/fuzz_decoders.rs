@@ -92,7 +92,7 @@ fn kernel(rng: &mut Rng) -> Kernel {
     }
 }
 
-const KINDS: [ProbeKind; 20] = [
+const KINDS: [ProbeKind; 21] = [
     ProbeKind::SyscallEntry,
     ProbeKind::SyscallExit,
     ProbeKind::SchedSwitch,
@@ -110,6 +110,9 @@ const KINDS: [ProbeKind; 20] = [
     },
     ProbeKind::SchedWakeup {
         arg: SiteArg::Reg(Reg::R15),
+    },
+    ProbeKind::SchedWakeupNew {
+        arg: SiteArg::Reg(Reg::Rbx),
     },
     ProbeKind::SchedWakingAt {
         arg: SiteArg::Reg(Reg::Rbp),

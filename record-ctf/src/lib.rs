@@ -240,6 +240,9 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
         Event::SchedWakeup { task, target_cpu } => {
             p.sched_wakeup(ts, &ctx, task_ref(task), *target_cpu)
         }
+        Event::SchedWakeupNew { task, target_cpu } => {
+            p.sched_wakeup_new(ts, &ctx, task_ref(task), *target_cpu)
+        }
         Event::ProcessFork { parent, child } => {
             let vtids = [child.tid];
             p.sched_process_fork(

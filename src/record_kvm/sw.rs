@@ -174,6 +174,7 @@ fn off_static_branches(
         match p.kind {
             ProbeKind::SchedWakingAt { .. } => waking = true,
             ProbeKind::SchedWakeup { .. } => _ = left_out.insert("sched_wakeup"),
+            ProbeKind::SchedWakeupNew { .. } => _ = left_out.insert("sched_wakeup_new"),
             ProbeKind::SoftirqEntry { .. }
             | ProbeKind::SoftirqExit { .. }
             | ProbeKind::SoftirqRaise { .. } => _ = left_out.insert("softirqs"),

@@ -116,7 +116,7 @@ fn convert(t: &Trace, e: &DecodedEvent) -> Ev {
             next_comm: text("next_comm"),
         },
         "sched_waking" => Kind::Waking { tid: tid("tid") },
-        "sched_wakeup" => Kind::Wakeup { tid: tid("tid") },
+        "sched_wakeup" | "sched_wakeup_new" => Kind::Wakeup { tid: tid("tid") },
         "irq_handler_entry" => Kind::IrqEntry {
             irq: int("irq"),
             name: text("name"),

@@ -152,6 +152,32 @@ pub fn forkexec_match(backend: &str, opts: &[&str], line: &str, vcpus: u32) {
         .filter(|e| e.name == "sched_process_exec" && e.text("filename") == "/bin/true")
         .count();
     assert_eq!(n_exec, 20);
+    // sched_wakeup_new (at its tracepoint's site: the TCG engine; the KVM
+    // engine leaves static-branch sites alone): once per child, after its
+    // fork
+    if backend == "qemu" {
+        let mut fork_at = BTreeMap::new();
+        for (i, e) in r.events.iter().enumerate() {
+            match e.name.as_str() {
+                "sched_process_fork" if pids.contains(&e.int("child_tid")) => {
+                    fork_at.insert(e.int("child_tid"), i);
+                }
+                "sched_wakeup_new" if pids.contains(&e.int("tid")) => {
+                    let t = e.int("tid");
+                    let forked = fork_at.remove(&t);
+                    assert!(
+                        forked.is_some(),
+                        "sched_wakeup_new of {t} without its fork (or twice)"
+                    );
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            fork_at.is_empty(),
+            "forks without sched_wakeup_new: {fork_at:?}"
+        );
+    }
 }
 
 /// The statedump at the start of the traced command lists the processes
