@@ -3,6 +3,7 @@
 //! by the content of its inputs.
 
 mod apt;
+mod apt_memo;
 pub mod compat32;
 mod cpio;
 
@@ -94,8 +95,14 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
         format!("looking up the newest {line} kernel and busybox-static"),
         verbose,
     );
-    let kernel_pkg = apt::newest_kernel(line)?;
-    let busybox_pkg = apt::candidate("busybox-static")?;
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut memo = apt_memo::AptMemo::open(root.join("apt-answers.json"));
+    let kernel_pkg = memo_package(&mut memo, &format!("newest kernel {line}"), || {
+        apt::newest_kernel(line)
+    })?;
+    let busybox_pkg = memo_package(&mut memo, "candidate busybox-static", || {
+        apt::candidate("busybox-static")
+    })?;
     pb.finish_and_clear();
 
     let pb = step(
@@ -181,6 +188,25 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
     prune_old_images(&root.join("images"), &release, KEEP_IMAGES);
     pb.finish_and_clear();
     Ok(image_dir)
+}
+
+/// A package lookup, asked of apt only when its inputs changed since the
+/// last answer (stored as `NAME=VERSION`).
+fn memo_package(
+    memo: &mut apt_memo::AptMemo,
+    question: &str,
+    ask: impl FnOnce() -> Result<apt::Package, apt::AptError>,
+) -> Result<apt::Package> {
+    let answer = memo.get_or(question, || {
+        ask().map(|p| format!("{}={}", p.name, p.version))
+    })?;
+    let (name, version) = answer
+        .split_once('=')
+        .with_context(|| format!("malformed remembered apt answer {answer:?}"))?;
+    Ok(apt::Package {
+        name: name.to_string(),
+        version: version.to_string(),
+    })
 }
 
 /// Images kept per kernel release; older ones (from other workload builds)
