@@ -7,13 +7,14 @@
 //! slide by its banner in guest memory, and leaves a trace babeltrace2
 //! reads; whatever events early boot produces must name real tasks.
 //!
-//! With hardware virtualization only: the end-to-end checks of the TCG
+//! On a KVM that runs guest code natively (hardware virtualization here,
+//! else the stock KVM inside `scripts/stock-kvm.sh`'s L1): the end-to-end checks of the TCG
 //! engine's tests (record_support::checks, record_support/sched_irq.rs) on
 //! this engine, each with an `--events` subset that fits 4 hardware
 //! breakpoints (what this engine falls back to where KVM does not deliver
 //! software breakpoints; where it does, every entry probe is an int3 once
-//! the kernel execs /init). Elsewhere they print "skipped: no hardware
-//! virtualization (<reason>)".
+//! the kernel execs /init). Without either they print "skipped: ..." with
+//! the reason.
 
 mod common;
 mod record_support;
@@ -66,10 +67,11 @@ fn no_hardware_virtualization() -> Option<String> {
     (!p.native).then_some(p.reason)
 }
 
-macro_rules! needs_hardware_virtualization {
+/// The end-to-end checks need a KVM that runs guest code natively: this
+/// host's with hardware virtualization, else the stock-KVM harness's L1.
+macro_rules! needs_native_kvm {
     () => {
-        if let Some(why) = no_hardware_virtualization() {
-            println!("skipped: no hardware virtualization ({why})");
+        if common::hvtrace_on_kvm().is_none() {
             return;
         }
     };
@@ -374,31 +376,31 @@ fn kvm_record_first_tasks_6_1() {
 
 #[test]
 fn kvm_record_syscalls_6_1_one_vcpu() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     checks::syscalls_match("kvm", &["--events", "syscalls"], "6.1", 1);
 }
 
 #[test]
 fn kvm_record_syscalls_6_12_two_vcpus() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     checks::syscalls_match("kvm", &["--events", "syscalls"], "6.12", 2);
 }
 
 #[test]
 fn kvm_record_forkexec_6_1() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     checks::forkexec_match("kvm", &["--events", "proc"], "6.1", 1);
 }
 
 #[test]
 fn kvm_record_forkexec_6_12_two_vcpus() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     checks::forkexec_match("kvm", &["--events", "proc"], "6.12", 2);
 }
 
 #[test]
 fn kvm_record_statedump_matches_proc() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     checks::statedump_matches_proc("kvm", &["--events", "proc"]);
 }
 
@@ -407,7 +409,7 @@ fn kvm_record_statedump_matches_proc() {
 /// breakpoints where software ones are not delivered).
 #[test]
 fn kvm_record_pingpong_6_1() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     record_support::sched_irq::pingpong_switches_match_rusage(
         "kvm",
         &["--events", "sched,proc"],
@@ -418,7 +420,7 @@ fn kvm_record_pingpong_6_1() {
 
 #[test]
 fn kvm_record_pingpong_6_12_two_vcpus() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     record_support::sched_irq::pingpong_switches_match_rusage(
         "kvm",
         &["--events", "sched,proc"],
@@ -432,7 +434,7 @@ fn kvm_record_pingpong_6_12_two_vcpus() {
 /// site fit 4 hardware breakpoints).
 #[test]
 fn kvm_record_irqs_6_1() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     record_support::sched_irq::irqs_match_proc_interrupts(
         "kvm",
         &["--events", "syscalls,irq"],
@@ -443,7 +445,7 @@ fn kvm_record_irqs_6_1() {
 
 #[test]
 fn kvm_record_irqs_6_12_two_vcpus() {
-    needs_hardware_virtualization!();
+    needs_native_kvm!();
     record_support::sched_irq::irqs_match_proc_interrupts(
         "kvm",
         &["--events", "syscalls,irq"],

@@ -34,3 +34,77 @@ pub fn image_dir(line: &str) -> PathBuf {
         .expect("image build printed its folder");
     PathBuf::from(last.trim())
 }
+
+/// Where this host can run hvtrace's KVM monitor at full speed.
+#[derive(Debug, Clone)]
+pub enum KvmHost {
+    /// `/dev/kvm` runs guest code natively (VT-x/AMD-V): run hvtrace here.
+    Native,
+    /// No hardware virtualization, but QEMU >= 10 whose TCG emulates SVM:
+    /// run hvtrace inside `scripts/stock-kvm.sh`'s L1 guest.
+    StockKvm,
+    /// Neither; the reason.
+    Unavailable(String),
+}
+
+fn qemu_major() -> Option<u32> {
+    let out = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split("version ").nth(1)?;
+    v.split('.').next()?.trim().parse().ok()
+}
+
+/// The verdict for this host, found once per test binary.
+pub fn kvm_host() -> KvmHost {
+    static HOST: std::sync::OnceLock<KvmHost> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let kvm = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm");
+        let why_not_native = match kvm {
+            Ok(_) => {
+                let p = vmm::probe_native_virtualization();
+                if p.native {
+                    return KvmHost::Native;
+                }
+                p.reason
+            }
+            Err(e) => format!("/dev/kvm: {e}"),
+        };
+        match qemu_major() {
+            Some(v) if v >= 10 => KvmHost::StockKvm,
+            Some(v) => KvmHost::Unavailable(format!(
+                "{why_not_native}; QEMU {v} cannot host a stock KVM (TCG's nested SVM needs QEMU >= 10)"
+            )),
+            None => KvmHost::Unavailable(format!("{why_not_native}; no qemu-system-x86_64")),
+        }
+    })
+    .clone()
+}
+
+/// `hvtrace` on a KVM that runs guest code at full speed: here with
+/// hardware virtualization, else inside the stock-KVM harness (whose exit
+/// status, stdout, stderr and written files are the command's own). None,
+/// after printing "skipped: ..." with the reason, when neither exists.
+pub fn hvtrace_on_kvm() -> Option<Command> {
+    match kvm_host() {
+        KvmHost::Native => Some(hvtrace()),
+        KvmHost::StockKvm => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stock-kvm.sh");
+            let mut c = Command::new(script);
+            c.arg("--hvtrace")
+                .arg(env!("CARGO_BIN_EXE_hvtrace"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_hvtrace"));
+            Some(c)
+        }
+        KvmHost::Unavailable(why) => {
+            println!("skipped: no KVM that runs guest code natively ({why})");
+            None
+        }
+    }
+}

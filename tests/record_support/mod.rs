@@ -226,7 +226,14 @@ pub fn record_on(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = common::hvtrace()
+    // The KVM engine on a KVM that runs guest code natively (here, or in
+    // the stock-KVM harness's L1: callers check that one exists).
+    let mut hvtrace = if backend == "kvm" {
+        common::hvtrace_on_kvm().expect("a native or stock KVM")
+    } else {
+        common::hvtrace()
+    };
+    let out = hvtrace
         .args([
             "record",
             "--backend",
