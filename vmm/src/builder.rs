@@ -123,6 +123,9 @@ pub struct VmConfig {
     /// entry, for the VM-wide software breakpoints ([`Vm::sw_breakpoints`]);
     /// int3s that are not ours are reinjected into the guest.
     pub sw_breakpoints: bool,
+    /// The traps' encoding: `int3` (vCPUs then run with USE_SW_BP) or the
+    /// 2-byte port write that every KVM hands to user space.
+    pub sw_trap: crate::TrapKind,
 }
 
 impl VmConfig {
@@ -142,6 +145,7 @@ impl VmConfig {
             console2: None,
             handlers: None,
             sw_breakpoints: false,
+            sw_trap: crate::TrapKind::Int3,
         }
     }
 
@@ -157,6 +161,7 @@ impl VmConfig {
             console2: None,
             handlers: None,
             sw_breakpoints: false,
+            sw_trap: crate::TrapKind::Int3,
         }
     }
 }
@@ -327,7 +332,11 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
     // KVM_CAP_SET_GUEST_DEBUG2: the KVM_GUESTDBG_* flags this KVM accepts.
     let dbg_flags = kvm.check_extension_raw(KVM_CAP_SET_GUEST_DEBUG2) as u32;
     let block_irq = dbg_flags & kvm_bindings::KVM_GUESTDBG_BLOCKIRQ != 0;
-    let sw = Arc::new(SwBreakpoints::new(cfg.sw_breakpoints, block_irq));
+    let sw = Arc::new(SwBreakpoints::with_trap(
+        cfg.sw_breakpoints,
+        block_irq,
+        cfg.sw_trap,
+    ));
     Ok(Vm {
         sw,
         slots: Mutex::new((slots, next)),
@@ -357,7 +366,9 @@ impl Vm {
                 shared: self.shared[i].clone(),
                 exit: self.exit.clone(),
                 handler: self.handlers.as_mut().map(|f| f(i as u32)),
-                dbg: DebugState::with_vm_sw(self.sw.enabled()),
+                dbg: DebugState::with_vm_sw(
+                    self.sw.enabled() && self.sw.trap() == crate::TrapKind::Int3,
+                ),
                 cache: RegCache::default(),
                 rf: false,
                 rf_ignored: false,

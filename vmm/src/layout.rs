@@ -74,6 +74,12 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     }
 }
 
+/// Port of the 2-byte software trap `out %al,$TRAP_PORT`
+/// ([`crate::vstate::swbp::TrapKind::PortIo`]): QEMU's and Bochs' debug
+/// console port, which no Linux driver uses on this machine (not 0x80,
+/// the kernel's I/O delay port, nor 0x7e, which KVM special-cases).
+pub const TRAP_PORT: u16 = 0xe9;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,3 +8,4 @@ pub mod mptable;
 pub mod msr;
 pub mod regs;
 pub mod step;
+pub mod trap_site;

@@ -21,6 +21,15 @@
 //! Costs two vCPU round trips per other vCPU per hit: fine for rare
 //! probes, not for a hot one.
 //!
+//! Two encodings of the trap ([`TrapKind`]): `int3` (1 byte) where KVM
+//! delivers #BP as a debug exit, and `out %al,$0xe9` (2 bytes,
+//! [`crate::layout::TRAP_PORT`]) everywhere else: KVM hands every port
+//! write to user space, also where it never sees the guest's #BP (a KVM
+//! nested in QEMU's TCG, which raises int3 as a software interrupt). A
+//! 2-byte trap may cover two instructions (a 1-byte `push` and the next);
+//! the caller must have proven that no branch lands between them
+//! ([`crate::arch::trap_site`]).
+//!
 //! Readers on the trap path take no lock: each vCPU keeps its own `Arc` of
 //! the published table and refreshes it only when the generation changed.
 //! The vCPU side (hits, step-over, fallback) is in [`super::swstep`].
@@ -36,24 +45,69 @@ use crate::arch::step::{self, StepInsn, MAX_INSN};
 use crate::debug::DebugError;
 use crate::devices::lock;
 
+/// The instruction a software trap writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrapKind {
+    /// `int3` (`cc`): a #BP debug exit under `KVM_GUESTDBG_USE_SW_BP`.
+    #[default]
+    Int3,
+    /// `out %al,$TRAP_PORT` (`e6 e9`): a port-I/O exit.
+    PortIo,
+}
+
+impl TrapKind {
+    /// The trap's bytes.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            TrapKind::Int3 => &[0xcc],
+            TrapKind::PortIo => &[0xe6, crate::layout::TRAP_PORT as u8],
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn length(self) -> u64 {
+        self.bytes().len() as u64
+    }
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrapKind::Int3 => write!(f, "int3"),
+            TrapKind::PortIo => write!(f, "out %al,${:#x}", crate::layout::TRAP_PORT),
+        }
+    }
+}
+
 /// How the monitor resumes past one software breakpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOver {
-    /// The covered instruction is emulated; the int3 stays in memory.
+    /// The covered instruction is emulated; the trap stays in memory.
     Emulated(StepInsn),
-    /// Other vCPUs paused, byte restored, single step, re-inserted.
+    /// The two covered instructions are emulated (a 2-byte trap over a
+    /// 1-byte instruction and the next).
+    EmulatedPair(StepInsn, StepInsn),
+    /// Other vCPUs paused, bytes restored, single steps out of the
+    /// covered bytes, re-inserted.
     SingleStep,
+}
+
+fn insn_name(i: StepInsn) -> String {
+    match i {
+        StepInsn::Nop(n) => format!("nop{n}"),
+        StepInsn::Endbr64 => "endbr64".into(),
+        StepInsn::Push { reg, .. } => format!("push r{reg}"),
+        StepInsn::MovRspRbp => "mov %rsp,%rbp".into(),
+    }
 }
 
 impl std::fmt::Display for StepOver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StepOver::Emulated(StepInsn::Nop(n)) => write!(f, "emulated nop{n}"),
-            StepOver::Emulated(StepInsn::Endbr64) => write!(f, "emulated endbr64"),
-            StepOver::Emulated(StepInsn::Push { reg, .. }) => {
-                write!(f, "emulated push r{reg}")
+            StepOver::Emulated(i) => write!(f, "emulated {}", insn_name(*i)),
+            StepOver::EmulatedPair(a, b) => {
+                write!(f, "emulated {}; {}", insn_name(*a), insn_name(*b))
             }
-            StepOver::Emulated(StepInsn::MovRspRbp) => write!(f, "emulated mov %rsp,%rbp"),
             StepOver::SingleStep => write!(f, "single-step (other vCPUs paused)"),
         }
     }
@@ -62,10 +116,12 @@ impl std::fmt::Display for StepOver {
 /// One software breakpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwEntry {
-    /// Guest-physical address of the int3.
+    /// Guest-physical address of the trap's first byte.
     pub gpa: u64,
-    /// The byte it replaced.
-    pub orig: u8,
+    /// The bytes it replaced (`len` of them).
+    pub orig: [u8; 2],
+    /// The trap's length.
+    pub len: u8,
     /// How hits are stepped over (decided from the bytes at insertion; the
     /// bytes are decoded again at every hit, so a tail the guest changed
     /// meanwhile is seen).
@@ -90,6 +146,7 @@ pub struct SwStats {
 /// The VM-wide software-breakpoint list (see the module documentation).
 pub struct SwBreakpoints {
     enabled: bool,
+    trap: TrapKind,
     /// KVM offers KVM_GUESTDBG_BLOCKIRQ (interrupts held off while stepping).
     pub(crate) block_irq: bool,
     table: Mutex<Table>,
@@ -101,14 +158,16 @@ pub struct SwBreakpoints {
     pub stats: SwStats,
 }
 
-pub(crate) fn read_byte(mem: &GuestMemoryMmap, gpa: u64) -> Result<u8, DebugError> {
-    mem.read_obj(GuestAddress(gpa))
-        .map_err(|_| DebugError::Memory(gpa, 1))
+fn write_bytes(mem: &GuestMemoryMmap, gpa: u64, b: &[u8]) -> Result<(), DebugError> {
+    mem.write_slice(b, GuestAddress(gpa))
+        .map_err(|_| DebugError::Memory(gpa, b.len()))
 }
 
-fn write_byte(mem: &GuestMemoryMmap, gpa: u64, b: u8) -> Result<(), DebugError> {
-    mem.write_obj(b, GuestAddress(gpa))
-        .map_err(|_| DebugError::Memory(gpa, 1))
+fn read_bytes(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> Result<[u8; 2], DebugError> {
+    let mut b = [0u8; 2];
+    mem.read_slice(&mut b[..len], GuestAddress(gpa))
+        .map_err(|_| DebugError::Memory(gpa, len))?;
+    Ok(b)
 }
 
 /// Up to [`MAX_INSN`] bytes at `gpa`, not crossing its page.
@@ -121,10 +180,16 @@ pub(crate) fn insn_bytes(mem: &GuestMemoryMmap, gpa: u64, buf: &mut [u8; MAX_INS
 }
 
 impl SwBreakpoints {
-    /// A list for a VM whose vCPUs run with USE_SW_BP (`enabled`).
+    /// A list of int3s for a VM whose vCPUs run with USE_SW_BP (`enabled`).
     pub fn new(enabled: bool, block_irq: bool) -> Self {
+        Self::with_trap(enabled, block_irq, TrapKind::Int3)
+    }
+
+    /// A list whose traps are `trap`.
+    pub fn with_trap(enabled: bool, block_irq: bool, trap: TrapKind) -> Self {
         SwBreakpoints {
             enabled,
+            trap,
             block_irq,
             table: Mutex::new(Table::new()),
             published: Mutex::new(Arc::new(Table::new())),
@@ -134,9 +199,23 @@ impl SwBreakpoints {
         }
     }
 
-    /// Whether the VM's vCPUs trap int3 (insertion is refused otherwise).
+    /// Whether the VM's vCPUs take these traps (insertion is refused
+    /// otherwise).
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// The traps' encoding.
+    pub fn trap(&self) -> TrapKind {
+        self.trap
+    }
+
+    /// The trap's bytes and their count, as stored in an entry.
+    fn trap_bytes(&self) -> ([u8; 2], usize) {
+        let b = self.trap.bytes();
+        let mut out = [0u8; 2];
+        out[..b.len()].copy_from_slice(b);
+        (out, b.len())
     }
 
     fn publish(&self, t: &Table) {
@@ -144,8 +223,10 @@ impl SwBreakpoints {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Inserts an int3 at guest-virtual `gva` whose byte is at
-    /// guest-physical `gpa`; says how its hits will be stepped over.
+    /// Inserts a trap at guest-virtual `gva` whose first byte is at
+    /// guest-physical `gpa`; says how its hits will be stepped over. A
+    /// 2-byte trap must not cross a page (its bytes are written by
+    /// guest-physical address).
     pub fn insert(
         &self,
         mem: &GuestMemoryMmap,
@@ -158,47 +239,75 @@ impl SwBreakpoints {
                 "this VM was built without VmConfig::sw_breakpoints",
             ));
         }
+        let (trap, len) = self.trap_bytes();
+        if (gpa & 0xfff) + len as u64 > 0x1000 {
+            return Err(DebugError::SwBreakpoint(gva, "the trap would cross a page"));
+        }
         let mut t = lock(&self.table);
         if t.contains_key(&gva) {
             return Err(DebugError::SwBreakpoint(gva, "already set"));
         }
-        if t.values().any(|e| e.gpa == gpa) {
+        let overlaps = |e: &SwEntry| gpa < e.gpa + u64::from(e.len) && e.gpa < gpa + len as u64;
+        if t.values().any(overlaps) {
             return Err(DebugError::SwBreakpoint(
                 gva,
-                "its byte already holds one of ours (alias)",
+                "its bytes already hold one of ours (alias or overlap)",
             ));
         }
         let mut b = [0u8; MAX_INSN];
         let n = insn_bytes(mem, gpa, &mut b);
-        if n == 0 {
-            return Err(DebugError::Memory(gpa, 1));
+        if n < len {
+            return Err(DebugError::Memory(gpa, len));
         }
-        if b[0] == 0xcc {
+        if b[..len].contains(&0xcc) {
             return Err(DebugError::SwBreakpoint(gva, "the guest has an int3 there"));
         }
         let step = match step::decode(&b[..n]) {
-            Some(i) => StepOver::Emulated(i),
+            Some(i) if u64::from(i.length()) >= len as u64 => StepOver::Emulated(i),
+            Some(i) => {
+                let at = usize::from(i.length());
+                match step::decode(&b[at..n]) {
+                    Some(j) => StepOver::EmulatedPair(i, j),
+                    None => StepOver::SingleStep,
+                }
+            }
             None => StepOver::SingleStep,
         };
+        let mut orig = [0u8; 2];
+        orig[..len].copy_from_slice(&b[..len]);
         let e = SwEntry {
             gpa,
-            orig: b[0],
+            orig,
+            len: len as u8,
             step,
         };
         t.insert(gva, e);
-        // Published before the int3 exists: a vCPU that hits it finds it.
+        // Published before the trap exists: a vCPU that hits it finds it.
         self.publish(&t);
-        write_byte(mem, gpa, 0xcc)?;
+        write_bytes(mem, gpa, &trap[..len])?;
         Ok(step)
     }
 
-    /// Restores `e`'s byte unless the guest rewrote it since (its own text
-    /// patching): then the guest's byte stays.
-    fn restore(mem: &GuestMemoryMmap, e: &SwEntry) -> Result<(), DebugError> {
-        if read_byte(mem, e.gpa)? == 0xcc {
-            write_byte(mem, e.gpa, e.orig)?;
+    /// Whether `e`'s trap is in memory as written.
+    fn holds_trap(&self, mem: &GuestMemoryMmap, e: &SwEntry) -> bool {
+        let (trap, len) = self.trap_bytes();
+        read_bytes(mem, e.gpa, len).is_ok_and(|b| b[..len] == trap[..len])
+    }
+
+    /// Restores `e`'s bytes unless the guest rewrote them since (its own
+    /// text patching): then the guest's bytes stay.
+    fn restore(&self, mem: &GuestMemoryMmap, e: &SwEntry) -> Result<(), DebugError> {
+        if self.holds_trap(mem, e) {
+            write_bytes(mem, e.gpa, &e.orig[..usize::from(e.len)])?;
         }
         Ok(())
+    }
+
+    /// The trap is still in memory at `gpa` (a hit on a trap not in the
+    /// list: the guest's own int3, or ours just removed).
+    pub(crate) fn trap_in_memory(&self, mem: &GuestMemoryMmap, gpa: u64) -> bool {
+        let (trap, len) = self.trap_bytes();
+        read_bytes(mem, gpa, len).is_ok_and(|b| b[..len] == trap[..len])
     }
 
     /// Removes the breakpoint at `gva`, restoring the original byte.
@@ -207,7 +316,7 @@ impl SwBreakpoints {
         let e = t
             .remove(&gva)
             .ok_or(DebugError::SwBreakpoint(gva, "not set"))?;
-        Self::restore(mem, &e)?;
+        self.restore(mem, &e)?;
         self.publish(&t);
         Ok(())
     }
@@ -217,7 +326,7 @@ impl SwBreakpoints {
         let mut t = lock(&self.table);
         let n = t.len();
         for e in t.values() {
-            let _ = Self::restore(mem, e);
+            let _ = self.restore(mem, e);
         }
         t.clear();
         if n > 0 {
@@ -233,21 +342,22 @@ impl SwBreakpoints {
         v
     }
 
-    /// Writes the original byte for a single step over `gva` (false if the
-    /// breakpoint is gone).
+    /// Writes the original bytes for a single step over `gva` (false if
+    /// the breakpoint is gone).
     pub(crate) fn lift(&self, mem: &GuestMemoryMmap, gva: u64) -> bool {
         let t = lock(&self.table);
         match t.get(&gva) {
-            Some(e) => write_byte(mem, e.gpa, e.orig).is_ok(),
+            Some(e) => write_bytes(mem, e.gpa, &e.orig[..usize::from(e.len)]).is_ok(),
             None => false,
         }
     }
 
-    /// Puts the int3 back after a single step, if still wanted.
+    /// Puts the trap back after a single step, if still wanted.
     pub(crate) fn relower(&self, mem: &GuestMemoryMmap, gva: u64) {
         let t = lock(&self.table);
         if let Some(e) = t.get(&gva) {
-            let _ = write_byte(mem, e.gpa, 0xcc);
+            let (trap, len) = self.trap_bytes();
+            let _ = write_bytes(mem, e.gpa, &trap[..len]);
         }
     }
 }
@@ -351,7 +461,7 @@ mod tests {
         assert_eq!(v.get(&sw, 0x3000), None);
         sw.insert(&m, 0x3000, 0x3000).unwrap();
         let e = v.get(&sw, 0x3000).unwrap();
-        assert_eq!((e.gpa, e.orig), (0x3000, 0x90));
+        assert_eq!((e.gpa, e.orig[0], e.len), (0x3000, 0x90, 1));
         let held = v.table.clone();
         sw.remove(&m, 0x3000).unwrap();
         assert_eq!(v.get(&sw, 0x3000), None, "removal seen at the next lookup");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::control::{VcpuState, Want};
-use super::swbp::{insn_bytes, read_byte, StepOver, SwBreakpoints, SwEntry};
+use super::swbp::{insn_bytes, StepOver, SwBreakpoints, SwEntry, TrapKind};
 use super::vcpu::{End, Runner};
 use crate::arch::step::{self, MAX_INSN};
 use crate::debug::{DebugError, DebugEvent, VcpuCtx};
@@ -34,13 +34,12 @@ impl Runner {
         let Some(entry) = self.swbp.view.get(&self.sw, pc) else {
             let still = self
                 .gpa_of(pc)
-                .and_then(|g| read_byte(&self.mem, g).ok())
-                .is_some_and(|b| b == 0xcc);
-            if still {
+                .is_some_and(|g| self.sw.trap_in_memory(&self.mem, g));
+            if still && self.sw.trap() == TrapKind::Int3 {
                 self.sw.stats.reinjected.fetch_add(1, Ordering::Relaxed);
                 self.dbg.reinject(3);
             }
-            // Else ours was removed meanwhile: run the restored byte.
+            // Else ours was removed meanwhile: run the restored bytes.
             return None;
         };
         if self.swbp.reported != Some(pc) {
@@ -77,17 +76,28 @@ impl Runner {
         }
     }
 
-    /// Emulates the instruction under our int3 at `pc`; false if it is not
-    /// in the emulated set (or its store cannot be done here).
+    /// Emulates the instruction(s) under our trap at `pc`; false if one is
+    /// not in the emulated set (or a store cannot be done here).
     fn emulate_over(&mut self, pc: u64, e: &SwEntry) -> Result<bool, String> {
         let mut b = [0u8; MAX_INSN];
         let n = insn_bytes(&self.mem, e.gpa, &mut b);
-        if n == 0 {
+        let len = usize::from(e.len);
+        if n < len {
             return Ok(false);
         }
-        b[0] = e.orig;
+        b[..len].copy_from_slice(&e.orig[..len]);
         let Some(insn) = step::decode(&b[..n]) else {
             return Ok(false);
+        };
+        // A 2-byte trap over a 1-byte instruction covers the next one too.
+        let next = if usize::from(insn.length()) < len {
+            let at = usize::from(insn.length());
+            match step::decode(&b[at..n]) {
+                Some(j) => Some(j),
+                None => return Ok(false),
+            }
+        } else {
+            None
         };
         let regs = match self.cache.regs {
             Some(r) => r,
@@ -99,7 +109,7 @@ impl Runner {
         if regs.rip != pc {
             return Ok(false);
         }
-        if insn.needs_long_mode() {
+        if insn.needs_long_mode() || next.is_some_and(|j| j.needs_long_mode()) {
             let s = self
                 .fd
                 .get_sregs()
@@ -111,12 +121,19 @@ impl Runner {
         let Some(st) = step::emulate(insn, &regs) else {
             return Ok(false);
         };
-        if let Some((gva, data)) = st.write {
+        let (regs_after, second_write) = match next {
+            Some(j) => match step::emulate(j, &st.regs) {
+                Some(st2) => (st2.regs, st2.write),
+                None => return Ok(false),
+            },
+            None => (st.regs, None),
+        };
+        for (gva, data) in [st.write, second_write].into_iter().flatten() {
             if !self.store(gva, &data) {
                 return Ok(false);
             }
         }
-        self.cache.regs = Some(st.regs);
+        self.cache.regs = Some(regs_after);
         self.cache.dirty = true;
         Ok(true)
     }
@@ -141,6 +158,48 @@ impl Runner {
                 .write_slice(&data[from..to], GuestAddress(gpa))
                 .is_ok()
         })
+    }
+
+    /// A write to [`crate::layout::TRAP_PORT`]: one of our port-I/O traps
+    /// if the `out` ran at a trap of the list (then handled like an int3
+    /// and `Some`), else the guest's own write (`None`: the caller passes
+    /// it to the bus; the `out` is complete).
+    ///
+    /// KVM completes an `out` on the next KVM_RUN by skipping it (where
+    /// it did not emulate it, and only if RIP did not change meanwhile).
+    /// That completion is done here at once, with `immediate_exit` (no
+    /// guest instruction runs), so RIP is past the 2-byte `out` whichever
+    /// path KVM took; then RIP is put back on the trap. From there the
+    /// vCPU is exactly as at an int3 exit, and every way on (emulation,
+    /// single steps over the restored bytes, parking and running the trap
+    /// again) needs no special case.
+    pub(crate) fn vm_pio_exit(&mut self) -> Option<Option<End>> {
+        if self.sw.trap() != TrapKind::PortIo || !self.sw.enabled() {
+            return None;
+        }
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) => e.errno() == libc::EINTR,
+            Ok(_) => false,
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        if !completed {
+            let m = "KVM_RUN with immediate_exit did not complete a port write".to_string();
+            return Some(Some(self.err(m)));
+        }
+        let mut regs = match self.fd.get_regs() {
+            Ok(r) => r,
+            Err(e) => return Some(Some(self.err(format!("KVM_GET_REGS: {e}")))),
+        };
+        let pc = regs.rip.wrapping_sub(TrapKind::PortIo.length());
+        self.swbp.view.get(&self.sw, pc)?;
+        regs.rip = pc;
+        if let Err(e) = self.fd.set_regs(&regs) {
+            return Some(Some(self.err(format!("KVM_SET_REGS: {e}"))));
+        }
+        self.cache.regs = Some(regs);
+        self.cache.dirty = false;
+        Some(self.vm_sw_exit(pc))
     }
 
     /// Starts the single-step fallback over ours at `pc`: pauses every other
@@ -201,15 +260,31 @@ impl Runner {
     }
 
     /// After a single-step exit (DR6.BS): ends our fallback step if one was
-    /// running (int3 back, others resumed). True if it was.
+    /// running (trap back, others resumed) once RIP is out of the covered
+    /// bytes. True if the step was ours.
     pub(crate) fn vm_step_done(&mut self, dr6: u64) -> bool {
         const DR6_BS: u64 = 1 << 14;
         if dr6 & DR6_BS == 0 {
             return false;
         }
-        let Some(pc) = self.swbp.stepping.take() else {
+        let Some(pc) = self.swbp.stepping else {
             return false;
         };
+        let len = self
+            .swbp
+            .view
+            .get(&self.sw, pc)
+            .map_or(1, |e| u64::from(e.len));
+        let rip = self
+            .cache
+            .regs
+            .map(|r| r.rip)
+            .or_else(|| self.fd.get_regs().ok().map(|r| r.rip));
+        if rip.is_some_and(|r| r > pc && r < pc + len) {
+            // Inside a 2-byte trap's bytes: step the next instruction too.
+            return true;
+        }
+        self.swbp.stepping = None;
         self.sw.relower(&self.mem, pc);
         self.dbg.vm_step = false;
         self.dbg.dirty = true;

@@ -209,7 +209,7 @@ impl Runner {
         self.exit.vcpu_done(end);
     }
 
-    fn err(&self, message: String) -> End {
+    pub(crate) fn err(&self, message: String) -> End {
         End::Vm(VmExit::Error {
             vcpu: self.shared.index,
             message,
@@ -406,11 +406,20 @@ impl Runner {
             if let Err(e) = self.prepare_entry() {
                 return self.err(e);
             }
+            let mut trap_write = None;
             let arch = match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
                         self.bus.read(port, data);
                         continue;
+                    }
+                    VcpuExit::IoOut(port, data)
+                        if port == crate::layout::TRAP_PORT && data.len() == 1 =>
+                    {
+                        // Maybe one of our port-I/O traps: decided below,
+                        // once the exit no longer borrows the vCPU.
+                        trap_write = Some(data[0]);
+                        None
                     }
                     VcpuExit::IoOut(port, data) => {
                         if self.bus.write(port, data) == IoAction::Reset {
@@ -470,6 +479,19 @@ impl Runner {
                 Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => return self.err(format!("KVM_RUN failed: {e}")),
             };
+            if let Some(byte) = trap_write {
+                match self.vm_pio_exit() {
+                    Some(Some(end)) => return end,
+                    Some(None) => {}
+                    None => {
+                        let port = crate::layout::TRAP_PORT;
+                        if self.bus.write(port, &[byte]) == IoAction::Reset {
+                            return End::Vm(VmExit::Reset);
+                        }
+                    }
+                }
+                continue;
+            }
             let arch = match arch {
                 Some(a) => a,
                 // KVM-PVM: instructions its emulator cannot run (int3, fwait).
