@@ -69,8 +69,7 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     let interrupted = crate::guest::install_interrupt_flag();
     let every = Duration::from_millis(50);
-    let (outcome, exit, _) =
-        run_guest(cfg, capture, None, false, &interrupted, every, &mut |_| {})?;
+    let (outcome, exit, _) = run_guest(cfg, capture, None, None, &interrupted, every, &mut |_| {})?;
     match outcome {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
@@ -104,15 +103,15 @@ pub struct SwOutcome {
 /// `/init` marker, a panic, the timeout or `interrupted`; `tick` runs on
 /// this thread about every `tick_every` (at most 50 ms) with the running VM. Returns how the run
 /// ended and, for a VM that ended by itself without a marker, its exit.
-/// With `sw_breakpoints` every vCPU traps int3 (VM-wide software
-/// breakpoints); whatever way the run ends (marker, timeout, interrupt, or
+/// With `sw_trap` the VM takes VM-wide software traps of that encoding
+/// (int3: every vCPU runs with USE_SW_BP); whatever way the run ends (marker, timeout, interrupt, or
 /// a panic unwinding through here, by the `Vm`'s drop), the monitor puts
 /// every byte it changed back before this returns.
 pub fn run_guest(
     cfg: &GuestRun,
     capture: Option<&Path>,
     handlers: Option<vmm::HandlerFactory>,
-    sw_breakpoints: bool,
+    sw_trap: Option<vmm::TrapKind>,
     interrupted: &std::sync::atomic::AtomicBool,
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
@@ -141,7 +140,8 @@ pub fn run_guest(
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
     vc.handlers = handlers;
-    vc.sw_breakpoints = sw_breakpoints;
+    vc.sw_breakpoints = sw_trap.is_some();
+    vc.sw_trap = sw_trap.unwrap_or_default();
     if let Some(path) = capture {
         let f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -187,8 +187,9 @@ pub fn run_guest(
         restored: left
             .iter()
             .filter(|(_, e)| {
-                let mut b = [0u8; 1];
-                vm.read_phys(e.gpa, &mut b).is_ok() && b[0] == e.orig
+                let n = usize::from(e.len);
+                let mut b = [0u8; 2];
+                vm.read_phys(e.gpa, &mut b[..n]).is_ok() && b[..n] == e.orig[..n]
             })
             .count(),
     };

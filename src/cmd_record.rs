@@ -304,14 +304,23 @@ pub fn locate_plugin() -> Result<PathBuf> {
 /// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
 /// BTF, syscall table and metadata), cached by content.
 pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
+    plan_of(&open_kernel(kernel)?)
+}
+
+/// The image's symbols, types and tables (cached by content).
+pub fn open_kernel(kernel: &Path) -> Result<guest_symbols::Kernel> {
     let cache = crate::cache::root().join("symbols");
     let _ = std::fs::create_dir_all(&cache);
     let opts = guest_symbols::OpenOptions {
         cache_dir: Some(&cache),
         ..Default::default()
     };
-    let k = guest_symbols::KernelImage::open_with(kernel, &opts)
-        .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
+    guest_symbols::KernelImage::open_with(kernel, &opts)
+        .with_context(|| format!("recovering symbols of {}", kernel.display()))
+}
+
+/// The probe plan of an opened image.
+pub fn plan_of(k: &guest_symbols::Kernel) -> Result<ProbePlan> {
     let sym = |n: &str| k.symbols.addr(n).unwrap_or(0);
     let need = |n: &str| -> Result<u64> {
         k.symbols

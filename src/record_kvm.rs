@@ -166,7 +166,7 @@ impl Handler {
         // the return sites. Before it: the 4 best, one of them the trigger,
         // and nothing said about what the int3s will cover later.
         let returns_only = sh.sw.armed();
-        let waiting = sh.sw.enabled && !returns_only && sh.sw.trigger != 0;
+        let waiting = sh.sw.enabled() && !returns_only && sh.sw.trigger != 0;
         let budget = if returns_only { None } else { Some(HW_SLOTS) };
         let set = plan_probes(&sh.plan, slide, budget);
         let mut want: Vec<(u64, Option<ProbeKind>)> = if returns_only {
@@ -268,7 +268,7 @@ impl Handler {
             return;
         };
         let sh = self.sh.clone();
-        if sh.sw.enabled && addr == sh.sw.trigger && !sh.sw.armed() {
+        if sh.sw.enabled() && addr == sh.sw.trigger && !sh.sw.armed() {
             // The kernel execs /init: its boot-time text patching is over.
             for n in sh.sw.arm(ctx, &sh.plan, self.armed_slide) {
                 sh.note(n);
@@ -409,8 +409,10 @@ pub fn run(
     let out_abs = std::fs::canonicalize(out)?;
 
     let t0 = Instant::now();
-    let mut plan =
-        crate::cmd_record::build_plan(&run.kernel).context("preparing the probe plan")?;
+    let image = crate::cmd_record::open_kernel(&run.kernel)?;
+    let mut plan = crate::cmd_record::plan_of(&image).context("preparing the probe plan")?;
+    let facts = sw::CodeFacts::of(&image, &plan);
+    drop(image);
     plan.events = events;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
     plan.statedump_exec = args.command[0].clone();
@@ -434,7 +436,7 @@ pub fn run(
             &run,
             None,
             None,
-            false,
+            None,
             interrupt,
             std::time::Duration::from_millis(50),
             &mut |_| {},
@@ -448,7 +450,7 @@ pub fn run(
             "hvtrace: record: --keep-raw is ignored on --backend kvm (no raw record streams)"
         );
     }
-    let (sw_on, sw_reason) = sw::decide();
+    let (sw_trap, sw_reason) = sw::decide();
     let epoch = Instant::now();
     let epoch_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -476,10 +478,10 @@ pub fn run(
         hits: AtomicU64::new(0),
         reports: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
-        sw: sw::SwPhase::new(sw_on, sw_reason, plan.symbols.begin_new_exec),
+        sw: sw::SwPhase::new(sw_trap, sw_reason, plan.symbols.begin_new_exec, facts),
         plan,
     });
-    if sw_on && sh.sw.trigger == 0 {
+    if sw_trap.is_some() && sh.sw.trigger == 0 {
         sh.note("no begin_new_exec in this kernel: software breakpoints never armed, hardware breakpoints only".into());
     }
     let mut producers: Vec<Option<ltt_writer::Producer>> =
@@ -531,7 +533,7 @@ pub fn run(
         &run,
         args.guest.capture.as_deref(),
         Some(factory),
-        sw_on,
+        sw_trap,
         interrupt,
         tick_every,
         &mut tick,

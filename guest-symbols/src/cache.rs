@@ -13,7 +13,7 @@ use crate::tracepoints::TracepointSite;
 
 /// Format and analysis version: bump it whenever an entry's layout or what
 /// the analysis recovers changes (entries are keyed by content alone).
-const MAGIC: &[u8; 8] = b"HVSYM\x00\x05\x00";
+const MAGIC: &[u8; 8] = b"HVSYM\x00\x06\x00";
 /// Largest cache entry read back.
 const MAX_ENTRY: u64 = 256 << 20;
 
@@ -134,6 +134,7 @@ fn encode(k: &Kernel) -> Vec<u8> {
     for t in &k.tracepoint_sites {
         w.str(&t.tracepoint);
         w.u64(t.addr);
+        w.u64(t.target);
         w.u8(t.len);
         w.u8(t.first_arg.unwrap_or(0xff));
         w.u8(u8::from(t.first_arg_const.is_some()));
@@ -228,14 +229,16 @@ pub fn decode(b: &[u8]) -> Option<Kernel> {
     } else {
         KernelTypes::parse(btf.to_vec()).ok()?
     };
-    let n = r.count(19)?;
+    let n = r.count(27)?;
     let mut tracepoint_sites = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tracepoint, addr, len, arg) = (r.str()?, r.u64()?, r.u8()?, r.u8()?);
+        let (tracepoint, addr, target) = (r.str()?, r.u64()?, r.u64()?);
+        let (len, arg) = (r.u8()?, r.u8()?);
         let (has_const, constant) = (r.u8()? != 0, r.u32()?);
         tracepoint_sites.push(TracepointSite {
             tracepoint,
             addr,
+            target,
             len,
             first_arg: (arg < 16).then_some(arg),
             first_arg_const: has_const.then_some(constant),
@@ -357,6 +360,7 @@ mod tests {
                 TracepointSite {
                     tracepoint: "sched_wakeup".into(),
                     addr: 0xffff_ffff_810d_f8ae,
+                    target: 0xffff_ffff_810d_fa10,
                     len: 2,
                     first_arg: Some(5),
                     first_arg_const: None,
@@ -364,6 +368,7 @@ mod tests {
                 TracepointSite {
                     tracepoint: "sched_waking".into(),
                     addr: 0xffff_ffff_810e_1984,
+                    target: 0xffff_ffff_810e_1b02,
                     len: 5,
                     first_arg: None,
                     first_arg_const: Some(6),

@@ -36,6 +36,10 @@ pub struct TracepointSite {
     pub tracepoint: String,
     /// Link-time address of the branch (a NOP while the tracepoint is off).
     pub addr: u64,
+    /// Where the branch goes when the tracepoint is on: the out-of-line
+    /// block, which calls the probes and jumps back to the instruction
+    /// after the NOP.
+    pub target: u64,
     /// Length of that NOP (2 or 5).
     pub len: u8,
     /// The register holding the tracepoint's first argument at `addr`, by
@@ -107,6 +111,7 @@ pub fn recover(
         out.push(TracepointSite {
             tracepoint: name.to_string(),
             addr: code,
+            target,
             len,
             first_arg: arg.and_then(|a| a.register()),
             first_arg_const: arg.and_then(|a| a.constant()),
@@ -281,6 +286,7 @@ mod tests {
             [TracepointSite {
                 tracepoint: "sched_wakeup".into(),
                 addr: base + 0x1010,
+                target: base + 0x1100,
                 len: 5,
                 first_arg: Some(5),
                 first_arg_const: None,

@@ -50,13 +50,13 @@ pub(super) fn print_probes(sw: &SwPhase, rows: &[ProbeRow], out: &SwOutcome) {
         .map(|r| format!("{:?}@{:#x}", r.kind, r.addr))
         .collect();
     eprintln!("hvtrace: record: hardware breakpoints: {}", hw.join(", "));
-    if !sw.enabled {
-        eprintln!("hvtrace: record: no software breakpoints: {}", sw.reason);
+    if !sw.enabled() {
+        eprintln!("hvtrace: record: no software traps: {}", sw.reason);
         return;
     }
     if !sw.armed() {
         eprintln!(
-            "hvtrace: record: software breakpoints not armed: the kernel never reached its first exec (begin_new_exec); {}",
+            "hvtrace: record: software traps not armed: the kernel never reached its first exec (begin_new_exec); {}",
             sw.reason
         );
         return;
@@ -68,7 +68,7 @@ pub(super) fn print_probes(sw: &SwPhase, rows: &[ProbeRow], out: &SwOutcome) {
         );
     }
     eprintln!(
-        "hvtrace: record: software breakpoints: {} hits, {} stepped over by emulation, {} by single-step, {} guest int3s reinjected; {} int3s removed at the end, {} original bytes back",
+        "hvtrace: record: software traps: {} hits, {} stepped over by emulation, {} by single-step, {} guest int3s reinjected; {} traps removed at the end, {} with their original bytes back",
         out.hits, out.emulated, out.single_stepped, out.reinjected, out.left, out.restored
     );
 }
@@ -122,7 +122,8 @@ pub(super) fn write(
             "bytes": report.bytes_written,
         },
         "software_breakpoints": {
-            "used": sh.sw.enabled,
+            "used": sh.sw.enabled(),
+            "trap": sh.sw.trap.map(|t| t.to_string()),
             "armed": sh.sw.armed(),
             "reason": sh.sw.reason,
             "hits": sw.hits,

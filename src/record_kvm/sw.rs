@@ -1,146 +1,203 @@
-//! Software breakpoints for `record --backend kvm`, where KVM delivers #BP
-//! exits (hardware KVM; `vmm::probe_sw_breakpoints`).
+//! Software traps for `record --backend kvm`: every planned entry probe
+//! becomes a VM-wide trap once the kernel's boot-time text patching is
+//! over, on every KVM. Where KVM delivers #BP exits (hardware KVM;
+//! `vmm::probe_sw_breakpoints`) the trap is an `int3` (1 byte); where it
+//! does not (KVM nested in QEMU's TCG, which raises int3 and int1 as
+//! software interrupts; KVM-PVM) it is `out %al,$0xe9` (2 bytes): KVM hands
+//! every port write to user space. Return-site probes stay hardware
+//! breakpoints.
 //!
-//! Every planned entry probe becomes a VM-wide int3 (`vmm`'s list: one
-//! saved byte per address, step-over by emulating the covered instruction
-//! when it is a NOP/endbr64/push/mov %rsp,%rbp, else by single-stepping
-//! with the other vCPUs paused). Return-site probes stay hardware
-//! breakpoints: their sites come from a byte scan of the caller
-//! (`return_sites`), which cannot prove an instruction boundary, and an
-//! int3 written into the middle of an instruction would corrupt the guest.
+//! Where: never on a byte the kernel patches at run time. A probe's
+//! address is a function's entry (Debian's kernels begin with ftrace's
+//! 5-byte NOP, after `endbr64` on 6.12) or a tracepoint's static-branch
+//! NOP; the guest's ftrace and jump-label code compare those bytes with
+//! the NOP they expect before patching, and would warn or BUG() on ours.
+//! So the trap covers the first instructions after them
+//! (`vmm::arch::trap_site`: whole fall-through instructions, decoded from
+//! the function's start; no call, branch or `lock`; no branch of the
+//! function lands inside, except from the static branch's own out-of-line
+//! block). Skipped instructions change no state, so the state at the trap
+//! is the state at the probe. Step-over: emulated for the common prologue
+//! instructions (push, mov %rsp,%rbp, endbr64), else single steps with the
+//! other vCPUs paused (`vmm`'s list).
 //!
 //! When: not at the kernel's first instruction. At boot the kernel still
-//! rewrites its own text (ftrace turns each `call __fentry__` into a 5-byte
-//! NOP and verifies the old bytes first; alternatives, static keys, IBT
-//! sealing), so an int3 there would make it fail or warn. The int3s go in
-//! at the first `begin_new_exec`, i.e. the kernel's exec of `/init`, after
-//! `free_initmem` and `mark_readonly`: boot-time patching is over. Until
-//! then the 4 hardware breakpoints per vCPU trace the early boot (one of
-//! them on `begin_new_exec` itself). The bytes are read at that moment,
-//! not assumed: a function still starting with a `call` is probed too, on
-//! the slow single-step path, and the report says so.
-//!
-//! Never on a tracepoint's static-branch site (`sched_waking`/`sched_wakeup`
-//! at their sites): the guest's jump_label code compares those bytes with
-//! the NOP it expects before patching them, and BUG()s on a mismatch, so an
-//! int3 there would crash a guest that turns the tracepoint on. sched_waking
-//! goes back to `try_to_wake_up`'s entry; sched_wakeup, which has no
-//! function of its own, is left out and reported.
+//! rewrites its own text (ftrace turns each `call __fentry__` into its NOP;
+//! alternatives, static keys, IBT sealing), so the bytes a trap would cover
+//! are not final. The traps go in at the first `begin_new_exec`, i.e. the
+//! kernel's exec of `/init`, after `free_initmem` and `mark_readonly`:
+//! boot-time patching is over. Until then the 4 hardware breakpoints per
+//! vCPU trace the early boot (one of them on `begin_new_exec` itself). The
+//! code is decoded at that moment, from guest memory, not assumed.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use introspect::kernel::reloc;
 use introspect::probes::{plan_probes, Probe};
 use introspect::ProbeKind;
-use vmm::VcpuCtx;
+use vmm::arch::trap_site;
+use vmm::{TrapKind, VcpuCtx};
 
-/// One armed software breakpoint, for the summary and `kvm.json`.
+/// Longest function whose code is decoded to place a trap.
+const MAX_FUNCTION: u64 = 64 << 10;
+/// Bytes of a static branch's out-of-line block whose branches may land
+/// behind its NOP (it calls the probes, then jumps back).
+const BLOCK: u64 = 256;
+
+/// One software trap, for the summary and `kvm.json`.
 #[derive(Debug, Clone)]
 pub(super) struct SwProbe {
+    /// The probe's address (function entry or static-branch NOP).
     pub addr: u64,
     pub kind: ProbeKind,
-    /// "software, emulated nop5" etc., or why it was not armed.
+    /// "software, out %al,$0xe9 at try_to_wake_up+0x5, emulated push r15"
+    /// etc., or why it was not armed.
     pub mechanism: String,
 }
 
-/// An address's probe kind and whether its int3 went in.
-struct Site {
-    kind: ProbeKind,
-    inserted: AtomicBool,
+/// What the image says about each entry probe's code (link-time
+/// addresses): the function it is in, and for a static-branch site the
+/// out-of-line block its branch goes to.
+#[derive(Debug, Default)]
+pub(super) struct CodeFacts {
+    /// Probe address → (function name, start, size).
+    functions: HashMap<u64, (String, u64, u64)>,
+    /// Static-branch site → its out-of-line block.
+    blocks: HashMap<u64, u64>,
 }
 
-/// The engine's software-breakpoint phase, shared by all vCPU handlers.
+impl CodeFacts {
+    /// The facts of every entry probe `plan` can arm.
+    pub fn of(k: &guest_symbols::Kernel, plan: &introspect::ProbePlan) -> Self {
+        let mut f = CodeFacts::default();
+        let mut all = plan.clone();
+        all.events = introspect::plan::EventClasses::all();
+        for p in plan_probes(&all, 0, None).entries {
+            if let Some(loc) = k.symbols.by_addr(p.addr) {
+                let size = loc.size.min(MAX_FUNCTION);
+                f.functions
+                    .insert(p.addr, (loc.symbol.name.clone(), loc.symbol.addr, size));
+            }
+        }
+        for t in &k.tracepoint_sites {
+            f.blocks.insert(t.addr, t.target);
+        }
+        f
+    }
+}
+
+/// A trap address's probe kind.
+struct Site {
+    kind: ProbeKind,
+}
+
+/// The engine's software-trap phase, shared by all vCPU handlers.
 pub(super) struct SwPhase {
-    /// KVM delivers #BP exits: software breakpoints are used.
-    pub enabled: bool,
-    /// Why (not), for the summary.
+    /// The traps used on this run (None: hardware breakpoints only).
+    pub trap: Option<TrapKind>,
+    /// Why, for the summary.
     pub reason: String,
-    /// `begin_new_exec`: where the int3s go in (0: never).
+    /// `begin_new_exec`: where the traps go in (0: never).
     pub trigger: u64,
+    facts: CodeFacts,
     armed: AtomicBool,
     arming: AtomicBool,
+    /// Trap address → its probe.
     sites: OnceLock<HashMap<u64, Site>>,
+    /// Probe address → its trap's address, for the traps that went in.
+    covered: OnceLock<HashMap<u64, u64>>,
     pub probes: Mutex<Vec<SwProbe>>,
 }
 
 impl SwPhase {
-    pub fn new(enabled: bool, reason: String, trigger: u64) -> Self {
+    pub fn new(trap: Option<TrapKind>, reason: String, trigger: u64, facts: CodeFacts) -> Self {
         SwPhase {
-            enabled,
+            trap,
             reason,
             trigger,
+            facts,
             armed: AtomicBool::new(false),
             arming: AtomicBool::new(false),
             sites: OnceLock::new(),
+            covered: OnceLock::new(),
             probes: Mutex::new(Vec::new()),
         }
     }
 
-    /// The VM-wide int3s are in.
+    /// Software traps are used on this run.
+    pub fn enabled(&self) -> bool {
+        self.trap.is_some()
+    }
+
+    /// The VM-wide traps are in.
     pub fn armed(&self) -> bool {
         self.armed.load(Ordering::Acquire)
     }
 
-    /// The kind of the software breakpoint at `pc` (trap path: no lock).
+    /// The kind of the trap at `pc` (trap path: no lock).
     pub fn kind_at(&self, pc: u64) -> Option<ProbeKind> {
         self.sites.get()?.get(&pc).map(|s| s.kind)
     }
 
-    /// An int3 of ours sits at `addr` (a hardware breakpoint there defers
-    /// to it).
+    /// A trap of ours covers the probe at `addr` (a hardware breakpoint
+    /// there defers to it: the vCPU reaches the trap right after).
     pub fn covers(&self, addr: u64) -> bool {
-        self.armed()
-            && self
-                .sites
-                .get()
-                .and_then(|m| m.get(&addr))
-                .is_some_and(|s| s.inserted.load(Ordering::Acquire))
+        self.armed() && self.covered.get().is_some_and(|c| c.contains_key(&addr))
     }
 
     /// Inserts every planned entry probe of `slide` as a VM-wide software
-    /// breakpoint, once for the VM (the first caller does it). Returns the
-    /// notes to report.
+    /// trap, once for the VM (the first caller does it). Returns the notes
+    /// to report.
     pub fn arm(&self, ctx: &VcpuCtx<'_>, plan: &introspect::ProbePlan, slide: u64) -> Vec<String> {
+        let Some(trap) = self.trap else {
+            return Vec::new();
+        };
         if self.arming.swap(true, Ordering::AcqRel) {
             return Vec::new();
         }
-        let mut set = plan_probes(plan, slide, None);
+        let set = plan_probes(plan, slide, None);
         let mut notes: Vec<String> = set
             .dropped
             .iter()
             .map(|(k, why)| format!("not covered: {k:?}: {why}"))
             .collect();
-        set.entries = off_static_branches(set.entries, plan, slide, &mut notes);
-        let mut sites = HashMap::new();
-        for p in &set.entries {
-            sites.entry(p.addr).or_insert(Site {
-                kind: p.kind,
-                inserted: AtomicBool::new(false),
-            });
-        }
-        // Known before any int3 exists: another vCPU's hit finds its kind.
-        let sites = self.sites.get_or_init(|| sites);
+        // Where each trap goes, decided before any is written.
+        let mut placed = Vec::new();
         let mut probes = Vec::new();
         for p in &set.entries {
-            let Some(site) = sites.get(&p.addr).filter(|s| s.kind == p.kind) else {
+            match self.place(ctx, p, slide, trap) {
+                Ok((site, what)) => placed.push((*p, site, what)),
+                Err(why) => {
+                    notes.push(format!("not covered: {:?} at {:#x}: {why}", p.kind, p.addr));
+                    probes.push(SwProbe {
+                        addr: p.addr,
+                        kind: p.kind,
+                        mechanism: format!("none ({why})"),
+                    });
+                }
+            }
+        }
+        let mut sites = HashMap::new();
+        for (p, site, _) in &placed {
+            sites.entry(*site).or_insert(Site { kind: p.kind });
+        }
+        // Known before any trap exists: another vCPU's hit finds its kind.
+        let sites = self.sites.get_or_init(|| sites);
+        let mut covered = HashMap::new();
+        for (p, site, what) in placed {
+            if sites.get(&site).is_none_or(|s| s.kind != p.kind) {
                 notes.push(format!(
-                    "not covered: {:?} at {:#x}: another probe has that address",
+                    "not covered: {:?} at {:#x}: another probe has its trap at {site:#x}",
                     p.kind, p.addr
                 ));
                 continue;
-            };
-            let first = first_byte(ctx, p.addr);
-            let mechanism = match ctx.insert_vm_sw_breakpoint(p.addr) {
+            }
+            let mechanism = match ctx.insert_vm_sw_breakpoint(site) {
                 Ok(step) => {
-                    site.inserted.store(true, Ordering::Release);
-                    match (step, first) {
-                        (vmm::StepOver::SingleStep, Some(0xe8)) => format!(
-                            "software, {step}: the function still starts with a call (ftrace did not patch it)"
-                        ),
-                        _ => format!("software, {step}"),
-                    }
+                    covered.insert(p.addr, site);
+                    format!("software, {trap} at {what}, {step}")
                 }
                 Err(e) => {
                     notes.push(format!("not covered: {:?} at {:#x}: {e}", p.kind, p.addr));
@@ -153,128 +210,75 @@ impl SwPhase {
                 mechanism,
             });
         }
+        let _ = self.covered.set(covered);
         *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
         self.armed.store(true, Ordering::Release);
         notes
     }
+
+    /// The trap address of probe `p` and where that is ("func+0x5").
+    fn place(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        p: &Probe,
+        slide: u64,
+        trap: TrapKind,
+    ) -> Result<(u64, String), String> {
+        let link = p.addr.wrapping_sub(slide);
+        let (name, start, size) = self
+            .facts
+            .functions
+            .get(&link)
+            .ok_or("no symbol holds it")?;
+        let func = start.wrapping_add(slide);
+        let code = read_code(ctx, func, *size).ok_or("its function's code is not mapped")?;
+        let ignored: Vec<Range<u64>> = self
+            .facts
+            .blocks
+            .get(&link)
+            .map(|&b| {
+                let b = b.wrapping_add(slide);
+                b..b.saturating_add(BLOCK)
+            })
+            .into_iter()
+            .collect();
+        let site = trap_site::choose(&code, func, p.addr, trap.length(), &ignored)
+            .map_err(|e| e.to_string())?;
+        Ok((site.addr, format!("{name}+{:#x}", site.addr - func)))
+    }
 }
 
-/// The entry probes with none on a static-branch site (see the module
-/// comment): sched_waking's sites become one probe at `try_to_wake_up`.
-fn off_static_branches(
-    entries: Vec<Probe>,
-    plan: &introspect::ProbePlan,
-    slide: u64,
-    notes: &mut Vec<String>,
-) -> Vec<Probe> {
-    let mut out = Vec::with_capacity(entries.len());
-    let mut waking = false;
-    let mut left_out = std::collections::BTreeSet::new();
-    for p in entries {
-        match p.kind {
-            ProbeKind::SchedWakingAt { .. } => waking = true,
-            ProbeKind::SchedWakeup { .. } => _ = left_out.insert("sched_wakeup"),
-            ProbeKind::SchedWakeupNew { .. } => _ = left_out.insert("sched_wakeup_new"),
-            ProbeKind::SoftirqEntry { .. }
-            | ProbeKind::SoftirqExit { .. }
-            | ProbeKind::SoftirqRaise { .. } => _ = left_out.insert("softirqs"),
-            _ => out.push(p),
-        }
+/// `len` bytes of kernel code at `va`, page by page through the guest's
+/// page tables.
+fn read_code(ctx: &VcpuCtx<'_>, va: u64, len: u64) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; len as usize];
+    let mut done = 0u64;
+    while done < len {
+        let at = va.wrapping_add(done);
+        let n = (0x1000 - (at & 0xfff)).min(len - done);
+        let gpa = ctx.translate(at).ok()??;
+        ctx.read_phys(gpa, &mut out[done as usize..(done + n) as usize])
+            .ok()?;
+        done += n;
     }
-    let ttwu = plan.symbols.try_to_wake_up;
-    if waking && ttwu != 0 {
-        out.push(Probe {
-            addr: reloc(ttwu, slide),
-            kind: ProbeKind::SchedWaking,
-        });
-    }
-    for what in left_out {
-        notes.push(format!(
-            "not covered: {what}: its sites are static branches the guest may patch (an int3 there would crash it)"
-        ));
-    }
-    out
+    Some(out)
 }
 
-fn first_byte(ctx: &VcpuCtx<'_>, addr: u64) -> Option<u8> {
-    let gpa = ctx.translate(addr).ok()??;
-    let mut b = [0u8; 1];
-    ctx.read_phys(gpa, &mut b).ok()?;
-    Some(b[0])
-}
-
-/// Whether to use software breakpoints on this host, and why (not).
-pub(super) fn decide() -> (bool, String) {
+/// Which software trap to use on this host, and why.
+pub(super) fn decide() -> (Option<TrapKind>, String) {
+    let port = "traps are `out %al,$0xe9` port writes (2 bytes), which every KVM hands to user space; return sites are hardware breakpoints";
     match vmm::probe_sw_breakpoints() {
         Ok(true) => (
-            true,
+            Some(TrapKind::Int3),
             "KVM delivers software breakpoints (#BP exits): every entry probe is an int3, return sites are hardware breakpoints".into(),
         ),
         Ok(false) => (
-            false,
-            "KVM does not deliver software breakpoints here (an int3 under KVM_GUESTDBG_USE_SW_BP is no #BP exit: this KVM emulates guest code, e.g. KVM-PVM), so probes are the 4 hardware breakpoints per vCPU".into(),
+            Some(TrapKind::PortIo),
+            format!("KVM does not deliver int3 here (no #BP exit: a KVM nested in QEMU's TCG, or one that emulates guest code such as KVM-PVM), so {port}"),
         ),
         Err(e) => (
-            false,
-            format!("software breakpoints could not be probed ({e}), so probes are the 4 hardware breakpoints per vCPU"),
+            Some(TrapKind::PortIo),
+            format!("software breakpoints could not be probed ({e}), so {port}"),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use introspect::decode::SiteArg;
-    use introspect::Reg;
-
-    #[test]
-    fn no_int3_on_a_static_branch_site() {
-        let mut plan = introspect::ProbePlan::default();
-        plan.symbols.try_to_wake_up = 0xffff_ffff_810e_1700;
-        let p = |addr, kind| Probe { addr, kind };
-        let entries = vec![
-            p(0xffff_ffff_81a4_3dc0, ProbeKind::SyscallEntry),
-            p(
-                0xffff_ffff_810e_1978,
-                ProbeKind::SchedWakingAt {
-                    arg: SiteArg::Reg(Reg::Rbx),
-                },
-            ),
-            p(
-                0xffff_ffff_810e_179e,
-                ProbeKind::SchedWakingAt {
-                    arg: SiteArg::Reg(Reg::Rbx),
-                },
-            ),
-            p(
-                0xffff_ffff_810d_f8ae,
-                ProbeKind::SchedWakeup {
-                    arg: SiteArg::Reg(Reg::Rbp),
-                },
-            ),
-            p(
-                0xffff_ffff_810a_8eb6,
-                ProbeKind::SoftirqEntry {
-                    arg: SiteArg::Reg(Reg::Rdx),
-                },
-            ),
-            p(
-                0xffff_ffff_810a_9ab8,
-                ProbeKind::SoftirqRaise {
-                    arg: SiteArg::Const(6),
-                },
-            ),
-        ];
-        let mut notes = Vec::new();
-        let out = off_static_branches(entries, &plan, 0x1000_0000, &mut notes);
-        assert_eq!(
-            out,
-            [
-                p(0xffff_ffff_81a4_3dc0, ProbeKind::SyscallEntry),
-                p(0xffff_ffff_910e_1700, ProbeKind::SchedWaking),
-            ]
-        );
-        assert_eq!(notes.len(), 2);
-        assert!(notes[0].contains("sched_wakeup") && notes[1].contains("softirqs"));
     }
 }

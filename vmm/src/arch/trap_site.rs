@@ -17,7 +17,10 @@
 //!   patch on a CPU going on- or offline);
 //! - no branch in the function lands on a covered instruction (it would
 //!   hit the trap without passing the probe, or jump into its bytes),
-//!   except on the probe address itself.
+//!   except on the probe address itself, and except branches from code
+//!   the caller names (a static branch's out-of-line block, which jumps
+//!   back behind its NOP when the guest turns its tracepoint on: a pass
+//!   through the tracepoint all the same).
 //!
 //! A function that does not decode cleanly up to the probe (the probe is
 //! not an instruction boundary) gets no trap.
@@ -72,8 +75,15 @@ fn falls_through(insn: &iced_x86::Instruction) -> bool {
 
 /// Chooses the trap site for a probe at `probe` in the function whose code
 /// (`code`, as the running kernel has it) starts at `func`; `trap_len` is
-/// the number of bytes the trap writes.
-pub fn choose(code: &[u8], func: u64, probe: u64, trap_len: u64) -> Result<TrapSite, NoSite> {
+/// the number of bytes the trap writes; branches from `ignored` do not
+/// count as landing on the trap.
+pub fn choose(
+    code: &[u8],
+    func: u64,
+    probe: u64,
+    trap_len: u64,
+    ignored: &[std::ops::Range<u64>],
+) -> Result<TrapSite, NoSite> {
     let end = func.wrapping_add(code.len() as u64);
     if probe < func || probe >= end {
         return Err(NoSite::OutsideFunction);
@@ -90,7 +100,8 @@ pub fn choose(code: &[u8], func: u64, probe: u64, trap_len: u64) -> Result<TrapS
         match insn.flow_control() {
             FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
                 let t = insn.near_branch_target();
-                if t >= func && t < end {
+                let from_ignored = ignored.iter().any(|r| r.contains(&insn.ip()));
+                if t >= func && t < end && !from_ignored {
                     targets.push(t);
                 }
             }
@@ -149,20 +160,20 @@ mod tests {
     #[test]
     fn skips_ftrace_nop_and_endbr64() {
         assert_eq!(
-            choose(TTWU_6_1, F, F, 2),
+            choose(TTWU_6_1, F, F, 2, &[]),
             Ok(TrapSite {
                 addr: F + 5,
                 lengths: vec![2]
             })
         );
         // int3 needs one byte: the same instruction.
-        assert_eq!(choose(TTWU_6_1, F, F, 1).unwrap().addr, F + 5);
+        assert_eq!(choose(TTWU_6_1, F, F, 1, &[]).unwrap().addr, F + 5);
         // 6.12: endbr64, nop5, push %rbp, mov %rsp,%rbp
         let f612 = [
             0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55, 0x48, 0x89, 0xe5, 0xc3,
         ];
         assert_eq!(
-            choose(&f612, F, F, 2),
+            choose(&f612, F, F, 2, &[]),
             Ok(TrapSite {
                 addr: F + 9,
                 lengths: vec![1, 3]
@@ -176,7 +187,7 @@ mod tests {
         // mov %rbx,%rdi; nop2 (jump label); mov 0x18(%rbx),%eax; ret
         let code = [0x48, 0x89, 0xdf, 0x66, 0x90, 0x8b, 0x43, 0x18, 0xc3];
         assert_eq!(
-            choose(&code, F, F + 3, 2),
+            choose(&code, F, F + 3, 2, &[]),
             Ok(TrapSite {
                 addr: F + 5,
                 lengths: vec![3]
@@ -188,39 +199,60 @@ mod tests {
     fn refuses_calls_branches_and_lock() {
         // nop5; call rel32
         let call = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xe8, 1, 2, 3, 4, 0xc3];
-        assert_eq!(choose(&call, F, F, 2), Err(NoSite::NotFallThrough));
+        assert_eq!(choose(&call, F, F, 2, &[]), Err(NoSite::NotFallThrough));
         // push %rbp (1 byte) then jmp: the pair would cover a branch
         let jmp = [0x55, 0xeb, 0x00, 0xc3];
-        assert_eq!(choose(&jmp, F, F, 2), Err(NoSite::NotFallThrough));
-        assert_eq!(choose(&jmp, F, F, 1).unwrap().addr, F);
+        assert_eq!(choose(&jmp, F, F, 2, &[]), Err(NoSite::NotFallThrough));
+        assert_eq!(choose(&jmp, F, F, 1, &[]).unwrap().addr, F);
         // lock incl (%rdi)
         let lock = [0xf0, 0xff, 0x07, 0xc3];
-        assert_eq!(choose(&lock, F, F, 2), Err(NoSite::NotFallThrough));
+        assert_eq!(choose(&lock, F, F, 2, &[]), Err(NoSite::NotFallThrough));
     }
 
     #[test]
     fn refuses_a_site_a_branch_lands_on() {
         // 0: nop2 (site); 2: mov %edi,%eax; 4: dec %eax; 6: jne 2; 8: ret
         let code = [0x66, 0x90, 0x89, 0xf8, 0xff, 0xc8, 0x75, 0xfa, 0xc3];
-        assert_eq!(choose(&code, F, F, 2), Err(NoSite::BranchTarget));
+        assert_eq!(choose(&code, F, F, 2, &[]), Err(NoSite::BranchTarget));
         // 0: push %rbp; 1: mov %edi,%eax; 3: jne 1 — lands inside the pair
         let inner = [0x55, 0x89, 0xf8, 0x75, 0xfc, 0xc3];
-        assert_eq!(choose(&inner, F, F, 2), Err(NoSite::BranchTarget));
+        assert_eq!(choose(&inner, F, F, 2, &[]), Err(NoSite::BranchTarget));
         // a branch back to the probe address itself is a real new pass
         let back = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0x41, 0x57, 0xeb, 0xf7];
-        assert_eq!(choose(&back, F, F, 2).unwrap().addr, F + 5);
+        assert_eq!(choose(&back, F, F, 2, &[]).unwrap().addr, F + 5);
+    }
+
+    #[test]
+    fn the_out_of_line_blocks_jump_back_is_ignored() {
+        // 0: nop2 (jump label); 2: mov 0x18(%rbx),%eax; 5: ret;
+        // 6: block: call rel32; 11: jmp 2
+        let code = [
+            0x66, 0x90, 0x8b, 0x43, 0x18, 0xc3, 0xe8, 0, 0, 0, 0, 0xeb, 0xf5,
+        ];
+        assert_eq!(choose(&code, F, F, 2, &[]), Err(NoSite::BranchTarget));
+        let block = [F + 6..F + 6 + 96];
+        assert_eq!(choose(&code, F, F, 2, &block).unwrap().addr, F + 2);
     }
 
     #[test]
     fn the_probe_must_be_an_instruction_boundary() {
-        assert_eq!(choose(TTWU_6_1, F, F + 6, 2), Err(NoSite::NotAnInstruction));
-        assert_eq!(choose(TTWU_6_1, F, F - 1, 2), Err(NoSite::OutsideFunction));
         assert_eq!(
-            choose(TTWU_6_1, F, F + 100, 2),
+            choose(TTWU_6_1, F, F + 6, 2, &[]),
+            Err(NoSite::NotAnInstruction)
+        );
+        assert_eq!(
+            choose(TTWU_6_1, F, F - 1, 2, &[]),
+            Err(NoSite::OutsideFunction)
+        );
+        assert_eq!(
+            choose(TTWU_6_1, F, F + 100, 2, &[]),
             Err(NoSite::OutsideFunction)
         );
         // only NOPs, then the code ends
-        assert_eq!(choose(&[0x90, 0x90], F, F, 2), Err(NoSite::NothingToCover));
+        assert_eq!(
+            choose(&[0x90, 0x90], F, F, 2, &[]),
+            Err(NoSite::NothingToCover)
+        );
     }
 
     #[test]
@@ -235,7 +267,7 @@ mod tests {
                 *b = x as u8;
             }
             let probe = F + (x % 70);
-            if let Ok(s) = choose(&code, F, probe, 2) {
+            if let Ok(s) = choose(&code, F, probe, 2, &[]) {
                 assert!(s.covered() >= 2 && s.addr >= probe);
                 assert!(s.addr + s.covered() <= F + 64);
             }
