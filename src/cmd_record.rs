@@ -344,7 +344,7 @@ pub fn plan_of(k: &guest_symbols::Kernel) -> Result<ProbePlan> {
         page_offset_base: sym("page_offset_base"),
         tracepoints: SITE_TRACEPOINTS
             .iter()
-            .map(|&name| (name.to_string(), tracepoint_sites(&k, name)))
+            .map(|&name| (name.to_string(), tracepoint_sites(k, name)))
             .collect(),
         ia32_sys_call: sym("ia32_sys_call"),
     };
