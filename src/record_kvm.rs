@@ -155,6 +155,11 @@ struct Handler {
     /// This vCPU's kernel per-CPU base, as last seen in GS base at a
     /// kernel-mode trap (for samples taken in user mode).
     kernel_gs: Option<u64>,
+    /// The slot kept for the return site of the interrupt being handled
+    /// when no trap could cover it, and what it waits for: (site, exit
+    /// kind, RSP after the return).
+    dyn_slot: Option<usize>,
+    dyn_pending: Option<(u64, ProbeKind, u64)>,
 }
 
 impl Handler {
@@ -175,11 +180,39 @@ impl Handler {
             set.entries.iter().map(|p| (p.addr, Some(p.kind))).collect()
         };
         for r in &set.returns {
+            if returns_only && r.kind != ProbeKind::SyscallExit {
+                // Traps on every call's return site (or in `unplaced`).
+                continue;
+            }
             let sites = self.return_sites_of(ctx, r.kind, r.addr, slide);
             if sites.is_empty() && !waiting {
                 sh.note(format!("not covered: {:?}: no return site found", r.kind));
             }
             want.extend(sites.into_iter().map(|a| (a, Some(r.kind))));
+        }
+        self.dyn_slot = None;
+        self.dyn_pending = None;
+        if returns_only {
+            // What no trap could cover, on the slots that are left: entry
+            // probes and the syscall exit on fixed slots; the return sites
+            // of interrupt handlers (which never sleep) on one slot, armed
+            // at each entry for the site its return address names.
+            let (rets, fixed): (Vec<_>, Vec<_>) = sh
+                .sw
+                .unplaced()
+                .iter()
+                .partition(|(_, k)| matches!(k, ProbeKind::IrqExit | ProbeKind::TimerExit));
+            want.extend(fixed.iter().map(|&&(a, k)| (a, Some(k))));
+            if !rets.is_empty() {
+                if want.len() < HW_SLOTS {
+                    self.dyn_slot = Some(want.len());
+                } else {
+                    sh.note(
+                        "not covered: interrupt return sites without a trap: no probe slot left"
+                            .into(),
+                    );
+                }
+            }
         }
         if waiting && !want.iter().any(|w| w.0 == sh.sw.trigger) {
             want.truncate(HW_SLOTS - 1);
@@ -264,6 +297,10 @@ impl Handler {
     }
 
     fn probe_hit(&mut self, ctx: &mut VcpuCtx<'_>, slot: u8) {
+        if self.dyn_slot == Some(usize::from(slot)) {
+            self.dynamic_return_hit(ctx, usize::from(slot));
+            return;
+        }
         let Some((addr, kind)) = self.slots.get(usize::from(slot)).copied().flatten() else {
             return;
         };
@@ -287,6 +324,48 @@ impl Handler {
         if let Some(kind) = kind {
             self.trap(ctx, kind);
         }
+    }
+
+    /// At an interrupt handler's entry: if its return site is one no trap
+    /// covers, the kept slot goes there (the handler returns on this vCPU,
+    /// to this stack, before anything else runs here).
+    fn arm_dynamic_return(&mut self, ctx: &mut VcpuCtx<'_>, entry: ProbeKind) {
+        let exit = match entry {
+            ProbeKind::IrqEntry => ProbeKind::IrqExit,
+            ProbeKind::TimerEntry => ProbeKind::TimerExit,
+            _ => return,
+        };
+        let Some(slot) = self.dyn_slot else { return };
+        let Ok(k) = KvmContext::new(ctx) else { return };
+        let rsp = introspect::VcpuContext::read_reg(&k, introspect::Reg::Rsp);
+        let Ok(ret) = introspect::ctx::read_u64(&k, rsp) else {
+            return;
+        };
+        if !self.sh.sw.unplaced().contains(&(ret, exit)) {
+            return;
+        }
+        if ctx
+            .set_hw_breakpoint(slot, Some(HwBreakpoint::exec(ret)))
+            .is_ok()
+        {
+            self.slots[slot] = Some((ret, Some(exit)));
+            self.dyn_pending = Some((ret, exit, rsp.wrapping_add(8)));
+        }
+    }
+
+    fn dynamic_return_hit(&mut self, ctx: &mut VcpuCtx<'_>, slot: usize) {
+        let Some((_, exit, rsp_after)) = self.dyn_pending else {
+            return;
+        };
+        let rsp = ctx.regs().map(|r| r.rsp).unwrap_or(0);
+        if rsp != rsp_after {
+            // The same site reached by another call: not ours yet.
+            return;
+        }
+        self.dyn_pending = None;
+        let _ = ctx.set_hw_breakpoint(slot, None);
+        self.slots[slot] = None;
+        self.trap(ctx, exit);
     }
 
     fn trap(&mut self, ctx: &mut VcpuCtx<'_>, kind: ProbeKind) {
@@ -315,6 +394,7 @@ impl Handler {
             || sh.now(),
             &mut self.sink,
         );
+        self.arm_dynamic_return(ctx, kind);
         self.busy_ns += t0.elapsed().as_nanos() as u64;
     }
 }
@@ -502,6 +582,8 @@ pub fn run(
             },
             busy_ns: 0,
             kernel_gs: None,
+            dyn_slot: None,
+            dyn_pending: None,
         })
     });
 

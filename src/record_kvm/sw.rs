@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use introspect::probes::{plan_probes, Probe};
+use introspect::runtime::return_sites;
 use introspect::ProbeKind;
 use vmm::arch::trap_site;
 use vmm::{TrapKind, VcpuCtx};
@@ -45,6 +46,9 @@ const MAX_FUNCTION: u64 = 64 << 10;
 /// Bytes of a static branch's out-of-line block whose branches may land
 /// behind its NOP (it calls the probes, then jumps back).
 const BLOCK: u64 = 256;
+
+/// A function of the running kernel: (start, size, name).
+type Function = (u64, u64, String);
 
 /// One software trap, for the summary and `kvm.json`.
 #[derive(Debug, Clone)]
@@ -66,6 +70,11 @@ pub(super) struct CodeFacts {
     functions: HashMap<u64, (String, u64, u64)>,
     /// Static-branch site → its out-of-line block.
     blocks: HashMap<u64, u64>,
+    /// Text symbols (start, name), sorted: the function holding a call
+    /// found by scanning the kernel's text.
+    text: Vec<(u64, String)>,
+    /// `_stext` .. `_etext`.
+    text_range: Range<u64>,
 }
 
 impl CodeFacts {
@@ -84,7 +93,31 @@ impl CodeFacts {
         for t in &k.tracepoint_sites {
             f.blocks.insert(t.addr, t.target);
         }
+        if let (Some(a), Some(b)) = (k.symbols.addr("_stext"), k.symbols.addr("_etext")) {
+            f.text_range = a..b;
+        }
+        f.text = k
+            .symbols
+            .iter()
+            .filter(|s| matches!(s.kind, 't' | 'T') && f.text_range.contains(&s.addr))
+            .map(|s| (s.addr, s.name.clone()))
+            .collect();
+        f.text.sort();
         f
+    }
+
+    /// The text symbol holding `addr` (link-time): (start, size, name).
+    fn function_at(&self, addr: u64) -> Option<(u64, u64, &str)> {
+        let i = self
+            .text
+            .partition_point(|(a, _)| *a <= addr)
+            .checked_sub(1)?;
+        let (start, name) = &self.text[i];
+        let end = self
+            .text
+            .get(i + 1)
+            .map_or(self.text_range.end, |(a, _)| *a);
+        Some((*start, end.saturating_sub(*start).min(MAX_FUNCTION), name))
     }
 }
 
@@ -108,6 +141,9 @@ pub(super) struct SwPhase {
     sites: OnceLock<HashMap<u64, Site>>,
     /// Probe address → its trap's address, for the traps that went in.
     covered: OnceLock<HashMap<u64, u64>>,
+    /// Probes no trap could cover (address, kind): the hardware
+    /// breakpoints take them, as many as are left.
+    unplaced: OnceLock<Vec<(u64, ProbeKind)>>,
     pub probes: Mutex<Vec<SwProbe>>,
 }
 
@@ -122,6 +158,7 @@ impl SwPhase {
             arming: AtomicBool::new(false),
             sites: OnceLock::new(),
             covered: OnceLock::new(),
+            unplaced: OnceLock::new(),
             probes: Mutex::new(Vec::new()),
         }
     }
@@ -147,6 +184,11 @@ impl SwPhase {
         self.armed() && self.covered.get().is_some_and(|c| c.contains_key(&addr))
     }
 
+    /// The probes left to hardware breakpoints (after arming).
+    pub fn unplaced(&self) -> &[(u64, ProbeKind)] {
+        self.unplaced.get().map_or(&[], Vec::as_slice)
+    }
+
     /// Inserts every planned entry probe of `slide` as a VM-wide software
     /// trap, once for the VM (the first caller does it). Returns the notes
     /// to report.
@@ -163,22 +205,50 @@ impl SwPhase {
             .iter()
             .map(|(k, why)| format!("not covered: {k:?}: {why}"))
             .collect();
-        // Where each trap goes, decided before any is written.
+        // Where each trap goes, decided before any is written. Return
+        // probes: the site after every call of the callee in the kernel's
+        // text (the syscall exit's one site stays a hardware breakpoint).
+        let mut wanted: Vec<(Probe, Option<Function>)> =
+            set.entries.iter().map(|p| (*p, None)).collect();
+        for r in set
+            .returns
+            .iter()
+            .filter(|r| r.kind != ProbeKind::SyscallExit)
+        {
+            let found = self.return_sites(ctx, r.addr, slide);
+            if found.is_empty() {
+                notes.push(format!(
+                    "not covered: {:?}: no call of {:#x} found",
+                    r.kind, r.addr
+                ));
+            }
+            for (site, func) in found {
+                let p = Probe {
+                    addr: site,
+                    kind: r.kind,
+                };
+                wanted.push((p, Some(func)));
+            }
+        }
         let mut placed = Vec::new();
         let mut probes = Vec::new();
-        for p in &set.entries {
-            match self.place(ctx, p, slide, trap) {
+        let mut unplaced = Vec::new();
+        for (p, func) in &wanted {
+            match self.place(ctx, p, slide, trap, func.as_ref()) {
                 Ok((site, what)) => placed.push((*p, site, what)),
                 Err(why) => {
-                    notes.push(format!("not covered: {:?} at {:#x}: {why}", p.kind, p.addr));
+                    unplaced.push((p.addr, p.kind));
                     probes.push(SwProbe {
                         addr: p.addr,
                         kind: p.kind,
-                        mechanism: format!("none ({why})"),
+                        mechanism: format!(
+                            "no trap ({why}): a hardware breakpoint if a slot is left"
+                        ),
                     });
                 }
             }
         }
+        let _ = self.unplaced.set(unplaced);
         let mut sites = HashMap::new();
         for (p, site, _) in &placed {
             sites.entry(*site).or_insert(Site { kind: p.kind });
@@ -216,21 +286,69 @@ impl SwPhase {
         notes
     }
 
-    /// The trap address of probe `p` and where that is ("func+0x5").
+    /// Return sites of the calls of `callee` in the kernel's text, each
+    /// with its function (runtime start, size, name): found by a byte scan
+    /// of the text in guest memory and proven by decoding the function.
+    fn return_sites(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        callee: u64,
+        slide: u64,
+    ) -> Vec<(u64, Function)> {
+        const CHUNK: u64 = 1 << 20;
+        let text = &self.facts.text_range;
+        let mut out = Vec::new();
+        let mut at = text.start.wrapping_add(slide);
+        let end = text.end.wrapping_add(slide);
+        while at < end {
+            // 4 bytes of overlap: a call across two chunks is seen once.
+            let n = CHUNK.min(end - at);
+            let Some(code) = read_code(ctx, at, (n + 4).min(end - at)) else {
+                at += n;
+                continue;
+            };
+            for site in return_sites(&code, at, callee) {
+                if site - 5 >= at + n {
+                    continue;
+                }
+                let Some((start, size, name)) = self.facts.function_at(site - 5 - slide) else {
+                    continue;
+                };
+                let func = start.wrapping_add(slide);
+                let proven = read_code(ctx, func, size)
+                    .is_some_and(|f| trap_site::call_at(&f, func, site - 5, callee));
+                if proven {
+                    out.push((site, (func, size, name.to_string())));
+                }
+            }
+            at += n;
+        }
+        out
+    }
+
+    /// The trap address of probe `p` and where that is ("func+0x5"); `func`
+    /// is its function (runtime start, size, name) when already known.
     fn place(
         &self,
         ctx: &VcpuCtx<'_>,
         p: &Probe,
         slide: u64,
         trap: TrapKind,
+        func: Option<&Function>,
     ) -> Result<(u64, String), String> {
         let link = p.addr.wrapping_sub(slide);
-        let (name, start, size) = self
-            .facts
-            .functions
-            .get(&link)
-            .ok_or("no symbol holds it")?;
-        let func = start.wrapping_add(slide);
+        let (func, size, name) = match func {
+            Some((f, s, n)) => (*f, *s, n.as_str()),
+            None => {
+                let (name, start, size) = self
+                    .facts
+                    .functions
+                    .get(&link)
+                    .ok_or("no symbol holds it")?;
+                (start.wrapping_add(slide), *size, name.as_str())
+            }
+        };
+        let size = &size;
         let code = read_code(ctx, func, *size).ok_or("its function's code is not mapped")?;
         let ignored: Vec<Range<u64>> = self
             .facts

@@ -142,6 +142,23 @@ pub fn choose(
     Ok(TrapSite { addr, lengths })
 }
 
+/// Whether the function whose code starts at `func` decodes, from its
+/// start, to a near `call` of `callee` at `at` (a byte scan's candidate
+/// call proven to be one).
+pub fn call_at(code: &[u8], func: u64, at: u64, callee: u64) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, func, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        if insn.is_invalid() || insn.ip() > at {
+            return false;
+        }
+        if insn.ip() == at {
+            return insn.flow_control() == FlowControl::Call && insn.near_branch_target() == callee;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +269,24 @@ mod tests {
         assert_eq!(
             choose(&[0x90, 0x90], F, F, 2, &[]),
             Err(NoSite::NothingToCover)
+        );
+    }
+
+    #[test]
+    fn a_scanned_call_is_proven_by_decoding() {
+        // 0: mov $0xe8,%eax (b8 e8 00 00 00: an e8 inside an immediate);
+        // 5: call F+0x20; 10: ret
+        let code = [0xb8, 0xe8, 0, 0, 0, 0xe8, 0x16, 0, 0, 0, 0xc3];
+        assert!(call_at(&code, F, F + 5, F + 0x20));
+        assert!(!call_at(&code, F, F + 5, F + 0x21), "another callee");
+        assert!(
+            !call_at(&code, F, F + 1, F + 1 + 5),
+            "not an instruction start"
+        );
+        // the return site then takes a trap like a probe address
+        assert_eq!(
+            choose(&code, F, F + 10, 1, &[]),
+            Err(NoSite::NotFallThrough)
         );
     }
 
