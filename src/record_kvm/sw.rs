@@ -289,12 +289,7 @@ impl SwPhase {
     /// Return sites of the calls of `callee` in the kernel's text, each
     /// with its function (runtime start, size, name): found by a byte scan
     /// of the text in guest memory and proven by decoding the function.
-    fn return_sites(
-        &self,
-        ctx: &VcpuCtx<'_>,
-        callee: u64,
-        slide: u64,
-    ) -> Vec<(u64, Function)> {
+    fn return_sites(&self, ctx: &VcpuCtx<'_>, callee: u64, slide: u64) -> Vec<(u64, Function)> {
         const CHUNK: u64 = 1 << 20;
         let text = &self.facts.text_range;
         let mut out = Vec::new();

@@ -108,3 +108,22 @@ pub fn hvtrace_on_kvm() -> Option<Command> {
         }
     }
 }
+
+/// Held shared by tests that run a guest in the stock-KVM harness (QEMU
+/// TCG on every core) and exclusively by those whose guest runs in this
+/// host's emulating /dev/kvm (KVM-PVM) against a wall-clock timeout: those
+/// would reach less far in their time with an L1 beside them.
+pub fn machine_lock(exclusive: bool) -> MachineGuard {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    if exclusive {
+        MachineGuard::Exclusive(LOCK.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        MachineGuard::Shared(LOCK.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// See [`machine_lock`].
+pub enum MachineGuard {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(std::sync::RwLockWriteGuard<'static, ()>),
+}
