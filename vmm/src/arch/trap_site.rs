@@ -247,8 +247,8 @@ mod tests {
             0x66, 0x90, 0x8b, 0x43, 0x18, 0xc3, 0xe8, 0, 0, 0, 0, 0xeb, 0xf5,
         ];
         assert_eq!(choose(&code, F, F, 2, &[]), Err(NoSite::BranchTarget));
-        let block = [F + 6..F + 6 + 96];
-        assert_eq!(choose(&code, F, F, 2, &block).unwrap().addr, F + 2);
+        let block = std::slice::from_ref(&(F + 6..F + 6 + 96));
+        assert_eq!(choose(&code, F, F, 2, block).unwrap().addr, F + 2);
     }
 
     #[test]
