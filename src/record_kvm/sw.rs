@@ -24,9 +24,12 @@
 //! When: not at the kernel's first instruction. At boot the kernel still
 //! rewrites its own text (ftrace turns each `call __fentry__` into its NOP;
 //! alternatives, static keys, IBT sealing), so the bytes a trap would cover
-//! are not final. The traps go in at the first `begin_new_exec`, i.e. the
-//! kernel's exec of `/init`, after `free_initmem` and `mark_readonly`:
-//! boot-time patching is over. Until then the 4 hardware breakpoints per
+//! are not final. The traps go in at the first `begin_new_exec`: the first
+//! program the kernel runs (a usermode helper such as `/sbin/modprobe`
+//! during the initcalls, or `/init`). Boot-time patching of the kernel's
+//! own text (alternatives, ftrace's NOPs, jump labels, static calls, IBT
+//! sealing) is done in `start_kernel` before that; only init text, where
+//! no probe is, is freed later. Until then the 4 hardware breakpoints per
 //! vCPU trace the early boot (one of them on `begin_new_exec` itself). The
 //! code is decoded at that moment, from guest memory, not assumed.
 
