@@ -8,11 +8,12 @@
 //! exits reach user space on every KVM (KVM-PVM included), so this runs
 //! wherever /dev/kvm is usable.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod hits;
+
 use std::time::Duration;
 
-use vmm::{Action, DebugEvent, StepInsn, StepOver, TrapKind, VcpuCtx, VmConfig, VmExit};
+use hits::{counting, read_u64, Hits};
+use vmm::{StepInsn, StepOver, TrapKind, VmConfig, VmExit};
 
 const BASE: u64 = vmm::layout::RAW_CODE_START;
 const WAIT: Duration = Duration::from_secs(120);
@@ -27,27 +28,6 @@ fn kvm_usable() -> bool {
         println!("skipped: no usable /dev/kvm");
     }
     ok
-}
-
-type Hits = Arc<Mutex<HashMap<(u32, u64), u64>>>;
-
-fn counting(hits: Hits) -> vmm::HandlerFactory {
-    Box::new(move |_| {
-        let hits = hits.clone();
-        Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| {
-            if let DebugEvent::SwBreakpoint { pc } = ev {
-                assert_eq!(ctx.regs().unwrap().rip, pc, "stopped at the trap");
-                *hits.lock().unwrap().entry((ctx.index(), pc)).or_default() += 1;
-            }
-            Action::Continue
-        })
-    })
-}
-
-fn read_u64(vm: &vmm::Vm, gpa: u64) -> u64 {
-    let mut b = [0u8; 8];
-    vm.read_phys(gpa, &mut b).unwrap();
-    u64::from_le_bytes(b)
 }
 
 #[test]

@@ -11,13 +11,14 @@
 //! int3s, so the same list, step-over and reinjection logic is exercised;
 //! they say which. Without a usable /dev/kvm they print `skipped: ...`.
 
+mod hits;
 mod idt;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmm::{Action, DebugEvent, StepInsn, StepOver, VcpuCtx, VmConfig, VmExit};
+use hits::{counting, read_u64, Hits};
+
+use vmm::{StepInsn, StepOver, VmConfig, VmExit};
 
 const BASE: u64 = vmm::layout::RAW_CODE_START;
 const WAIT: Duration = Duration::from_secs(120);
@@ -38,27 +39,6 @@ fn mechanism() -> Option<&'static str> {
         Ok(true) => "#BP debug exits (KVM_GUESTDBG_USE_SW_BP)",
         _ => "KVM does not deliver #BP here; the monitor's emulation-failure path",
     })
-}
-
-type Hits = Arc<Mutex<HashMap<(u32, u64), u64>>>;
-
-fn counting(hits: Hits) -> vmm::HandlerFactory {
-    Box::new(move |_| {
-        let hits = hits.clone();
-        Box::new(move |ctx: &mut VcpuCtx<'_>, ev: DebugEvent| {
-            if let DebugEvent::SwBreakpoint { pc } = ev {
-                assert_eq!(ctx.regs().unwrap().rip, pc, "stopped at the int3");
-                *hits.lock().unwrap().entry((ctx.index(), pc)).or_default() += 1;
-            }
-            Action::Continue
-        })
-    })
-}
-
-fn read_u64(vm: &vmm::Vm, gpa: u64) -> u64 {
-    let mut b = [0u8; 8];
-    vm.read_phys(gpa, &mut b).unwrap();
-    u64::from_le_bytes(b)
 }
 
 #[test]
