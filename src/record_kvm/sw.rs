@@ -360,7 +360,10 @@ impl SwPhase {
             .collect();
         let site = trap_site::choose(&code, func, p.addr, trap.length(), &ignored)
             .map_err(|e| e.to_string())?;
-        Ok((site.addr, format!("{name}+{:#x}", site.addr - func)))
+        Ok((
+            site.addr,
+            format!("{name}+{:#x} ({})", site.addr - func, site.names.join("; ")),
+        ))
     }
 }
 

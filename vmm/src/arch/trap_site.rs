@@ -35,6 +35,8 @@ pub struct TrapSite {
     /// Lengths of the covered instructions (their sum is at least the
     /// trap's length).
     pub lengths: Vec<u8>,
+    /// The covered instructions by iced-x86's code name (`Mov_r64_rm64`).
+    pub names: Vec<String>,
 }
 
 impl TrapSite {
@@ -120,6 +122,7 @@ pub fn choose(
         return Err(NoSite::NothingToCover);
     }
     let mut lengths = Vec::new();
+    let mut names = Vec::new();
     let mut covered = 0u64;
     for insn in &insns[at..] {
         if covered >= trap_len {
@@ -129,6 +132,7 @@ pub fn choose(
             return Err(NoSite::NotFallThrough);
         }
         lengths.push(insn.len() as u8);
+        names.push(format!("{:?}", insn.code()));
         covered += insn.len() as u64;
     }
     if covered < trap_len {
@@ -139,7 +143,11 @@ pub fn choose(
     if targets.iter().any(|&t| hit(t)) {
         return Err(NoSite::BranchTarget);
     }
-    Ok(TrapSite { addr, lengths })
+    Ok(TrapSite {
+        addr,
+        lengths,
+        names,
+    })
 }
 
 /// Whether the function whose code starts at `func` decodes, from its
@@ -180,7 +188,8 @@ mod tests {
             choose(TTWU_6_1, F, F, 2, &[]),
             Ok(TrapSite {
                 addr: F + 5,
-                lengths: vec![2]
+                lengths: vec![2],
+                names: vec!["Push_r64".into()],
             })
         );
         // int3 needs one byte: the same instruction.
@@ -193,7 +202,8 @@ mod tests {
             choose(&f612, F, F, 2, &[]),
             Ok(TrapSite {
                 addr: F + 9,
-                lengths: vec![1, 3]
+                lengths: vec![1, 3],
+                names: vec!["Push_r64".into(), "Mov_rm64_r64".into()],
             }),
             "a 1-byte push is covered together with the next instruction"
         );
@@ -207,7 +217,8 @@ mod tests {
             choose(&code, F, F + 3, 2, &[]),
             Ok(TrapSite {
                 addr: F + 5,
-                lengths: vec![3]
+                lengths: vec![3],
+                names: vec!["Mov_r32_rm32".into()],
             })
         );
     }
