@@ -565,3 +565,16 @@ fn kvm_record_covers_every_class_6_1() {
     );
     let _ = std::fs::remove_dir_all(&r.dir);
 }
+
+/// Softirqs against the growth of /proc/softirqs, on this engine's traps
+/// at the softirq tracepoints' static-branch sites.
+#[test]
+fn kvm_record_softirqs_6_1() {
+    needs_native_kvm!();
+    record_support::sched_irq::softirqs_match_proc_softirqs(
+        "kvm",
+        &["--events", "syscalls,irq"],
+        "6.1",
+        1,
+    );
+}

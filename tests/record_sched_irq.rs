@@ -6,9 +6,9 @@ mod common;
 mod record_support;
 
 use record_support::sched_irq::{
-    irqs_match_proc_interrupts, pingpong_switches_match_rusage, wakeups_pair_with_wakings,
+    irqs_match_proc_interrupts, pingpong_switches_match_rusage, softirqs_match_proc_softirqs,
+    wakeups_pair_with_wakings,
 };
-use std::collections::BTreeMap;
 
 use record_support::{babeltrace, Ev};
 
@@ -51,78 +51,12 @@ fn record_irqs_6_12_two_vcpus() {
 /// exit, and softirqs are raised.
 #[test]
 fn record_softirqs_match_proc_softirqs_6_1() {
-    softirqs_match_proc_softirqs("6.1", 1);
+    softirqs_match_proc_softirqs("qemu", &[], "6.1", 1);
 }
 
 #[test]
 fn record_softirqs_match_proc_softirqs_6_12_two_vcpus() {
-    softirqs_match_proc_softirqs("6.12", 2);
-}
-
-fn softirqs_match_proc_softirqs(line: &str, vcpus: u32) {
-    // dd: one read(2) per snapshot (busybox cat would sendfile)
-    let dd = "dd if=/proc/softirqs bs=65536 count=1 2>/dev/null";
-    let script = format!("{dd}; /bin/pingpong 100; {dd}");
-    let r = record_support::record(line, vcpus, "softirqs", &["/bin/sh", "-c", &script]);
-    assert_eq!(r.status, 0, "{}", r.console);
-    // "      TIMER:   74   99" rows, in vector order (HI is 0), twice
-    let rows: Vec<Vec<i64>> = r
-        .console
-        .lines()
-        .filter_map(|l| {
-            let (name, counts) = l.trim().split_once(':')?;
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                return None;
-            }
-            counts.split_whitespace().map(|v| v.parse().ok()).collect()
-        })
-        .collect();
-    assert_eq!(rows.len() % 2, 0, "{}", r.console);
-    let vectors = rows.len() / 2;
-    assert!(vectors >= 10, "the ten softirqs twice:\n{}", r.console);
-    let cats: Vec<i64> = r
-        .events
-        .iter()
-        .filter(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/proc/softirqs")
-        .map(|e| e.tid)
-        .collect();
-    assert_eq!(cats.len(), 2);
-    let [in1, out1, in2, out2] = record_support::two_reads(&r.events, cats[0], cats[1]);
-    let count = |evs: &[Ev], name: &str| {
-        let mut m: BTreeMap<(i64, i64), i64> = BTreeMap::new();
-        for e in evs.iter().filter(|e| e.name == name) {
-            *m.entry((e.int("vec"), e.cpu)).or_default() += 1;
-        }
-        m
-    };
-    let (lo, hi) = (
-        count(&r.events[out1..in2], "irq_softirq_entry"),
-        count(&r.events[in1..out2], "irq_softirq_entry"),
-    );
-    let mut total = 0;
-    for (vec, (before, after)) in rows[..vectors].iter().zip(&rows[vectors..]).enumerate() {
-        assert_eq!(before.len(), vcpus as usize, "a column per CPU");
-        for (cpu, (b, a)) in before.iter().zip(after).enumerate() {
-            let growth = a - b;
-            let key = (vec as i64, cpu as i64);
-            let (l, h) = (
-                lo.get(&key).copied().unwrap_or(0),
-                hi.get(&key).copied().unwrap_or(0),
-            );
-            assert!(
-                l <= growth && growth <= h,
-                "softirq {vec} on CPU {cpu}: /proc/softirqs grew {growth}, traced {l} between the reads, {h} including them"
-            );
-            total += growth;
-        }
-    }
-    assert!(total > 0, "softirqs ran during the workload");
-    assert_eq!(
-        count(&r.events, "irq_softirq_entry").values().sum::<i64>(),
-        count(&r.events, "irq_softirq_exit").values().sum::<i64>(),
-        "every softirq entry has its exit"
-    );
-    assert!(r.events.iter().any(|e| e.name == "irq_softirq_raise"));
+    softirqs_match_proc_softirqs("qemu", &[], "6.12", 2);
 }
 
 /// `--mode sample`: samples come at no more than the asked rate, name the
