@@ -162,7 +162,11 @@ pub fn irqs_match_proc_interrupts(backend: &str, opts: &[&str], line: &str, vcpu
     // dd reads the whole file in one read(), which generates the snapshot
     // (busybox cat would use sendfile, interleaving output and generation).
     let dd = "dd if=/proc/interrupts bs=65536 count=1 2>/dev/null";
-    let script = format!("{dd}; i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); done; {dd}");
+    // The sleep makes sure the local timer fires in the window: a fast
+    // guest (the KVM engine) otherwise echoes in a few idle-tickless ms.
+    let script = format!(
+        "{dd}; i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); done; sleep 0.05; {dd}"
+    );
     let r = record_on(
         backend,
         line,
