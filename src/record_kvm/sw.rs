@@ -124,11 +124,6 @@ impl CodeFacts {
     }
 }
 
-/// A trap address's probe kind.
-struct Site {
-    kind: ProbeKind,
-}
-
 /// The engine's software-trap phase, shared by all vCPU handlers.
 pub(super) struct SwPhase {
     /// The traps used on this run (None: hardware breakpoints only).
@@ -140,8 +135,8 @@ pub(super) struct SwPhase {
     facts: CodeFacts,
     armed: AtomicBool,
     arming: AtomicBool,
-    /// Trap address → its probe.
-    sites: OnceLock<HashMap<u64, Site>>,
+    /// Trap address → its probe's kind.
+    sites: OnceLock<HashMap<u64, ProbeKind>>,
     /// Probe address → its trap's address, for the traps that went in.
     covered: OnceLock<HashMap<u64, u64>>,
     /// Probes no trap could cover (address, kind): the hardware
@@ -178,7 +173,7 @@ impl SwPhase {
 
     /// The kind of the trap at `pc` (trap path: no lock).
     pub fn kind_at(&self, pc: u64) -> Option<ProbeKind> {
-        self.sites.get()?.get(&pc).map(|s| s.kind)
+        self.sites.get()?.get(&pc).copied()
     }
 
     /// A trap of ours covers the probe at `addr` (a hardware breakpoint
@@ -254,13 +249,13 @@ impl SwPhase {
         let _ = self.unplaced.set(unplaced);
         let mut sites = HashMap::new();
         for (p, site, _) in &placed {
-            sites.entry(*site).or_insert(Site { kind: p.kind });
+            sites.entry(*site).or_insert(p.kind);
         }
         // Known before any trap exists: another vCPU's hit finds its kind.
         let sites = self.sites.get_or_init(|| sites);
         let mut covered = HashMap::new();
         for (p, site, what) in placed {
-            if sites.get(&site).is_none_or(|s| s.kind != p.kind) {
+            if sites.get(&site) != Some(&p.kind) {
                 notes.push(format!(
                     "not covered: {:?} at {:#x}: another probe has its trap at {site:#x}",
                     p.kind, p.addr
@@ -346,8 +341,7 @@ impl SwPhase {
                 (start.wrapping_add(slide), *size, name.as_str())
             }
         };
-        let size = &size;
-        let code = read_code(ctx, func, *size).ok_or("its function's code is not mapped")?;
+        let code = read_code(ctx, func, size).ok_or("its function's code is not mapped")?;
         let ignored: Vec<Range<u64>> = self
             .facts
             .blocks
