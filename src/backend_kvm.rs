@@ -35,21 +35,68 @@ impl Write for Console {
     }
 }
 
-/// The kernel to hand the monitor: an ELF vmlinux as given, or the one
-/// extracted from a bzImage (cached by content), so nothing decompresses
-/// inside the guest.
-pub fn boot_kernel(kernel: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
-    if bytes.starts_with(b"\x7fELF") {
-        return Ok(kernel.to_path_buf());
+/// The kernel image the monitor boots, and how.
+#[derive(Debug, Clone)]
+pub struct KvmBoot {
+    /// A bzImage (booted through its own decompressor) or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// The bzImage's decompressor runs, so the kernel is randomized as on a
+    /// real boot (KASLR) and the slide is known only once found in the
+    /// running guest. False for an ELF: it runs at its link-time addresses.
+    pub randomized: bool,
+    /// `/dev/kvm` runs guest code natively (not an instruction emulator).
+    pub native: bool,
+}
+
+impl KvmBoot {
+    /// Decides how `kernel` boots on this host's KVM. A bzImage boots as a
+    /// distribution's does, through its decompressor, except on a KVM that
+    /// emulates guest code (KVM-PVM), where decompressing tens of MiB would
+    /// take minutes: there the ELF vmlinux is extracted (cached by content)
+    /// and booted at its link-time addresses, and a warning says so.
+    pub fn prepare(kernel: &Path) -> Result<Self> {
+        let probe = vmm::probe_native_virtualization();
+        if !probe.native {
+            eprintln!(
+                "hvtrace: warning: {}; the guest runs in KVM's instruction emulator",
+                probe.reason
+            );
+        }
+        let bytes =
+            std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
+        if bytes.starts_with(b"\x7fELF") {
+            return Ok(KvmBoot {
+                kernel: kernel.to_path_buf(),
+                randomized: false,
+                native: probe.native,
+            });
+        }
+        if probe.native {
+            return Ok(KvmBoot {
+                kernel: kernel.to_path_buf(),
+                randomized: true,
+                native: true,
+            });
+        }
+        eprintln!("hvtrace: warning: booting the ELF vmlinux extracted from {} (no decompressor, no KASLR): the emulator would take minutes to decompress it", kernel.display());
+        Ok(KvmBoot {
+            kernel: extracted_vmlinux(kernel, &bytes)?,
+            randomized: false,
+            native: false,
+        })
     }
+}
+
+/// The ELF vmlinux inside the bzImage `bytes` (read from `kernel`),
+/// extracted once into the cache, keyed by content.
+fn extracted_vmlinux(kernel: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let dir = crate::cache::root().join("vmlinux");
-    let out = dir.join(format!("{}.elf", crate::cache::sha256_hex(&bytes)));
+    let out = dir.join(format!("{}.elf", crate::cache::sha256_hex(bytes)));
     if out.is_file() {
         return Ok(out);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let elf = guest_symbols::image::extract_vmlinux(&bytes)
+    let elf = guest_symbols::image::extract_vmlinux(bytes)
         .with_context(|| format!("extracting the ELF vmlinux from {}", kernel.display()))?;
     // A per-process temporary name: concurrent runs extract side by side,
     // and whichever renames last leaves the same bytes.
@@ -69,7 +116,17 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     let interrupted = crate::guest::install_interrupt_flag();
     let every = Duration::from_millis(50);
-    let (outcome, exit, _) = run_guest(cfg, capture, None, None, &interrupted, every, &mut |_| {})?;
+    let boot = KvmBoot::prepare(&cfg.kernel)?;
+    let (outcome, exit, _) = run_guest(
+        cfg,
+        &boot,
+        capture,
+        None,
+        None,
+        &interrupted,
+        every,
+        &mut |_| {},
+    )?;
     match outcome {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
@@ -99,7 +156,7 @@ pub struct SwOutcome {
     pub restored: usize,
 }
 
-/// Boots `cfg` on the KVM monitor with optional debug `handlers` until the
+/// Boots `cfg` (its kernel as `boot` says) on the KVM monitor with optional debug `handlers` until the
 /// `/init` marker, a panic, the timeout or `interrupted`; `tick` runs on
 /// this thread about every `tick_every` (at most 50 ms) with the running VM. Returns how the run
 /// ended and, for a VM that ended by itself without a marker, its exit.
@@ -107,8 +164,10 @@ pub struct SwOutcome {
 /// (int3: every vCPU runs with USE_SW_BP); whatever way the run ends (marker, timeout, interrupt, or
 /// a panic unwinding through here, by the `Vm`'s drop), the monitor puts
 /// every byte it changed back before this returns.
+#[allow(clippy::too_many_arguments)]
 pub fn run_guest(
     cfg: &GuestRun,
+    boot: &KvmBoot,
     capture: Option<&Path>,
     handlers: Option<vmm::HandlerFactory>,
     sw_trap: Option<vmm::TrapKind>,
@@ -116,26 +175,18 @@ pub fn run_guest(
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
 ) -> Result<(GuestEnd, Option<vmm::VmExit>, SwOutcome)> {
-    let probe = vmm::probe_native_virtualization();
-    if !probe.native {
-        eprintln!(
-            "hvtrace: warning: {}; the guest runs in KVM's instruction emulator",
-            probe.reason
-        );
-    }
-    let kernel = boot_kernel(&cfg.kernel)?;
     let end = Arc::new(Mutex::new(None));
     let console = Console {
         scanner: Arc::new(Mutex::new(MarkerScanner::default())),
         end: end.clone(),
     };
     let mut cmdline = cfg.cmdline.clone();
-    if !probe.native {
+    if !boot.native {
         // KVM-PVM's emulator cannot run XRSTOR or POPCNT and its CPUID does
         // not hide them: keep Linux off them (FXSAVE, software popcount).
         cmdline.push_str(" noxsave clearcpuid=151,308 nowatchdog");
     }
-    let mut vc = vmm::VmConfig::linux(kernel, Some(cfg.initrd.clone()), cmdline);
+    let mut vc = vmm::VmConfig::linux(boot.kernel.clone(), Some(cfg.initrd.clone()), cmdline);
     vc.vcpus = cfg.vcpus;
     vc.memory_mib = cfg.memory_mib;
     vc.console = Some(Box::new(console));
@@ -148,7 +199,7 @@ pub fn run_guest(
         vc.console2 = Some(Box::new(f));
     }
     // KVM's emulator cannot run XSAVE/XRSTOR: keep the guest on FXSAVE.
-    vc.emulator_cpuid = !probe.native;
+    vc.emulator_cpuid = !boot.native;
     let mut vm = vmm::build(vc).context("creating the KVM guest")?;
     vm.start().context("starting the vCPUs")?;
     let deadline = Instant::now() + cfg.timeout;

@@ -11,19 +11,19 @@
 //! `introspect::probes::plan_probes` within a budget of 4. The summary and
 //! `DIR/kvm.json` say which mechanism each probe used and what did not fit.
 //!
-//! The KASLR slide: the monitor boots the ELF vmlinux extracted from the
-//! image (`backend_kvm::boot_kernel`). Linux's KASLR is chosen and applied
-//! by the bzImage's decompressor (`choose_random_location` and
-//! `handle_relocations` in arch/x86/boot/compressed), which an ELF boot
-//! does not run: `startup_64`/`__startup_64` only fix the page tables for
-//! the physical load address (linux-loader puts each segment at its
-//! `p_paddr`), and the virtual addresses stay the link-time ones. Our zero
-//! page has no KASLR_FLAG in `loadflags` either, so the kernel does not
-//! randomize its memory regions (`kaslr_enabled()` is false). So the
-//! probes are armed at slide 0 from the first instruction, and the slide is
-//! then *verified* in the running guest: by the banner (`find_slide`) at
-//! the first probe hit or at a kick once the kernel's page tables are up.
-//! Should it differ, every vCPU re-arms at the slide found.
+//! The KASLR slide: the monitor boots the bzImage through its own
+//! decompressor (`backend_kvm::KvmBoot`), which randomizes the kernel's
+//! physical and virtual placement as on a real boot
+//! (`choose_random_location`). The slide is unknown until the running
+//! kernel's page tables map its text: until then no probe is armed, and
+//! vCPU 0 is kicked every few milliseconds to look for the banner
+//! (`find_slide`); once found, every vCPU is kicked and arms at it. The
+//! kernel takes its first interrupt, and runs its first task, long after
+//! (start_kernel enables interrupts late), so no event is lost to the
+//! search. An ELF vmlinux (`--kernel`, or the extraction used on a KVM
+//! that emulates guest code) runs at its link-time addresses: probes are
+//! armed at slide 0 from the first instruction and the slide is verified
+//! by the banner all the same.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +55,8 @@ const HW_SLOTS: usize = 4;
 const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 /// No slide verified yet.
 const UNKNOWN: u64 = u64::MAX;
+/// How often vCPU 0 looks for the banner on a randomized boot, until found.
+const SLIDE_SEARCH_MS: u64 = 2;
 /// Tasks a statedump can hold without allocating on the trap path.
 const STATEDUMP_TASKS: usize = 4096;
 
@@ -73,6 +75,9 @@ struct Shared {
     notes: Mutex<Vec<String>>,
     /// Software breakpoints: used or not, and armed or not yet.
     sw: sw::SwPhase,
+    /// The kernel is randomized (bzImage boot): nothing is armed before
+    /// the slide is found.
+    randomized: bool,
 }
 
 impl Shared {
@@ -172,6 +177,7 @@ impl Handler {
         // and nothing said about what the int3s will cover later.
         let returns_only = sh.sw.armed();
         let waiting = sh.sw.enabled() && !returns_only && sh.sw.trigger != 0;
+        let trigger = sh.sw.trigger.wrapping_add(slide);
         let budget = if returns_only { None } else { Some(HW_SLOTS) };
         let set = plan_probes(&sh.plan, slide, budget);
         let mut want: Vec<(u64, Option<ProbeKind>)> = if returns_only {
@@ -214,9 +220,9 @@ impl Handler {
                 }
             }
         }
-        if waiting && !want.iter().any(|w| w.0 == sh.sw.trigger) {
+        if waiting && !want.iter().any(|w| w.0 == trigger) {
             want.truncate(HW_SLOTS - 1);
-            want.push((sh.sw.trigger, None));
+            want.push((trigger, None));
         }
         for (kind, why) in set.dropped.iter().filter(|_| !waiting) {
             sh.note(format!("not covered: {kind:?}: {why}"));
@@ -263,11 +269,17 @@ impl Handler {
         if start < START_KERNEL_MAP || size == 0 || size > 0x10000 {
             return Vec::new();
         }
-        let mut code = vec![0u8; size as usize];
-        if ctx.read_phys(start - START_KERNEL_MAP, &mut code).is_err() {
-            return Vec::new();
-        }
-        return_sites(&code, start.wrapping_add(slide), callee)
+        let at = start.wrapping_add(slide);
+        // Through the guest's page tables; before they map the kernel (an
+        // ELF armed at its first instruction), at the physical address the
+        // ELF was loaded at (its `p_paddr`: link address less the map).
+        let code = sw::read_code(ctx, at, size).or_else(|| {
+            let mut code = vec![0u8; size as usize];
+            let elf_at_link = !self.sh.randomized && slide == 0;
+            (elf_at_link && ctx.read_phys(start - START_KERNEL_MAP, &mut code).is_ok())
+                .then_some(code)
+        });
+        code.map_or_else(Vec::new, |c| return_sites(&c, at, callee))
     }
 
     /// Looks for the banner; on success records the slide for all vCPUs.
@@ -288,9 +300,14 @@ impl Handler {
                 .compare_exchange(UNKNOWN, slide, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                let armed = match self.armed_slide {
+                    UNKNOWN => "nothing armed before".to_string(),
+                    a => format!("armed at {a:#x}"),
+                };
                 self.sh.note(format!(
-                    "slide {slide:#x} verified by the banner on vCPU {} (armed at {:#x})",
-                    self.cpu, self.armed_slide
+                    "slide {slide:#x} verified by the banner on vCPU {}, {:.3} s into the run ({armed})",
+                    self.cpu,
+                    self.sh.now() as f64 / 1e9
                 ));
             }
         }
@@ -305,7 +322,8 @@ impl Handler {
             return;
         };
         let sh = self.sh.clone();
-        if sh.sw.enabled() && addr == sh.sw.trigger && !sh.sw.armed() {
+        let trigger = sh.sw.trigger.wrapping_add(self.armed_slide);
+        if sh.sw.enabled() && sh.sw.trigger != 0 && addr == trigger && !sh.sw.armed() {
             // The kernel execs /init: its boot-time text patching is over.
             for n in sh.sw.arm(ctx, &sh.plan, self.armed_slide) {
                 sh.note(n);
@@ -403,7 +421,9 @@ impl vmm::DebugHandler for Handler {
     fn on_event(&mut self, ctx: &mut VcpuCtx<'_>, ev: DebugEvent) -> Action {
         match ev {
             DebugEvent::Started => {
-                self.arm(ctx, 0);
+                if !self.sh.randomized {
+                    self.arm(ctx, 0);
+                }
                 return Action::Continue;
             }
             DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
@@ -423,14 +443,18 @@ impl vmm::DebugHandler for Handler {
             let slide = self.armed_slide;
             self.arm(ctx, slide);
         }
-        let v = self.sh.verified_slide.load(Ordering::Acquire);
+        let mut v = self.sh.verified_slide.load(Ordering::Acquire);
         if v == UNKNOWN {
             self.verify(ctx);
-        } else if v != self.armed_slide {
-            self.sh.note(format!(
-                "vCPU {}: re-armed at slide {v:#x} (was {:#x})",
-                self.cpu, self.armed_slide
-            ));
+            v = self.sh.verified_slide.load(Ordering::Acquire);
+        }
+        if v != UNKNOWN && v != self.armed_slide {
+            if self.armed_slide != UNKNOWN {
+                self.sh.note(format!(
+                    "vCPU {}: re-armed at slide {v:#x} (was {:#x})",
+                    self.cpu, self.armed_slide
+                ));
+            }
             self.arm(ctx, v);
         }
         Action::Continue
@@ -489,6 +513,7 @@ pub fn run(
     let out_abs = std::fs::canonicalize(out)?;
 
     let t0 = Instant::now();
+    let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
     let image = crate::cmd_record::open_kernel(&run.kernel)?;
     let mut plan = crate::cmd_record::plan_of(&image).context("preparing the probe plan")?;
     let facts = sw::CodeFacts::of(&image, &plan);
@@ -514,6 +539,7 @@ pub fn run(
         let t = Instant::now();
         let (end, _, _) = crate::backend_kvm::run_guest(
             &run,
+            &boot,
             None,
             None,
             None,
@@ -559,6 +585,7 @@ pub fn run(
         reports: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
         sw: sw::SwPhase::new(sw_trap, sw_reason, plan.symbols.begin_new_exec, facts),
+        randomized: boot.randomized,
         plan,
     });
     if sw_trap.is_some() && sh.sw.trigger == 0 {
@@ -587,23 +614,40 @@ pub fn run(
         })
     });
 
-    // Until the slide is verified, kick vCPU 0 about once a second so its
-    // handler looks for the banner even if no probe fires; in sample mode,
-    // kick every vCPU every period.
+    // Until the slide is found, kick vCPU 0 so its handler looks for the
+    // banner: every few milliseconds on a randomized boot (nothing is armed
+    // until then), about once a second otherwise (the probes at slide 0
+    // fire anyway). Once found, every vCPU is kicked once to arm at it. In
+    // sample mode, every vCPU is kicked every period.
     let mut last_kick = Instant::now();
+    let mut all_kicked = false;
+    let mut next_sample = Instant::now();
     let ksh = sh.clone();
     let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(args.freq.max(1)));
     let sample = args.mode == Mode::Sample;
-    let tick_every = if sample {
-        period
+    let search_every = if boot.randomized {
+        std::time::Duration::from_millis(SLIDE_SEARCH_MS)
     } else {
-        std::time::Duration::from_millis(50)
+        std::time::Duration::from_secs(1)
+    };
+    let tick_every = if sample {
+        period.min(search_every)
+    } else {
+        search_every.min(std::time::Duration::from_millis(50))
     };
     let mut tick = move |vm: &vmm::Vm| {
         let verified = ksh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
-        if sample && verified {
+        if verified && !all_kicked {
+            all_kicked = true;
             vm.kick_all();
-        } else if !verified && last_kick.elapsed().as_millis() >= 1000 {
+        } else if sample && verified {
+            // On the period's grid, whatever the tick's granularity.
+            let now = Instant::now();
+            if now >= next_sample {
+                next_sample = (next_sample + period).max(now);
+                vm.kick_all();
+            }
+        } else if !verified && last_kick.elapsed() >= search_every {
             last_kick = Instant::now();
             if let Some(h) = vm.vcpu(0) {
                 h.kick();
@@ -613,6 +657,7 @@ pub fn run(
     let t1 = Instant::now();
     let (end, vm_exit, sw_out) = crate::backend_kvm::run_guest(
         &run,
+        &boot,
         args.guest.capture.as_deref(),
         Some(factory),
         sw_trap,

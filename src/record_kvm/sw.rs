@@ -363,7 +363,7 @@ impl SwPhase {
 
 /// `len` bytes of kernel code at `va`, page by page through the guest's
 /// page tables.
-fn read_code(ctx: &VcpuCtx<'_>, va: u64, len: u64) -> Option<Vec<u8>> {
+pub(super) fn read_code(ctx: &VcpuCtx<'_>, va: u64, len: u64) -> Option<Vec<u8>> {
     let mut out = vec![0u8; len as usize];
     let mut done = 0u64;
     while done < len {
