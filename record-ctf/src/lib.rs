@@ -3,6 +3,8 @@
 //! kept apart so that `introspect` never knows about CTF and `ltt_writer`
 //! never knows how events were obtained.
 
+pub mod user;
+
 use introspect::decode::{Event, GuestStr, Record};
 use introspect::plan::{ProbePlan, Syscall};
 use introspect::userprobe::{FieldKind, FieldValue, ProbeSpec, ResolvedProbe, MAX_FIELDS};

@@ -351,10 +351,10 @@ fn at_exit() {
             }
             let t = &rt.tracer;
             let mut by_event = t.by_event;
-            by_event[USER_TAG] = sink.user_events;
+            by_event[USER_TAG] = sink.user.written;
             per_cpu.push(format!(
                 "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?},\"strings_late\":{:?}}}",
-                t.events + sink.user_events,
+                t.events + sink.user.written,
                 rt.busy_ns,
                 sink.write_errors,
                 sink.ctf_errors,

@@ -9,11 +9,11 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use introspect::codec::{encode, MAX_RECORD};
-use introspect::defer::EXTERNAL_MAX;
 use introspect::runtime::{Sink, VcpuTracer};
 use introspect::task::current_task;
-use introspect::userprobe::{FieldValue, ResolvedProbe, MAX_FIELDS};
+use introspect::userprobe::ResolvedProbe;
 use introspect::{Kernel, Record, Task};
+use record_ctf::user::UserEvents;
 
 use crate::vcpu::QemuVcpu;
 
@@ -37,46 +37,21 @@ pub struct TraceSink {
     pub write_errors: u64,
     pub ctf_errors: u64,
     pub first_ctf_error: Option<ltt_writer::ProduceError>,
-    /// User-probe events written (the tracer counts the others).
-    pub user_events: u64,
     /// User-probe values: the hit being written and the hits held behind
-    /// a deferred syscall entry.
-    user: Box<UserBufs>,
-}
-
-/// Fixed buffers of the user probes of one vCPU (allocated at vCPU init).
-struct UserBufs {
-    vals: [FieldValue; MAX_FIELDS],
-    held: [HeldUser; EXTERNAL_MAX],
-}
-
-#[derive(Clone, Copy)]
-struct HeldUser {
-    probe: usize,
-    ts: u64,
-    task: Task,
-    vals: [FieldValue; MAX_FIELDS],
+    /// a deferred syscall entry; counts the user-probe events written (the
+    /// tracer counts the others).
+    pub user: Box<UserEvents>,
 }
 
 impl TraceSink {
     pub fn new(out: Option<BufWriter<File>>, producer: Option<ltt_writer::Producer>) -> Self {
-        let held = HeldUser {
-            probe: 0,
-            ts: 0,
-            task: Task::UNKNOWN,
-            vals: [FieldValue::EMPTY; MAX_FIELDS],
-        };
         Self {
             out,
             producer,
             write_errors: 0,
             ctf_errors: 0,
             first_ctf_error: None,
-            user_events: 0,
-            user: Box::new(UserBufs {
-                vals: [FieldValue::EMPTY; MAX_FIELDS],
-                held: [held; EXTERNAL_MAX],
-            }),
+            user: UserEvents::boxed(),
         }
     }
 
@@ -87,30 +62,6 @@ impl TraceSink {
                 self.first_ctf_error = Some(e);
             }
         }
-    }
-
-    /// Writes a user-probe event with the values of the current hit
-    /// (`held == None`) or of held hit `n`.
-    fn write_user(&mut self, probe: usize, ts: u64, task: &Task, held: Option<usize>) {
-        let Some(rp) = crate::user::probes().get(probe) else {
-            return;
-        };
-        self.user_events += 1;
-        let Some(p) = self.producer.as_mut() else {
-            return;
-        };
-        let vals = match held.and_then(|n| self.user.held.get(n)) {
-            Some(h) => &h.vals,
-            None => &self.user.vals,
-        };
-        let res = match p.catalog().id_of(rp.name()) {
-            Some(id) => {
-                let ctx = ltt_writer::TaskCtx::new(task.pid, task.tid, &task.comm);
-                record_ctf::emit_user(p, id, ts, &ctx, rp, vals)
-            }
-            None => Err(ltt_writer::ProduceError::NotDeclared("user probe")),
-        };
-        self.ctf_result(res);
     }
 }
 
@@ -130,10 +81,10 @@ impl Sink for TraceSink {
     }
 
     fn emit_external(&mut self, n: usize) {
-        if let Some(u) = self.user.held.get(n) {
-            let (probe, ts, task) = (u.probe, u.ts, u.task);
-            self.write_user(probe, ts, &task, Some(n));
-        }
+        let res = self
+            .user
+            .write_held(self.producer.as_mut(), crate::user::probes(), n);
+        self.ctf_result(res);
     }
 
     fn statedump_start(&mut self, ts: u64, current: &Task) {
@@ -158,18 +109,16 @@ impl VcpuRuntime {
     /// event (held, in order, behind a deferred syscall entry if any).
     pub fn user_hit(&mut self, index: usize, probe: &ResolvedProbe, k: &Kernel, ts: u64) {
         let task = current_task(&self.ctx, k);
-        probe.fetch(&self.ctx, k, &mut self.sink.user.vals);
+        self.sink.user.fetch(probe, &self.ctx, k);
         match self.tracer.hold_external(&self.ctx, k, &mut self.sink) {
-            Some(n) => {
-                let u = &mut *self.sink.user;
-                if let Some(h) = u.held.get_mut(n) {
-                    h.probe = index;
-                    h.ts = ts;
-                    h.task = task;
-                    h.vals = u.vals;
-                }
+            Some(n) => self.sink.user.hold(n, index, ts, task),
+            None => {
+                let s = &mut self.sink;
+                let res =
+                    s.user
+                        .write(s.producer.as_mut(), crate::user::probes(), index, ts, &task);
+                s.ctf_result(res);
             }
-            None => self.sink.write_user(index, ts, &task, None),
         }
     }
 
