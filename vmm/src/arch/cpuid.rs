@@ -14,11 +14,20 @@ pub struct CpuidParams {
     /// AVX, CMPXCHG16B, POPCNT), for platforms that emulate all guest code (KVM-PVM
     /// without VT-x); Linux then picks FXSAVE and lock-based fallbacks.
     pub emulator_cpuid: bool,
+    /// KVM's in-kernel local APIC emulates the TSC-deadline timer
+    /// (KVM_CAP_TSC_DEADLINE_TIMER with an irqchip), which KVM never
+    /// reports in its supported CPUID: the VMM sets the bit. With it Linux
+    /// runs its tick on `lapic-deadline` and skips calibrating the APIC
+    /// timer against the PIT, a measurement that fails now and then on a
+    /// slow nested guest, leaving the tick on the PIT (irq 0) for the
+    /// whole run.
+    pub tsc_deadline: bool,
 }
 
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF7_EBX_AVX2: u32 = 1 << 5;
 const LEAF7_EBX_AVX512F: u32 = 1 << 16;
@@ -43,6 +52,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], p: CpuidParams) {
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (p.vcpu_index << 24) | ((count & 0xff) << 16);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if p.tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -122,8 +134,10 @@ mod tests {
                 vcpu_index: 3,
                 vcpu_count: 4,
                 emulator_cpuid: true,
+                tsc_deadline: true,
             },
         );
+        assert_ne!(v[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         assert_eq!(v[0].ebx >> 24, 3);
         assert_eq!((v[0].ebx >> 16) & 0xff, 4);
         assert_ne!(v[0].ecx & LEAF1_ECX_HYPERVISOR, 0);

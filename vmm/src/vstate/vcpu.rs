@@ -144,6 +144,7 @@ pub fn create(
             vcpu_index: index,
             vcpu_count: cfg.count,
             emulator_cpuid: cfg.emulator_cpuid,
+            tsc_deadline: cfg.irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
         },
     );
     fd.set_cpuid2(&cpuid)
