@@ -126,10 +126,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         Backend::Qemu => {}
         Backend::Kvm => {
             crate::triggers::refuse_on_kvm(&args.triggers)?;
-            if !args.probes.is_empty() {
-                bail!("--probe: user probes run on the QEMU engine only (use --backend qemu); the KVM monitor's 4 hardware breakpoints go to the built-in events");
-            }
-            return crate::record_kvm::run(&args, events, &interrupt, driver);
+            return crate::record_kvm::run(&args, events, &user_probes, &interrupt, driver);
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
@@ -446,14 +443,15 @@ pub fn parse_probes(specs: &[String]) -> Result<Vec<(String, ProbeSpec)>> {
 }
 
 /// Resolves the probes' symbols with the image's kallsyms and puts the
-/// probes in the plan.
-fn resolve_probes(
+/// probes in the plan; returns them resolved (link-time addresses).
+pub(crate) fn resolve_probes(
     kernel: &Path,
     specs: &[(String, ProbeSpec)],
     plan: &mut ProbePlan,
-) -> Result<()> {
+) -> Result<Vec<introspect::userprobe::ResolvedProbe>> {
+    let mut resolved = Vec::new();
     if specs.is_empty() {
-        return Ok(());
+        return Ok(resolved);
     }
     let cache = crate::cache::root().join("symbols");
     let opts = guest_symbols::OpenOptions {
@@ -464,12 +462,12 @@ fn resolve_probes(
         .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
     for (text, p) in specs {
         let lookup = |s: &str| k.symbols.addr(s);
-        p.resolve(lookup).map_err(|e| {
+        resolved.push(p.resolve(lookup).map_err(|e| {
             anyhow!(
                 "--probe '{text}': {e} (not in the kallsyms of {})",
                 kernel.display()
             )
-        })?;
+        })?);
         let named = std::iter::once(p.symbol.as_str()).chain(p.fields.iter().filter_map(|f| {
             match &f.fetch.base {
                 Base::Symbol(s) => Some(s.as_str()),
@@ -483,7 +481,7 @@ fn resolve_probes(
         }
         plan.user_probes.push(text.clone());
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// The syscall's own name: argument-less syscalls' handlers alias

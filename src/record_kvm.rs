@@ -108,10 +108,13 @@ struct CpuReport {
     recovered: u64,
 }
 
-/// The vCPU's ltt-writer producer as the runtime's sink.
+/// The vCPU's ltt-writer producer as the runtime's sink, with its user
+/// probes' values.
 struct CtfSink {
     producer: Option<ltt_writer::Producer>,
     errors: u64,
+    user: Box<record_ctf::user::UserEvents>,
+    sh: Arc<Shared>,
 }
 
 impl Sink for CtfSink {
@@ -120,6 +123,17 @@ impl Sink for CtfSink {
             if ctf::emit(p, rec).is_err() {
                 self.errors += 1;
             }
+        }
+    }
+
+    fn emit_external(&mut self, n: usize) {
+        let probes = self.sh.sw.user_probes();
+        if self
+            .user
+            .write_held(self.producer.as_mut(), probes, n)
+            .is_err()
+        {
+            self.errors += 1;
         }
     }
 
@@ -417,6 +431,43 @@ impl Handler {
     }
 }
 
+impl Handler {
+    /// A hit of user probe `index`: its fields, written in order (held
+    /// behind a deferred syscall entry, if any).
+    fn user_trap(&mut self, ctx: &mut VcpuCtx<'_>, index: usize) {
+        let sh = self.sh.clone();
+        let Some(probe) = sh.sw.user_probes().get(index) else {
+            return;
+        };
+        sh.hits.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let Ok(kctx) = KvmContext::new(ctx) else {
+            return;
+        };
+        let kctx = kctx.with_kernel_gs_base(self.kernel_gs);
+        let ts = sh.now();
+        let task = introspect::task::current_task(&kctx, &self.kernel);
+        self.sink.user.fetch(probe, &kctx, &self.kernel);
+        match self
+            .tracer
+            .hold_external(&kctx, &self.kernel, &mut self.sink)
+        {
+            Some(n) => self.sink.user.hold(n, index, ts, task),
+            None => {
+                let s = &mut self.sink;
+                let probes = sh.sw.user_probes();
+                if s.user
+                    .write(s.producer.as_mut(), probes, index, ts, &task)
+                    .is_err()
+                {
+                    s.errors += 1;
+                }
+            }
+        }
+        self.busy_ns += t0.elapsed().as_nanos() as u64;
+    }
+}
+
 impl vmm::DebugHandler for Handler {
     fn on_event(&mut self, ctx: &mut VcpuCtx<'_>, ev: DebugEvent) -> Action {
         match ev {
@@ -427,10 +478,19 @@ impl vmm::DebugHandler for Handler {
                 return Action::Continue;
             }
             DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
-            DebugEvent::SwBreakpoint { pc } => match self.sh.sw.kind_at(pc) {
-                Some(kind) => self.trap(ctx, kind),
-                None => return Action::Continue,
-            },
+            DebugEvent::SwBreakpoint { pc } => {
+                let sh = self.sh.clone();
+                let (kind, users) = (sh.sw.kind_at(pc), sh.sw.users_at(pc));
+                if kind.is_none() && users.is_empty() {
+                    return Action::Continue;
+                }
+                if let Some(kind) = kind {
+                    self.trap(ctx, kind);
+                }
+                for &i in users {
+                    self.user_trap(ctx, i);
+                }
+            }
             DebugEvent::Kick => {
                 let verified = self.sh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
                 if self.sh.plan.sample_hz > 0 && verified {
@@ -470,11 +530,17 @@ impl Drop for Handler {
         let (deferred, recovered) = self.tracer.deferred();
         let r = CpuReport {
             cpu: self.cpu,
-            events: self.tracer.events,
+            events: self.tracer.events + self.sink.user.written,
             busy_ns: self.busy_ns,
             ctf_errors: self.sink.errors,
             by_kind: self.tracer.by_kind,
-            by_event: self.tracer.by_event,
+            by_event: {
+                let mut by = self.tracer.by_event;
+                if let Some(n) = by.get_mut(record_ctf::user::EVENT_TAG) {
+                    *n = self.sink.user.written;
+                }
+                by
+            },
             armed: self
                 .slots
                 .iter()
@@ -496,14 +562,12 @@ impl Drop for Handler {
 pub fn run(
     args: &RecordArgs,
     events: EventClasses,
+    user_probes: &[(String, introspect::userprobe::ProbeSpec)],
     interrupt: &AtomicBool,
     driver: Option<&mut dyn guest::ConsoleDriver>,
 ) -> Result<i32> {
     if driver.is_some() {
         bail!("--backend kvm cannot type on the guest console yet (use --backend qemu)");
-    }
-    if !args.probes.is_empty() {
-        bail!("--probe is not available on --backend kvm yet (use --backend qemu)");
     }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
@@ -519,6 +583,7 @@ pub fn run(
     let facts = sw::CodeFacts::of(&image, &plan);
     drop(image);
     plan.events = events;
+    let user = crate::cmd_record::resolve_probes(&run.kernel, user_probes, &mut plan)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
     plan.statedump_exec = args.command[0].clone();
     if args.mode == Mode::Sample {
@@ -584,7 +649,7 @@ pub fn run(
         hits: AtomicU64::new(0),
         reports: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
-        sw: sw::SwPhase::new(sw_trap, sw_reason, plan.symbols.begin_new_exec, facts),
+        sw: sw::SwPhase::new(sw_trap, sw_reason, plan.symbols.begin_new_exec, facts, user),
         randomized: boot.randomized,
         plan,
     });
@@ -606,6 +671,8 @@ pub fn run(
             sink: CtfSink {
                 producer: producers.get_mut(cpu as usize).and_then(Option::take),
                 errors: 0,
+                user: record_ctf::user::UserEvents::boxed(),
+                sh: hsh.clone(),
             },
             busy_ns: 0,
             kernel_gs: None,

@@ -476,9 +476,33 @@ fn kvm_record_irqs_6_12_two_vcpus() {
 #[test]
 fn kvm_record_covers_every_class_6_1() {
     needs_native_kvm!();
-    let r = record_support::record_on("kvm", "6.1", 1, "kvm-parity", &[], &["/bin/forkexec", "3"]);
+    // The guest prints where its own kernel text is, then runs the workload.
+    let r = record_support::record_on(
+        "kvm",
+        "6.1",
+        1,
+        "kvm-parity",
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "grep -w _text /proc/kallsyms; exec /bin/forkexec 3",
+        ],
+    );
     assert_eq!(r.status, 0, "{}", r.console);
     let report = kvm_report(&r.dir);
+    // KASLR as on a real boot: the bzImage's decompressor chose the slide,
+    // and the slide found by introspection is the guest's own.
+    let slide = report["slide"].as_i64().expect("slide in kvm.json") as u64;
+    assert!(slide != 0 && slide % 0x20_0000 == 0, "slide {slide:#x}");
+    let k = guest_symbols::KernelImage::open(common::image_dir("6.1").join("vmlinuz"))
+        .expect("symbols");
+    let text = k.symbols.addr("_text").expect("_text") + slide;
+    assert!(
+        r.console.contains(&format!("{text:016x} T _text")),
+        "the guest's /proc/kallsyms puts _text at {text:#x}:\n{}",
+        r.console
+    );
     let sw = &report["software_breakpoints"];
     assert_eq!(sw["armed"], true, "{report}");
     assert_eq!(sw["removed_at_end"], sw["bytes_restored"], "{report}");
@@ -564,6 +588,15 @@ fn kvm_record_covers_every_class_6_1() {
         r.events.len()
     );
     let _ = std::fs::remove_dir_all(&r.dir);
+}
+
+/// `--probe` on this engine: a user probe on `do_sys_openat2` (a software
+/// trap after its ftrace NOP, shared by two probes) against the workload's
+/// own openat count and the syscalls around each hit.
+#[test]
+fn kvm_record_probe_on_do_sys_openat2_6_1() {
+    needs_native_kvm!();
+    record_support::probe::probe_matches_openat("kvm", "6.1");
 }
 
 /// Softirqs against the growth of /proc/softirqs, on this engine's traps

@@ -9,6 +9,10 @@ use introspect::userprobe::{FieldValue, ResolvedProbe, MAX_FIELDS};
 use introspect::{Kernel, Task, VcpuContext};
 use ltt_writer::{ProduceError, Producer, TaskCtx};
 
+/// The per-event counter slot user-probe events are counted in (next to
+/// the record tags of `introspect::decode`; the summaries call it "probes").
+pub const EVENT_TAG: usize = 13;
+
 /// A hit held back: which probe, when, by whom, with what values.
 #[derive(Clone, Copy)]
 struct Held {

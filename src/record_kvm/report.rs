@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
-use introspect::ProbeKind;
 
 use super::sw::SwPhase;
 use super::{CpuReport, Shared, UNKNOWN};
@@ -14,7 +13,8 @@ use crate::backend_kvm::SwOutcome;
 /// One probe and how it was armed.
 pub(super) struct ProbeRow {
     addr: u64,
-    kind: ProbeKind,
+    /// A built-in probe's kind, or a user probe's name.
+    kind: String,
     mechanism: String,
 }
 
@@ -28,14 +28,14 @@ pub(super) fn probes(cpus: &[CpuReport], sw: &SwPhase) -> Vec<ProbeRow> {
         .iter()
         .map(|p| ProbeRow {
             addr: p.addr,
-            kind: p.kind,
+            kind: p.kind.clone(),
             mechanism: p.mechanism.clone(),
         })
         .collect();
     if let Some(c) = cpus.first() {
         rows.extend(c.armed.iter().map(|&(addr, kind)| ProbeRow {
             addr,
-            kind,
+            kind: format!("{kind:?}"),
             mechanism: "hardware breakpoint (DR0-DR3, every vCPU)".into(),
         }));
     }
@@ -47,7 +47,7 @@ pub(super) fn print_probes(sw: &SwPhase, rows: &[ProbeRow], out: &SwOutcome) {
     let hw: Vec<String> = rows
         .iter()
         .filter(|r| r.mechanism.starts_with("hardware"))
-        .map(|r| format!("{:?}@{:#x}", r.kind, r.addr))
+        .map(|r| format!("{}@{:#x}", r.kind, r.addr))
         .collect();
     eprintln!("hvtrace: record: hardware breakpoints: {}", hw.join(", "));
     if !sw.enabled() {
@@ -63,7 +63,7 @@ pub(super) fn print_probes(sw: &SwPhase, rows: &[ProbeRow], out: &SwOutcome) {
     }
     for r in rows.iter().filter(|r| !r.mechanism.starts_with("hardware")) {
         eprintln!(
-            "hvtrace: record:   {:?}@{:#x}: {}",
+            "hvtrace: record:   {}@{:#x}: {}",
             r.kind, r.addr, r.mechanism
         );
     }
@@ -104,7 +104,7 @@ pub(super) fn write(
         .iter()
         .map(|r| {
             serde_json::json!({
-                "kind": format!("{:?}", r.kind),
+                "kind": r.kind,
                 "addr": format!("{:#x}", r.addr),
                 "mechanism": r.mechanism,
             })

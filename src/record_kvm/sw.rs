@@ -40,6 +40,7 @@ use std::sync::{Mutex, OnceLock};
 
 use introspect::probes::{plan_probes, Probe};
 use introspect::runtime::return_sites;
+use introspect::userprobe::ResolvedProbe;
 use introspect::ProbeKind;
 use vmm::arch::trap_site;
 use vmm::{TrapKind, VcpuCtx};
@@ -58,7 +59,8 @@ type Function = (u64, u64, String);
 pub(super) struct SwProbe {
     /// The probe's address (function entry or static-branch NOP).
     pub addr: u64,
-    pub kind: ProbeKind,
+    /// The built-in probe's kind, or a user probe's name (`--probe`).
+    pub kind: String,
     /// "software, out %al,$0xe9 at try_to_wake_up+0x5, emulated push r15"
     /// etc., or why it was not armed.
     pub mechanism: String,
@@ -142,11 +144,23 @@ pub(super) struct SwPhase {
     /// Probes no trap could cover (address, kind): the hardware
     /// breakpoints take them, as many as are left.
     unplaced: OnceLock<Vec<(u64, ProbeKind)>>,
+    /// User probes (`--probe`) at link-time addresses, and relocated once
+    /// armed; only software traps take them.
+    user: Vec<ResolvedProbe>,
+    user_armed: OnceLock<Vec<ResolvedProbe>>,
+    /// Trap address → the user probes it reports (indices into `user`).
+    user_sites: OnceLock<HashMap<u64, Vec<usize>>>,
     pub probes: Mutex<Vec<SwProbe>>,
 }
 
 impl SwPhase {
-    pub fn new(trap: Option<TrapKind>, reason: String, trigger: u64, facts: CodeFacts) -> Self {
+    pub fn new(
+        trap: Option<TrapKind>,
+        reason: String,
+        trigger: u64,
+        facts: CodeFacts,
+        user: Vec<ResolvedProbe>,
+    ) -> Self {
         SwPhase {
             trap,
             reason,
@@ -157,6 +171,9 @@ impl SwPhase {
             sites: OnceLock::new(),
             covered: OnceLock::new(),
             unplaced: OnceLock::new(),
+            user,
+            user_armed: OnceLock::new(),
+            user_sites: OnceLock::new(),
             probes: Mutex::new(Vec::new()),
         }
     }
@@ -180,6 +197,20 @@ impl SwPhase {
     /// there defers to it: the vCPU reaches the trap right after).
     pub fn covers(&self, addr: u64) -> bool {
         self.armed() && self.covered.get().is_some_and(|c| c.contains_key(&addr))
+    }
+
+    /// The user probes a trap at `pc` reports (trap path: no lock).
+    pub fn users_at(&self, pc: u64) -> &[usize] {
+        self.user_sites
+            .get()
+            .and_then(|m| m.get(&pc))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The user probes relocated to the running kernel (empty before the
+    /// traps go in).
+    pub fn user_probes(&self) -> &[ResolvedProbe] {
+        self.user_armed.get().map_or(&[], Vec::as_slice)
     }
 
     /// The probes left to hardware breakpoints (after arming).
@@ -232,13 +263,13 @@ impl SwPhase {
         let mut probes = Vec::new();
         let mut unplaced = Vec::new();
         for (p, func) in &wanted {
-            match self.place(ctx, p, slide, trap, func.as_ref()) {
+            match self.place(ctx, p.addr, slide, trap, func.as_ref()) {
                 Ok((site, what)) => placed.push((*p, site, what)),
                 Err(why) => {
                     unplaced.push((p.addr, p.kind));
                     probes.push(SwProbe {
                         addr: p.addr,
-                        kind: p.kind,
+                        kind: format!("{:?}", p.kind),
                         mechanism: format!(
                             "no trap ({why}): a hardware breakpoint if a slot is left"
                         ),
@@ -274,11 +305,12 @@ impl SwPhase {
             };
             probes.push(SwProbe {
                 addr: p.addr,
-                kind: p.kind,
+                kind: format!("{:?}", p.kind),
                 mechanism,
             });
         }
         let _ = self.covered.set(covered);
+        self.arm_user(ctx, slide, trap, sites, &mut probes, &mut notes);
         *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
         self.armed.store(true, Ordering::Release);
         notes
@@ -319,17 +351,88 @@ impl SwPhase {
         out
     }
 
-    /// The trap address of probe `p` and where that is ("func+0x5"); `func`
-    /// is its function (runtime start, size, name) when already known.
+    /// Traps for the user probes (relocated by `slide`): at the same place
+    /// rules as the built-in ones; a probe whose trap would be a built-in
+    /// one's shares it.
+    fn arm_user(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        slide: u64,
+        trap: TrapKind,
+        builtin: &HashMap<u64, ProbeKind>,
+        probes: &mut Vec<SwProbe>,
+        notes: &mut Vec<String>,
+    ) {
+        let armed: Vec<ResolvedProbe> = self
+            .user
+            .iter()
+            .map(|p| p.clone().with_slide(slide))
+            .collect();
+        // Where each goes, decided (and published) before any trap is
+        // written: another vCPU's hit finds its probes.
+        let mut placed = Vec::new();
+        let mut sites: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, p) in armed.iter().enumerate() {
+            let addr = p.addr();
+            let func = self
+                .facts
+                .function_at(addr.wrapping_sub(slide))
+                .map(|(start, size, name)| (start.wrapping_add(slide), size, name.to_string()));
+            let at = self.place(ctx, addr, slide, trap, func.as_ref());
+            if let Ok((site, _)) = &at {
+                sites.entry(*site).or_default().push(i);
+            }
+            placed.push((p.name().to_string(), addr, at));
+        }
+        let _ = self.user_armed.set(armed);
+        let _ = self.user_sites.set(sites);
+        let mut inserted: HashMap<u64, String> = HashMap::new();
+        for (name, addr, at) in placed {
+            let mechanism = match at {
+                Err(why) => {
+                    notes.push(format!("not covered: probe {name}: {why}"));
+                    format!("none ({why})")
+                }
+                Ok((site, what)) if builtin.contains_key(&site) => {
+                    format!("software, the built-in probe's {trap} at {what}")
+                }
+                Ok((site, what)) => {
+                    let step = match inserted.get(&site) {
+                        Some(step) => Ok(step.clone()),
+                        None => ctx.insert_vm_sw_breakpoint(site).map(|s| s.to_string()),
+                    };
+                    match step {
+                        Ok(step) => {
+                            inserted.insert(site, step.clone());
+                            format!("software, {trap} at {what}, {step}")
+                        }
+                        Err(e) => {
+                            notes.push(format!("not covered: probe {name}: {e}"));
+                            format!("none ({e})")
+                        }
+                    }
+                }
+            };
+            probes.push(SwProbe {
+                addr,
+                kind: name,
+                mechanism,
+            });
+        }
+    }
+
+    /// The trap address of the probe at `addr` and where that is
+    /// ("func+0x5"); `func` is its function (runtime start, size, name)
+    /// when already known.
     fn place(
         &self,
         ctx: &VcpuCtx<'_>,
-        p: &Probe,
+        addr: u64,
         slide: u64,
         trap: TrapKind,
         func: Option<&Function>,
     ) -> Result<(u64, String), String> {
-        let link = p.addr.wrapping_sub(slide);
+        let link = addr.wrapping_sub(slide);
         let (func, size, name) = match func {
             Some((f, s, n)) => (*f, *s, n.as_str()),
             None => {
@@ -352,7 +455,7 @@ impl SwPhase {
             })
             .into_iter()
             .collect();
-        let site = trap_site::choose(&code, func, p.addr, trap.length(), &ignored)
+        let site = trap_site::choose(&code, func, addr, trap.length(), &ignored)
             .map_err(|e| e.to_string())?;
         Ok((
             site.addr,

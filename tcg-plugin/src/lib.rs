@@ -55,9 +55,6 @@ static G: OnceLock<Global> = OnceLock::new();
 
 /// Tasks a statedump holds without allocating on the trap path.
 const STATEDUMP_TASKS: usize = 4096;
-/// Index of user-probe events in the report's `by_event` (the
-/// `Record::event_tag`s leave it free).
-const USER_TAG: usize = 13;
 
 fn note(s: String) {
     if let Some(g) = G.get() {
@@ -351,7 +348,7 @@ fn at_exit() {
             }
             let t = &rt.tracer;
             let mut by_event = t.by_event;
-            by_event[USER_TAG] = sink.user.written;
+            by_event[record_ctf::user::EVENT_TAG] = sink.user.written;
             per_cpu.push(format!(
                 "{{\"cpu\":{i},\"events\":{},\"busy_ns\":{},\"write_errors\":{},\"ctf_errors\":{},\"by_kind\":{:?},\"by_event\":{:?},\"strings_late\":{:?}}}",
                 t.events + sink.user.written,

@@ -9,6 +9,7 @@ use std::process::Command;
 use crate::common;
 
 pub mod checks;
+pub mod probe;
 pub mod sched_irq;
 
 /// One event as babeltrace2 prints it.
