@@ -1,9 +1,12 @@
 //! `hvtrace bench trace`: what tracing costs, measured side by side in one
-//! run on the same guest and workload:
+//! run on the same guest and workload, per engine (the QEMU engine, and
+//! with `--backend kvm` hvtrace's own monitor next to it):
 //! - the slowdown of `/bin/syscalls N` traced (syscalls+sched+irq) against
 //!   untraced, timed by the guest itself around the workload;
-//! - the cost per event of hvtrace (time inside the plugin's callbacks)
-//!   against gdb counting a breakpoint through QEMU's gdbstub, the peer tool.
+//! - the cost per event: inside the tracer (the plugin's callbacks, the
+//!   monitor's debug-exit handlers), and of the whole path as the guest
+//!   sees it (its extra time over the events traced: exits included);
+//! - against gdb counting a breakpoint through QEMU's gdbstub, the peer tool.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,12 +21,33 @@ pub struct BenchTraceArgs {
     /// Rounds of /bin/syscalls for the slowdown.
     #[arg(long, default_value_t = 5000)]
     pub rounds: u32,
-    /// getpid calls counted through gdb (each costs tens of ms).
+    /// getpid calls counted through gdb (each costs tens of ms; 0: no gdb peer).
     #[arg(long, default_value_t = 300)]
     pub gdb_hits: u32,
     /// Untraced and traced runs alternate this many times; medians are reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: u32,
+    /// The engines measured: `qemu`, or `kvm` for hvtrace's monitor side by
+    /// side with the QEMU engine (needs a /dev/kvm; on a host without
+    /// VT-x/AMD-V run it in scripts/stock-kvm.sh).
+    #[arg(long, value_enum, default_value_t = BenchBackend::Qemu)]
+    pub backend: BenchBackend,
+}
+
+/// `bench trace --backend`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchBackend {
+    Qemu,
+    Kvm,
+}
+
+/// One engine's figures (medians over the rounds).
+struct EngineCost {
+    engine: &'static str,
+    untraced_s: f64,
+    traced_s: f64,
+    events: u64,
+    tracer_ns_per_event: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -31,12 +55,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs hvtrace itself (run or record) and returns its console output.
-fn hvtrace(args: &[&str], image: &Path) -> Result<String> {
+/// Runs hvtrace itself (run or record) on `engine` and returns its
+/// console output.
+fn hvtrace(engine: &str, args: &[&str], image: &Path) -> Result<String> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .arg(args[0])
-        .args(["--backend", "qemu", "--kernel"])
+        .args(["--backend", engine, "--kernel"])
         .arg(image.join("vmlinuz"))
         .arg("--initrd")
         .arg(image.join("initrd.img"))
@@ -114,6 +139,56 @@ fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64,
     Ok((hits, started.elapsed().as_secs_f64()))
 }
 
+/// Alternates untraced and traced runs of `cmd` on `engine` (so that
+/// load on a shared machine hits both alike) and returns the medians.
+fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Result<EngineCost> {
+    let out = std::env::temp_dir().join(format!(
+        "hvtrace-bench-trace-{engine}-{}",
+        std::process::id()
+    ));
+    let out_s = out.to_string_lossy().into_owned();
+    let record = [
+        &["record", "--events", "syscalls,sched,irq", "-o", &out_s][..],
+        cmd,
+    ]
+    .concat();
+    // Each engine's own report: the plugin's, the monitor's.
+    let report_file = if engine == "kvm" {
+        "kvm.json"
+    } else {
+        "plugin.json"
+    };
+    let (mut untraced, mut traced, mut per_event) = (Vec::new(), Vec::new(), Vec::new());
+    let mut events = 0;
+    for round in 1..=repeat {
+        eprintln!("bench trace: {engine}: round {round}/{repeat}: untraced, then traced");
+        untraced.push(elapsed(&hvtrace(
+            engine,
+            &[&["run"][..], cmd].concat(),
+            image,
+        )?)?);
+        traced.push(elapsed(&hvtrace(engine, &record, image)?)?);
+        let path = out.join(report_file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)?;
+        let cpus = report["cpus"]
+            .as_array()
+            .with_context(|| format!("{report_file} has no cpus"))?;
+        events = cpus.iter().filter_map(|c| c["events"].as_u64()).sum();
+        let busy_ns: u64 = cpus.iter().filter_map(|c| c["busy_ns"].as_u64()).sum();
+        per_event.push(busy_ns as f64 / events.max(1) as f64);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(EngineCost {
+        engine,
+        untraced_s: median(untraced),
+        traced_s: median(traced),
+        events,
+        tracer_ns_per_event: median(per_event),
+    })
+}
+
 pub fn run(args: BenchTraceArgs) -> Result<()> {
     let image = crate::image::build("6.1", true)?;
     let rounds = args.rounds.to_string();
@@ -126,68 +201,69 @@ pub fn run(args: BenchTraceArgs) -> Result<()> {
         "/bin/syscalls",
         &rounds,
     ];
-    let out = std::env::temp_dir().join(format!("hvtrace-bench-trace-{}", std::process::id()));
-    let out_s = out.to_string_lossy().into_owned();
-    let record = [
-        &["record", "--events", "syscalls,sched,irq", "-o", &out_s][..],
-        &cmd,
-    ]
-    .concat();
-    let (mut untraced, mut traced, mut per_event) = (Vec::new(), Vec::new(), Vec::new());
-    let mut events = 0;
-    // Alternate, so that load on a shared machine hits both alike.
-    for round in 1..=args.repeat {
-        eprintln!(
-            "bench trace: round {round}/{}: untraced, then traced",
-            args.repeat
-        );
-        untraced.push(elapsed(&hvtrace(&[&["run"][..], &cmd].concat(), &image)?)?);
-        traced.push(elapsed(&hvtrace(&record, &image)?)?);
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("plugin.json"))?)?;
-        let cpus = report["cpus"]
-            .as_array()
-            .context("plugin.json has no cpus")?;
-        events = cpus.iter().filter_map(|c| c["events"].as_u64()).sum();
-        let busy_ns: u64 = cpus.iter().filter_map(|c| c["busy_ns"].as_u64()).sum();
-        per_event.push(busy_ns as f64 / events.max(1) as f64);
+    let engines: &[&'static str] = match args.backend {
+        BenchBackend::Qemu => &["qemu"],
+        BenchBackend::Kvm => &["kvm", "qemu"],
+    };
+    let mut costs = Vec::new();
+    for engine in engines {
+        costs.push(measure(engine, &cmd, &image, args.repeat)?);
     }
-    let _ = std::fs::remove_dir_all(&out);
-    let (untraced, traced) = (median(untraced), median(traced));
-    let per_event_ns = median(per_event);
 
-    let kernel = guest_symbols::KernelImage::open(image.join("vmlinuz"))?;
-    let addr = kernel
-        .symbols
-        .addr("__x64_sys_getpid")
-        .context("no __x64_sys_getpid")?;
-    eprintln!(
-        "bench trace: gdb peer ({} getpid calls through the gdbstub)",
-        args.gdb_hits
-    );
-    let (_, plain_wall) = gdb_run(&image, addr, args.gdb_hits, false)?;
-    let (hits, gdb_wall) = gdb_run(&image, addr, args.gdb_hits, true)?;
-    let gdb_per_hit_ns = (gdb_wall - plain_wall).max(0.0) * 1e9 / hits.max(1) as f64;
+    let (hits, gdb_per_hit_ns, gdb_wall, plain_wall) = if args.gdb_hits > 0 {
+        let kernel = guest_symbols::KernelImage::open(image.join("vmlinuz"))?;
+        let addr = kernel
+            .symbols
+            .addr("__x64_sys_getpid")
+            .context("no __x64_sys_getpid")?;
+        eprintln!(
+            "bench trace: gdb peer ({} getpid calls through the gdbstub)",
+            args.gdb_hits
+        );
+        let (_, plain_wall) = gdb_run(&image, addr, args.gdb_hits, false)?;
+        let (hits, gdb_wall) = gdb_run(&image, addr, args.gdb_hits, true)?;
+        let per_hit = (gdb_wall - plain_wall).max(0.0) * 1e9 / hits.max(1) as f64;
+        (hits, per_hit, gdb_wall, plain_wall)
+    } else {
+        (0, 0.0, 0.0, 0.0)
+    };
 
     println!(
-        "workload /bin/syscalls {rounds}, guest-timed, median of {}: untraced {untraced:.2} s, traced {traced:.2} s",
+        "workload /bin/syscalls {rounds}, guest-timed, median of {}; traced: syscalls+sched+irq",
         args.repeat
     );
-    println!(
-        "slowdown traced/untraced (syscalls+sched+irq): {:.2}x",
-        traced / untraced.max(1e-9)
-    );
-    println!(
-        "hvtrace: {events} events per traced run, {:.2} us per event inside the plugin",
-        per_event_ns / 1e3
-    );
-    println!(
-        "gdb via QEMU's gdbstub: {hits} hits, {:.1} ms per hit ({gdb_wall:.1} s against {plain_wall:.1} s without gdb)",
-        gdb_per_hit_ns / 1e6
-    );
-    println!(
-        "hvtrace/gdb cost per event: 1/{:.0}",
-        gdb_per_hit_ns / per_event_ns.max(1e-9)
-    );
+    for c in &costs {
+        let extra_ns = (c.traced_s - c.untraced_s).max(0.0) * 1e9;
+        println!(
+            "{}: untraced {:.2} s, traced {:.2} s, slowdown {:.2}x; {} events, {:.2} us per event in the tracer, {:.2} us per event as the guest sees it",
+            c.engine,
+            c.untraced_s,
+            c.traced_s,
+            c.traced_s / c.untraced_s.max(1e-9),
+            c.events,
+            c.tracer_ns_per_event / 1e3,
+            extra_ns / c.events.max(1) as f64 / 1e3
+        );
+    }
+    if let [kvm, qemu] = &costs[..] {
+        println!(
+            "kvm/qemu: slowdown {:.2}, tracer time per event {:.2}",
+            (kvm.traced_s / kvm.untraced_s.max(1e-9)) / (qemu.traced_s / qemu.untraced_s.max(1e-9)),
+            kvm.tracer_ns_per_event / qemu.tracer_ns_per_event.max(1e-9)
+        );
+    }
+    if args.gdb_hits > 0 {
+        println!(
+            "gdb via QEMU's gdbstub: {hits} hits, {:.1} ms per hit ({gdb_wall:.1} s against {plain_wall:.1} s without gdb)",
+            gdb_per_hit_ns / 1e6
+        );
+        for c in &costs {
+            println!(
+                "hvtrace {}/gdb cost per event: 1/{:.0}",
+                c.engine,
+                gdb_per_hit_ns / c.tracer_ns_per_event.max(1e-9)
+            );
+        }
+    }
     Ok(())
 }
