@@ -11,15 +11,41 @@ use anyhow::{bail, Context, Result};
 
 use crate::guest::{GuestEnd, GuestRun, MarkerScanner};
 
-/// Console sink: stderr plus the marker scanner.
+/// Console sink: stderr plus the marker scanner, and a copy for a console
+/// driver when one types on the console.
 struct Console {
     scanner: Arc<Mutex<MarkerScanner>>,
     end: Arc<Mutex<Option<GuestEnd>>>,
+    tap: Option<Arc<Mutex<Vec<u8>>>>,
 }
+
+/// The guest's console input, as a console driver writes it.
+struct SerialInput<'a>(&'a vmm::Vm);
+
+impl Write for SerialInput<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .inject_serial_input(b)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How often a console driver is given the output (and a chance to type)
+/// while the guest runs.
+const DRIVER_EVERY: Duration = Duration::from_millis(1);
 
 impl Write for Console {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stderr().write_all(b);
+        if let Some(t) = &self.tap {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
+        }
         let mut s = self.scanner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(end) = s.feed(b) {
             let mut e = self.end.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,6 +152,7 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
         &interrupted,
         every,
         &mut |_| {},
+        None,
     )?;
     match outcome {
         GuestEnd::Exited(status) => Ok(status),
@@ -174,11 +201,19 @@ pub fn run_guest(
     interrupted: &std::sync::atomic::AtomicBool,
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
+    mut driver: Option<&mut dyn crate::guest::ConsoleDriver>,
 ) -> Result<(GuestEnd, Option<vmm::VmExit>, SwOutcome)> {
     let end = Arc::new(Mutex::new(None));
+    let tap = driver.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
     let console = Console {
         scanner: Arc::new(Mutex::new(MarkerScanner::default())),
         end: end.clone(),
+        tap: tap.clone(),
+    };
+    let wait_at_most = if driver.is_some() {
+        DRIVER_EVERY
+    } else {
+        Duration::from_millis(50)
     };
     let mut cmdline = cfg.cmdline.clone();
     if !boot.native {
@@ -214,7 +249,7 @@ pub fn run_guest(
         if Instant::now() >= deadline {
             break GuestEnd::TimedOut;
         }
-        if let Some(exit) = vm.wait(tick_every.min(Duration::from_millis(50))) {
+        if let Some(exit) = vm.wait(tick_every.min(wait_at_most)) {
             // Output written before the exit has been scanned already.
             if let Some(e) = end.lock().unwrap_or_else(|e| e.into_inner()).clone() {
                 break e;
@@ -223,6 +258,11 @@ pub fn run_guest(
             break GuestEnd::NoMarker;
         }
         tick(&vm);
+        if let (Some(d), Some(t)) = (driver.as_deref_mut(), &tap) {
+            let out = std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner()));
+            // A guest that stopped reading its console ends the run by itself.
+            let _ = d.drive(&out, &mut SerialInput(&vm));
+        }
     };
     let left = vm.sw_breakpoints().list();
     vm.stop();

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use introspect::decode::SyscallStrings;
 use introspect::kernel::find_slide;
 use introspect::plan::EventClasses;
@@ -566,9 +566,6 @@ pub fn run(
     interrupt: &AtomicBool,
     driver: Option<&mut dyn guest::ConsoleDriver>,
 ) -> Result<i32> {
-    if driver.is_some() {
-        bail!("--backend kvm cannot type on the guest console yet (use --backend qemu)");
-    }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -611,6 +608,7 @@ pub fn run(
             interrupt,
             std::time::Duration::from_millis(50),
             &mut |_| {},
+            None,
         )?;
         Some((t.elapsed(), end))
     } else {
@@ -731,6 +729,7 @@ pub fn run(
         interrupt,
         tick_every,
         &mut tick,
+        driver,
     )?;
     let wall = t1.elapsed();
     let report = writer.finish().context("finishing the trace")?;
