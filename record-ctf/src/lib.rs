@@ -3,6 +3,7 @@
 //! kept apart so that `introspect` never knows about CTF and `ltt_writer`
 //! never knows how events were obtained.
 
+pub mod triggers;
 pub mod user;
 
 use introspect::decode::{Event, GuestStr, Record};
