@@ -257,6 +257,11 @@ for p in "${tails[@]}"; do wait "$p" 2>/dev/null; done
 tails=()
 if [ -f "$run/status" ]; then
     status=$(cat "$run/status")
+    if [ "$status" != 0 ] && [ ! -s "$run/stderr" ]; then
+        # Nothing said why: L1's own view (an OOM kill, a hung task...).
+        echo "stock-kvm: the command exited with status $status after $((SECONDS - start)) s and wrote nothing on stderr; L1's console ends:" >&2
+        tail -n 15 "$run/console.log" >&2
+    fi
     exit "$status"
 fi
 if [ -f "$run/l1-error" ]; then

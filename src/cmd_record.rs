@@ -125,7 +125,6 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
         Backend::Kvm => {
-            crate::triggers::refuse_on_kvm(&args.triggers)?;
             return crate::record_kvm::run(&args, events, &user_probes, &interrupt, driver);
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),

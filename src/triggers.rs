@@ -1,8 +1,10 @@
 //! `hvtrace record --buffer flight-recorder --trigger SPEC`: the host side
-//! of flight-recorder triggers. It turns specs into a trigger plan for the
-//! plugin (symbols and syscall numbers of the image), forwards SIGUSR1 to
-//! the plugin through a FIFO in the output folder (QEMU itself is never
-//! signalled), and prints each snapshot the plugin logs as it happens.
+//! of flight-recorder triggers, the same for both engines. It turns specs
+//! into a trigger plan (symbols and syscall numbers of the image) for the
+//! engine's trigger runtime (`record_ctf::triggers`: in the QEMU plugin, or
+//! in this process for the KVM monitor), forwards SIGUSR1 to it through a
+//! FIFO in the output folder (QEMU itself is never signalled), and prints
+//! each snapshot the runtime logs as it happens.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -201,14 +203,6 @@ pub fn parse_spec(
     }
 }
 
-/// `--trigger` is implemented on the TCG engine only.
-pub fn refuse_on_kvm(specs: &[String]) -> Result<()> {
-    if !specs.is_empty() {
-        bail!("--trigger: flight-recorder triggers are only available with --backend qemu");
-    }
-    Ok(())
-}
-
 /// Triggers armed for one recording: the plan file, the SIGUSR1 forwarder
 /// and the log printer.
 pub struct Armed {
@@ -311,6 +305,11 @@ fn path_string(p: &Path) -> Result<String> {
 }
 
 impl Armed {
+    /// The trigger plan file the engine runs.
+    pub fn plan_path(&self) -> &Path {
+        &self.plan_path
+    }
+
     /// What to append to the plugin's argument list.
     pub fn plugin_arg(&self) -> Result<String> {
         match self.plan_path.to_str() {

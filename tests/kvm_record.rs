@@ -390,13 +390,30 @@ fn kvm_record_first_tasks_6_1() {
 #[test]
 fn kvm_record_syscalls_6_1_one_vcpu() {
     needs_native_kvm!();
-    checks::syscalls_match("kvm", &["--events", "syscalls"], "6.1", 1);
+    // Every class at once: the syscalls exact, and the rest of the system
+    // around them, in a randomized kernel.
+    let r = checks::syscalls_match("kvm", &[], "6.1", 1);
+    for name in [
+        "sched_switch",
+        "x86_irq_vectors_local_timer_entry",
+        "irq_softirq_entry",
+        "sched_process_exec",
+    ] {
+        assert!(
+            r.events.iter().any(|e| e.name == name),
+            "no {name} in the trace"
+        );
+    }
+    let slide = kvm_report(&r.dir)["slide"].as_i64().expect("slide") as u64;
+    assert!(slide != 0 && slide % 0x20_0000 == 0, "slide {slide:#x}");
+    let _ = std::fs::remove_dir_all(&r.dir);
 }
 
 #[test]
 fn kvm_record_syscalls_6_12_two_vcpus() {
     needs_native_kvm!();
-    checks::syscalls_match("kvm", &["--events", "syscalls"], "6.12", 2);
+    let r = checks::syscalls_match("kvm", &["--events", "syscalls"], "6.12", 2);
+    let _ = std::fs::remove_dir_all(&r.dir);
 }
 
 #[test]

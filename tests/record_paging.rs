@@ -51,5 +51,6 @@ fn paging_mode_is_the_one_asked_for() {
 /// The syscall checks of the 5-level runs, on 4-level paging.
 #[test]
 fn record_syscalls_on_4_level_paging_6_1() {
-    checks::syscalls_match("qemu", &["--append", "no5lvl"], "6.1", 1);
+    let r = checks::syscalls_match("qemu", &["--append", "no5lvl"], "6.1", 1);
+    let _ = std::fs::remove_dir_all(&r.dir);
 }

@@ -9,7 +9,8 @@ mod record_support;
 use record_support::checks;
 
 fn syscalls_match(line: &str, vcpus: u32) {
-    checks::syscalls_match("qemu", &[], line, vcpus);
+    let r = checks::syscalls_match("qemu", &[], line, vcpus);
+    let _ = std::fs::remove_dir_all(&r.dir);
 }
 
 #[test]

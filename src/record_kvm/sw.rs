@@ -53,6 +53,18 @@ const BLOCK: u64 = 256;
 
 /// A function of the running kernel: (start, size, name).
 type Function = (u64, u64, String);
+/// A user probe's or trigger's trap: (name, probe address, trap site and
+/// where it is, or why there is none).
+type PlacedExtra = (String, u64, Result<(u64, String), String>);
+
+/// What a trap reports besides a built-in probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Extra {
+    /// User probe (index into the run's `--probe` list).
+    Probe(usize),
+    /// Flight-recorder trigger (index into the trigger plan).
+    Trigger(u32),
+}
 
 /// One software trap, for the summary and `kvm.json`.
 #[derive(Debug, Clone)]
@@ -148,8 +160,11 @@ pub(super) struct SwPhase {
     /// armed; only software traps take them.
     user: Vec<ResolvedProbe>,
     user_armed: OnceLock<Vec<ResolvedProbe>>,
-    /// Trap address → the user probes it reports (indices into `user`).
-    user_sites: OnceLock<HashMap<u64, Vec<usize>>>,
+    /// Flight-recorder triggers at function entries: (link-time address,
+    /// trigger index, name).
+    entry_triggers: Vec<(u64, u32, String)>,
+    /// Trap address → the user probes and triggers it reports.
+    extra_sites: OnceLock<HashMap<u64, Vec<Extra>>>,
     pub probes: Mutex<Vec<SwProbe>>,
 }
 
@@ -160,6 +175,7 @@ impl SwPhase {
         trigger: u64,
         facts: CodeFacts,
         user: Vec<ResolvedProbe>,
+        entry_triggers: Vec<(u64, u32, String)>,
     ) -> Self {
         SwPhase {
             trap,
@@ -173,7 +189,8 @@ impl SwPhase {
             unplaced: OnceLock::new(),
             user,
             user_armed: OnceLock::new(),
-            user_sites: OnceLock::new(),
+            entry_triggers,
+            extra_sites: OnceLock::new(),
             probes: Mutex::new(Vec::new()),
         }
     }
@@ -199,9 +216,10 @@ impl SwPhase {
         self.armed() && self.covered.get().is_some_and(|c| c.contains_key(&addr))
     }
 
-    /// The user probes a trap at `pc` reports (trap path: no lock).
-    pub fn users_at(&self, pc: u64) -> &[usize] {
-        self.user_sites
+    /// The user probes and triggers a trap at `pc` reports (trap path: no
+    /// lock).
+    pub fn extras_at(&self, pc: u64) -> &[Extra] {
+        self.extra_sites
             .get()
             .and_then(|m| m.get(&pc))
             .map_or(&[], Vec::as_slice)
@@ -284,6 +302,9 @@ impl SwPhase {
         }
         // Known before any trap exists: another vCPU's hit finds its kind.
         let sites = self.sites.get_or_init(|| sites);
+        // Placed from the code as the kernel has it, before any trap
+        // changes a byte of it.
+        let extras = self.place_extras(ctx, slide, trap);
         let mut covered = HashMap::new();
         for (p, site, what) in placed {
             if sites.get(&site) != Some(&p.kind) {
@@ -309,8 +330,9 @@ impl SwPhase {
                 mechanism,
             });
         }
+        let live: std::collections::HashSet<u64> = covered.values().copied().collect();
         let _ = self.covered.set(covered);
-        self.arm_user(ctx, slide, trap, sites, &mut probes, &mut notes);
+        self.insert_extras(ctx, trap, extras, &live, &mut probes, &mut notes);
         *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
         self.armed.store(true, Ordering::Release);
         notes
@@ -351,49 +373,64 @@ impl SwPhase {
         out
     }
 
-    /// Traps for the user probes (relocated by `slide`): at the same place
-    /// rules as the built-in ones; a probe whose trap would be a built-in
-    /// one's shares it.
-    fn arm_user(
-        &self,
-        ctx: &VcpuCtx<'_>,
-        slide: u64,
-        trap: TrapKind,
-        builtin: &HashMap<u64, ProbeKind>,
-        probes: &mut Vec<SwProbe>,
-        notes: &mut Vec<String>,
-    ) {
+    /// Where the traps of the user probes and the entry triggers go
+    /// (relocated by `slide`), by the built-in probes' place rules; the
+    /// sites are published before any trap is written, so another vCPU's
+    /// hit finds them. Returns (name, probe address, site and where).
+    fn place_extras(&self, ctx: &VcpuCtx<'_>, slide: u64, trap: TrapKind) -> Vec<PlacedExtra> {
         let armed: Vec<ResolvedProbe> = self
             .user
             .iter()
             .map(|p| p.clone().with_slide(slide))
             .collect();
-        // Where each goes, decided (and published) before any trap is
-        // written: another vCPU's hit finds its probes.
+        let wanted = armed
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (Extra::Probe(i), p.addr(), format!("probe {}", p.name())))
+            .chain(self.entry_triggers.iter().map(|(link, i, name)| {
+                (
+                    Extra::Trigger(*i),
+                    link.wrapping_add(slide),
+                    format!("trigger {name}"),
+                )
+            }));
         let mut placed = Vec::new();
-        let mut sites: HashMap<u64, Vec<usize>> = HashMap::new();
-        for (i, p) in armed.iter().enumerate() {
-            let addr = p.addr();
+        let mut sites: HashMap<u64, Vec<Extra>> = HashMap::new();
+        for (extra, addr, name) in wanted {
             let func = self
                 .facts
                 .function_at(addr.wrapping_sub(slide))
                 .map(|(start, size, name)| (start.wrapping_add(slide), size, name.to_string()));
             let at = self.place(ctx, addr, slide, trap, func.as_ref());
             if let Ok((site, _)) = &at {
-                sites.entry(*site).or_default().push(i);
+                sites.entry(*site).or_default().push(extra);
             }
-            placed.push((p.name().to_string(), addr, at));
+            placed.push((name, addr, at));
         }
         let _ = self.user_armed.set(armed);
-        let _ = self.user_sites.set(sites);
+        let _ = self.extra_sites.set(sites);
+        placed
+    }
+
+    /// Writes the traps [`Self::place_extras`] placed; one whose site is a
+    /// built-in probe's shares that trap.
+    fn insert_extras(
+        &self,
+        ctx: &VcpuCtx<'_>,
+        trap: TrapKind,
+        placed: Vec<PlacedExtra>,
+        builtin: &std::collections::HashSet<u64>,
+        probes: &mut Vec<SwProbe>,
+        notes: &mut Vec<String>,
+    ) {
         let mut inserted: HashMap<u64, String> = HashMap::new();
         for (name, addr, at) in placed {
             let mechanism = match at {
                 Err(why) => {
-                    notes.push(format!("not covered: probe {name}: {why}"));
+                    notes.push(format!("not covered: {name}: {why}"));
                     format!("none ({why})")
                 }
-                Ok((site, what)) if builtin.contains_key(&site) => {
+                Ok((site, what)) if builtin.contains(&site) => {
                     format!("software, the built-in probe's {trap} at {what}")
                 }
                 Ok((site, what)) => {
@@ -407,7 +444,7 @@ impl SwPhase {
                             format!("software, {trap} at {what}, {step}")
                         }
                         Err(e) => {
-                            notes.push(format!("not covered: probe {name}: {e}"));
+                            notes.push(format!("not covered: {name}: {e}"));
                             format!("none ({e})")
                         }
                     }

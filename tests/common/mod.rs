@@ -96,7 +96,10 @@ pub fn hvtrace_on_kvm() -> Option<Command> {
         KvmHost::StockKvm => {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stock-kvm.sh");
             let mut c = Command::new(script);
-            c.arg("--hvtrace")
+            // A test's guest runs for about a minute: a hung L1 costs at
+            // most this much of the suite (the harness says so and why).
+            c.args(["--timeout", "420"])
+                .arg("--hvtrace")
                 .arg(env!("CARGO_BIN_EXE_hvtrace"))
                 .arg("--")
                 .arg(env!("CARGO_BIN_EXE_hvtrace"));

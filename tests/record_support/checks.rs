@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{record_on, Ev};
+use super::{record_on, Ev, Recorded};
 
 /// `/bin/syscalls N`: between the workload's first counted syscall
 /// (openat("/dev/null")) and its last (close of that fd), the traced syscall
 /// entries of that process equal its own counts, with the right arguments
-/// and return values.
-pub fn syscalls_match(backend: &str, opts: &[&str], line: &str, vcpus: u32) {
+/// and return values. Returns the recording, for an engine's own checks.
+pub fn syscalls_match(backend: &str, opts: &[&str], line: &str, vcpus: u32) -> Recorded {
     let rounds = 200;
     let r = record_on(
         backend,
@@ -98,6 +98,7 @@ pub fn syscalls_match(backend: &str, opts: &[&str], line: &str, vcpus: u32) {
         }
     }
     assert_eq!(probe_opens, rounds);
+    r
 }
 
 /// `/bin/forkexec 20`: 20 forks, 20 execs of /bin/true, 20 exits, with the

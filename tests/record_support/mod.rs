@@ -234,6 +234,7 @@ pub fn record_on(
     } else {
         common::hvtrace()
     };
+    let started = std::time::Instant::now();
     let out = hvtrace
         .args([
             "record",
@@ -258,7 +259,9 @@ pub fn record_on(
     let status = out.status.code().unwrap_or(-1);
     assert!(
         dir.join("kernel/metadata").is_file(),
-        "no trace written:\n{console}"
+        "no trace written (exit status {:?} after {:.0} s):\n{console}",
+        out.status,
+        started.elapsed().as_secs_f64()
     );
     let events = babeltrace(&dir.join("kernel"));
     let seen: BTreeSet<i64> = events.iter().map(|e| e.cpu).collect();
