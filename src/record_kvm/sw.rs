@@ -5,7 +5,9 @@
 //! does not (KVM nested in QEMU's TCG, which raises int3 and int1 as
 //! software interrupts; KVM-PVM) it is `out %al,$0xe9` (2 bytes): KVM hands
 //! every port write to user space. Return-site probes stay hardware
-//! breakpoints.
+//! breakpoints. User probes (`--probe`) and triggers on function entries
+//! (`--trigger`) get traps by the same rules, placed with the built-in
+//! ones from the unmodified code; one whose site is another's shares it.
 //!
 //! Where: never on a byte the kernel patches at run time. A probe's
 //! address is a function's entry (Debian's kernels begin with ftrace's
