@@ -571,7 +571,18 @@ fn panic_case(hvtrace: Command, backend: &str, line: &str, vcpus: &str) {
         "events {} ms after the console showed the panic",
         (last - panic_seen) / 1_000_000
     );
-    assert!(last <= write.ts + GRACE_NS);
+    // In the stock-KVM harness the trigger thread runs on L1's emulated
+    // CPUs, shared with the guest's: it may take longer to act.
+    let grace = if backend == "qemu" {
+        GRACE_NS
+    } else {
+        1_000_000_000
+    };
+    assert!(
+        last <= write.ts + grace,
+        "events until {} ms after the write",
+        (last - write.ts) / 1_000_000
+    );
     // The window before: the 20 rounds of the workload.
     let getpid = evs
         .iter()

@@ -4,6 +4,7 @@
 //! `HVTRACE-EXIT <status>` on the console and powers the machine off.
 
 use std::ffi::{CString, OsStr};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 fn mount(src: &str, target: &str, fstype: &str) {
@@ -52,6 +53,13 @@ fn command_from_cmdline() -> Vec<CString> {
 
 fn power_off(status: i32) -> ! {
     println!("\nHVTRACE-EXIT {status}");
+    let _ = std::io::stdout().flush();
+    // The marker's line end must leave the tty before the kernel's own
+    // power-off lines, which bypass the tty: seen lost once, the marker
+    // glued to "reboot: ..." and the host never saw the status.
+    // SAFETY: tcdrain takes a descriptor and nothing else; on a non-tty it
+    // fails harmlessly.
+    unsafe { libc::tcdrain(libc::STDOUT_FILENO) };
     // SAFETY: sync and reboot take no pointers; as PID 1 we may power off.
     unsafe {
         libc::sync();
