@@ -167,13 +167,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     .into();
     plan.flight_bytes = args.flight_mib * (1 << 20);
     plan.raw = args.keep_raw;
-    let triggers = crate::triggers::prepare(
-        &args.triggers,
-        args.buffer == BufferMode::FlightRecorder,
-        &plan,
-        &run.kernel,
-        &out_abs,
-    )?;
+    let triggers = crate::triggers::prepare_for(&args, &plan, &run.kernel, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();

@@ -146,13 +146,7 @@ pub fn run(
         };
     }
     std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
-    let armed = crate::triggers::prepare(
-        &args.triggers,
-        args.buffer == BufferMode::FlightRecorder,
-        &plan,
-        &run.kernel,
-        &out_abs,
-    )?;
+    let armed = crate::triggers::prepare_for(args, &plan, &run.kernel, &out_abs)?;
     let trigger_plan = extra::trigger_plan(armed.as_ref(), &plan)?;
     let prep = t0.elapsed();
 

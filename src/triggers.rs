@@ -227,6 +227,17 @@ fn remove_stale(out: &Path) {
     }
 }
 
+/// [`prepare`] for a recording's arguments.
+pub fn prepare_for(
+    args: &crate::cmd_record::RecordArgs,
+    plan: &ProbePlan,
+    kernel: &Path,
+    out: &Path,
+) -> Result<Option<Armed>> {
+    let flight = args.buffer == crate::cmd_record::BufferMode::FlightRecorder;
+    prepare(&args.triggers, flight, plan, kernel, out)
+}
+
 /// Prepares triggers in `out` (absolute): with the flight recorder always
 /// (SIGUSR1), otherwise only to refuse `--trigger`.
 pub fn prepare(

@@ -14,10 +14,9 @@ fn each_key_is_followed_from_the_serial_interrupt_to_the_echo() {
 /// types into the monitor's 16550.
 #[test]
 fn each_key_is_followed_on_the_kvm_monitor() {
-    let Some(cmd) = common::hvtrace_on_kvm() else {
+    let Some((cmd, _machine)) = common::hvtrace_on_kvm_locked() else {
         return;
     };
-    let _machine = common::machine_lock(false);
     keys_followed(cmd, "kvm");
 }
 

@@ -238,10 +238,9 @@ fn syscall_error_trigger_snapshot_ends_at_the_failed_open() {
 /// trigger checks the built-in syscall exit, the snapshot is the monitor's.
 #[test]
 fn syscall_error_trigger_on_the_kvm_monitor() {
-    let Some(hvtrace) = common::hvtrace_on_kvm() else {
+    let Some((hvtrace, _machine)) = common::hvtrace_on_kvm_locked() else {
         return;
     };
-    let _machine = common::machine_lock(false);
     failed_open_case(hvtrace, "kvm");
 }
 
@@ -498,10 +497,9 @@ fn panic_trigger_snapshot_precedes_the_panic() {
 /// trigger is a software trap on `panic`'s entry.
 #[test]
 fn panic_trigger_on_the_kvm_monitor() {
-    let Some(hvtrace) = common::hvtrace_on_kvm() else {
+    let Some((hvtrace, _machine)) = common::hvtrace_on_kvm_locked() else {
         return;
     };
-    let _machine = common::machine_lock(false);
     panic_case(hvtrace, "kvm", "6.1", "1");
 }
 

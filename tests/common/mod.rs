@@ -112,6 +112,13 @@ pub fn hvtrace_on_kvm() -> Option<Command> {
     }
 }
 
+/// [`hvtrace_on_kvm`] for a test that runs one guest there, with the
+/// machine lock held shared for as long as the guard lives.
+pub fn hvtrace_on_kvm_locked() -> Option<(Command, MachineGuard)> {
+    let cmd = hvtrace_on_kvm()?;
+    Some((cmd, machine_lock(false)))
+}
+
 /// Held shared by tests that run a guest in the stock-KVM harness (QEMU
 /// TCG on every core) and exclusively by those whose guest runs in this
 /// host's emulating /dev/kvm (KVM-PVM) against a wall-clock timeout: those
