@@ -1,7 +1,8 @@
 //! `scripts/stock-kvm.sh`: a command run inside an L1 guest (QEMU TCG with
 //! `-cpu max`, nested SVM) whose stock kvm_amd gives it a `/dev/kvm`; its
 //! exit status, stdout, stderr and written files come back; bad usage is
-//! refused with status 125; no QEMU is left running.
+//! refused with status 125; a crash of L1 itself is said and retried
+//! once; no QEMU is left running.
 
 mod common;
 
@@ -9,6 +10,15 @@ use std::process::Command;
 
 fn script() -> Command {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stock-kvm.sh"))
+}
+
+/// A temporary folder of this test's own: the harness puts its run folder
+/// (named on L1's QEMU command line) under `$TMPDIR`.
+fn own_tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("hvtrace-stockkvm-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 fn qemu_10() -> bool {
@@ -52,10 +62,9 @@ fn a_command_runs_on_a_stock_kvm_and_brings_back_status_output_and_files() {
         return;
     }
     let _machine = common::machine_lock(false);
-    let out_dir = std::env::temp_dir().join(format!("hvtrace-stockkvm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out_dir);
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let file = out_dir.join("written-in-l1");
+    // Under its $TMPDIR, which L1 may write.
+    let tmp = own_tmpdir("run");
+    let file = tmp.join("written-in-l1");
     let cmd = format!(
         "test -c /dev/kvm || exit 3; grep -qw svm /proc/cpuinfo || exit 4; \
          grep -q '^kvm_amd ' /proc/modules || exit 5; \
@@ -63,6 +72,7 @@ fn a_command_runs_on_a_stock_kvm_and_brings_back_status_output_and_files() {
         file.display()
     );
     let out = script()
+        .env("TMPDIR", &tmp)
         .args(["--", "sh", "-c", &cmd])
         .output()
         .expect("run stock-kvm.sh");
@@ -76,8 +86,46 @@ fn a_command_runs_on_a_stock_kvm_and_brings_back_status_output_and_files() {
     assert!(stdout.contains("to-stdout"), "{stdout}");
     assert!(stderr.contains("to-stderr"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "data\n");
-    assert_eq!(qemus_of("stock-kvm."), 0, "no QEMU left behind");
-    let _ = std::fs::remove_dir_all(&out_dir);
+    assert_eq!(qemus_of(&tmp.to_string_lossy()), 0, "no QEMU left behind");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// L1's own kernel crashing (here on purpose, through sysrq) is the
+/// harness failing: it says so, runs the command again once in a fresh
+/// L1, and ends with status 125 when that one crashes too.
+#[test]
+fn a_crash_of_l1_itself_is_said_and_retried_once() {
+    if !qemu_10() {
+        return;
+    }
+    let _machine = common::machine_lock(false);
+    let tmp = own_tmpdir("crash");
+    let out = script()
+        .env("TMPDIR", &tmp)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo started; echo c > /proc/sysrq-trigger",
+        ])
+        .output()
+        .expect("run stock-kvm.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(
+        stdout.matches("started").count(),
+        2,
+        "two L1s ran it:\n{stdout}"
+    );
+    assert!(stderr.contains("L1's own kernel crashed"), "{stderr}");
+    assert_eq!(
+        stderr.matches("running the command again, once").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(qemus_of(&tmp.to_string_lossy()), 0, "no QEMU left behind");
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
