@@ -88,9 +88,13 @@ impl KvmBoot {
                 probe.reason
             );
         }
-        let bytes =
-            std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
-        if bytes.starts_with(b"\x7fELF") {
+        // A file too short for the magic is judged (and refused) by the
+        // image parser later, with its own message.
+        let mut magic = [0u8; 4];
+        std::fs::File::open(kernel)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+            .with_context(|| format!("reading {}", kernel.display()))?;
+        if magic == *b"\x7fELF" {
             return Ok(KvmBoot {
                 kernel: kernel.to_path_buf(),
                 randomized: false,
@@ -105,6 +109,8 @@ impl KvmBoot {
             });
         }
         eprintln!("hvtrace: warning: booting the ELF vmlinux extracted from {} (no decompressor, no KASLR): the emulator would take minutes to decompress it", kernel.display());
+        let bytes =
+            std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
         Ok(KvmBoot {
             kernel: extracted_vmlinux(kernel, &bytes)?,
             randomized: false,

@@ -375,8 +375,8 @@ impl Triggers {
 
 fn wake(fd: RawFd) {
     let b = 1u8;
-    // SAFETY: writes one byte from a live local to our non-blocking pipe;
-    // a full pipe (EAGAIN) already holds a wake-up.
+    // A full pipe (EAGAIN) already holds a wake-up: the result is ignored.
+    // SAFETY: writes one byte from a live local to our non-blocking pipe.
     unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
 }
 
@@ -433,8 +433,8 @@ fn run(st: &Triggers, handle: TriggerHandle, mut fifo: Option<File>, mut wake_r:
                 revents: 0,
             },
         ];
-        // SAFETY: poll reads and writes the two pollfd structs of the array
-        // (a negative fd is ignored).
+        // A negative fd (no FIFO) is ignored by poll.
+        // SAFETY: poll reads and writes the two pollfd structs of the array.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
         while matches!(wake_r.read(&mut buf), Ok(n) if n > 0) {}
     }

@@ -93,7 +93,7 @@ impl Handler {
     /// The entry of trigger `index`'s function: fires if its condition
     /// holds.
     fn entry_trigger(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) {
-        let Some(t) = self.sh.triggers.clone() else {
+        let Some(t) = self.sh.triggers.as_deref() else {
             return;
         };
         let Ok(kctx) = KvmContext::new(ctx) else {
@@ -101,12 +101,15 @@ impl Handler {
         };
         let kctx = kctx.with_kernel_gs_base(self.kernel_gs);
         if let Some(detail) = t.entry_fires(index, kctx.read_reg(Reg::Rdi)) {
-            self.fire(&t, index, &kctx, detail);
+            self.fire(index, &kctx, detail);
         }
     }
 
     /// At a built-in syscall exit of `kind`: the syscall triggers.
-    pub(super) fn syscall_trigger(&mut self, t: &Triggers, kind: ProbeKind, kctx: &KvmContext) {
+    pub(super) fn syscall_trigger(&mut self, kind: ProbeKind, kctx: &KvmContext) {
+        let Some(t) = self.sh.triggers.as_deref() else {
+            return;
+        };
         let fired = match kind {
             // RSP points at pt_regs, whose ax holds the return value.
             ProbeKind::SyscallExit => {
@@ -126,13 +129,16 @@ impl Handler {
             _ => None,
         };
         if let Some((i, ret)) = fired {
-            self.fire(t, i, kctx, ret);
+            self.fire(i, kctx, ret);
         }
     }
 
     /// Trigger `index` holds: what the vCPU holds back first, then the
     /// marker and the snapshot request.
-    fn fire(&mut self, t: &Triggers, index: u32, kctx: &KvmContext, detail: i64) {
+    fn fire(&mut self, index: u32, kctx: &KvmContext, detail: i64) {
+        let Some(t) = self.sh.triggers.as_deref() else {
+            return;
+        };
         let task = introspect::task::current_task(kctx, &self.kernel);
         let ts = self.sh.now();
         self.tracer.flush(&mut self.sink);
@@ -147,7 +153,7 @@ impl Handler {
     /// A hit of user probe `index`: its fields, written in order (held
     /// behind a deferred syscall entry, if any).
     fn user_trap(&mut self, ctx: &mut VcpuCtx<'_>, index: usize) {
-        let sh = self.sh.clone();
+        let sh = &*self.sh;
         let Some(probe) = sh.sw.user_probes().get(index) else {
             return;
         };

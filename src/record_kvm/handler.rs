@@ -348,7 +348,7 @@ impl Handler {
             return;
         }
         let kctx = kctx.with_kernel_gs_base(self.kernel_gs);
-        let sh = self.sh.clone();
+        let sh = &*self.sh;
         self.tracer.hit(
             kind,
             &kctx,
@@ -358,8 +358,8 @@ impl Handler {
             || sh.now(),
             &mut self.sink,
         );
-        if let Some(t) = sh.triggers.as_deref() {
-            self.syscall_trigger(t, kind, &kctx);
+        if self.sh.triggers.is_some() {
+            self.syscall_trigger(kind, &kctx);
         }
         self.arm_dynamic_return(ctx, kind);
         self.busy_ns += t0.elapsed().as_nanos() as u64;
@@ -377,16 +377,20 @@ impl vmm::DebugHandler for Handler {
             }
             DebugEvent::HwBreakpoint { slot, .. } => self.probe_hit(ctx, slot),
             DebugEvent::SwBreakpoint { pc } => {
-                let sh = self.sh.clone();
-                let (kind, extras) = (sh.sw.kind_at(pc), sh.sw.extras_at(pc));
-                if kind.is_none() && extras.is_empty() {
+                // Looked up again per use: no copy of the shared tables,
+                // no reference count touched on the trap path.
+                let kind = self.sh.sw.kind_at(pc);
+                let extras = self.sh.sw.extras_at(pc).len();
+                if kind.is_none() && extras == 0 {
                     return Action::Continue;
                 }
                 if let Some(kind) = kind {
                     self.trap(ctx, kind);
                 }
-                for &x in extras {
-                    self.extra_trap(ctx, x);
+                for i in 0..extras {
+                    if let Some(&x) = self.sh.sw.extras_at(pc).get(i) {
+                        self.extra_trap(ctx, x);
+                    }
                 }
             }
             DebugEvent::Kick => {

@@ -247,8 +247,9 @@ impl HasCallbacks for Hv {
                 .map(|f| BufWriter::with_capacity(1 << 20, f))
         };
         if let Some(slot) = g.slots.get(vcpu as usize) {
-            // SAFETY: vCPU init runs on the vCPU's own thread before any of
-            // its trap callbacks.
+            // vCPU init runs on the vCPU's own thread, before any of its
+            // trap callbacks.
+            // SAFETY: so nothing else accesses this vCPU's slot now.
             let s = unsafe { slot.get() };
             let producer = g
                 .producers

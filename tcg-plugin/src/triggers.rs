@@ -187,8 +187,9 @@ fn with_vcpu(vcpu: VCPUIndex, f: impl FnOnce(&mut crate::slots::VcpuRuntime)) {
     let Some(slot) = g.slots.get(vcpu as usize) else {
         return;
     };
-    // SAFETY: trap callbacks run on the thread of vCPU `vcpu`, after (never
-    // inside) the tracing callback of the same instruction.
+    // Trap callbacks run on the thread of vCPU `vcpu`, after (never inside)
+    // the tracing callback of the same instruction.
+    // SAFETY: so this is the only access to the vCPU's slot.
     if let Some(rt) = unsafe { slot.get() }.as_mut() {
         f(rt);
     }

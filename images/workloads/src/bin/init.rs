@@ -57,8 +57,8 @@ fn power_off(status: i32) -> ! {
     // The marker's line end must leave the tty before the kernel's own
     // power-off lines, which bypass the tty: seen lost once, the marker
     // glued to "reboot: ..." and the host never saw the status.
-    // SAFETY: tcdrain takes a descriptor and nothing else; on a non-tty it
-    // fails harmlessly.
+    // On a non-tty it fails harmlessly.
+    // SAFETY: tcdrain takes a descriptor and nothing else.
     unsafe { libc::tcdrain(libc::STDOUT_FILENO) };
     // SAFETY: sync and reboot take no pointers; as PID 1 we may power off.
     unsafe {
