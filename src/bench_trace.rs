@@ -32,6 +32,10 @@ pub struct BenchTraceArgs {
     /// VT-x/AMD-V run it in scripts/stock-kvm.sh).
     #[arg(long, value_enum, default_value_t = BenchBackend::Qemu)]
     pub backend: BenchBackend,
+    /// Also measure the QEMU engine with --time-transparent, next to its
+    /// normal mode: there traced and untraced should take the same guest time.
+    #[arg(long)]
+    pub time_transparent: bool,
 }
 
 /// `bench trace --backend`.
@@ -43,7 +47,7 @@ pub enum BenchBackend {
 
 /// One engine's figures (medians over the rounds).
 struct EngineCost {
-    engine: &'static str,
+    engine: String,
     untraced_s: f64,
     traced_s: f64,
     events: u64,
@@ -74,12 +78,17 @@ fn hvtrace(engine: &str, args: &[&str], image: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// The guest-timed seconds busybox `time -f 'ELAPSED %e'` printed.
+/// The seconds /bin/syscalls measured itself (`elapsed_ns` of its COUNTS
+/// line, CLOCK_MONOTONIC around its work).
 fn elapsed(console: &str) -> Result<f64> {
     console
         .lines()
-        .find_map(|l| l.trim().strip_prefix("ELAPSED ")?.trim().parse().ok())
-        .context("the guest printed no ELAPSED line")
+        .find_map(|l| {
+            let counts = l.trim().strip_prefix("COUNTS ")?;
+            let v: serde_json::Value = serde_json::from_str(counts).ok()?;
+            Some(v["elapsed_ns"].as_u64()? as f64 / 1e9)
+        })
+        .context("the guest printed no COUNTS line with elapsed_ns")
 }
 
 /// Boots with QEMU's gdbstub (nokaslr: link-time addresses are the
@@ -141,7 +150,13 @@ fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64,
 
 /// Alternates untraced and traced runs of `cmd` on `engine` (so that
 /// load on a shared machine hits both alike) and returns the medians.
-fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Result<EngineCost> {
+fn measure(
+    engine: &'static str,
+    opts: &[&str],
+    cmd: &[&str],
+    image: &Path,
+    repeat: u32,
+) -> Result<EngineCost> {
     let out = std::env::temp_dir().join(format!(
         "hvtrace-bench-trace-{engine}-{}",
         std::process::id()
@@ -149,9 +164,11 @@ fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Res
     let out_s = out.to_string_lossy().into_owned();
     let record = [
         &["record", "--events", "syscalls,sched,irq", "-o", &out_s][..],
+        opts,
         cmd,
     ]
     .concat();
+    let label = [&[engine][..], opts].concat().join(" ");
     // Each engine's own report: the plugin's, the monitor's.
     let report_file = if engine == "kvm" {
         "kvm.json"
@@ -161,10 +178,10 @@ fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Res
     let (mut untraced, mut traced, mut per_event) = (Vec::new(), Vec::new(), Vec::new());
     let mut events = 0;
     for round in 1..=repeat {
-        eprintln!("bench trace: {engine}: round {round}/{repeat}: untraced, then traced");
+        eprintln!("bench trace: {label}: round {round}/{repeat}: untraced, then traced");
         untraced.push(elapsed(&hvtrace(
             engine,
-            &[&["run"][..], cmd].concat(),
+            &[&["run"][..], opts, cmd].concat(),
             image,
         )?)?);
         traced.push(elapsed(&hvtrace(engine, &record, image)?)?);
@@ -181,7 +198,7 @@ fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Res
     }
     let _ = std::fs::remove_dir_all(&out);
     Ok(EngineCost {
-        engine,
+        engine: label,
         untraced_s: median(untraced),
         traced_s: median(traced),
         events,
@@ -192,22 +209,23 @@ fn measure(engine: &'static str, cmd: &[&str], image: &Path, repeat: u32) -> Res
 pub fn run(args: BenchTraceArgs) -> Result<()> {
     let image = crate::image::build("6.1", true)?;
     let rounds = args.rounds.to_string();
-    let cmd = [
-        "--",
-        "/bin/busybox",
-        "time",
-        "-f",
-        "ELAPSED %e",
-        "/bin/syscalls",
-        &rounds,
-    ];
+    let cmd = ["--", "/bin/syscalls", &rounds];
     let engines: &[&'static str] = match args.backend {
         BenchBackend::Qemu => &["qemu"],
         BenchBackend::Kvm => &["kvm", "qemu"],
     };
     let mut costs = Vec::new();
     for engine in engines {
-        costs.push(measure(engine, &cmd, &image, args.repeat)?);
+        costs.push(measure(engine, &[], &cmd, &image, args.repeat)?);
+    }
+    if args.time_transparent {
+        costs.push(measure(
+            "qemu",
+            &["--time-transparent"],
+            &cmd,
+            &image,
+            args.repeat,
+        )?);
     }
 
     let (hits, gdb_per_hit_ns, gdb_wall, plain_wall) = if args.gdb_hits > 0 {
@@ -235,7 +253,7 @@ pub fn run(args: BenchTraceArgs) -> Result<()> {
     for c in &costs {
         let extra_ns = (c.traced_s - c.untraced_s).max(0.0) * 1e9;
         println!(
-            "{}: untraced {:.2} s, traced {:.2} s, slowdown {:.2}x; {} events, {:.2} us per event in the tracer, {:.2} us per event as the guest sees it",
+            "{}: untraced {:.4} s, traced {:.4} s, slowdown {:.4}x; {} events, {:.2} us per event in the tracer, {:.2} us per event as the guest sees it",
             c.engine,
             c.untraced_s,
             c.traced_s,
@@ -245,12 +263,15 @@ pub fn run(args: BenchTraceArgs) -> Result<()> {
             extra_ns / c.events.max(1) as f64 / 1e3
         );
     }
-    if let [kvm, qemu] = &costs[..] {
-        println!(
-            "kvm/qemu: slowdown {:.2}, tracer time per event {:.2}",
-            (kvm.traced_s / kvm.untraced_s.max(1e-9)) / (qemu.traced_s / qemu.untraced_s.max(1e-9)),
-            kvm.tracer_ns_per_event / qemu.tracer_ns_per_event.max(1e-9)
-        );
+    if let [kvm, qemu, ..] = &costs[..] {
+        if kvm.engine == "kvm" {
+            println!(
+                "kvm/qemu: slowdown {:.2}, tracer time per event {:.2}",
+                (kvm.traced_s / kvm.untraced_s.max(1e-9))
+                    / (qemu.traced_s / qemu.untraced_s.max(1e-9)),
+                kvm.tracer_ns_per_event / qemu.tracer_ns_per_event.max(1e-9)
+            );
+        }
     }
     if args.gdb_hits > 0 {
         println!(

@@ -129,6 +129,12 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
+    if args.guest.time_transparent && args.guest.vcpus > 1 {
+        // Seen with QEMU 10.0: its per-vCPU inline counters, which the
+        // instruction clock is made of, crash QEMU under -icount with
+        // several vCPUs (untraced `run --time-transparent` is fine).
+        bail!("--time-transparent traces one vCPU (--vcpus 1): QEMU 10's per-vCPU instruction counters crash under -icount with more");
+    }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -167,6 +173,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     .into();
     plan.flight_bytes = args.flight_mib * (1 << 20);
     plan.raw = args.keep_raw;
+    plan.instruction_clock_shift = args.guest.instruction_clock_shift();
     let triggers = crate::triggers::prepare_for(&args, &plan, &run.kernel, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;

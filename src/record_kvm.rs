@@ -117,6 +117,7 @@ pub fn run(
     interrupt: &AtomicBool,
     driver: Option<&mut dyn guest::ConsoleDriver>,
 ) -> Result<i32> {
+    args.guest.check_for_kvm()?;
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

@@ -49,6 +49,12 @@ pub struct GuestOptions {
     /// way to take bulk output out of the guest without the console.
     #[arg(long)]
     pub capture: Option<PathBuf>,
+    /// QEMU engine: guest time follows the instructions the guest executes
+    /// (QEMU's -icount), so the tracer's own time is invisible to the
+    /// guest and the trace's timestamps are the guest's time. All vCPUs
+    /// then share one host thread, and the guest polls when idle.
+    #[arg(long)]
+    pub time_transparent: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,10 +84,16 @@ impl GuestOptions {
                 (dir.join("vmlinuz"), dir.join("initrd.img"))
             }
         };
+        let mut append = self.append.clone();
+        if self.time_transparent {
+            // An idle vCPU must not halt: QEMU would jump guest time to the
+            // next timer, a jump the instruction count cannot see.
+            append.push_str(" idle=poll");
+        }
         Ok(GuestRun {
             kernel,
             initrd,
-            cmdline: guest::kernel_cmdline(command, &self.append),
+            cmdline: guest::kernel_cmdline(command, &append),
             vcpus: self.vcpus,
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
@@ -97,7 +109,28 @@ impl GuestOptions {
             extra.push("-serial".into());
             extra.push(spec);
         }
+        if self.time_transparent {
+            extra.push("-icount".into());
+            extra.push(format!("shift={},sleep=off", guest::ICOUNT_SHIFT).into());
+        }
         extra
+    }
+
+    /// The instruction clock's shift of a time-transparent run.
+    pub fn instruction_clock_shift(&self) -> Option<u32> {
+        self.time_transparent.then_some(guest::ICOUNT_SHIFT)
+    }
+
+    /// Refuses options the KVM engine cannot honour.
+    pub fn check_for_kvm(&self) -> Result<()> {
+        if self.time_transparent {
+            bail!(
+                "--time-transparent needs the QEMU engine (--backend qemu): under KVM the guest's clocks \
+                 run on the host's TSC, which keeps running while the monitor handles an exit. \
+                 `hvtrace record --backend kvm` reports the tracer time the guest could see instead"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +173,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
             let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::stderr())?;
             outcome(end, run.timeout)
         }
-        Backend::Kvm => crate::backend::run_kvm(&run),
+        Backend::Kvm => {
+            args.guest.check_for_kvm()?;
+            crate::backend::run_kvm(&run)
+        }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
 }

@@ -204,6 +204,11 @@ pub struct ProbePlan {
     /// (empty: none traced).
     #[serde(default)]
     pub compat_syscalls: Vec<Syscall>,
+    /// Time-transparent tracing: the guest's clock advances 2^shift ns per
+    /// instruction executed, and the trace's timestamps are that clock
+    /// (`None`: host time).
+    #[serde(default)]
+    pub instruction_clock_shift: Option<u32>,
 }
 
 impl ProbePlan {

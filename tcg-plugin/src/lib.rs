@@ -7,6 +7,7 @@
 //! QEMU's stderr is not used: it is unreliable for plugins.
 
 use record_ctf as ctf;
+mod clock;
 mod sample;
 mod slots;
 mod triggers;
@@ -41,7 +42,8 @@ struct Global {
     strings: Vec<u8>,
     slots: Box<[Slot]>,
     statedump: StatedumpGate,
-    epoch: Instant,
+    clock: clock::TraceClock,
+    /// Wall time at the trace clock's zero.
     epoch_unix_ns: u64,
     hits: AtomicU64,
     reg_names: Mutex<Vec<String>>,
@@ -101,7 +103,7 @@ impl Hv {
 }
 
 fn now_ns(g: &Global) -> u64 {
-    g.epoch.elapsed().as_nanos() as u64
+    g.clock.now_ns()
 }
 
 fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {
@@ -170,8 +172,9 @@ impl Register for Hv {
             }
             let _ = std::fs::write(format!("{out}/plugin-started"), b"1\n");
         }
-        // The trace clock: taken together so that ts + offset is wall time.
-        let epoch = Instant::now();
+        // The trace clock: taken together so that ts + offset is wall time
+        // (in time-transparent mode, wall time at boot plus guest time).
+        let clock = clock::TraceClock::new(plan.instruction_clock_shift);
         let epoch_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -216,7 +219,7 @@ impl Register for Hv {
             strings,
             slots: (0..max).map(|_| Slot::empty()).collect(),
             statedump,
-            epoch,
+            clock,
             epoch_unix_ns,
             hits: AtomicU64::new(0),
             reg_names: Mutex::new(Vec::new()),
@@ -273,6 +276,7 @@ impl HasCallbacks for Hv {
         tb: TranslationBlock,
     ) -> qemu_plugin::Result<()> {
         let Some(g) = G.get() else { return Ok(()) };
+        g.clock.instrument(&tb);
         if let Some(s) = &g.sampler {
             s.instrument(&tb, on_sample_check);
         }
@@ -385,8 +389,12 @@ fn at_exit() {
     let slide = g.kernel.get().map(|k| k.slide as i64).unwrap_or(-1);
     let regs = g.reg_names.lock().map(|r| r.join(" ")).unwrap_or_default();
     let notes = g.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    let instructions = g
+        .clock
+        .instructions()
+        .map_or("null".to_string(), |n| n.to_string());
     let json = format!(
-        "{{\"slide\":{slide},\"ctf\":{ctf},\"epoch_unix_ns\":{},\"hits\":{},\"cpus\":[{}],\"registers\":{:?},\"notes\":{:?}}}\n",
+        "{{\"slide\":{slide},\"ctf\":{ctf},\"epoch_unix_ns\":{},\"instructions\":{instructions},\"hits\":{},\"cpus\":[{}],\"registers\":{:?},\"notes\":{:?}}}\n",
         g.epoch_unix_ns,
         g.hits.load(Ordering::Relaxed),
         per_cpu.join(","),

@@ -15,6 +15,8 @@ pub mod sched_irq;
 /// One event as babeltrace2 prints it.
 #[derive(Debug, Clone)]
 pub struct Ev {
+    /// Timestamp in clock cycles of the trace's clock (ns: freq 1e9).
+    pub ts: u64,
     pub name: String,
     pub cpu: i64,
     pub pid: i64,
@@ -104,6 +106,7 @@ pub fn groups(s: &str) -> Vec<&str> {
 /// Reads a trace with babeltrace2 (which must succeed).
 pub fn babeltrace(trace: &Path) -> Vec<Ev> {
     let out = Command::new("babeltrace2")
+        .arg("--clock-cycles")
         .arg(trace)
         .output()
         .expect("babeltrace2 (Debian package babeltrace2) runs");
@@ -128,7 +131,13 @@ pub fn babeltrace(trace: &Path) -> Vec<Ev> {
         let num = |m: &BTreeMap<String, String>, k: &str| {
             m.get(k).and_then(|v| parse_int(v)).unwrap_or(-1)
         };
+        let ts = line
+            .strip_prefix('[')
+            .and_then(|l| l.split_once(']'))
+            .and_then(|(t, _)| t.parse().ok())
+            .unwrap_or_else(|| panic!("no timestamp on {line}"));
         evs.push(Ev {
+            ts,
             name,
             cpu: num(&c, "cpu_id"),
             pid: num(&t, "pid"),

@@ -1,5 +1,8 @@
 //! `syscalls N`: N rounds of a fixed mix of syscalls, each issued with the
 //! `syscall` instruction (no vDSO), counted per kernel syscall name.
+//! `elapsed_ns` is the guest's own CLOCK_MONOTONIC span of the work, read by
+//! one clock_gettime just before its first counted syscall and one just
+//! after its last (those two are not in the counts).
 
 use workloads::{arg_u64, check, Counts};
 
@@ -8,6 +11,7 @@ const PATH: &[u8] = b"/etc/hvtrace-probe\0";
 fn main() {
     let rounds = arg_u64("syscalls N");
     let mut counts = Counts::default();
+    let started = monotonic_ns();
     // SAFETY: the path is a NUL-terminated constant.
     let devnull = unsafe {
         libc::syscall(
@@ -74,5 +78,21 @@ fn main() {
     // SAFETY: closing our own descriptor.
     unsafe { libc::syscall(libc::SYS_close, devnull) };
     counts.add("close", 1);
-    counts.print(&[("rounds", rounds.to_string())]);
+    let elapsed = monotonic_ns().saturating_sub(started);
+    counts.print(&[
+        ("rounds", rounds.to_string()),
+        ("elapsed_ns", elapsed.to_string()),
+    ]);
+}
+
+/// CLOCK_MONOTONIC through the syscall itself (no vDSO), so that the read
+/// is an event of the trace, not a guess about where it happened.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
