@@ -261,8 +261,8 @@ fn signal(child: &Child, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };
-    // SAFETY: kill takes plain integers; the pid is our unreaped child, so it
-    // cannot have been recycled for another process.
+    // The pid is our unreaped child, so it cannot have been recycled.
+    // SAFETY: kill takes plain integers and touches no memory of ours.
     unsafe { libc::kill(pid, sig) };
 }
 

@@ -41,18 +41,18 @@ fn traced(line: &str, opts: &[&str], rounds: &str) -> (u64, u64) {
     let opts = [&["--events", "syscalls,sched,irq"][..], opts].concat();
     let r = record_support::record_with(line, 1, "tt", &opts, &["/bin/syscalls", rounds]);
     assert_eq!(r.status, 0, "{}", r.console);
-    let mine = |e: &&record_support::Ev| e.procname == "syscalls";
-    let first = r
+    let reads: Vec<&record_support::Ev> = r
         .events
         .iter()
-        .filter(mine)
-        .find(|e| e.name == "syscall_entry_clock_gettime")
+        .filter(|e| e.procname == "syscalls" && e.name.ends_with("_clock_gettime"))
+        .collect();
+    let first = reads
+        .iter()
+        .find(|e| e.name.starts_with("syscall_entry_"))
         .expect("the workload's first clock_gettime");
-    let last = r
-        .events
+    let last = reads
         .iter()
-        .filter(mine)
-        .rfind(|e| e.name == "syscall_exit_clock_gettime")
+        .rfind(|e| e.name.starts_with("syscall_exit_"))
         .expect("its last clock_gettime");
     let _ = std::fs::remove_dir_all(&r.dir);
     (elapsed_ns(&r.console), last.ts - first.ts)

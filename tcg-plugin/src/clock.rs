@@ -35,8 +35,9 @@ impl TraceClock {
     pub fn new(shift: Option<u32>) -> Self {
         match shift {
             Some(shift) => {
-                // SAFETY: allocates one u64 per vCPU; never freed, since
-                // generated code refers to it until QEMU exits.
+                // One u64 per vCPU, never freed: generated code refers to
+                // it until QEMU exits.
+                // SAFETY: a plain allocation by QEMU's API, no pointer passed in.
                 let score = unsafe { sys::qemu_plugin_scoreboard_new(8) };
                 TraceClock::Instructions {
                     executed: qemu_plugin_u64 { score, offset: 0 },
@@ -69,9 +70,7 @@ impl TraceClock {
     pub fn now_ns(&self) -> u64 {
         match self {
             TraceClock::Host(epoch) => epoch.elapsed().as_nanos() as u64,
-            TraceClock::Instructions { executed, shift } => {
-                qemu_plugin::qemu_plugin_scoreboard_sum(*executed) << shift
-            }
+            TraceClock::Instructions { shift, .. } => self.instructions().unwrap_or(0) << shift,
         }
     }
 
