@@ -34,12 +34,12 @@ pub const EMULATED_MIN_NS: f64 = 10.0 * vmm::probe::NATIVE_THRESHOLD_NS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -275,7 +275,7 @@ pub fn decide(
     }
     let verdict = probe();
     let stored = if verdict.cacheable() {
-        store(path, key, &verdict).map_err(|e| e.to_string())
+        store(path, key, &verdict).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     } else {
         Err("verdict not clear enough to keep".into())
     };

@@ -20,7 +20,7 @@ const MAX_ENTRY: u64 = 256 << 20;
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cache I/O on {path}: {source}")]
+    #[error("cache I/O on {path}")]
     Io {
         path: String,
         source: std::io::Error,

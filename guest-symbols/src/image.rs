@@ -19,7 +19,7 @@ const MAX_BANNER: usize = 512;
 /// Errors of opening a kernel image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: String,
         source: std::io::Error,
@@ -32,7 +32,7 @@ pub enum ImageError {
     BzImage(#[from] BzImageError),
     #[error(transparent)]
     Elf(#[from] ElfError),
-    #[error("not a Linux kernel image: {0}")]
+    #[error("not a Linux kernel image")]
     Kallsyms(#[from] KallsymsError),
     #[error(transparent)]
     SystemMap(#[from] SystemMapError),

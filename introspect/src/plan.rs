@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 /// Errors loading a plan.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("reading probe plan {path}: {source}")]
+    #[error("reading probe plan {path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("parsing probe plan: {0}")]
+    #[error("parsing probe plan")]
     Parse(#[from] serde_json::Error),
     #[error("probe plan lacks {0}")]
     Missing(&'static str),

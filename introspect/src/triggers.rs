@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 /// Errors loading a trigger plan.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerPlanError {
-    #[error("reading trigger plan {path}: {source}")]
+    #[error("reading trigger plan {path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("parsing trigger plan: {0}")]
+    #[error("parsing trigger plan")]
     Parse(#[from] serde_json::Error),
 }
 

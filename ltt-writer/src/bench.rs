@@ -25,14 +25,14 @@ use crate::writer::{Policy, TraceConfig, TraceReport, TraceWriter, WriteError};
 pub enum BenchError {
     #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("benchmark I/O in {path}: {source}")]
+    #[error("benchmark I/O in {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("event rejected: {0}")]
+    #[error("event rejected")]
     Produce(#[from] crate::producer::ProduceError),
-    #[error("benchmark catalog: {0}")]
+    #[error("benchmark catalog")]
     Catalog(#[from] crate::catalog::CatalogError),
 }
 

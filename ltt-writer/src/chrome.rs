@@ -15,13 +15,13 @@ use crate::reader::{DecodedEvent, FieldValue};
 /// Errors of the Chrome export.
 #[derive(Debug, thiserror::Error)]
 pub enum ChromeError {
-    #[error("writing Chrome JSON: {0}")]
+    #[error("writing Chrome JSON")]
     Io(#[from] std::io::Error),
-    #[error("encoding Chrome JSON: {0}")]
+    #[error("encoding Chrome JSON")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Read(#[from] crate::reader::ReadError),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         path: std::path::PathBuf,
         source: std::io::Error,

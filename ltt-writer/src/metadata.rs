@@ -8,7 +8,7 @@ use crate::catalog::{Base, Catalog, FieldType};
 /// Errors while producing metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("formatting metadata: {0}")]
+    #[error("formatting metadata")]
     Fmt(#[from] std::fmt::Error),
 }
 

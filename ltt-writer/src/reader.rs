@@ -13,7 +13,7 @@ use crate::producer::TaskCtx;
 /// Errors while reading a trace back.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: String,
         source: std::io::Error,

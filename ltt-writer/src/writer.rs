@@ -22,17 +22,17 @@ use crate::producer::{Mode, Msg, Producer, ProducerInit, ProducerShared, Produce
 /// Errors of the writer.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("cannot create trace folder {path}: {source}")]
+    #[error("cannot create trace folder {path}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("writing {path} failed after {written} bytes: {source}; {lost} packet(s) not written, the trace up to there is readable")]
+    #[error("writing {path} failed after {written} bytes, {lost} packet(s) not written (the trace up to there is readable)")]
     Write {
         path: PathBuf,
         written: u64,

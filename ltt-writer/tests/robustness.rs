@@ -52,7 +52,13 @@ fn unwritable_folder_is_a_clear_error() {
     assert!(matches!(err, WriteError::CreateDir { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("a-file/trace/kernel"), "{msg}");
-    assert!(msg.contains("Not a directory"), "{msg}");
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("Not a directory")),
+        "{cause:?}"
+    );
 }
 
 #[test]
@@ -96,7 +102,13 @@ fn full_disk_reports_the_file_and_keeps_what_was_written() {
     let err = w.finish().expect_err("finish must report the failure");
     let msg = err.to_string();
     assert!(msg.contains("channel0_1"), "{msg}");
-    assert!(msg.contains("No space left on device"), "{msg}");
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("No space left on device")),
+        "{cause:?}"
+    );
     match err {
         WriteError::Write { written, lost, .. } => {
             assert_eq!(written, 0);

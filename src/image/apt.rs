@@ -12,7 +12,7 @@ pub enum AptError {
     NotFound { pattern: String },
     #[error("`{cmd}` failed: {stderr}")]
     Failed { cmd: String, stderr: String },
-    #[error("I/O error on {path}: {source}")]
+    #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -12,7 +12,7 @@ use ltt_writer::{Base, Catalog, FieldDecl, FieldType, HeaderKind};
 pub enum TraceError {
     #[error("{0}: no CTF trace here (expected DIR/kernel/metadata)")]
     NotATrace(PathBuf),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -33,12 +33,12 @@ pub(crate) fn declare(args: &Args, catalog: &mut Catalog) {
     let plan = match TriggerPlan::load(path) {
         Ok(p) => p,
         Err(e) => {
-            crate::note(format!("triggers: {e}"));
+            crate::note(format!("triggers: {}", crate::chain(&e)));
             return;
         }
     };
     let marker = record_ctf::triggers::declare_marker(catalog)
-        .map_err(|e| crate::note(format!("triggers: marker event: {e}")))
+        .map_err(|e| crate::note(format!("triggers: marker event: {}", crate::chain(&e))))
         .ok();
     let _ = PLAN.set((plan, marker));
 }

@@ -29,7 +29,7 @@ pub fn arm(plan: &ProbePlan, slide: u64) -> Vec<(u64, usize)> {
         let lookup = |s: &str| plan.user_probe_symbols.get(s).copied();
         match ProbeSpec::parse(spec).and_then(|p| p.resolve(lookup)) {
             Ok(p) => list.push(p.with_slide(slide)),
-            Err(e) => crate::note(format!("--probe {spec:?}: {e}")),
+            Err(e) => crate::note(format!("--probe {spec:?}: {}", crate::chain(&e))),
         }
     }
     let sites = list
