@@ -24,6 +24,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod chrome;
+pub mod clock;
 pub mod kernel;
 pub mod metadata;
 pub mod packet;
@@ -34,6 +35,7 @@ pub mod writer;
 pub use catalog::{
     ArgDir, ArgKind, Base, Catalog, EventDecl, FieldDecl, FieldType, SyscallArg, SyscallDecl,
 };
+pub use clock::Epoch;
 pub use kernel::{Fork, ProcessState, TaskRef};
 pub use metadata::{HeaderKind, TraceEnv};
 pub use producer::{ProduceError, Producer, ProducerStats, TaskCtx, Value};

@@ -31,8 +31,9 @@ unsafe impl Send for TraceClock {}
 unsafe impl Sync for TraceClock {}
 
 impl TraceClock {
-    /// The instruction clock, or host time when `shift` is `None`.
-    pub fn new(shift: Option<u32>) -> Self {
+    /// The instruction clock, or host time since `origin` when `shift` is
+    /// `None`.
+    pub fn new(shift: Option<u32>, origin: Instant) -> Self {
         match shift {
             Some(shift) => {
                 // One u64 per vCPU, never freed: generated code refers to
@@ -44,7 +45,7 @@ impl TraceClock {
                     shift: shift.min(10),
                 }
             }
-            None => TraceClock::Host(Instant::now()),
+            None => TraceClock::Host(origin),
         }
     }
 

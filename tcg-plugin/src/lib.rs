@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use introspect::decode::SyscallStrings;
 use introspect::kernel::find_slide;
@@ -57,6 +57,18 @@ static G: OnceLock<Global> = OnceLock::new();
 
 /// Tasks a statedump holds without allocating on the trap path.
 const STATEDUMP_TASKS: usize = 4096;
+
+/// `e` and its sources, as anyhow's `{:#}` prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 fn note(s: String) {
     if let Some(g) = G.get() {
@@ -174,11 +186,9 @@ impl Register for Hv {
         }
         // The trace clock: taken together so that ts + offset is wall time
         // (in time-transparent mode, wall time at boot plus guest time).
-        let clock = clock::TraceClock::new(plan.instruction_clock_shift);
-        let epoch_unix_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let origin = ltt_writer::Epoch::now();
+        let clock = clock::TraceClock::new(plan.instruction_clock_shift, origin.instant);
+        let epoch_unix_ns = origin.unix_ns;
         let ncpus = info
             .system
             .as_ref()
@@ -349,7 +359,7 @@ fn at_exit() {
             // Dropping the producer closes its last packet.
             sink.producer = None;
             if let Some(e) = &sink.first_ctf_error {
-                note(format!("cpu {i}: first trace write error: {e}"));
+                note(format!("cpu {i}: first trace write error: {}", chain(e)));
             }
             let t = &rt.tracer;
             let mut by_event = t.by_event;
