@@ -301,19 +301,7 @@ pub fn locate_plugin() -> Result<PathBuf> {
 /// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
 /// BTF, syscall table and metadata), cached by content.
 pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
-    plan_of(&open_kernel(kernel)?)
-}
-
-/// The image's symbols, types and tables (cached by content).
-pub fn open_kernel(kernel: &Path) -> Result<guest_symbols::Kernel> {
-    let cache = crate::cache::root().join("symbols");
-    let _ = std::fs::create_dir_all(&cache);
-    let opts = guest_symbols::OpenOptions {
-        cache_dir: Some(&cache),
-        ..Default::default()
-    };
-    guest_symbols::KernelImage::open_with(kernel, &opts)
-        .with_context(|| format!("recovering symbols of {}", kernel.display()))
+    plan_of(&crate::image::check::open_kernel(kernel)?)
 }
 
 /// The probe plan of an opened image.

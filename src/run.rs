@@ -40,7 +40,7 @@ pub struct GuestOptions {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub memory: u32,
     /// Give up after this many seconds of wall time (the guest is stopped).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub timeout: u64,
     /// Extra kernel command-line parameters (e.g. `nokaslr`).
     #[arg(long, default_value = "")]
@@ -76,6 +76,9 @@ impl GuestOptions {
                         bail!("{} does not exist or is not a file", p.display());
                     }
                 }
+                // Refused here, not by QEMU or a guest that never boots.
+                crate::image::check::open_kernel(k)?;
+                crate::image::check::check_initrd(i)?;
                 (k.clone(), i.clone())
             }
             _ => {
@@ -165,8 +168,9 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let interrupt = guest::install_interrupt_flag();
-    let backend = choose_backend(args.guest.backend)?;
+    // The inputs first: a bad image is the same error on every host.
     let run = args.guest.guest_run(&args.command)?;
+    let backend = choose_backend(args.guest.backend)?;
     match backend {
         Backend::Qemu => {
             let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());

@@ -168,6 +168,72 @@ fn missing_kernel_is_a_clear_error() {
     );
 }
 
+/// Kernels and initramfs that cannot boot are refused before anything
+/// starts, with the message `record` gives, on both engines: not handed to
+/// QEMU (which said "linux kernel too old to load a ram disk") or booted
+/// into a hang.
+#[test]
+fn bad_kernels_and_initramfs_are_refused_up_front() {
+    let image = common::image_dir("6.1");
+    let (kernel, initrd) = (image.join("vmlinuz"), image.join("initrd.img"));
+    let dir = std::env::temp_dir().join(format!("hvtrace-run-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read(&kernel).unwrap();
+    let n = good.len();
+    let mut middle = good.clone();
+    for b in &mut middle[n / 2..n / 2 + 4096] {
+        *b ^= 0x5a;
+    }
+    let random: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let files = [
+        ("empty", Vec::new()),
+        ("ls", std::fs::read("/bin/ls").unwrap()),
+        ("random", random),
+        ("truncated", good[..n * 2 / 3].to_vec()),
+        ("corrupt-middle", middle),
+    ];
+    let cases = files.iter().map(|(name, bytes)| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        (p, initrd.clone(), "recovering symbols of")
+    });
+    let bad_initrd = (
+        kernel.clone(),
+        std::path::PathBuf::from("/bin/ls"),
+        "is not an initramfs",
+    );
+    for (k, i, says) in cases.chain([bad_initrd]) {
+        for backend in ["qemu", "kvm"] {
+            let t = std::time::Instant::now();
+            let out = common::hvtrace()
+                .args(["run", "--backend", backend, "--kernel"])
+                .arg(&k)
+                .arg("--initrd")
+                .arg(&i)
+                .args(["--", "/bin/true"])
+                .output()
+                .unwrap();
+            let text = console(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(125),
+                "{k:?} {i:?} {backend}: {text}"
+            );
+            assert!(text.contains(says), "{k:?} {i:?} {backend}: {text}");
+            // One message, not repeated by the error's own sources.
+            let last = text.lines().last().unwrap_or_default();
+            let parts: Vec<&str> = last.split(": ").collect();
+            let unique: std::collections::BTreeSet<&&str> = parts.iter().collect();
+            assert_eq!(unique.len(), parts.len(), "repeated: {last}");
+            // Refused, not booted: well under a guest's boot time.
+            assert!(t.elapsed() < std::time::Duration::from_secs(20), "{k:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn missing_command_is_a_usage_error() {
     let out = common::hvtrace()

@@ -4,6 +4,7 @@
 
 mod apt;
 mod apt_memo;
+pub mod check;
 pub mod compat32;
 mod cpio;
 

@@ -1,0 +1,103 @@
+//! The checks a user's own kernel and initramfs pass before anything
+//! boots, the same for every subcommand and engine: a kernel is opened as
+//! `record` opens it (its symbols recovered, cached by content), so an
+//! empty, foreign, truncated or corrupt file is refused with the message
+//! `record` gives; an initramfs must be a cpio archive or a compressed
+//! stream Linux unpacks.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// Recovers the symbols of `kernel` (through the cache of `.cache/symbols`).
+pub fn open_kernel(kernel: &Path) -> Result<guest_symbols::Kernel> {
+    let cache = crate::cache::root().join("symbols");
+    let _ = std::fs::create_dir_all(&cache);
+    let opts = guest_symbols::OpenOptions {
+        cache_dir: Some(&cache),
+        ..Default::default()
+    };
+    guest_symbols::KernelImage::open_with(kernel, &opts)
+        .with_context(|| format!("recovering symbols of {}", kernel.display()))
+}
+
+/// Magic numbers of what Linux's initramfs unpacker takes: newc cpio
+/// (with and without CRC) and the decompressors of a distribution kernel.
+const INITRAMFS_MAGICS: [(&[u8], &str); 8] = [
+    (b"070701", "cpio"),
+    (b"070702", "cpio"),
+    (&[0x1f, 0x8b], "gzip"),
+    (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+    (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
+    (&[0x02, 0x21, 0x4c, 0x18], "lz4"),
+    (b"BZh", "bzip2"),
+    (&[0x5d, 0, 0], "lzma"),
+];
+
+/// Refuses an initramfs Linux would not unpack (by its first bytes).
+pub fn check_initrd(initrd: &Path) -> Result<()> {
+    let mut head = [0u8; 6];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(initrd)
+            .with_context(|| format!("opening the initramfs {}", initrd.display()))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", initrd.display())),
+            }
+        }
+        n
+    };
+    if n == 0 {
+        bail!("the initramfs {} is empty", initrd.display());
+    }
+    if !INITRAMFS_MAGICS
+        .iter()
+        .any(|(m, _)| head[..n].starts_with(m))
+    {
+        bail!(
+            "{} is not an initramfs: neither a cpio archive nor a compressed one ({})",
+            initrd.display(),
+            INITRAMFS_MAGICS
+                .iter()
+                .map(|(_, name)| *name)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_is_recognised_by_its_first_bytes() {
+        let dir = std::env::temp_dir().join(format!("hvtrace-initrd-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        // The heads of a newc archive and of a gzip stream.
+        let cpio = write("a.cpio", b"070701000000000000000000");
+        assert!(check_initrd(&cpio).is_ok());
+        let gz = write("a.gz", &[0x1f, 0x8b, 0x08, 0, 0, 0]);
+        assert!(check_initrd(&gz).is_ok());
+        let empty = write("empty", b"");
+        let e = format!("{:#}", check_initrd(&empty).unwrap_err());
+        assert!(e.contains("is empty"), "{e}");
+        let elf = write("ls", b"\x7fELF\x02\x01\x01");
+        let e = format!("{:#}", check_initrd(&elf).unwrap_err());
+        assert!(e.contains("not an initramfs"), "{e}");
+        assert!(check_initrd(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
