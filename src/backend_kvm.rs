@@ -172,9 +172,13 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
     }
 }
 
-/// What the VM-wide software breakpoints did in a run.
+/// What the monitor did in a run besides running the guest: the VM-wide
+/// software breakpoints, and the time each vCPU spent out of its guest for
+/// the tracer.
 #[derive(Debug, Clone, Default)]
-pub struct SwOutcome {
+pub struct MonitorOutcome {
+    /// Per vCPU, in index order.
+    pub tracer_time: Vec<vmm::TracerTime>,
     /// Hits of ours reported to the handlers.
     pub hits: u64,
     /// Step-overs by emulating the covered instruction.
@@ -208,7 +212,7 @@ pub fn run_guest(
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
     mut driver: Option<&mut dyn crate::guest::ConsoleDriver>,
-) -> Result<(GuestEnd, Option<vmm::VmExit>, SwOutcome)> {
+) -> Result<(GuestEnd, Option<vmm::VmExit>, MonitorOutcome)> {
     let end = Arc::new(Mutex::new(None));
     let tap = driver.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));
     let console = Console {
@@ -272,10 +276,16 @@ pub fn run_guest(
     };
     let left = vm.sw_breakpoints().list();
     vm.stop();
+    let tracer_time = vm
+        .vcpus()
+        .iter()
+        .map(vmm::VcpuHandle::tracer_time)
+        .collect();
     vm.shutdown();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let st = &vm.sw_breakpoints().stats;
-    let sw = SwOutcome {
+    let sw = MonitorOutcome {
+        tracer_time,
         hits: load(&st.hits),
         emulated: load(&st.emulated),
         single_stepped: load(&st.single_stepped),
@@ -301,6 +311,22 @@ pub fn bench_exits() -> Result<()> {
     let r = vmm::bench::exits(2000, 9).context("debug-exit benchmark")?;
     println!("{r}");
     println!("ratio {:.3} (goal <= 1.10)", r.ratio);
+    for (irqchip, debug, what) in [
+        (false, None, "no irqchip, no breakpoint"),
+        (true, None, "in-kernel irqchip, no breakpoint"),
+        (
+            true,
+            Some(0x100),
+            "in-kernel irqchip, a breakpoint armed on the loop's page",
+        ),
+    ] {
+        let rt = vmm::bench::pio_round_trip_with(2000, 9, irqchip, debug)
+            .context("exit round-trip benchmark")?;
+        println!(
+            "bare exit round trip (port I/O, nothing done in user space; {what}): {:.2} us",
+            rt / 1e3
+        );
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use introspect::plan::EventClasses;
@@ -79,6 +79,9 @@ struct Shared {
     /// origin in Unix time.
     triggers: Option<Arc<record_ctf::triggers::Triggers>>,
     epoch_unix_ns: u64,
+    /// Each vCPU's tracer time when the statedump was seen taken (the
+    /// traced command's exec): what came after is the command's share.
+    at_command: std::sync::OnceLock<Vec<vmm::TracerTime>>,
 }
 
 impl Shared {
@@ -174,11 +177,8 @@ pub fn run(
         );
     }
     let (sw_trap, sw_reason) = sw::decide();
-    let epoch = Instant::now();
-    let epoch_unix_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let origin = ltt_writer::Epoch::now();
+    let (epoch, epoch_unix_ns) = (origin.instant, origin.unix_ns);
     let mut catalog = ctf::catalog_checked(&plan).context("declaring the trace's events")?;
     let marker = match trigger_plan {
         Some(_) => Some(
@@ -234,6 +234,7 @@ pub fn run(
         randomized: boot.randomized,
         triggers,
         epoch_unix_ns,
+        at_command: std::sync::OnceLock::new(),
         plan,
     });
     if sw_trap.is_some() && sh.sw.trigger == 0 {
@@ -269,6 +270,15 @@ pub fn run(
         search_every.min(std::time::Duration::from_millis(50))
     };
     let mut tick = move |vm: &vmm::Vm| {
+        if ksh.at_command.get().is_none() && ksh.gate.taken() {
+            // Within one tick of the exec: a few ms of tracer time at most.
+            let _ = ksh.at_command.set(
+                vm.vcpus()
+                    .iter()
+                    .map(vmm::VcpuHandle::tracer_time)
+                    .collect(),
+            );
+        }
         let verified = ksh.verified_slide.load(Ordering::Acquire) != UNKNOWN;
         if verified && !all_kicked {
             all_kicked = true;
@@ -313,8 +323,10 @@ pub fn run(
     let notes = sh.notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let slide = sh.verified_slide.load(Ordering::Acquire);
     let probes = report::probes(&cpus, &sh.sw);
+    let visible =
+        report::GuestVisible::measure(sw_out.tracer_time.clone(), sh.at_command.get().cloned());
     report::write(
-        &out_abs, &cpus, &notes, slide, &sh, &report, &probes, &sw_out,
+        &out_abs, &cpus, &notes, slide, &sh, &report, &probes, &sw_out, &visible,
     )?;
 
     let total: u64 = cpus.iter().map(|c| c.events).sum();
@@ -346,6 +358,7 @@ pub fn run(
             busy as f64 / 1e3 / total as f64
         );
     }
+    visible.print();
     report::print_probes(&sh.sw, &probes, &sw_out);
     for n in &notes {
         eprintln!("hvtrace: record: {n}");

@@ -1,18 +1,28 @@
 //! `--time-transparent` (QEMU engine): the guest's clock follows the
 //! instructions it executes, so tracing does not lengthen what the guest
-//! measures, and the trace's timestamps are the guest's own time.
+//! measures, and the trace's timestamps are the guest's own time. The KVM
+//! engine cannot hide its exits, and says how much time the guest saw go.
 
 mod common;
 mod record_support;
 
-/// The `elapsed_ns` /bin/syscalls measured itself (CLOCK_MONOTONIC).
-fn elapsed_ns(console: &str) -> u64 {
-    let line = console
+/// The `elapsed_ns` /bin/syscalls measured itself (CLOCK_MONOTONIC), of
+/// each run in `console`, in order.
+fn elapsed_all(console: &str) -> Vec<u64> {
+    console
         .lines()
-        .find_map(|l| l.trim().strip_prefix("COUNTS "))
-        .unwrap_or_else(|| panic!("no COUNTS line:\n{console}"));
-    let v: serde_json::Value = serde_json::from_str(line).expect("COUNTS is JSON");
-    v["elapsed_ns"].as_u64().expect("elapsed_ns")
+        .filter_map(|l| l.trim().strip_prefix("COUNTS "))
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("COUNTS is JSON");
+            v["elapsed_ns"].as_u64().expect("elapsed_ns")
+        })
+        .collect()
+}
+
+fn elapsed_ns(console: &str) -> u64 {
+    *elapsed_all(console)
+        .first()
+        .unwrap_or_else(|| panic!("no COUNTS line:\n{console}"))
 }
 
 /// `hvtrace run` of the workload, untraced; its guest-measured duration.
@@ -103,4 +113,58 @@ fn time_transparent_is_refused_where_it_cannot_hold() {
         assert!(err.contains(says), "{opts:?}: {err}");
         assert!(!std::path::Path::new("/nonexistent/hvtrace-tt").exists());
     }
+}
+
+/// On the KVM monitor (the stock-KVM harness here) every probe hit is an
+/// exit the guest's clock sees. The summary's estimate of that time, from
+/// the command's exec on (handling time plus one round trip per exit),
+/// must account for most of what the workload measured: its traced
+/// duration less its untraced one (`--baseline` runs it first), and never
+/// for much more. Here, under QEMU's emulated SVM, it accounts for 72-86 %:
+/// the guest's own execution also slows after each exit (its time inside
+/// KVM_RUN less the round trips grows by tens of microseconds per exit),
+/// which no timer on the exit path can see, so the bound is 50 %, not the
+/// 80 % a hardware KVM should reach.
+#[test]
+fn kvm_summary_gives_the_tracer_time_the_guest_saw() {
+    let Some((mut hvtrace, _machine)) = common::hvtrace_on_kvm_locked() else {
+        return;
+    };
+    common::image_dir("6.1");
+    let dir = std::env::temp_dir().join(format!("hvtrace-tt-kvm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Enough rounds that the workload, not the boot, holds most exits.
+    let out = hvtrace
+        .args(["record", "--backend", "kvm", "--baseline", "-o"])
+        .arg(&dir)
+        .args(["--", "/bin/syscalls", "1000"])
+        .output()
+        .expect("run hvtrace");
+    let console =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{console}");
+    assert!(console.contains("not time-transparent (KVM)"), "{console}");
+    let [untraced, traced] = elapsed_all(&console)[..] else {
+        panic!("expected the baseline's and the traced run's COUNTS:\n{console}");
+    };
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("kvm.json")).expect("kvm.json"))
+            .expect("kvm.json is JSON");
+    let t = &report["tracer_time"];
+    let estimate = t["command"]["guest_visible_ns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no command share in {t}"));
+    assert!(
+        t["exit_round_trip_ns"].as_f64().is_some_and(|ns| ns > 0.0),
+        "{t}"
+    );
+    let seen = traced.saturating_sub(untraced);
+    let ratio = estimate as f64 / seen as f64;
+    eprintln!(
+        "guest-measured: untraced {untraced} ns, traced {traced} ns, difference {seen} ns; \
+         the monitor's estimate {estimate} ns ({ratio:.3}x); whole run {} ns",
+        t["guest_visible_ns"]
+    );
+    assert!((0.5..1.2).contains(&ratio), "estimate/measured {ratio:.3}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -217,3 +217,59 @@ pub fn exits(n: u32, rounds: u32) -> Result<Report, BenchError> {
         },
     })
 }
+
+/// `L: out 0x80, al; jmp L`: one port-I/O exit per iteration.
+fn pio_code() -> Vec<u8> {
+    vec![0xe6, 0x80, 0xeb, 0xfc]
+}
+
+/// Median ns of one exit round trip through the host kernel (the guest's
+/// `out`, the exit, KVM_RUN's return, and the next entry, with nothing
+/// done in between), over `rounds` rounds of `n` exits: the part of a
+/// traced exit's cost the vCPU thread cannot time itself.
+pub fn pio_round_trip(n: u32, rounds: u32) -> Result<f64, BenchError> {
+    pio_round_trip_with(n, rounds, true, Some(0x100))
+}
+
+/// [`pio_round_trip`] with or without the in-kernel irqchip and an armed
+/// (never hit) hardware breakpoint `debug` bytes past the loop, as a traced
+/// Linux guest has both.
+pub fn pio_round_trip_with(
+    n: u32,
+    rounds: u32,
+    irqchip: bool,
+    debug: Option<u64>,
+) -> Result<f64, BenchError> {
+    let mut cfg = VmConfig::raw(pio_code());
+    cfg.irqchip = irqchip;
+    let mut vm = build(cfg)?;
+    let mut fds = vm.take_fds();
+    let fd = &mut fds[0];
+    if let Some(off) = debug {
+        let mut d = guest_debug(false, true);
+        // Armed on an address the loop never reaches.
+        d.arch.debugreg[0] = RAW_CODE_START + off;
+        fd.set_guest_debug(&d)
+            .map_err(|e| BenchError::Bare(e.to_string()))?;
+    }
+    let warmup = (n / 10).max(10);
+    let mut per_round = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut t0 = Instant::now();
+        let mut i = 0;
+        while i < warmup + n {
+            match fd.run() {
+                Ok(VcpuExit::IoOut(0x80, _)) => {}
+                Ok(other) => return Err(BenchError::Bare(format!("unexpected exit {other:?}"))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(BenchError::Bare(format!("KVM_RUN: {e}"))),
+            }
+            i += 1;
+            if i == warmup {
+                t0 = Instant::now();
+            }
+        }
+        per_round.push(t0.elapsed().as_nanos() as f64 / f64::from(n.max(1)));
+    }
+    Ok(median(per_round))
+}

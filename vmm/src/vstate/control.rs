@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// Set whenever `control` changed: the thread's fast-path check.
     pub(crate) ctl_pending: AtomicBool,
     pub(crate) kick_pending: AtomicBool,
+    /// Guest-visible time of the exits the tracer caused.
+    pub(crate) tracer_time: super::exit_time::ExitTime,
     thread: OnceLock<libc::pthread_t>,
 }
 
@@ -80,6 +82,7 @@ impl Shared {
             state: AtomicU8::new(VcpuState::Created as u8),
             ctl_pending: AtomicBool::new(false),
             kick_pending: AtomicBool::new(false),
+            tracer_time: Default::default(),
             thread: OnceLock::new(),
         })
     }
@@ -178,6 +181,11 @@ impl VcpuHandle {
     pub fn kick(&self) {
         self.shared.kick_pending.store(true, Ordering::Release);
         self.shared.signal();
+    }
+
+    /// The time the tracer kept this vCPU out of its guest so far.
+    pub fn tracer_time(&self) -> super::exit_time::TracerTime {
+        self.shared.tracer_time.snapshot()
     }
 
     /// Asks the vCPU to park and waits (up to `timeout`) until it has.

@@ -1,6 +1,7 @@
 //! KVM objects and their lifetimes: the VM, its memory, its vCPUs.
 
 pub mod control;
+pub mod exit_time;
 pub mod memory;
 pub mod swbp;
 mod swstep;

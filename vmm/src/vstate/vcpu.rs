@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
 
 use kvm_bindings::{
     kvm_mp_state, kvm_regs, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_SYSTEM_EVENT_RESET,
@@ -31,6 +32,9 @@ pub enum VcpuError {
     #[error("configuring vCPU {0}: {1}")]
     Msr(u32, msr::MsrError),
 }
+
+/// DR6.BS: the #DB is a single-step trap.
+const DR6_BS: u64 = 1 << 14;
 
 /// How the whole VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,12 +382,16 @@ impl Runner {
         if let Some(end) = self.act(a) {
             return end;
         }
+        // Set while handling an exit the tracer caused (see `exit_time`):
+        // when it began, and whether it was an exit of KVM_RUN.
+        let mut handling: Option<(Instant, bool)> = None;
         loop {
             // A kick that raced with the previous exit (or came before the
             // thread registered for signals) is seen here.
             if self.shared.kick_pending.load(Ordering::Acquire)
                 && self.shared.kick_pending.swap(false, Ordering::AcqRel)
             {
+                handling.get_or_insert((Instant::now(), false));
                 let a = self.call(DebugEvent::Kick);
                 if let Some(end) = self.act(a) {
                     return end;
@@ -407,8 +415,14 @@ impl Runner {
             if let Err(e) = self.prepare_entry() {
                 return self.err(e);
             }
+            if let Some((since, exited)) = handling.take() {
+                self.shared.tracer_time.add(since, exited);
+            }
             let mut trap_write = None;
-            let arch = match self.fd.run() {
+            let entered = Instant::now();
+            let ran = self.fd.run();
+            self.shared.tracer_time.in_run(entered);
+            let arch = match ran {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
                         self.bus.read(port, data);
@@ -446,11 +460,13 @@ impl Runner {
                                 .iter()
                                 .any(|&(a, l)| addr < a + l && a < end);
                         if watched {
+                            handling = Some((Instant::now(), true));
                             self.pending_watch = Some((addr, data.len() as u8));
                         }
                         continue;
                     }
                     VcpuExit::Intr => {
+                        self.kicked_out(&mut handling);
                         self.fd.set_kvm_immediate_exit(0);
                         continue;
                     }
@@ -466,7 +482,15 @@ impl Runner {
                     VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
                         return End::Vm(VmExit::Shutdown)
                     }
-                    VcpuExit::Debug(arch) => Some(arch),
+                    VcpuExit::Debug(arch) => {
+                        let now = Instant::now();
+                        if arch.exception == 1 && arch.dr6 & DR6_BS != 0 {
+                            // One instruction stepped: a round trip.
+                            self.shared.tracer_time.step_run(now - entered);
+                        }
+                        handling = Some((now, true));
+                        Some(arch)
+                    }
                     VcpuExit::InternalError => None,
                     other => {
                         let m = format!("unexpected exit {other:?}");
@@ -474,6 +498,7 @@ impl Runner {
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR => {
+                    self.kicked_out(&mut handling);
                     self.fd.set_kvm_immediate_exit(0);
                     continue;
                 }
@@ -481,9 +506,10 @@ impl Runner {
                 Err(e) => return self.err(format!("KVM_RUN failed: {e}")),
             };
             if let Some(byte) = trap_write {
+                let since = Instant::now();
                 match self.vm_pio_exit() {
                     Some(Some(end)) => return end,
-                    Some(None) => {}
+                    Some(None) => handling = Some((since, true)),
                     None => {
                         let port = crate::layout::TRAP_PORT;
                         if self.bus.write(port, &[byte]) == IoAction::Reset {
@@ -512,6 +538,14 @@ impl Runner {
             if let Some(end) = self.debug_exit(arch) {
                 return end;
             }
+        }
+    }
+
+    /// A signal took the vCPU out of KVM_RUN: the tracer's doing when it
+    /// was a kick (a stop or pause is not counted: the guest ends or waits).
+    fn kicked_out(&self, handling: &mut Option<(Instant, bool)>) {
+        if self.shared.kick_pending.load(Ordering::Acquire) {
+            *handling = Some((Instant::now(), true));
         }
     }
 
@@ -549,7 +583,6 @@ impl Runner {
     }
 
     fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
-        const DR6_BS: u64 = 1 << 14;
         let pc = arch.pc;
         if arch.exception == 1 && self.vm_step_done(arch.dr6) {
             let hw = (0..4).any(|i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
