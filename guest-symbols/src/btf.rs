@@ -85,6 +85,10 @@ pub struct StructLayout {
 
 const MAGIC: u16 = 0xeb9f;
 const MAX_DEPTH: usize = 32;
+/// Members a lookup may visit: a search descends into every anonymous
+/// member, so hostile BTF (a struct whose anonymous members are itself)
+/// would otherwise cost vlen^MAX_DEPTH. Real lookups visit a few hundred.
+const MAX_VISITS: usize = 1 << 16;
 
 /// Errors of BTF parsing.
 #[derive(Debug, thiserror::Error)]
@@ -341,12 +345,22 @@ impl KernelTypes {
 
     /// Finds `name` among the members of composite `id`, descending into
     /// anonymous structs/unions. Returns (bit offset, member type, bitfield).
-    fn find_member(&self, id: u32, name: &str, depth: usize) -> Option<(u64, u32, Option<u32>)> {
+    fn find_member(
+        &self,
+        id: u32,
+        name: &str,
+        depth: usize,
+        visits: &mut usize,
+    ) -> Option<(u64, u32, Option<u32>)> {
         let (_, t) = self.strip(id)?;
         if !matches!(t.kind, STRUCT | UNION) || depth > MAX_DEPTH {
             return None;
         }
         for i in 0..t.vlen as usize {
+            *visits += 1;
+            if *visits > MAX_VISITS {
+                return None;
+            }
             let (m_name, m_type, m_off) = (
                 self.extra_u32(t, 3 * i),
                 self.extra_u32(t, 3 * i + 1),
@@ -365,7 +379,7 @@ impl KernelTypes {
                 return Some((bit_off, m_type, bits));
             }
             if n.is_empty() {
-                if let Some((o, ty, b)) = self.find_member(m_type, name, depth + 1) {
+                if let Some((o, ty, b)) = self.find_member(m_type, name, depth + 1, visits) {
                     return Some((bit_off + o, ty, b));
                 }
             }
@@ -378,8 +392,9 @@ impl KernelTypes {
         let mut id = self.composite_id(struct_name)?;
         let mut bits = 0u64;
         let mut last = None;
+        let mut visits = 0;
         for part in path.split('.') {
-            let (o, ty, b) = self.find_member(id, part, 0)?;
+            let (o, ty, b) = self.find_member(id, part, 0, &mut visits)?;
             bits += o;
             id = ty;
             last = Some(b);

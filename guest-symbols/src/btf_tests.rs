@@ -201,3 +201,30 @@ fn layouts_take_alternatives_and_wildcards() {
     assert_eq!(ts.members["comm"].offset, 48);
     assert_eq!(l["mm_struct"].members["pgd"].offset, 8);
 }
+
+/// An input of the `btf` fuzz target: a struct whose anonymous members are
+/// the struct itself made every failed lookup cost vlen^MAX_DEPTH (hours
+/// with two such members; without the bound this test does not end).
+#[test]
+fn self_nested_anonymous_members_do_not_blow_up() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    let me = b.next_id;
+    let ts = b.composite(
+        false,
+        "task_struct",
+        8,
+        &[
+            ("", me, 0, 0),
+            ("", me, 0, 0),
+            ("", me, 0, 0),
+            ("pid", int, 32, 0),
+        ],
+    );
+    assert_eq!(ts, me);
+    let t = KernelTypes::parse(b.finish()).unwrap();
+    assert!(t.member("task_struct", "nope").is_none());
+    assert!(t.member("task_struct", "se.sum_exec_runtime").is_none());
+    assert_eq!(t.member_offset("task_struct", "pid"), Some(4));
+    let _ = t.layouts(INTROSPECTION_LAYOUT);
+}

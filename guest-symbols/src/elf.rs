@@ -224,7 +224,10 @@ impl AddressSpace {
             .find(|r| vaddr >= r.vaddr && vaddr - r.vaddr < r.len as u64)?;
         let rel = (vaddr - r.vaddr) as usize;
         let avail = (r.len - rel).min(max);
-        let bytes = data.get(r.offset + rel..r.offset + rel + avail)?;
+        // Checked: a SHT_NULL section is not bounds-checked by `parse`, so
+        // its region's offset may be anything.
+        let start = r.offset.checked_add(rel)?;
+        let bytes = data.get(start..start.checked_add(avail)?)?;
         let n = bytes.iter().position(|&b| b == 0)?;
         String::from_utf8(bytes[..n].to_vec()).ok()
     }
@@ -386,6 +389,23 @@ pub(crate) mod tests {
         for cut in 0..d.len() {
             let _ = KernelElf::parse(&d[..cut]);
         }
+    }
+
+    /// An input of the `elf` fuzz target: an overflow panic under debug
+    /// assertions (cargo-fuzz's default), a read from the wrong offset
+    /// without them.
+    #[test]
+    fn cstr_through_a_region_with_a_wild_offset_is_none() {
+        let space = AddressSpace {
+            regions: vec![Region {
+                vaddr: 0x1000,
+                offset: usize::MAX - 8,
+                len: 0x100,
+            }],
+        };
+        let data = [0u8; 128];
+        assert_eq!(space.cstr(&data, 0x1010, 64), None);
+        assert_eq!(space.read(&data, 0x1010, 4), None);
     }
 
     #[test]

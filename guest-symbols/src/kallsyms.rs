@@ -136,10 +136,12 @@ fn token_table_at(d: &[u8], digit0: usize) -> Option<TokenTable> {
     let mut tokens = Vec::with_capacity(256);
     for i in 0..256 {
         let s = start + idx[i];
+        // Checked: idx[i + 1] is not yet known to be above idx[i], and a
+        // table at the very start of `data` may make this -1.
         let e = if i == 255 {
             p - 1
         } else {
-            start + idx[i + 1] - 1
+            (start + idx[i + 1]).checked_sub(1)?
         };
         if (i > 0 && idx[i] <= idx[i - 1]) || e <= s || d.get(e) != Some(&0) {
             return None;

@@ -234,3 +234,23 @@ fn garbage_and_truncations_are_errors() {
         let _ = recover(&f);
     }
 }
+
+/// An input of the `kallsyms` fuzz target: a token table at offset 0 whose
+/// token 1 has index 0 put its predecessor's end at -1 (an overflow panic
+/// under debug assertions, cargo-fuzz's default).
+#[test]
+fn token_table_at_the_start_with_a_zero_index_is_rejected() {
+    let mut d = Vec::new();
+    let mut idx = Vec::new();
+    for t in tokens() {
+        idx.push(d.len() as u16);
+        d.extend_from_slice(&t);
+        d.push(0);
+    }
+    pad(&mut d);
+    idx[1] = 0;
+    for i in idx {
+        d.extend_from_slice(&i.to_le_bytes());
+    }
+    assert!(matches!(recover(&d), Err(KallsymsError::NoTokenTable)));
+}

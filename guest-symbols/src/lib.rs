@@ -17,6 +17,8 @@ pub mod btf;
 pub mod bzimage;
 pub mod cache;
 pub mod elf;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod kallsyms;
 pub mod ksymtab;

@@ -2,6 +2,4 @@
 //! Decoding cache entries (a cache folder is not trusted either).
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = guest_symbols::cache::decode(data);
-});
+fuzz_target!(|data: &[u8]| guest_symbols::fuzzing::cache(data));

@@ -3,6 +3,4 @@
 //! kallsyms, exports, BTF, syscalls.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = guest_symbols::KernelImage::from_bytes(data);
-});
+fuzz_target!(|data: &[u8]| guest_symbols::fuzzing::image(data));

@@ -2,6 +2,4 @@
 //! kallsyms table recovery on arbitrary bytes.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = guest_symbols::kallsyms::recover(data);
-});
+fuzz_target!(|data: &[u8]| guest_symbols::fuzzing::kallsyms(data));
