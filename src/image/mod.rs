@@ -19,7 +19,7 @@ use crate::cache;
 
 /// The guest programs installed as `/bin/<name>`; `init` becomes `/init`.
 pub const WORKLOADS: &[&str] = &[
-    "syscalls", "pingpong", "forkexec", "deadlock", "spin", "keyecho",
+    "syscalls", "pingpong", "forkexec", "deadlock", "spin", "keyecho", "storm",
 ];
 
 /// Bump when the initramfs layout changes without any input changing.

@@ -241,7 +241,12 @@ impl SwPhase {
     /// Inserts every planned entry probe of `slide` as a VM-wide software
     /// trap, once for the VM (the first caller does it). Returns the notes
     /// to report.
-    pub fn arm(&self, ctx: &VcpuCtx<'_>, plan: &introspect::ProbePlan, slide: u64) -> Vec<String> {
+    pub fn arm(
+        &self,
+        ctx: &mut VcpuCtx<'_>,
+        plan: &introspect::ProbePlan,
+        slide: u64,
+    ) -> Vec<String> {
         let Some(trap) = self.trap else {
             return Vec::new();
         };
@@ -297,6 +302,31 @@ impl SwPhase {
                 }
             }
         }
+        // Written with every other vCPU parked, none inside a trap's bytes.
+        let inserted = ctx.with_others_paused(|ctx, rips| {
+            self.insert_all(ctx, trap, slide, placed, unplaced, probes, notes, rips)
+        });
+        inserted.unwrap_or_else(|| {
+            // Let the next exec try again.
+            self.arming.store(false, Ordering::Release);
+            vec!["software traps not inserted yet: a vCPU did not pause in time (the next exec tries again)".into()]
+        })
+    }
+
+    /// The second half of [`Self::arm`], with the other vCPUs parked at
+    /// `rips`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_all(
+        &self,
+        ctx: &mut VcpuCtx<'_>,
+        trap: TrapKind,
+        slide: u64,
+        placed: Vec<(Probe, u64, String)>,
+        unplaced: Vec<(u64, ProbeKind)>,
+        mut probes: Vec<SwProbe>,
+        mut notes: Vec<String>,
+        rips: &[u64],
+    ) -> Vec<String> {
         let _ = self.unplaced.set(unplaced);
         let mut sites = HashMap::new();
         for (p, site, _) in &placed {
@@ -316,7 +346,7 @@ impl SwPhase {
                 ));
                 continue;
             }
-            let mechanism = match ctx.insert_vm_sw_breakpoint(site) {
+            let mechanism = match (Inserter { ctx, trap, rips }).insert(site) {
                 Ok(step) => {
                     covered.insert(p.addr, site);
                     format!("software, {trap} at {what}, {step}")
@@ -334,7 +364,8 @@ impl SwPhase {
         }
         let live: std::collections::HashSet<u64> = covered.values().copied().collect();
         let _ = self.covered.set(covered);
-        self.insert_extras(ctx, trap, extras, &live, &mut probes, &mut notes);
+        let ins = Inserter { ctx, trap, rips };
+        self.insert_extras(&ins, extras, &live, &mut probes, &mut notes);
         *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = probes;
         self.armed.store(true, Ordering::Release);
         notes
@@ -418,13 +449,13 @@ impl SwPhase {
     /// built-in probe's shares that trap.
     fn insert_extras(
         &self,
-        ctx: &VcpuCtx<'_>,
-        trap: TrapKind,
+        ins: &Inserter<'_, '_>,
         placed: Vec<PlacedExtra>,
         builtin: &std::collections::HashSet<u64>,
         probes: &mut Vec<SwProbe>,
         notes: &mut Vec<String>,
     ) {
+        let trap = ins.trap;
         let mut inserted: HashMap<u64, String> = HashMap::new();
         for (name, addr, at) in placed {
             let mechanism = match at {
@@ -438,7 +469,7 @@ impl SwPhase {
                 Ok((site, what)) => {
                     let step = match inserted.get(&site) {
                         Some(step) => Ok(step.clone()),
-                        None => ctx.insert_vm_sw_breakpoint(site).map(|s| s.to_string()),
+                        None => ins.insert(site).map(|s| s.to_string()),
                     };
                     match step {
                         Ok(step) => {
@@ -535,5 +566,29 @@ pub(super) fn decide() -> (Option<TrapKind>, String) {
             Some(TrapKind::PortIo),
             format!("software breakpoints could not be probed ({e}), so {port}"),
         ),
+    }
+}
+
+/// Where traps go in: this vCPU's context, the trap, and the RIPs of the
+/// other vCPUs, parked meanwhile.
+struct Inserter<'a, 'b> {
+    ctx: &'a VcpuCtx<'b>,
+    trap: TrapKind,
+    rips: &'a [u64],
+}
+
+impl Inserter<'_, '_> {
+    /// Inserts the trap at `site` unless a parked vCPU stands inside its
+    /// bytes (past the first: it would resume in the trap's second byte).
+    fn insert(&self, site: u64) -> Result<vmm::StepOver, String> {
+        let end = site + self.trap.length();
+        if let Some(r) = self.rips.iter().find(|&&r| r > site && r < end) {
+            return Err(format!(
+                "a vCPU stood inside its bytes (at {r:#x}) when it was to go in"
+            ));
+        }
+        self.ctx
+            .insert_vm_sw_breakpoint(site)
+            .map_err(|e| e.to_string())
     }
 }

@@ -301,6 +301,8 @@ pub struct VcpuCtx<'a> {
     pub(crate) dbg: &'a mut DebugState,
     pub(crate) cache: &'a mut RegCache,
     pub(crate) sw: &'a crate::vstate::swbp::SwBreakpoints,
+    /// Every vCPU of the VM (empty where pausing the others makes no sense).
+    pub(crate) vcpus: &'a [std::sync::Arc<crate::vstate::control::Shared>],
 }
 
 impl VcpuCtx<'_> {

@@ -118,7 +118,7 @@ fn triple_fault_is_reported() {
     let mut vm = vmm::build(VmConfig::raw(vec![0x0f, 0x0b])).unwrap();
     vm.start().unwrap();
     match vm.wait(WAIT) {
-        Some(VmExit::TripleFault { vcpu: 0 }) => {}
+        Some(VmExit::TripleFault { vcpu: 0, .. }) => {}
         // An emulating KVM may give up on the fault chain instead.
         Some(VmExit::Error { message, .. }) if message.contains("INTERNAL_ERROR") => {
             println!("note: emulated triple fault reported as {message}")

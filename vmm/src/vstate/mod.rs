@@ -3,6 +3,7 @@
 pub mod control;
 pub mod exit_time;
 pub mod memory;
+mod pause;
 pub mod swbp;
 mod swstep;
 pub mod vcpu;

@@ -4,18 +4,13 @@
 //! is not ours; and the API on [`VcpuCtx`] and [`crate::Vm`].
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::control::{VcpuState, Want};
 use super::swbp::{insn_bytes, StepOver, SwBreakpoints, SwEntry, TrapKind};
 use super::vcpu::{End, Runner};
 use crate::arch::step::{self, MAX_INSN};
 use crate::debug::{DebugError, DebugEvent, VcpuCtx};
-
-/// How long a single-step fallback waits for each other vCPU to park.
-const PAUSE_WAIT: Duration = Duration::from_secs(10);
 
 impl Runner {
     /// Guest-physical address of guest-virtual `gva` on this vCPU.
@@ -213,27 +208,15 @@ impl Runner {
         {
             return false;
         }
-        let me = self.shared.index;
-        for s in self.exit.vcpus.get().into_iter().flatten() {
-            if s.index == me {
-                continue;
+        let all = self.exit.vcpus.get().map_or(&[][..], Vec::as_slice);
+        match super::pause::pause_others(self.shared.index, all) {
+            Some(flipped) => self.swbp.paused = flipped,
+            None => {
+                // Some vCPU did not park: lifting the trap now would let it
+                // run the restored bytes unseen. The int3 is hit again.
+                self.sw.stepping.store(false, Ordering::Release);
+                return false;
             }
-            let mut flipped = false;
-            s.change(|c| {
-                if c.want == Want::Run {
-                    c.want = Want::Pause;
-                    flipped = true;
-                }
-            });
-            if flipped {
-                self.swbp.paused.push(s.clone());
-            }
-        }
-        for s in &self.swbp.paused {
-            crate::VcpuHandle { shared: s.clone() }.wait_state(
-                |st| st == VcpuState::Paused || st == VcpuState::Stopped,
-                PAUSE_WAIT,
-            );
         }
         if !self.sw.lift(&self.mem, pc) {
             // Removed meanwhile: the restored instruction just runs.
@@ -249,13 +232,7 @@ impl Runner {
     }
 
     fn release_vm_step(&mut self) {
-        for s in self.swbp.paused.drain(..) {
-            s.change(|c| {
-                if c.want == Want::Pause {
-                    c.want = Want::Run;
-                }
-            });
-        }
+        super::pause::resume(self.swbp.paused.drain(..));
         self.sw.stepping.store(false, Ordering::Release);
     }
 

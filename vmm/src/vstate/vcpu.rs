@@ -47,6 +47,10 @@ pub enum VmExit {
     TripleFault {
         /// Which vCPU.
         vcpu: u32,
+        /// Where it was: RIP, RSP and CR2 after the fault (0 if unreadable).
+        rip: u64,
+        rsp: u64,
+        cr2: u64,
     },
     /// Every vCPU executed HLT (only without the in-kernel irqchip).
     Halted,
@@ -232,6 +236,7 @@ impl Runner {
             dbg: &mut self.dbg,
             cache: &mut self.cache,
             sw: &self.sw,
+            vcpus: self.exit.vcpus.get().map_or(&[], Vec::as_slice),
         };
         h.on_event(&mut ctx, ev)
     }
@@ -266,6 +271,8 @@ impl Runner {
                     dbg: &mut self.dbg,
                     cache: &mut self.cache,
                     sw: &self.sw,
+                    // A request runs on a parked vCPU: it pauses no one.
+                    vcpus: &[],
                 };
                 req(&mut ctx);
                 c = lock(&self.shared.control);
@@ -472,9 +479,14 @@ impl Runner {
                     }
                     VcpuExit::Hlt => return End::Halted,
                     VcpuExit::Shutdown => {
+                        let (rip, rsp) = self.fd.get_regs().map_or((0, 0), |r| (r.rip, r.rsp));
+                        let cr2 = self.fd.get_sregs().map_or(0, |s| s.cr2);
                         return End::Vm(VmExit::TripleFault {
                             vcpu: self.shared.index,
-                        })
+                            rip,
+                            rsp,
+                            cr2,
+                        });
                     }
                     VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => {
                         return End::Vm(VmExit::Reset)
