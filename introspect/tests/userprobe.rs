@@ -2,6 +2,8 @@
 //! evaluation on a guest built from page tables in a byte buffer, and
 //! evaluation on random memory (never a panic, bounded reads).
 
+mod support;
+
 use std::cell::Cell;
 
 use introspect::kernel::Kernel;
@@ -12,6 +14,7 @@ use introspect::userprobe::{
     MAX_FIELDS, STR_MAX,
 };
 use introspect::{MemError, Reg, VcpuContext};
+use support::{RandomGuest, Rng};
 
 fn show(f: &FieldSpec) -> String {
     format!(
@@ -563,54 +566,9 @@ fn short_buffers_and_reuse() {
 // ---------------------------------------------------------------------------
 // Random memory and random specs.
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() % xs.len() as u64) as usize]
-    }
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x
-}
-
-/// Every byte a hash of its address; a quarter of the pages unmapped.
-struct RandomGuest {
-    seed: u64,
-    regs: [u64; Reg::ALL.len()],
-    reads: Cell<u64>,
-}
-
-impl VcpuContext for RandomGuest {
-    fn read_reg(&self, reg: Reg) -> u64 {
-        self.regs[reg as usize]
-    }
-    fn read_virt(&self, va: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.reads.set(self.reads.get() + 1);
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = va.wrapping_add(i as u64);
-            if mix((a >> 12) ^ self.seed) % 4 == 0 {
-                return Err(MemError::Unmapped(a));
-            }
-            *b = mix(a ^ self.seed.rotate_left(7)) as u8;
-        }
-        Ok(())
-    }
-    fn read_phys(&self, _pa: u64, _buf: &mut [u8]) -> Result<(), MemError> {
-        Err(MemError::Unsupported)
-    }
-    fn vcpu_index(&self) -> u32 {
-        0
-    }
+/// `pick` on the shared PRNG.
+fn pick<'a>(rng: &mut Rng, xs: &[&'a str]) -> &'a str {
+    xs[(rng.next() % xs.len() as u64) as usize]
 }
 
 fn random_expr(rng: &mut Rng, depth: u32) -> String {
@@ -637,7 +595,7 @@ fn random_expr(rng: &mut Rng, depth: u32) -> String {
         "\\7",
     ];
     if depth == 0 || rng.next() % 3 == 0 {
-        return rng.pick(&atoms).to_string();
+        return pick(rng, &atoms).to_string();
     }
     let sign = if rng.next() % 4 == 0 { "-" } else { "+" };
     let off = rng.next() % 0x2000;
@@ -657,7 +615,7 @@ fn random_memory_never_panics_and_reads_are_bounded() {
                 0 => "$comm".to_string(),
                 1 => "$pid".to_string(),
                 2 => "$tid:u16".to_string(),
-                _ => format!("{}{}", random_expr(&mut rng, 7), rng.pick(&types)),
+                _ => format!("{}{}", random_expr(&mut rng, 7), pick(&mut rng, &types)),
             };
             spec.push_str(&format!(" f{i}={e}"));
         }
@@ -678,6 +636,7 @@ fn random_memory_never_panics_and_reads_are_bounded() {
             seed: rng.next(),
             regs,
             reads: Cell::new(0),
+            overrides: Default::default(),
         };
         let mut k = kernel();
         k.off.percpu_current_task = rng.next() % 0x4000;

@@ -1,5 +1,7 @@
 //! What the fuzz tests share: a PRNG, a guest whose memory is a hash of
 //! its addresses (some pages unmapped), and a kernel with random offsets.
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
 
 use std::cell::Cell;
 use std::collections::HashMap;
