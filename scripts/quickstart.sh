@@ -13,6 +13,6 @@ bash scripts/install-deps.sh
 cargo build --workspace --release
 out=${HVTRACE_OUT:-hvtrace-trace}
 if [ $# -eq 0 ]; then set -- /bin/syscalls 200; fi
-./target/release/hvtrace record --backend auto -o "$out" -- "$@"
+./target/release/hvtrace record --backend auto --force -o "$out" -- "$@"
 echo "quickstart: trace in $out/kernel; first events:"
 babeltrace2 "$out/kernel" | head -n 20

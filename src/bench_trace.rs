@@ -166,7 +166,14 @@ fn measure(
     ));
     let out_s = out.to_string_lossy().into_owned();
     let record = [
-        &["record", "--events", "syscalls,sched,irq", "-o", &out_s][..],
+        &[
+            "record",
+            "--force",
+            "--events",
+            "syscalls,sched,irq",
+            "-o",
+            &out_s,
+        ][..],
         opts,
         cmd,
     ]

@@ -74,6 +74,10 @@ pub struct RecordArgs {
     /// First boot the same guest and command untraced, and report the slowdown.
     #[arg(long)]
     pub baseline: bool,
+    /// Replace a trace already in DIR (without it, a DIR holding one is
+    /// refused, so that no earlier recording is lost by mistake).
+    #[arg(long)]
+    pub force: bool,
     /// The TCG plugin (default: libhvtrace_tcg.so next to hvtrace, or $HVTRACE_TCG_PLUGIN).
     #[arg(long)]
     pub plugin: Option<PathBuf>,
@@ -104,6 +108,8 @@ impl RecordArgs {
             triggers: Vec::new(),
             keep_raw: false,
             baseline: false,
+            // The trace of a command built on record is its by-product.
+            force: true,
             plugin: None,
             probes: Vec::new(),
             command,
@@ -137,15 +143,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    // Nothing of an earlier recording may pass for this one's.
-    for stale in ["raw", "kernel"] {
-        let _ = std::fs::remove_dir_all(out.join(stale));
-    }
-    for stale in ["plugin.json", "plugin-started", "plugin-error"] {
-        let _ = std::fs::remove_file(out.join(stale));
-    }
-    let out_abs = std::fs::canonicalize(out)?;
+    let out_abs = prepare_output(out, args.force)?;
     let plugin = match &args.plugin {
         Some(p) => p.clone(),
         None => locate_plugin()?,
@@ -302,6 +300,46 @@ pub fn locate_plugin() -> Result<PathBuf> {
 /// BTF, syscall table and metadata), cached by content.
 pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
     plan_of(&crate::image::check::open_kernel(kernel)?)
+}
+
+/// What a recording writes in its folder, engine by engine: cleared
+/// before a new one, so that nothing of an earlier recording passes for
+/// this one's.
+const RECORDING_DIRS: [&str; 2] = ["raw", "kernel"];
+const RECORDING_FILES: [&str; 5] = [
+    "plugin.json",
+    "plugin-started",
+    "plugin-error",
+    "kvm.json",
+    "probe-plan.json",
+];
+
+/// Makes `out` ready for a recording, refusing up front what would fail
+/// or lose data later: a file in its place, a folder that cannot be
+/// written, or one that holds a trace already (unless `force`). Returns
+/// its absolute path.
+pub fn prepare_output(out: &Path, force: bool) -> Result<PathBuf> {
+    if out.exists() && !out.is_dir() {
+        bail!("-o {}: exists and is not a folder", out.display());
+    }
+    if !force && out.join("kernel/metadata").exists() {
+        bail!(
+            "-o {}: holds a trace already (kernel/metadata); pass --force to replace it, or choose another folder",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let probe = out.join(".hvtrace-write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("-o {}: cannot write in it", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    for d in RECORDING_DIRS {
+        let _ = std::fs::remove_dir_all(out.join(d));
+    }
+    for f in RECORDING_FILES {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))
 }
 
 /// The probe plan of an opened image.

@@ -123,10 +123,7 @@ pub fn run(
     args.guest.check_for_kvm()?;
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let _ = std::fs::remove_dir_all(out.join("kernel"));
-    let _ = std::fs::remove_file(out.join("kvm.json"));
-    let out_abs = std::fs::canonicalize(out)?;
+    let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
 
     let t0 = Instant::now();
     let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
