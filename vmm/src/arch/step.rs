@@ -15,10 +15,15 @@
 //! | `f3 0f 1e fa` | `endbr64` | RIP += 4 |
 //! | `50+r`, `41 50+r` | `push r64` | RSP −= 8, store the register (old RSP for `push rsp`) at the new RSP, RIP += 1 or 2 |
 //! | `48 89 e5`, `48 8b ec` | `mov %rsp,%rbp` | RBP = RSP, RIP += 3 |
+//! | `31 /r`, `33 /r` with both operands one register | `xor %r32,%r32` (zeroing) | the 64-bit register = 0, flags as below, RIP += 2 |
 //!
 //! With RFLAGS.TF set (the guest single-steps itself) nothing is emulated:
 //! the #DB it expects after the instruction must come from the CPU.
-//! Flags are untouched by every instruction of the set.
+//! Flags are untouched by every instruction of the set but the zeroing
+//! `xor`, which leaves ZF and PF set and CF, OF and SF clear (AF, which
+//! the SDM leaves undefined, as it was). It follows the `push` of
+//! `__sysvec_apic_timer_interrupt`'s trap site: emulating the pair spares
+//! every timer interrupt the single-step fallback (all vCPUs paused).
 
 use kvm_bindings::kvm_regs;
 
@@ -42,6 +47,11 @@ pub enum StepInsn {
     },
     /// `mov %rsp,%rbp`.
     MovRspRbp,
+    /// `xor %r32,%r32` of one register (0..8, no REX) with itself.
+    XorZero {
+        /// Register number.
+        reg: u8,
+    },
 }
 
 impl StepInsn {
@@ -52,13 +62,17 @@ impl StepInsn {
             StepInsn::Endbr64 => 4,
             StepInsn::Push { len, .. } => len,
             StepInsn::MovRspRbp => 3,
+            StepInsn::XorZero { .. } => 2,
         }
     }
 
     /// True if emulating it writes guest memory or reads RSP-relative
     /// state (needs the page walk and 64-bit mode confirmed).
     pub fn needs_long_mode(self) -> bool {
-        matches!(self, StepInsn::Push { .. } | StepInsn::MovRspRbp)
+        matches!(
+            self,
+            StepInsn::Push { .. } | StepInsn::MovRspRbp | StepInsn::XorZero { .. }
+        )
     }
 }
 
@@ -111,6 +125,10 @@ pub fn decode(bytes: &[u8]) -> Option<StepInsn> {
             })
         }
         [0x48, 0x89, 0xe5, ..] | [0x48, 0x8b, 0xec, ..] => return Some(StepInsn::MovRspRbp),
+        // ModRM 11 reg reg with the same register twice.
+        [0x31 | 0x33, m, ..] if m >> 6 == 3 && (m >> 3) & 7 == m & 7 => {
+            return Some(StepInsn::XorZero { reg: m & 7 })
+        }
         _ => {}
     }
     let prefixes = bytes
@@ -143,6 +161,33 @@ pub fn reg64(r: &kvm_regs, reg: u8) -> u64 {
     }
 }
 
+/// Sets register `reg` (ModRM order) of `r`.
+fn set_reg64(r: &mut kvm_regs, reg: u8, v: u64) {
+    let slot = match reg {
+        0 => &mut r.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut r.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        _ => &mut r.r15,
+    };
+    *slot = v;
+}
+
+/// RFLAGS bits a zeroing `xor` clears (CF, SF, OF) and sets (PF, ZF).
+const XOR_CLEARS: u64 = 1 | (1 << 7) | (1 << 11);
+const XOR_SETS: u64 = (1 << 2) | (1 << 6);
+
 /// The result of emulating one instruction.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stepped {
@@ -171,6 +216,11 @@ pub fn emulate(insn: StepInsn, regs: &kvm_regs) -> Option<Stepped> {
             write = Some((r.rsp, value.to_le_bytes()));
         }
         StepInsn::MovRspRbp => r.rbp = regs.rsp,
+        StepInsn::XorZero { reg } => {
+            // A 32-bit result zero-extends: the whole register is 0.
+            set_reg64(&mut r, reg, 0);
+            r.rflags = (regs.rflags & !XOR_CLEARS) | XOR_SETS;
+        }
     }
     Some(Stepped { regs: r, write })
 }
@@ -273,6 +323,29 @@ mod tests {
     }
 
     #[test]
+    fn zeroing_xor_clears_the_register_and_sets_the_flags_a_cpu_sets() {
+        // __sysvec_apic_timer_interrupt's site: push %rbp; xor %esi,%esi.
+        let mut r = regs();
+        r.rsi = 0xffff_ffff_dead_beef;
+        // CF, SF and OF set, ZF and PF clear beforehand; IF and AF kept.
+        r.rflags = 0x202 | 1 | (1 << 4) | (1 << 7) | (1 << 11);
+        let s = step_over(&[0x31, 0xf6], &r).unwrap();
+        assert_eq!(s.regs.rsi, 0);
+        assert_eq!(s.regs.rflags, 0x202 | (1 << 4) | (1 << 2) | (1 << 6));
+        assert_eq!((s.regs.rip, s.write), (r.rip + 2, None));
+        let mut same = s.regs;
+        same.rsi = r.rsi;
+        same.rflags = r.rflags;
+        same.rip = r.rip;
+        assert_eq!(same, r);
+        // Both encodings, every legacy register.
+        assert_eq!(decode(&[0x33, 0xc0]), Some(StepInsn::XorZero { reg: 0 }));
+        assert_eq!(decode(&[0x31, 0xff]), Some(StepInsn::XorZero { reg: 7 }));
+        // The pair the trap covers decodes as push then xor.
+        assert_eq!(decode(&[0x55]), Some(StepInsn::Push { reg: 5, len: 1 }));
+    }
+
+    #[test]
     fn anything_else_is_not_emulated() {
         let r = regs();
         for b in [
@@ -286,6 +359,9 @@ mod tests {
             &[0xf3, 0x90],             // pause
             &[0x41, 0x90],             // xchg %eax,%r8d
             &[0x66, 0x50],             // push %ax (16-bit)
+            &[0x31, 0xc8],             // xor %ecx,%eax (two registers)
+            &[0x31, 0x00],             // xor %eax,(%rax)
+            &[0x45, 0x31, 0xc0],       // xor %r8d,%r8d (REX: not in the set)
             &[0xc3],                   // ret
             &[0xcc],                   // int3
             &[

@@ -98,6 +98,7 @@ fn insn_name(i: StepInsn) -> String {
         StepInsn::Endbr64 => "endbr64".into(),
         StepInsn::Push { reg, .. } => format!("push r{reg}"),
         StepInsn::MovRspRbp => "mov %rsp,%rbp".into(),
+        StepInsn::XorZero { reg } => format!("xor r{reg}d,r{reg}d"),
     }
 }
 
