@@ -244,11 +244,12 @@ pub fn record_on(
         common::hvtrace()
     };
     let started = std::time::Instant::now();
-    let out = hvtrace
+    hvtrace
         .args([
             "record",
             "--backend",
             backend,
+            "--force",
             "--vcpus",
             &vcpus.to_string(),
         ])
@@ -260,11 +261,24 @@ pub fn record_on(
         .arg(&dir)
         .args(opts)
         .arg("--")
-        .args(cmd)
-        .output()
-        .expect("run hvtrace record");
-    let console =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        .args(cmd);
+    let run = |c: &mut std::process::Command| {
+        let out = c.output().expect("run hvtrace record");
+        let console = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out, console)
+    };
+    let (mut out, mut console) = run(&mut hvtrace);
+    // Issue 16: a nested L2 guest with several vCPUs sometimes triple-faults
+    // under the KVM monitor's software traps (cause not found yet). Said
+    // and retried once; the retry must pass in full.
+    if backend == "kvm" && vcpus > 1 && console.contains("the VM ended: TripleFault") {
+        eprintln!(
+            "record_on: the guest triple-faulted (known intermittent, issue 16); retrying once:\n{}",
+            console.lines().filter(|l| l.contains("TripleFault")).collect::<Vec<_>>().join("\n")
+        );
+        (out, console) = run(&mut hvtrace);
+    }
     let status = out.status.code().unwrap_or(-1);
     assert!(
         dir.join("kernel/metadata").is_file(),
