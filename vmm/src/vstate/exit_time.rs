@@ -12,20 +12,33 @@
 //! and state. Without single-steps, `bench::pio_round_trip` prices it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Single-step runs kept per vCPU (the newest; enough for a median).
 const STEP_SAMPLES: usize = 1024;
 
-/// Per-vCPU sums, written by the vCPU thread, read from anywhere.
-#[derive(Default)]
+/// Per-vCPU sums, written by the vCPU thread (atomics only: no lock and no
+/// allocation on the exit path), read from anywhere.
 pub(crate) struct ExitTime {
     exits: AtomicU64,
     handling_ns: AtomicU64,
     in_run_ns: AtomicU64,
-    /// Durations of single-step KVM_RUNs, ns (a ring of STEP_SAMPLES).
-    steps: Mutex<(Vec<u64>, usize)>,
+    /// Durations of single-step KVM_RUNs, ns: a ring of STEP_SAMPLES
+    /// (0: empty), and how many were ever written.
+    steps: [AtomicU64; STEP_SAMPLES],
+    steps_written: AtomicU64,
+}
+
+impl Default for ExitTime {
+    fn default() -> Self {
+        ExitTime {
+            exits: AtomicU64::new(0),
+            handling_ns: AtomicU64::new(0),
+            in_run_ns: AtomicU64::new(0),
+            steps: std::array::from_fn(|_| AtomicU64::new(0)),
+            steps_written: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A snapshot of [`ExitTime`].
@@ -71,21 +84,19 @@ impl ExitTime {
 
     /// A KVM_RUN that single-stepped the guest took `d`.
     pub(crate) fn step_run(&self, d: Duration) {
-        let mut g = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-        let (ring, next) = &mut *g;
-        let ns = d.as_nanos() as u64;
-        if ring.len() < STEP_SAMPLES {
-            ring.push(ns);
-        } else {
-            ring[*next % STEP_SAMPLES] = ns;
-        }
-        *next += 1;
+        let n = self.steps_written.fetch_add(1, Ordering::Relaxed);
+        let ns = (d.as_nanos() as u64).max(1);
+        self.steps[n as usize % STEP_SAMPLES].store(ns, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> TracerTime {
         let (step_run_ns, step_runs) = {
-            let g = self.steps.lock().unwrap_or_else(|e| e.into_inner());
-            let mut v = g.0.clone();
+            let mut v: Vec<u64> = self
+                .steps
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .filter(|&ns| ns > 0)
+                .collect();
             v.sort_unstable();
             (v.get(v.len() / 2).copied(), v.len() as u64)
         };

@@ -5,7 +5,6 @@
 //! boundary, also with the guest's interrupts off) would resume in the
 //! trap's second byte, which decodes as a jump to nowhere.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,12 +65,7 @@ impl VcpuCtx<'_> {
     /// one. None, with nothing run, when another vCPU holds the VM-wide
     /// single step or some vCPU did not park in time: try again later.
     pub fn with_others_paused<R>(&mut self, f: impl FnOnce(&mut Self, &[u64]) -> R) -> Option<R> {
-        if self
-            .sw
-            .stepping
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.sw.claim_step() {
             return None;
         }
         let r = match pause_others(self.index, self.vcpus) {
@@ -93,7 +87,7 @@ impl VcpuCtx<'_> {
             }
             None => None,
         };
-        self.sw.stepping.store(false, Ordering::Release);
+        self.sw.release_step();
         r
     }
 }

@@ -224,6 +224,19 @@ impl SwBreakpoints {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Takes the VM-wide step: the right to pause the other vCPUs and
+    /// change text under them (false if another vCPU holds it).
+    pub(crate) fn claim_step(&self) -> bool {
+        self.stepping
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Gives the VM-wide step back.
+    pub(crate) fn release_step(&self) {
+        self.stepping.store(false, Ordering::Release);
+    }
+
     /// Inserts a trap at guest-virtual `gva` whose first byte is at
     /// guest-physical `gpa`; says how its hits will be stepped over. A
     /// 2-byte trap must not cross a page (its bytes are written by

@@ -200,12 +200,7 @@ impl Runner {
     /// Starts the single-step fallback over ours at `pc`: pauses every other
     /// vCPU, lifts the int3, single-steps. False if another vCPU holds it.
     fn begin_vm_step(&mut self, pc: u64) -> bool {
-        if self
-            .sw
-            .stepping
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.sw.claim_step() {
             return false;
         }
         let all = self.exit.vcpus.get().map_or(&[][..], Vec::as_slice);
@@ -214,7 +209,7 @@ impl Runner {
             None => {
                 // Some vCPU did not park: lifting the trap now would let it
                 // run the restored bytes unseen. The int3 is hit again.
-                self.sw.stepping.store(false, Ordering::Release);
+                self.sw.release_step();
                 return false;
             }
         }
@@ -233,7 +228,7 @@ impl Runner {
 
     fn release_vm_step(&mut self) {
         super::pause::resume(self.swbp.paused.drain(..));
-        self.sw.stepping.store(false, Ordering::Release);
+        self.sw.release_step();
     }
 
     /// After a single-step exit (DR6.BS): ends our fallback step if one was
