@@ -55,6 +55,13 @@ pub struct GuestOptions {
     /// then share one host thread, and the guest polls when idle.
     #[arg(long)]
     pub time_transparent: bool,
+    /// Put a host file or folder into the guest (repeatable), at GUEST_PATH
+    /// or else at its absolute host path. A dynamically linked program
+    /// brings its interpreter and the shared libraries its dynamic section
+    /// names. The files are appended to the initramfs as a second archive
+    /// (cached by content); the image is not rebuilt.
+    #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
+    pub add: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +93,11 @@ impl GuestOptions {
                     .context("building the default guest image")?;
                 (dir.join("vmlinuz"), dir.join("initrd.img"))
             }
+        };
+        let initrd = if self.add.is_empty() {
+            initrd
+        } else {
+            crate::image::add::combined_initrd(&initrd, &self.add, self.memory)?
         };
         let mut append = self.append.clone();
         if self.time_transparent {

@@ -2,11 +2,13 @@
 //! busybox-static) plus the workload programs and `/init` built here, cached
 //! by the content of its inputs.
 
+pub mod add;
 mod apt;
 mod apt_memo;
 pub mod check;
 pub mod compat32;
 mod cpio;
+mod elf_deps;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
