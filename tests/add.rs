@@ -138,14 +138,15 @@ fn assert_dynamic(program: &Path) {
     assert!(text.contains("(RUNPATH)"), "{text}");
 }
 
-fn traced_counts_match(line: &str) {
-    let built = build(&format!("trace-{line}"));
+fn traced_counts_match(backend: &str, line: &str) {
+    let built = build(&format!("trace-{backend}-{line}"));
     assert_dynamic(&built.program);
     let rounds: i64 = 40;
     let add_prog = format!("{}:/opt/addtest/bin/addtest", built.program.display());
     let add_data = format!("{}:/opt/addtest/data.txt", built.data.display());
     let started = std::time::Instant::now();
-    let r = record_support::record_with(
+    let r = record_support::record_on(
+        backend,
         line,
         1,
         "add",
@@ -153,7 +154,7 @@ fn traced_counts_match(line: &str) {
         &["/opt/addtest/bin/addtest", &rounds.to_string()],
     );
     println!(
-        "{line}: record with --add took {:.1} s wall",
+        "{backend} {line}: record with --add took {:.1} s wall",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(r.status, 0, "{}", r.console);
@@ -229,7 +230,7 @@ fn traced_counts_match(line: &str) {
     assert_eq!(read_bytes, counts["bytes"].parse::<i64>().unwrap());
     assert_eq!(read_bytes, size * rounds);
     println!(
-        "{line}: {} syscall entries of the added program in its window, each name's count equal to its own: {own:?}",
+        "{backend} {line}: {} syscall entries of the added program in its window, each name's count equal to its own: {own:?}",
         own.values().sum::<i64>()
     );
     let _ = std::fs::remove_dir_all(&r.dir);
@@ -237,12 +238,33 @@ fn traced_counts_match(line: &str) {
 
 #[test]
 fn added_program_traced_6_1() {
-    traced_counts_match("6.1");
+    traced_counts_match("qemu", "6.1");
 }
 
 #[test]
 fn added_program_traced_6_12() {
-    traced_counts_match("6.12");
+    traced_counts_match("qemu", "6.12");
+}
+
+/// The same on the KVM monitor (its own initrd loading): here with
+/// hardware virtualization, else in the stock-KVM harness's L1, which
+/// sees the test's temp folder and the cache at the same paths.
+#[test]
+fn added_program_traced_on_kvm_6_1() {
+    if common::hvtrace_on_kvm().is_none() {
+        return;
+    }
+    let _machine = common::machine_lock(false);
+    traced_counts_match("kvm", "6.1");
+}
+
+#[test]
+fn added_program_traced_on_kvm_6_12() {
+    if common::hvtrace_on_kvm().is_none() {
+        return;
+    }
+    let _machine = common::machine_lock(false);
+    traced_counts_match("kvm", "6.12");
 }
 
 /// Runs hvtrace `args` on the 6.1 image and returns (status, stderr,

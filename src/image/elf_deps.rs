@@ -127,8 +127,19 @@ impl Resolver {
             return Ok(Vec::new());
         }
         if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
+            if is_root {
+                // A user's file for another machine (e.g. a test fixture):
+                // copied as it is, and said so.
+                eprintln!(
+                    "hvtrace: add: {} is a dynamically linked ELF for {} ({}-bit), not x86-64: added without its libraries",
+                    host.display(),
+                    goblin::elf::header::machine_to_str(elf.header.e_machine),
+                    if elf.is_64 { 64 } else { 32 }
+                );
+                return Ok(Vec::new());
+            }
             bail!(
-                "{} is a dynamically linked ELF for {} ({}-bit): --add finds the libraries of x86-64 programs only",
+                "{} is a library for {} ({}-bit), not x86-64: the guest's x86-64 loader cannot use it",
                 host.display(),
                 goblin::elf::header::machine_to_str(elf.header.e_machine),
                 if elf.is_64 { 64 } else { 32 }
@@ -395,6 +406,39 @@ mod tests {
         let elf = goblin::elf::Elf::parse(&elf_bytes).unwrap();
         assert_eq!(elf.soname, Some("libc.so.6"));
         assert_eq!(elf.header.e_machine, goblin::elf::header::EM_X86_64);
+    }
+
+    /// This test program is itself dynamically linked against the host's
+    /// glibc: every library it needs is found, libc where the guest's
+    /// loader looks first, and its interpreter at its PT_INTERP path.
+    #[test]
+    fn own_executable_needs_are_all_found() {
+        let exe = std::env::current_exe().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+        let interp = elf.interpreter.expect("a dynamically linked test binary");
+        let root = Placed {
+            guest: "/opt/t/test".into(),
+            host: exe.clone(),
+        };
+        let deps = Resolver::new()
+            .dependencies(std::slice::from_ref(&root), &BTreeMap::new())
+            .unwrap();
+        let guests: Vec<&str> = deps.iter().map(|d| d.guest.as_str()).collect();
+        assert!(guests.contains(&interp), "{guests:?}");
+        assert!(
+            guests.contains(&"/lib/x86_64-linux-gnu/libc.so.6"),
+            "{guests:?}"
+        );
+        for needed in &elf.libraries {
+            assert!(
+                guests.iter().any(|g| g.ends_with(&format!("/{needed}"))),
+                "{needed} not placed: {guests:?}"
+            );
+        }
+        for d in &deps {
+            assert!(d.host.is_file(), "{}", d.host.display());
+        }
     }
 
     #[test]
