@@ -26,7 +26,7 @@ long addtest_getpid(void);
    the close of /dev/null, as /bin/syscalls does. */
 int main(int argc, char **argv) {
     long rounds = argc > 1 ? atol(argv[1]) : 10;
-    const char *data = argc > 2 ? argv[2] : "/opt/addtest/data.txt";
+    const char *data = argc > 2 ? argv[2] : "/opt/addtest/share/current";
     long getpid_n = 0, openat_n = 0, read_n = 0, close_n = 0, write_n = 0, bytes = 0;
     char buf[256];
     pid_t self = getpid(); /* before the counted window */
@@ -87,7 +87,8 @@ fn gcc(args: &[&str]) {
 }
 
 /// `ROOT/bin/addtest` linked against `ROOT/lib/libaddtest.so` (found by
-/// its RUNPATH `$ORIGIN/../lib`) and glibc; `ROOT/data.txt`.
+/// its RUNPATH `$ORIGIN/../lib`) and glibc; `ROOT/share/data.txt` and
+/// the symlink `ROOT/share/current` to it, which the program reads.
 fn build(tag: &str) -> Built {
     let root = std::env::temp_dir().join(format!("hvtrace-add-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -114,8 +115,10 @@ fn build(tag: &str) -> Built {
         "-laddtest",
         "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../lib",
     ]);
-    let data = root.join("data.txt");
+    std::fs::create_dir_all(root.join("share")).unwrap();
+    let data = root.join("share/data.txt");
     std::fs::write(&data, "data of the added program, read each round\n").unwrap();
+    std::os::unix::fs::symlink("data.txt", root.join("share/current")).unwrap();
     Built {
         program: root.join("bin/addtest"),
         data,
@@ -143,7 +146,11 @@ fn traced_counts_match(backend: &str, line: &str) {
     assert_dynamic(&built.program);
     let rounds: i64 = 40;
     let add_prog = format!("{}:/opt/addtest/bin/addtest", built.program.display());
-    let add_data = format!("{}:/opt/addtest/data.txt", built.data.display());
+    // A folder: its symlink stays a symlink, to the file beside it.
+    let add_data = format!(
+        "{}:/opt/addtest/share",
+        built.data.parent().unwrap().display()
+    );
     let started = std::time::Instant::now();
     let r = record_support::record_on(
         backend,
