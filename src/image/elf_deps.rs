@@ -50,6 +50,16 @@ struct Object {
     placed: Placed,
     /// RPATH directories inherited from the objects that loaded this one.
     rpath_chain: Vec<SearchDir>,
+    /// The interpreter of the program that loads this library (None for a
+    /// program: its own PT_INTERP).
+    interp: Option<String>,
+}
+
+/// A direct need of an object, with what its own lookups inherit.
+struct Need {
+    placed: Placed,
+    rpath_chain: Vec<SearchDir>,
+    interp: Option<String>,
 }
 
 /// Finds the interpreter and libraries of x86-64 ELF programs on the host.
@@ -84,18 +94,20 @@ impl Resolver {
             .map(|p| Object {
                 placed: p.clone(),
                 rpath_chain: Vec::new(),
+                interp: None,
             })
             .collect();
         let mut seen: BTreeSet<String> = roots.iter().map(|p| p.guest.clone()).collect();
         let mut out = Vec::new();
         while let Some(obj) = work.pop() {
             let is_root = roots.contains(&obj.placed);
-            for (dep, rpath_chain) in self.needs(&obj, added, is_root)? {
-                if seen.insert(dep.guest.clone()) {
-                    out.push(dep.clone());
+            for need in self.needs(&obj, added, is_root)? {
+                if seen.insert(need.placed.guest.clone()) {
+                    out.push(need.placed.clone());
                     work.push(Object {
-                        placed: dep,
-                        rpath_chain,
+                        placed: need.placed,
+                        rpath_chain: need.rpath_chain,
+                        interp: need.interp,
                     });
                 }
             }
@@ -111,7 +123,7 @@ impl Resolver {
         obj: &Object,
         added: &BTreeMap<String, PathBuf>,
         is_root: bool,
-    ) -> Result<Vec<(Placed, Vec<SearchDir>)>> {
+    ) -> Result<Vec<Need>> {
         let host = &obj.placed.host;
         let bytes = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         if !bytes.starts_with(b"\x7fELF") {
@@ -146,7 +158,11 @@ impl Resolver {
             );
         }
         let mut needs = Vec::new();
-        let interp = elf.interpreter.unwrap_or("/lib64/ld-linux-x86-64.so.2");
+        let interp = elf
+            .interpreter
+            .or(obj.interp.as_deref())
+            .unwrap_or("/lib64/ld-linux-x86-64.so.2")
+            .to_string();
         if let Some(path) = elf.interpreter {
             let placed = Placed {
                 guest: path.to_string(),
@@ -161,7 +177,11 @@ impl Resolver {
                     host.display()
                 );
             }
-            needs.push((placed, Vec::new()));
+            needs.push(Need {
+                placed,
+                rpath_chain: Vec::new(),
+                interp: None,
+            });
         }
         let origin = origin_of(&obj.placed)?;
         let split = |list: &[&str]| -> Vec<SearchDir> {
@@ -184,7 +204,7 @@ impl Resolver {
         }
         let mut child_chain = own_rpath;
         child_chain.extend(obj.rpath_chain.iter().cloned());
-        let system = self.system_dirs_of(interp);
+        let system = self.system_dirs_of(&interp);
         for name in &elf.libraries {
             let placed = self
                 .find(name, &search, &system, added)
@@ -204,7 +224,11 @@ impl Resolver {
                         system.join(", ")
                     )
                 })?;
-            needs.push((placed, child_chain.clone()));
+            needs.push(Need {
+                placed,
+                rpath_chain: child_chain.clone(),
+                interp: Some(interp.clone()),
+            });
         }
         Ok(needs)
     }
