@@ -235,6 +235,16 @@ fn check_guest_path(guest: &str, entry: &Entry, origin: &str) -> Result<()> {
 /// Builds (or finds in the cache) the base initramfs followed by the
 /// layer of `specs`; refuses a layer the guest's `memory_mib` cannot hold.
 pub fn combined_initrd(base: &Path, specs: &[String], memory_mib: u32) -> Result<PathBuf> {
+    combined_initrd_in(&cache::root().join("added"), base, specs, memory_mib)
+}
+
+/// [`combined_initrd`] with its cache folder given.
+fn combined_initrd_in(
+    dir: &Path,
+    base: &Path,
+    specs: &[String],
+    memory_mib: u32,
+) -> Result<PathBuf> {
     let mut layer = Layer::default();
     for text in specs {
         let spec = AddSpec::parse(text)?;
@@ -297,7 +307,6 @@ pub fn combined_initrd(base: &Path, specs: &[String], memory_mib: u32) -> Result
     check_fits(base_len, layer.archive_bytes(), memory_mib)?;
 
     let key = content_key(base, &layer)?;
-    let dir = cache::root().join("added");
     let path = dir.join(format!("{key}.img"));
     let files = layer
         .entries
@@ -317,11 +326,11 @@ pub fn combined_initrd(base: &Path, specs: &[String], memory_mib: u32) -> Result
         return Ok(path);
     }
     let combined = build_combined(base, &layer)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
     std::fs::write(&tmp, &combined).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    prune_old(&dir, KEEP_COMBINED);
+    prune_old(dir, KEEP_COMBINED);
     eprintln!("hvtrace: add: {summary}; initramfs {}", path.display());
     Ok(path)
 }
@@ -437,6 +446,64 @@ mod tests {
         assert!(check_guest_path("/dev", &Entry::Dir, "a").is_ok());
         assert!(check_guest_path("/devices/x", &file, "a").is_ok());
         assert!(check_guest_path("/opt/init", &file, "a").is_ok());
+    }
+
+    /// A folder with a file, a symlink and a program: the combined file is
+    /// the base, zero padding to 4 bytes and a gzip stream that GNU cpio
+    /// lists with every parent folder first and the symlink kept; the
+    /// same inputs give the same cached file.
+    #[test]
+    fn layer_follows_the_base_and_is_cached() {
+        let tmp = std::env::temp_dir().join(format!("hvtrace-add-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("tree/sub")).unwrap();
+        std::fs::write(tmp.join("tree/sub/a.txt"), b"abc").unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", tmp.join("tree/link")).unwrap();
+        let base = tmp.join("base.img");
+        std::fs::write(&base, b"070701 not really a base, 27 b").unwrap();
+        let specs = vec![format!("{}:/opt/x/tree", tmp.join("tree").display())];
+        let cache_dir = tmp.join("cache");
+        let path = combined_initrd_in(&cache_dir, &base, &specs, 512).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(&std::fs::read(&base).unwrap()));
+        assert_eq!(&bytes[30..32], &[0, 0]);
+        assert_eq!(&bytes[32..34], &[0x1f, 0x8b]);
+        let mut layer = Vec::new();
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&bytes[32..])
+            .read_to_end(&mut layer)
+            .unwrap();
+        let mut cpio = std::process::Command::new("cpio")
+            .args(["-t", "-v", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the cpio tool (scripts/install-deps.sh installs it)");
+        use std::io::Write;
+        cpio.stdin.take().unwrap().write_all(&layer).unwrap();
+        let out = cpio.wait_with_output().unwrap();
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let expected = [
+            " opt",
+            " opt/x",
+            " opt/x/tree",
+            " opt/x/tree/sub",
+            " opt/x/tree/link -> sub/a.txt",
+            " opt/x/tree/sub/a.txt",
+        ];
+        let lines: Vec<&str> = listing.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{listing}");
+        for (line, end) in lines.iter().zip(expected) {
+            assert!(line.ends_with(end), "{line} should end with {end}");
+        }
+        assert!(lines[4].starts_with('l') && lines[0].starts_with('d'));
+        let again = combined_initrd_in(&cache_dir, &base, &specs, 512).unwrap();
+        assert_eq!(again, path);
+        // Another content is another key.
+        std::fs::write(tmp.join("tree/sub/a.txt"), b"abd").unwrap();
+        let other = combined_initrd_in(&cache_dir, &base, &specs, 512).unwrap();
+        assert_ne!(other, path);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]
