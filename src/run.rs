@@ -57,6 +57,17 @@ pub struct GuestOptions {
     pub time_transparent: bool,
 }
 
+/// vCPUs allowed per host CPU (`--vcpus`), on both engines.
+const MAX_VCPUS_PER_HOST_CPU: u32 = 4;
+
+/// MemTotal of /proc/meminfo in MiB.
+fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -69,6 +80,7 @@ pub struct RunArgs {
 impl GuestOptions {
     /// Resolves the image (building it when needed) into a run description.
     pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
+        self.check_host_limits()?;
         let (kernel, initrd) = match (&self.kernel, &self.initrd) {
             (Some(k), Some(i)) => {
                 for p in [k, i] {
@@ -101,6 +113,29 @@ impl GuestOptions {
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
         })
+    }
+
+    /// Refuses what this host cannot run, before anything is prepared:
+    /// more vCPUs than [`MAX_VCPUS_PER_HOST_CPU`] per host CPU, more guest
+    /// memory than the host has.
+    fn check_host_limits(&self) -> Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        if self.vcpus > cpus * MAX_VCPUS_PER_HOST_CPU {
+            bail!(
+                "--vcpus {}: this host runs {cpus} CPU(s); at most {} vCPUs ({MAX_VCPUS_PER_HOST_CPU} per host CPU: each vCPU is a host thread, and more only time-slice)",
+                self.vcpus,
+                cpus * MAX_VCPUS_PER_HOST_CPU
+            );
+        }
+        if let Some(total) = host_memory_mib() {
+            if u64::from(self.memory) > total {
+                bail!(
+                    "--memory {} MiB: this host has {total} MiB (MemTotal in /proc/meminfo)",
+                    self.memory
+                );
+            }
+        }
+        Ok(())
     }
 
     /// QEMU arguments that follow from these options beyond [`GuestRun`].
@@ -162,7 +197,15 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
             "timed out after {} s; the guest was stopped",
             timeout.as_secs()
         ),
-        GuestEnd::Interrupted => bail!("interrupted; the guest was stopped"),
+        GuestEnd::Interrupted => {
+            // Like a shell: 128 + the signal that stopped the run.
+            let sig = crate::interrupt::received().unwrap_or(libc::SIGINT);
+            eprintln!(
+                "hvtrace: interrupted by {}; the guest was stopped",
+                crate::interrupt::name(sig)
+            );
+            Ok(128 + sig)
+        }
     }
 }
 
