@@ -81,7 +81,7 @@ impl GuestOptions {
     /// Resolves the image (building it when needed) into a run description.
     pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
         self.check_host_limits()?;
-        let (kernel, initrd) = match (&self.kernel, &self.initrd) {
+        let (kernel, initrd, opened) = match (&self.kernel, &self.initrd) {
             (Some(k), Some(i)) => {
                 for p in [k, i] {
                     if !p.is_file() {
@@ -89,16 +89,28 @@ impl GuestOptions {
                     }
                 }
                 // Refused here, not by QEMU or a guest that never boots.
-                crate::image::check::open_kernel(k)?;
+                let opened = crate::image::check::open_kernel(k)?;
                 crate::image::check::check_initrd(i)?;
-                (k.clone(), i.clone())
+                (k.clone(), i.clone(), Some(opened))
             }
             _ => {
                 let dir = crate::image::build(&self.kernel_line, true)
                     .context("building the default guest image")?;
-                (dir.join("vmlinuz"), dir.join("initrd.img"))
+                (dir.join("vmlinuz"), dir.join("initrd.img"), None)
             }
         };
+        let image = match opened {
+            Some(k) => k,
+            // The image build recovered its symbols: a read of the cache.
+            None => crate::image::check::open_kernel(&kernel)?,
+        };
+        let (floor, why) = crate::image::check::memory_floor_mib(&image, &initrd)?;
+        if u64::from(self.memory) < floor {
+            bail!(
+                "--memory {} MiB: this kernel and initramfs need at least {floor} MiB ({why})",
+                self.memory
+            );
+        }
         let mut append = self.append.clone();
         if self.time_transparent {
             // An idle vCPU must not halt: QEMU would jump guest time to the

@@ -389,7 +389,7 @@ fn at_exit() {
                 r.packets_written,
                 r.bytes_written
             ),
-            Err(e) => format!("{{\"error\":{:?}}}", e.to_string()),
+            Err(e) => format!("{{\"error\":{:?}}}", chain(&e)),
         },
         None => "null".to_string(),
     };
