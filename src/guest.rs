@@ -171,12 +171,15 @@ pub fn run_qemu_driven(
     } else {
         Stdio::null()
     };
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe calls (prctl, getppid, _exit).
     unsafe {
-        cmd.pre_exec(|| {
-            // QEMU dies with hvtrace, whatever ends hvtrace (even SIGKILL).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() == 1 {
+        cmd.pre_exec(move || {
+            // QEMU dies with hvtrace, whatever ends hvtrace (even SIGKILL);
+            // if hvtrace is gone already, QEMU does not start.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
                 libc::_exit(127);
             }
             Ok(())
