@@ -54,14 +54,19 @@ fn shell() -> Option<Command> {
 /// One run: exit status and stderr.
 fn record_kvm(out: &Path, signal: &str, script: &str) -> (Option<i32>, String) {
     let image = common::image_dir("6.1");
+    // A file, not `sh -c`: the harness carries arguments on one line.
+    let driver = out.with_extension("sh");
+    std::fs::write(&driver, DRIVER).unwrap();
     let mut c = shell().expect("checked by the caller");
-    c.args(["-c", DRIVER, "sh", env!("CARGO_BIN_EXE_hvtrace")])
+    c.arg(&driver)
+        .arg(env!("CARGO_BIN_EXE_hvtrace"))
         .arg(image.join("vmlinuz"))
         .arg(image.join("initrd.img"))
         .arg(out)
         .arg(signal)
         .args(["/bin/sh", "-c", script]);
     let o = c.output().expect("run the driver shell");
+    let _ = std::fs::remove_file(&driver);
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
