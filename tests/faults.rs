@@ -37,8 +37,9 @@ fn signals_to_hvtrace_stop_every_phase_cleanly() {
             fresh_cache: false,
             script: BUSY,
             opts: &[],
-            // The plugin is loaded: QEMU runs, the kernel is not up yet.
-            action: Action::Signal(Wait::File("plugin-started"), SIGINT),
+            // The plugin has started the trace: QEMU runs, the kernel is
+            // not up yet.
+            action: Action::Signal(Wait::File("kernel/metadata"), SIGINT),
             status: 128 + SIGINT,
             says: &["interrupted by SIGINT; the guest was stopped"],
             trace: Trace::Readable,
