@@ -14,9 +14,9 @@ const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
 
-/// A guest command that prints `FAULT-TRACING` then makes syscalls until
-/// stopped.
-const BUSY: &str = "echo FAULT-TRACING; while :; do /bin/syscalls 200 > /dev/null; done";
+/// A guest command that makes syscalls until stopped, printing
+/// `FAULT-TRACING` after each round (so some are in the trace by then).
+const BUSY: &str = "while :; do /bin/syscalls 200 > /dev/null; echo FAULT-TRACING; done";
 
 #[test]
 fn signals_to_hvtrace_stop_every_phase_cleanly() {
@@ -114,12 +114,14 @@ fn qemu_and_guest_faults_end_with_a_readable_trace() {
         Case {
             name: "the guest hangs",
             fresh_cache: false,
-            script: "echo FAULT-TRACING; /bin/syscalls 100 > /dev/null; exec sleep 100000",
-            opts: &["--timeout", "25"],
+            script: "/bin/syscalls 100 > /dev/null; echo FAULT-TRACED; exec sleep 100000",
+            opts: &["--timeout", "40"],
             action: Action::None,
             status: 125,
-            says: &["timed out after 25 s; the guest was stopped"],
-            trace: Trace::Command("syscalls"),
+            says: &["timed out after 40 s; the guest was stopped"],
+            // A loaded machine may not reach the command in 40 s: its
+            // syscalls are asked for when the guest said they were made.
+            trace: Trace::CommandIfSaid("syscalls", "FAULT-TRACED"),
         },
         Case {
             name: "the guest reboots",

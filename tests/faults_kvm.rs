@@ -96,7 +96,7 @@ fn kvm_sigint_while_tracing_exits_130_with_a_readable_trace() {
     }
     let _machine = common::machine_lock(false);
     let out = out_dir("sigint");
-    let busy = "echo FAULT-TRACING; while :; do /bin/syscalls 200 > /dev/null; done";
+    let busy = "while :; do /bin/syscalls 200 > /dev/null; echo FAULT-TRACING; done";
     let (status, err) = record_kvm(&out, "INT", busy);
     let tail: Vec<&str> = err.lines().rev().take(30).collect();
     assert_eq!(status, Some(130), "{tail:#?}");
