@@ -160,15 +160,11 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
         &mut |_| {},
         None,
     )?;
-    match outcome {
-        GuestEnd::Exited(status) => Ok(status),
-        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
-        GuestEnd::Interrupted => bail!("interrupted"),
-        GuestEnd::NoMarker => match exit {
-            Some(exit) => bail!("the guest ended without reporting an exit status: {exit:?}"),
-            None => bail!("the guest ended without reporting an exit status"),
-        },
+    match (outcome, exit) {
+        (GuestEnd::NoMarker, Some(exit)) => {
+            bail!("the guest ended without reporting an exit status: {exit:?}")
+        }
+        (end, _) => crate::run::outcome(end, cfg.timeout),
     }
 }
 
@@ -245,6 +241,7 @@ pub fn run_guest(
     }
     // KVM's emulator cannot run XSAVE/XRSTOR: keep the guest on FXSAVE.
     vc.emulator_cpuid = !boot.native;
+    crate::interrupt::guest_starting();
     let mut vm = vmm::build(vc).context("creating the KVM guest")?;
     vm.start().context("starting the vCPUs")?;
     let deadline = Instant::now() + cfg.timeout;

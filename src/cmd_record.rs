@@ -8,7 +8,6 @@
 //! ltt-writer (one producer per vCPU) and a report (`plugin.json`) that
 //! the summary comes from.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -125,7 +124,17 @@ pub fn run(args: RecordArgs) -> Result<i32> {
 pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver>) -> Result<i32> {
     let interrupt = guest::install_interrupt_flag();
     let Some(events) = EventClasses::parse(&args.events) else {
-        bail!("--events: expected a list of syscalls,sched,irq,proc (or all)");
+        let unknown: Vec<&str> = args
+            .events
+            .split(',')
+            .map(str::trim)
+            .filter(|w| EventClasses::parse(w).is_none())
+            .collect();
+        bail!(
+            "--events {}: unknown class {}; expected a list of syscalls,sched,irq,proc (or all)",
+            args.events,
+            unknown.join(", ")
+        );
     };
     let user_probes = parse_probes(&args.probes)?;
     match choose_backend(args.guest.backend)? {
@@ -200,69 +209,24 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let end = guest::run_qemu_driven(cmd, run.timeout, &interrupt, &mut std::io::stderr(), driver)?;
     let wall = t1.elapsed();
 
-    let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let summary = summarize(&report);
-    let lost = report["ctf"]["discarded"].as_u64().unwrap_or(0);
-    let busy: u64 = report["cpus"]
-        .as_array()
-        .map(|c| c.iter().filter_map(|c| c["busy_ns"].as_u64()).sum())
-        .unwrap_or(0);
-    eprintln!(
-        "hvtrace: record: {} events, {lost} lost; per vCPU {:?}; guest run {:.1} s wall (symbols {:.1} s)",
-        summary.total,
-        summary.per_cpu,
-        wall.as_secs_f64(),
-        prep.as_secs_f64()
-    );
-    for (class, n) in &summary.per_class {
-        eprintln!("hvtrace: record:   {class}: {n}");
-    }
-    // [deferred, read later, still unreadable] per vCPU (introspect::defer)
-    let late = report["cpus"].as_array().map_or([0u64; 3], |c| {
-        c.iter().fold([0; 3], |mut acc, cpu| {
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a += cpu["strings_late"][i].as_u64().unwrap_or(0);
-            }
-            acc
-        })
+    let incomplete = crate::record_summary::print_qemu(&crate::record_summary::QemuRun {
+        out,
+        out_abs: &out_abs,
+        wall,
+        prep,
+        baseline: baseline.as_ref(),
+        end: &end,
     });
-    if late[0] > 0 {
-        eprintln!(
-            "hvtrace: record: {} syscall string arguments were not mapped at entry: {} read later in the syscall, {} left marked (unreadable)",
-            late[0], late[1], late[2]
-        );
-    }
-    if summary.total > 0 {
-        eprintln!(
-            "hvtrace: record: tracer time {:.1} ms in trap callbacks, {:.2} us per event",
-            busy as f64 / 1e6,
-            busy as f64 / 1e3 / summary.total as f64
-        );
-    }
-    if let Some((base, base_end)) = baseline {
-        eprintln!(
-            "hvtrace: record: baseline (untraced) run {:.1} s wall ({base_end:?}); traced/untraced = {:.2}x (whole guest run, boot included)",
-            base.as_secs_f64(),
-            wall.as_secs_f64() / base.as_secs_f64().max(1e-9)
-        );
-    }
-    match report["slide"].as_i64() {
-        Some(s) if s >= 0 => eprintln!("hvtrace: record: KASLR slide {s:#x}; trace in {}", out.join("kernel").display()),
-        _ => eprintln!("hvtrace: record: the plugin did not find the running kernel (no KASLR slide matched); the trace is empty"),
-    }
-    if !matches!(end, guest::GuestEnd::Exited(_)) {
-        eprintln!(
-            "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
-            out.display()
-        );
-    }
     if let Some(t) = triggers {
         t.finish();
     }
-    outcome(end, run.timeout)
+    match incomplete {
+        // A run that ended otherwise says so first (signal, panic, ...).
+        Some(why) if matches!(end, guest::GuestEnd::Exited(_)) => {
+            bail!("the trace is incomplete: {why}")
+        }
+        _ => outcome(end, run.timeout),
+    }
 }
 
 fn path_str(p: &Path) -> Result<&str> {
@@ -564,48 +528,4 @@ fn offsets_from_btf(
         mm_pgd: m("mm_struct", "pgd")?,
         ..Offsets::default()
     })
-}
-
-/// What the trace holds, as the plugin counted it.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub total: u64,
-    pub per_cpu: Vec<u64>,
-    pub per_class: BTreeMap<&'static str, u64>,
-}
-
-/// The class of an event, by `Record::event_tag`.
-pub(crate) fn class_of_tag(tag: usize) -> &'static str {
-    match tag {
-        0 | 1 | 15 => "syscalls",
-        2 | 3 | 14 | 19 => "sched",
-        7 | 8 | 10 | 11 | 16..=18 => "irq",
-        13 => "probes",
-        9 => "statedump",
-        12 => "samples",
-        _ => "proc",
-    }
-}
-
-/// What the plugin wrote, from its report (`plugin.json`).
-fn summarize(report: &serde_json::Value) -> Summary {
-    let mut s = Summary::default();
-    for cpu in report["cpus"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        let n = cpu["events"].as_u64().unwrap_or(0);
-        s.per_cpu.push(n);
-        s.total += n;
-        for (tag, v) in cpu["by_event"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let v = v.as_u64().unwrap_or(0);
-            if v > 0 {
-                *s.per_class.entry(class_of_tag(tag)).or_default() += v;
-            }
-        }
-    }
-    s
 }

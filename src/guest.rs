@@ -97,15 +97,10 @@ pub fn kernel_cmdline(argv: &[String], append: &str) -> String {
     cmdline
 }
 
-/// Set by SIGINT/SIGTERM: ends a run cleanly (QEMU gets SIGTERM so plugins
-/// flush what they hold) instead of killing hvtrace on the spot.
+/// Set by SIGINT/SIGTERM once a guest runs: ends the run cleanly (QEMU
+/// gets SIGTERM so plugins flush what they hold); see [`crate::interrupt`].
 pub fn install_interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Registration only fails for forbidden signals, which these are not.
-        let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
-    }
-    flag
+    crate::interrupt::install()
 }
 
 /// The QEMU (TCG) command for a run; `extra` goes last (e.g. `-plugin`).
@@ -176,10 +171,25 @@ pub fn run_qemu_driven(
     } else {
         Stdio::null()
     };
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes async-signal-safe calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            // QEMU dies with hvtrace, whatever ends hvtrace (even SIGKILL);
+            // if hvtrace is gone already, QEMU does not start.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                libc::_exit(127);
+            }
+            Ok(())
+        })
+    };
     cmd.process_group(0)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    crate::interrupt::guest_starting();
     let mut child = cmd.spawn().with_context(|| {
         format!(
             "cannot start {} (install QEMU >= 10: scripts/install-deps.sh)",
@@ -225,36 +235,38 @@ pub fn run_qemu_driven(
     };
     let _ = console_out.flush();
     drop(stdin);
-    stop_qemu(&mut child, &end);
+    let status = stop_qemu(&mut child, &end);
     // Drain what QEMU printed while stopping (e.g. the power-off lines).
     while let Ok(bytes) = rx.recv_timeout(Duration::from_millis(200)) {
         let _ = console_out.write_all(&bytes);
     }
     let _ = reader.join();
+    if let (GuestEnd::NoMarker, Some(status)) = (&end, status) {
+        eprintln!("hvtrace: QEMU ended by itself: {status}");
+    }
     Ok(end)
 }
 
 /// Ends QEMU: a guest that reported its status powers off by itself; any
 /// other end gets SIGTERM (QEMU runs its exit path, plugins flush), then
-/// SIGKILL if it lingers.
-fn stop_qemu(child: &mut Child, end: &GuestEnd) {
-    let grace = match end {
-        GuestEnd::Exited(_) => Duration::from_secs(10),
-        _ => {
-            signal(child, libc::SIGTERM);
-            Duration::from_secs(10)
-        }
-    };
-    let deadline = Instant::now() + grace;
+/// SIGKILL if it lingers or a second signal to hvtrace asks to hurry.
+/// Returns QEMU's exit status once reaped.
+fn stop_qemu(child: &mut Child, end: &GuestEnd) -> Option<std::process::ExitStatus> {
+    if !matches!(end, GuestEnd::Exited(_)) {
+        signal(child, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline && !crate::interrupt::hurry() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             _ => break,
         }
     }
     signal(child, libc::SIGKILL);
-    let _ = child.wait();
+    child.wait().ok()
 }
 
 fn signal(child: &Child, sig: libc::c_int) {

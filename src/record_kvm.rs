@@ -340,7 +340,7 @@ pub fn run(
         for (tag, &n) in c.by_event.iter().enumerate() {
             if n > 0 {
                 *per_class
-                    .entry(crate::cmd_record::class_of_tag(tag))
+                    .entry(crate::record_summary::class_of_tag(tag))
                     .or_default() += n;
             }
         }

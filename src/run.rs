@@ -64,6 +64,17 @@ pub struct GuestOptions {
     pub add: Vec<String>,
 }
 
+/// vCPUs allowed per host CPU (`--vcpus`), on both engines.
+const MAX_VCPUS_PER_HOST_CPU: u32 = 4;
+
+/// MemTotal of /proc/meminfo in MiB.
+fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -76,7 +87,8 @@ pub struct RunArgs {
 impl GuestOptions {
     /// Resolves the image (building it when needed) into a run description.
     pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
-        let (kernel, initrd) = match (&self.kernel, &self.initrd) {
+        self.check_host_limits()?;
+        let (kernel, initrd, opened) = match (&self.kernel, &self.initrd) {
             (Some(k), Some(i)) => {
                 for p in [k, i] {
                     if !p.is_file() {
@@ -84,16 +96,29 @@ impl GuestOptions {
                     }
                 }
                 // Refused here, not by QEMU or a guest that never boots.
-                crate::image::check::open_kernel(k)?;
+                let opened = crate::image::check::open_kernel(k)?;
                 crate::image::check::check_initrd(i)?;
-                (k.clone(), i.clone())
+                (k.clone(), i.clone(), Some(opened))
             }
             _ => {
                 let dir = crate::image::build(&self.kernel_line, true)
                     .context("building the default guest image")?;
-                (dir.join("vmlinuz"), dir.join("initrd.img"))
+                (dir.join("vmlinuz"), dir.join("initrd.img"), None)
             }
         };
+        let image = match opened {
+            Some(k) => k,
+            // The image build recovered its symbols: a read of the cache.
+            None => crate::image::check::open_kernel(&kernel)?,
+        };
+        let (floor, why) = crate::image::check::memory_floor_mib(&image, &initrd)?;
+        if u64::from(self.memory) < floor {
+            bail!(
+                "--memory {} MiB: this kernel and initramfs need at least {floor} MiB ({why})",
+                self.memory
+            );
+        }
+        // The added layer has its own bound (add.rs), which counts the base too.
         let initrd = if self.add.is_empty() {
             initrd
         } else {
@@ -113,6 +138,29 @@ impl GuestOptions {
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
         })
+    }
+
+    /// Refuses what this host cannot run, before anything is prepared:
+    /// more vCPUs than [`MAX_VCPUS_PER_HOST_CPU`] per host CPU, more guest
+    /// memory than the host has.
+    fn check_host_limits(&self) -> Result<()> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        if self.vcpus > cpus * MAX_VCPUS_PER_HOST_CPU {
+            bail!(
+                "--vcpus {}: this host runs {cpus} CPU(s); at most {} vCPUs ({MAX_VCPUS_PER_HOST_CPU} per host CPU: each vCPU is a host thread, and more only time-slice)",
+                self.vcpus,
+                cpus * MAX_VCPUS_PER_HOST_CPU
+            );
+        }
+        if let Some(total) = host_memory_mib() {
+            if u64::from(self.memory) > total {
+                bail!(
+                    "--memory {} MiB: this host has {total} MiB (MemTotal in /proc/meminfo)",
+                    self.memory
+                );
+            }
+        }
+        Ok(())
     }
 
     /// QEMU arguments that follow from these options beyond [`GuestRun`].
@@ -174,7 +222,15 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
             "timed out after {} s; the guest was stopped",
             timeout.as_secs()
         ),
-        GuestEnd::Interrupted => bail!("interrupted; the guest was stopped"),
+        GuestEnd::Interrupted => {
+            // Like a shell: 128 + the signal that stopped the run.
+            let sig = crate::interrupt::received().unwrap_or(libc::SIGINT);
+            eprintln!(
+                "hvtrace: interrupted by {}; the guest was stopped",
+                crate::interrupt::name(sig)
+            );
+            Ok(128 + sig)
+        }
     }
 }
 

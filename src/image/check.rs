@@ -73,6 +73,44 @@ pub fn check_initrd(initrd: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Guest memory a kernel and initramfs need beyond their own: page
+/// tables, slabs and the guest command. Measured with the 6.1 image under
+/// QEMU: 104 MiB boots and runs `/bin/true`, 96 MiB dies "deadlocked on
+/// memory" (its kernel, initramfs and unpacked initramfs take 71 MiB).
+const RUN_MARGIN_MIB: u64 = 32;
+
+/// What `--memory` must at least be for this kernel and initramfs: the
+/// kernel's memory image (`_text` to `_end`), the initramfs as loaded and
+/// unpacked, and [`RUN_MARGIN_MIB`]. Returns it with the message that
+/// explains it.
+pub fn memory_floor_mib(kernel: &guest_symbols::Kernel, initrd: &Path) -> Result<(u64, String)> {
+    const MIB: u64 = 1 << 20;
+    let image = match (kernel.symbols.addr("_text"), kernel.symbols.addr("_end")) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => 0,
+    };
+    let bytes = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    let packed = bytes.len() as u64;
+    let unpacked = if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() >= 4 {
+        // gzip's trailer: the unpacked size modulo 2^32.
+        let tail: [u8; 4] = bytes[bytes.len() - 4..].try_into().unwrap_or_default();
+        u64::from(u32::from_le_bytes(tail)).max(packed)
+    } else if bytes.starts_with(b"0707") {
+        packed
+    } else {
+        // Other compressors keep no size: a usual ratio.
+        2 * packed
+    };
+    let floor = (image + packed + unpacked).div_ceil(MIB) + RUN_MARGIN_MIB;
+    let why = format!(
+        "the kernel's memory image takes {} MiB, the initramfs {} MiB and {} MiB unpacked, plus {RUN_MARGIN_MIB} MiB to run",
+        image.div_ceil(MIB),
+        packed.div_ceil(MIB),
+        unpacked.div_ceil(MIB)
+    );
+    Ok((floor, why))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

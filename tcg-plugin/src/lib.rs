@@ -183,6 +183,7 @@ impl Register for Hv {
                 let _ = std::fs::create_dir_all(format!("{out}/raw"));
             }
             let _ = std::fs::write(format!("{out}/plugin-started"), b"1\n");
+            reserve_report(&out);
         }
         // The trace clock: taken together so that ts + offset is wall time
         // (in time-transparent mode, wall time at boot plus guest time).
@@ -388,7 +389,7 @@ fn at_exit() {
                 r.packets_written,
                 r.bytes_written
             ),
-            Err(e) => format!("{{\"error\":{:?}}}", e.to_string()),
+            Err(e) => format!("{{\"error\":{:?}}}", chain(&e)),
         },
         None => "null".to_string(),
     };
@@ -411,7 +412,34 @@ fn at_exit() {
         regs,
         notes
     );
-    let _ = std::fs::write(format!("{}/plugin.json", g.plan.out_dir), json);
+    write_report(&g.plan.out_dir, &json);
+}
+
+/// Room kept for `plugin.json` from the start, so that the report (how
+/// far the trace got) is still written when the trace filled the disk.
+const REPORT_ROOM: usize = 256 << 10;
+
+fn reserve_report(out: &str) {
+    let _ = std::fs::write(format!("{out}/plugin.json"), vec![b' '; REPORT_ROOM]);
+}
+
+/// Writes the report over the reserved room (no new space needed when it
+/// fits), then cuts the rest.
+fn write_report(out: &str, json: &str) {
+    use std::io::Write;
+    let path = format!("{out}/plugin.json");
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        // Over the reserved room: truncating would give its space back.
+        .truncate(false)
+        .open(&path)
+    else {
+        return;
+    };
+    if f.write_all(json.as_bytes()).is_ok() {
+        let _ = f.set_len(json.len() as u64);
+    }
 }
 
 register!(Hv::default());
