@@ -11,6 +11,7 @@ mod cmd_symbols;
 mod guest;
 mod image;
 mod latency;
+mod record_buffers;
 mod record_kvm;
 mod report;
 mod run;
