@@ -60,6 +60,16 @@ pub struct RecordArgs {
     /// Memory kept per vCPU by --buffer flight-recorder, in MiB.
     #[arg(long, default_value_t = 4)]
     pub flight_mib: u64,
+    /// Bytes per sub-buffer (one CTF packet) of each vCPU's stream, as
+    /// LTTng's --subbuf-size: a number with an optional k or M suffix, a
+    /// multiple of 8, from 4k to 64M.
+    #[arg(long, default_value = "256k", value_parser = crate::record_buffers::parse_subbuf_size)]
+    pub subbuf_size: u64,
+    /// Sub-buffers per vCPU with --buffer lossless or discard, as LTTng's
+    /// --num-subbuf. Smaller buffers fill sooner: a vCPU waits for the
+    /// writer (lossless) or drops events (discard).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=4096))]
+    pub num_subbuf: u32,
     /// With --buffer flight-recorder, also write the window to
     /// DIR/snapshot-N when SPEC happens (repeatable): `panic` (guest kernel
     /// panic or oops), `syscall=NAME:ERRNO` (NAME returns -ERRNO; errno name
@@ -104,6 +114,8 @@ impl RecordArgs {
             buffer: BufferMode::Lossless,
             output,
             flight_mib: 4,
+            subbuf_size: 256 << 10,
+            num_subbuf: 8,
             triggers: Vec::new(),
             keep_raw: false,
             baseline: false,
@@ -179,6 +191,8 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     }
     .into();
     plan.flight_bytes = args.flight_mib * (1 << 20);
+    plan.subbuf_size = args.subbuf_size;
+    plan.num_subbuf = args.num_subbuf;
     plan.raw = args.keep_raw;
     plan.instruction_clock_shift = args.guest.instruction_clock_shift();
     let triggers = crate::triggers::prepare_for(&args, &plan, &run.kernel, &out_abs)?;

@@ -12,6 +12,7 @@ mod guest;
 mod image;
 mod interrupt;
 mod latency;
+mod record_buffers;
 mod record_kvm;
 mod record_summary;
 mod report;

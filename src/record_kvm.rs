@@ -187,6 +187,8 @@ pub fn run(
     let mut cfg = ltt_writer::TraceConfig::new(run.vcpus, catalog);
     cfg.env.kernel_release = plan.kernel_release.clone();
     cfg.clock_offset_ns = epoch_unix_ns;
+    cfg.packet_size = args.subbuf_size as usize;
+    cfg.packets_per_cpu = args.num_subbuf as usize;
     cfg.policy = match args.buffer {
         BufferMode::Lossless => ltt_writer::Policy::Lossless,
         BufferMode::Discard => ltt_writer::Policy::Discard,
@@ -348,6 +350,7 @@ pub fn run(
     for (class, n) in &per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
+    crate::record_buffers::print_discards(&report.discards_json(), &args.output.join("kvm.json"));
     if total > 0 {
         eprintln!(
             "hvtrace: record: tracer time {:.1} ms in debug-exit handlers, {:.2} us per event",

@@ -44,6 +44,7 @@ pub fn print_qemu(r: &QemuRun) -> Option<String> {
     for (class, n) in &summary.per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
+    crate::record_buffers::print_discards(&report["ctf"]["discards"], &r.out.join("plugin.json"));
     // [deferred, read later, still unreadable] per vCPU (introspect::defer)
     let late = report["cpus"].as_array().map_or([0u64; 3], |c| {
         c.iter().fold([0; 3], |mut acc, cpu| {

@@ -3,18 +3,62 @@
 //! (a timer interrupt each) all at once. Traced in lossless mode, the
 //! trace must hold every one of them, on the vCPU the thread was pinned to,
 //! and say that nothing was discarded; on both engines (the KVM monitor
-//! with the vCPUs its nested harness can run here).
+//! with the vCPUs its nested harness can run here). In discard mode with
+//! buffers too small for the storm, what the trace holds plus what hvtrace
+//! says it dropped, event by event and vCPU by vCPU, is what each thread
+//! counted itself.
 
 mod common;
 mod record_support;
+
+use std::path::Path;
+use std::process::Command;
 
 use record_support::{record_on, Recorded};
 
 const VCPUS: u32 = 8;
 
-/// Checks the trace against the storm's own counts on `vcpus` vCPUs;
-/// returns (events in the trace, events discarded, tracer ns per event).
-fn check_storm(r: &Recorded, vcpus: u32, report_file: &str) -> (usize, u64, f64) {
+/// The events each stream's packet contexts say were discarded
+/// (`events_discarded`, a running total), as babeltrace2 reads them: the
+/// sum of its discarded-events messages, by the stream file's cpu.
+fn packet_discards(trace: &Path) -> Vec<u64> {
+    const SCRIPT: &str = r#"
+import json, sys
+import bt2
+total = {}
+for m in bt2.TraceCollectionMessageIterator(sys.argv[1]):
+    if type(m) is bt2._DiscardedEventsMessageConst:
+        cpu = int(m.stream.name.rsplit("_", 1)[1])
+        total[cpu] = total.get(cpu, 0) + m.count
+print(json.dumps(total))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .arg(trace)
+        .output()
+        .expect("python3 with bt2 (Debian package python3-bt2) runs");
+    assert!(
+        out.status.success(),
+        "bt2 failed on {}: {}",
+        trace.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_cpu: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&out.stdout).expect("a JSON object");
+    let n = by_cpu.keys().filter_map(|k| k.parse::<usize>().ok()).max();
+    (0..n.map_or(0, |n| n + 1))
+        .map(|c| by_cpu.get(&c.to_string()).copied().unwrap_or(0))
+        .collect()
+}
+
+/// Checks the trace against the storm's own counts on `vcpus` vCPUs: each
+/// thread's `getppid` and `nanosleep` entries and exits, in the trace on
+/// its own vCPU's stream, plus the ones the engine's report
+/// (`report_file`) says that vCPU dropped, equal the thread's count; and
+/// that drop count is the packet contexts' `events_discarded`. Lossless:
+/// nothing dropped. Returns (events in the trace, events discarded,
+/// tracer ns per event).
+fn check_storm(r: &Recorded, vcpus: u32, report_file: &str, lossless: bool) -> (usize, u64, f64) {
     assert_eq!(r.status, 0, "{}", r.console);
     let counts = r.counts();
     let n = |k: &str| -> i64 {
@@ -23,9 +67,18 @@ fn check_storm(r: &Recorded, vcpus: u32, report_file: &str) -> (usize, u64, f64)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {k} in {counts:?}"))
     };
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(r.dir.join(report_file)).expect("the engine's report"),
+    )
+    .expect("JSON report");
+    let discarded = report["ctf"]["discarded"].as_u64().expect("ctf.discarded");
+    let discards = &report["ctf"]["discards"];
+    assert_eq!(discards["total"], discarded, "ctf.discards.total");
     assert_eq!(n("cpus"), i64::from(vcpus));
     for cpu in 0..i64::from(vcpus) {
         let tid = n(&format!("cpu{cpu}_tid"));
+        let dropped = &discards["cpus"][cpu as usize];
+        assert_eq!(dropped["cpu"], cpu, "ctf.discards.cpus[{cpu}]");
         for call in ["getppid", "nanosleep"] {
             let want = n(&format!("cpu{cpu}_{call}"));
             for side in ["entry", "exit"] {
@@ -35,10 +88,12 @@ fn check_storm(r: &Recorded, vcpus: u32, report_file: &str) -> (usize, u64, f64)
                     .iter()
                     .filter(|e| e.tid == tid && e.name == name)
                     .collect();
+                let lost = dropped["by_event"][&name].as_i64().unwrap_or(0);
                 assert_eq!(
-                    mine.len() as i64,
+                    mine.len() as i64 + lost,
                     want,
-                    "vCPU {cpu} (tid {tid}): {name} in the trace vs the thread's own count"
+                    "vCPU {cpu} (tid {tid}): {name}: {} in the trace + {lost} dropped vs the thread's own count",
+                    mine.len()
                 );
                 // Pinned: every one on its own vCPU's stream.
                 assert!(
@@ -48,12 +103,21 @@ fn check_storm(r: &Recorded, vcpus: u32, report_file: &str) -> (usize, u64, f64)
             }
         }
     }
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(r.dir.join(report_file)).expect("the engine's report"),
-    )
-    .expect("JSON report");
-    let discarded = report["ctf"]["discarded"].as_u64().expect("ctf.discarded");
-    assert_eq!(discarded, 0, "lossless mode discarded events");
+    let in_packets = packet_discards(&r.dir.join("kernel"));
+    assert_eq!(
+        in_packets.iter().sum::<u64>(),
+        discarded,
+        "events_discarded of the packet contexts, per stream {in_packets:?}"
+    );
+    for cpu in 0..vcpus as usize {
+        let n = in_packets.get(cpu).copied().unwrap_or(0);
+        assert_eq!(discards["cpus"][cpu]["total"], n, "vCPU {cpu}");
+    }
+    if lossless {
+        assert_eq!(discarded, 0, "lossless mode discarded events");
+    } else {
+        assert!(discarded > 0, "the buffers were meant to be too small");
+    }
     let cpus = report["cpus"].as_array().expect("cpus");
     let events: u64 = cpus.iter().filter_map(|c| c["events"].as_u64()).sum();
     let busy: u64 = cpus.iter().filter_map(|c| c["busy_ns"].as_u64()).sum();
@@ -74,9 +138,45 @@ fn storm_on_8_vcpus_loses_nothing_on_the_qemu_engine() {
         &["--events", "syscalls,sched,irq"],
         &["/bin/storm", "5000"],
     );
-    let (events, lost, per_event) = check_storm(&r, VCPUS, "plugin.json");
+    let (events, lost, per_event) = check_storm(&r, VCPUS, "plugin.json", true);
     eprintln!(
         "qemu engine, 8 vCPUs, storm 5000: {events} events, {lost} lost, {:.2} us of tracer time per event",
+        per_event / 1e3
+    );
+    let _ = std::fs::remove_dir_all(&r.dir);
+}
+
+/// Discard mode with two 4 KiB sub-buffers per vCPU, far too little for
+/// the storm: events are dropped, and hvtrace says exactly which.
+#[test]
+fn storm_in_discard_mode_reports_exactly_what_it_dropped() {
+    let r = record_on(
+        "qemu",
+        "6.1",
+        VCPUS,
+        "storm-discard",
+        &[
+            "--events",
+            "syscalls,sched,irq",
+            "--buffer",
+            "discard",
+            "--subbuf-size",
+            "4k",
+            "--num-subbuf",
+            "2",
+        ],
+        &["/bin/storm", "5000"],
+    );
+    let (events, lost, per_event) = check_storm(&r, VCPUS, "plugin.json", false);
+    assert!(
+        r.console.contains(&format!(
+            "hvtrace: record: {lost} events dropped (buffers full), by event: "
+        )),
+        "the summary names what was dropped:\n{}",
+        r.console
+    );
+    eprintln!(
+        "qemu engine, 8 vCPUs, storm 5000, discard mode, 2 x 4 KiB per vCPU: {events} events in the trace, {lost} dropped, {:.2} us of tracer time per event",
         per_event / 1e3
     );
     let _ = std::fs::remove_dir_all(&r.dir);
@@ -94,6 +194,25 @@ fn storm_on_8_vcpus_loses_nothing_on_the_qemu_engine() {
 /// it once ended `kvm_record_forkexec_6_12_two_vcpus`; the same test
 /// passed locally (storm 1000: 117 019 events, 0 lost). Run it with
 /// `cargo test --release --test storm -- --ignored`.
+///
+/// 2026-12-05 (issue 16, point 3): passed with 2 vCPUs (storm 500: 53 087
+/// events, 0 lost, 217 us of tracer time per event, 255 s); no triple
+/// fault in three 2-vCPU runs, but one of them lost its L1 (L1's own
+/// kernel: "Fatal exception in interrupt", retried by the harness: 45 210
+/// events, 0 lost). In an L1 of 4 vCPUs (`scripts/stock-kvm.sh --smp 4`)
+/// the same storm on 4 L2 vCPUs did not finish in 300 s (70 syscall
+/// events traced, RCU stalls on L2's CPU 3 from 67 s on): 12 445 of
+/// 16 734 trap hits took the single-step fallback, each pausing the three
+/// other vCPUs; untraced, it ran to its end in 97 s. With the `mov` of an
+/// immediate emulated (73 547 of 86 969 hits emulated) it still did not
+/// finish in 420 s. Every run that stalled (two with 4 vCPUs, one with 2)
+/// traced the same 70 syscalls: the traps went in at the exec of the
+/// kernel's first `modprobe` (a usermode helper during kernel init), and
+/// after it pid 1, still in kernel init, either spun on one vCPU (soft
+/// lockups up to 201 s) or slept uninterruptibly for good right after a
+/// `migration/N` stopper ran (no wake-up of it in the remaining 200 s of
+/// trace): a lost wake-up or a cross-CPU wait that never completes, not
+/// yet explained.
 #[test]
 #[ignore = "intermittent triple fault of the nested L2 guest after the software traps go in (issue 16)"]
 fn storm_loses_nothing_on_the_kvm_monitor() {
@@ -109,7 +228,7 @@ fn storm_loses_nothing_on_the_kvm_monitor() {
         &["--events", "syscalls,sched,irq"],
         &["/bin/storm", "500"],
     );
-    let (events, lost, per_event) = check_storm(&r, L1_VCPUS, "kvm.json");
+    let (events, lost, per_event) = check_storm(&r, L1_VCPUS, "kvm.json", true);
     eprintln!(
         "kvm engine, {L1_VCPUS} vCPUs, storm 500: {events} events, {lost} lost, {:.2} us of tracer time per event",
         per_event / 1e3

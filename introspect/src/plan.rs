@@ -185,6 +185,13 @@ pub struct ProbePlan {
     pub buffer: String,
     #[serde(default)]
     pub flight_bytes: u64,
+    /// Bytes per sub-buffer (CTF packet) of each vCPU's stream, and
+    /// sub-buffers per vCPU in the lossless and discard pools (0: the
+    /// writer's defaults).
+    #[serde(default)]
+    pub subbuf_size: u64,
+    #[serde(default)]
+    pub num_subbuf: u32,
     /// Also write each vCPU's records in the raw codec form
     /// (`raw/cpuN.bin`, see `codec`), for debugging.
     #[serde(default)]

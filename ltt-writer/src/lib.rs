@@ -25,6 +25,7 @@ pub mod bench;
 pub mod catalog;
 pub mod chrome;
 pub mod clock;
+pub mod discards;
 pub mod kernel;
 pub mod metadata;
 pub mod packet;
@@ -36,6 +37,7 @@ pub use catalog::{
     ArgDir, ArgKind, Base, Catalog, EventDecl, FieldDecl, FieldType, SyscallArg, SyscallDecl,
 };
 pub use clock::Epoch;
+pub use discards::DiscardCounts;
 pub use kernel::{Fork, ProcessState, TaskRef};
 pub use metadata::{HeaderKind, TraceEnv};
 pub use producer::{ProduceError, Producer, ProducerStats, TaskCtx, Value};

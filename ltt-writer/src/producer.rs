@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::catalog::{Catalog, FieldType};
+use crate::discards::DiscardCounts;
 use crate::metadata::{HeaderKind, PACKET_HEADER_LEN};
 use crate::packet::{str_len, write_packet_header, FieldWriter, PacketInfo, EVENT_CTX_LEN};
 
@@ -49,6 +50,7 @@ pub(crate) enum Msg {
     Gone {
         cpu: u32,
         stats: ProducerStats,
+        discards: DiscardCounts,
     },
     Flushed {
         cpu: u32,
@@ -143,6 +145,9 @@ struct Core {
     acked_gen: u64,
     /// events_discarded written in the last closed packet.
     reported_discarded: u64,
+    /// The dropped events by class (the packet context counts them per
+    /// stream only): sized once here, so dropping never allocates.
+    discards: DiscardCounts,
 }
 
 pub(crate) struct ProducerInit {
@@ -180,6 +185,7 @@ impl Producer {
                 sent_any: false,
                 acked_gen: 0,
                 reported_discarded: 0,
+                discards: DiscardCounts::new(i.catalog.events().len()),
             },
             catalog: i.catalog,
         }
@@ -193,6 +199,11 @@ impl Producer {
     /// Counters so far.
     pub fn stats(&self) -> ProducerStats {
         self.core.stats
+    }
+
+    /// Events dropped so far, by event id.
+    pub fn discards(&self) -> &DiscardCounts {
+        &self.core.discards
     }
 
     /// The catalog events are checked against.
@@ -325,11 +336,20 @@ impl Drop for Core {
         let _ = self.tx.send(Msg::Gone {
             cpu: self.cpu,
             stats: self.stats,
+            discards: std::mem::take(&mut self.discards),
         });
     }
 }
 
 impl Core {
+    /// Counts event `id` as dropped, in the stream total (the packet
+    /// context's `events_discarded`) and by class.
+    #[inline]
+    fn drop_event(&mut self, id: u32) {
+        self.stats.discarded += 1;
+        self.discards.count(id);
+    }
+
     fn header_len(&self, id: u32, ts: u64) -> usize {
         let (id_max, bits) = match self.header {
             HeaderKind::Compact => (31, 27),
@@ -378,9 +398,11 @@ impl Core {
             len,
         });
         if sent.is_err() {
-            // The packet's events never reach the trace.
+            // The packet's events never reach the trace (their classes
+            // are in the packet, which is gone with the writer).
             self.stats.events -= events;
             self.stats.discarded += events;
+            self.discards.unattributed += events;
             self.stats.packets -= 1;
             return Err(ProduceError::WriterGone);
         }
@@ -418,14 +440,14 @@ impl Core {
     ) -> Result<Option<FieldWriter<'_>>, ProduceError> {
         // The largest header is 14 bytes (large escape).
         if PACKET_HEADER_LEN + 14 + EVENT_CTX_LEN + payload > self.size {
-            self.stats.discarded += 1;
+            self.drop_event(id);
             return Err(ProduceError::TooLarge(14 + EVENT_CTX_LEN + payload));
         }
         let gen = self.shared.flush_gen.load(Ordering::Relaxed);
         if gen != self.acked_gen {
             self.acked_gen = gen;
             if let Err(e) = self.flush() {
-                self.stats.discarded += 1;
+                self.drop_event(id);
                 return Err(e);
             }
             let _ = self.tx.try_send(Msg::Flushed { cpu: self.cpu, gen });
@@ -446,17 +468,17 @@ impl Core {
                         let sent = self.close_packet();
                         self.buf = Some(b);
                         if let Err(e) = sent {
-                            self.stats.discarded += 1;
+                            self.drop_event(id);
                             return Err(e);
                         }
                     }
                     Err(_) => {
-                        self.stats.discarded += 1;
+                        self.drop_event(id);
                         return Ok(None);
                     }
                 }
             } else if let Err(e) = self.close_packet() {
-                self.stats.discarded += 1;
+                self.drop_event(id);
                 return Err(e);
             }
             total = self.header_len(id, ts) + EVENT_CTX_LEN + payload;
@@ -465,11 +487,11 @@ impl Core {
             match self.next_buffer() {
                 Ok(true) => total = self.header_len(id, ts) + EVENT_CTX_LEN + payload,
                 Ok(false) => {
-                    self.stats.discarded += 1;
+                    self.drop_event(id);
                     return Ok(None);
                 }
                 Err(e) => {
-                    self.stats.discarded += 1;
+                    self.drop_event(id);
                     return Err(e);
                 }
             }

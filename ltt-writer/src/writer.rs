@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::catalog::Catalog;
+use crate::discards::{self, DiscardCounts};
 use crate::metadata::{self, HeaderKind, MetadataError, MetadataParams, TraceEnv};
 use crate::packet::{check_packet_size, PacketError};
 use crate::producer::{Mode, Msg, Producer, ProducerInit, ProducerShared, ProducerStats};
@@ -119,6 +120,11 @@ pub struct TraceReport {
     /// vCPUs whose producer was still alive when finish gave up waiting;
     /// their last partial packet is not in the trace.
     pub unclosed: Vec<u32>,
+    /// Dropped events by class, by vCPU (each one's total is its
+    /// `per_cpu[i].discarded`).
+    pub discards: Vec<DiscardCounts>,
+    /// The catalog the trace was written with (names the classes).
+    pub catalog: Arc<Catalog>,
 }
 
 impl TraceReport {
@@ -127,6 +133,11 @@ impl TraceReport {
     }
     pub fn discarded(&self) -> u64 {
         self.per_cpu.iter().map(|s| s.discarded).sum()
+    }
+    /// The dropped events by event name, in total and per vCPU, as JSON
+    /// (see [`discards::to_json`]).
+    pub fn discards_json(&self) -> serde_json::Value {
+        discards::to_json(&self.discards, &self.catalog)
     }
 }
 
@@ -303,6 +314,8 @@ impl TraceWriter {
             report: TraceReport {
                 trace_dir: dir,
                 per_cpu: vec![ProducerStats::default(); n],
+                discards: vec![DiscardCounts::default(); n],
+                catalog: Arc::clone(&catalog),
                 ..Default::default()
             },
             alive: vec![true; n],
@@ -419,9 +432,14 @@ impl WriterThread {
                     self.on_packet(cpu as usize, buf, len);
                     self.report.write_time += t.elapsed();
                 }
-                Ok(Msg::Gone { cpu, stats }) => {
+                Ok(Msg::Gone {
+                    cpu,
+                    stats,
+                    discards,
+                }) => {
                     self.alive[cpu as usize] = false;
                     self.report.per_cpu[cpu as usize] = stats;
+                    self.report.discards[cpu as usize] = discards;
                 }
                 Ok(Msg::Flushed { cpu, gen }) => {
                     let a = &mut self.acked[cpu as usize];

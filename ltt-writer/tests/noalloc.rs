@@ -166,3 +166,32 @@ fn producer_path_does_not_allocate() {
     let data = slow.reader.join().unwrap();
     assert_eq!(data.len() as u64, r.bytes_written);
 }
+
+/// Dropping allocates nothing either: in discard mode, with the writer
+/// stuck on a FIFO nobody reads yet, most events are dropped and counted
+/// by class without one allocation on the producing thread.
+#[test]
+fn dropping_does_not_allocate() {
+    let dir = common::tmp();
+    let mut cfg = TraceConfig::new(1, Catalog::kernel(&[]).unwrap());
+    cfg.packet_size = 4096;
+    cfg.packets_per_cpu = 2;
+    cfg.policy = Policy::Discard;
+    let slow = common::fifo_stream(dir.path(), 0);
+    let (w, mut ps) = TraceWriter::create(dir.path(), cfg).unwrap();
+    let mut p = ps.pop().unwrap();
+    let before = allocs();
+    for i in 0..1500 {
+        one_of_each(&mut p, i);
+    }
+    let after = allocs();
+    let dropped = p.discards().total();
+    assert!(dropped > 10_000, "{:?}", p.stats());
+    assert_eq!(dropped, p.stats().discarded);
+    assert_eq!(after - before, 0, "allocations while dropping");
+    slow.go.send(std::time::Duration::ZERO).unwrap();
+    drop(p);
+    let r = w.finish().unwrap();
+    assert_eq!(r.discarded(), dropped);
+    let _ = slow.reader.join().unwrap();
+}

@@ -242,6 +242,7 @@ pub(super) fn write(
         "ctf": {
             "events": report.events(),
             "discarded": report.discarded(),
+            "discards": report.discards_json(),
             "packets": report.packets_written,
             "bytes": report.bytes_written,
         },

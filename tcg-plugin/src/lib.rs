@@ -207,6 +207,12 @@ impl Register for Hv {
             let mut cfg = ltt_writer::TraceConfig::new(ncpus, catalog);
             cfg.env.kernel_release = plan.kernel_release.clone();
             cfg.clock_offset_ns = epoch_unix_ns;
+            if plan.subbuf_size > 0 {
+                cfg.packet_size = plan.subbuf_size as usize;
+            }
+            if plan.num_subbuf > 0 {
+                cfg.packets_per_cpu = plan.num_subbuf as usize;
+            }
             cfg.policy = match plan.buffer.as_str() {
                 "discard" => ltt_writer::Policy::Discard,
                 "flight-recorder" => ltt_writer::Policy::FlightRecorder {
@@ -383,9 +389,10 @@ fn at_exit() {
     let ctf = match g.writer.lock().ok().and_then(|mut w| w.take()) {
         Some(w) => match w.finish() {
             Ok(r) => format!(
-                "{{\"events\":{},\"discarded\":{},\"packets\":{},\"bytes\":{}}}",
+                "{{\"events\":{},\"discarded\":{},\"discards\":{},\"packets\":{},\"bytes\":{}}}",
                 r.events(),
                 r.discarded(),
+                r.discards_json(),
                 r.packets_written,
                 r.bytes_written
             ),

@@ -16,6 +16,7 @@
 //! | `50+r`, `41 50+r` | `push r64` | RSP −= 8, store the register (old RSP for `push rsp`) at the new RSP, RIP += 1 or 2 |
 //! | `48 89 e5`, `48 8b ec` | `mov %rsp,%rbp` | RBP = RSP, RIP += 3 |
 //! | `31 /r`, `33 /r` with both operands one register | `xor %r32,%r32` (zeroing) | the 64-bit register = 0, flags as below, RIP += 2 |
+//! | `b8+r id`, `41 b8+r id` | `mov $imm32,%r32` | the 64-bit register = the immediate zero-extended, RIP += 5 or 6 |
 //!
 //! With RFLAGS.TF set (the guest single-steps itself) nothing is emulated:
 //! the #DB it expects after the instruction must come from the CPU.
@@ -24,6 +25,9 @@
 //! the SDM leaves undefined, as it was). It follows the `push` of
 //! `__sysvec_apic_timer_interrupt`'s trap site: emulating the pair spares
 //! every timer interrupt the single-step fallback (all vCPUs paused).
+//! The `mov` of an immediate is the trap site of `raise_softirq`,
+//! `raise_softirq_irqoff` (every timer tick), `__tasklet_schedule_common`
+//! and `wake_up_new_task` on Debian's 6.1.
 
 use kvm_bindings::kvm_regs;
 
@@ -52,6 +56,15 @@ pub enum StepInsn {
         /// Register number.
         reg: u8,
     },
+    /// `mov $imm32,%r32` (register 0..16; `len` 5, or 6 with REX.B).
+    MovImm32 {
+        /// Register number.
+        reg: u8,
+        /// The immediate.
+        imm: u32,
+        /// Instruction length.
+        len: u8,
+    },
 }
 
 impl StepInsn {
@@ -63,6 +76,7 @@ impl StepInsn {
             StepInsn::Push { len, .. } => len,
             StepInsn::MovRspRbp => 3,
             StepInsn::XorZero { .. } => 2,
+            StepInsn::MovImm32 { len, .. } => len,
         }
     }
 
@@ -71,7 +85,10 @@ impl StepInsn {
     pub fn needs_long_mode(self) -> bool {
         matches!(
             self,
-            StepInsn::Push { .. } | StepInsn::MovRspRbp | StepInsn::XorZero { .. }
+            StepInsn::Push { .. }
+                | StepInsn::MovRspRbp
+                | StepInsn::XorZero { .. }
+                | StepInsn::MovImm32 { .. }
         )
     }
 }
@@ -128,6 +145,20 @@ pub fn decode(bytes: &[u8]) -> Option<StepInsn> {
         // ModRM 11 reg reg with the same register twice.
         [0x31 | 0x33, m, ..] if m >> 6 == 3 && (m >> 3) & 7 == m & 7 => {
             return Some(StepInsn::XorZero { reg: m & 7 })
+        }
+        [b @ 0xb8..=0xbf, i0, i1, i2, i3, ..] => {
+            return Some(StepInsn::MovImm32 {
+                reg: b - 0xb8,
+                imm: u32::from_le_bytes([*i0, *i1, *i2, *i3]),
+                len: 5,
+            })
+        }
+        [0x41, b @ 0xb8..=0xbf, i0, i1, i2, i3, ..] => {
+            return Some(StepInsn::MovImm32 {
+                reg: b - 0xb8 + 8,
+                imm: u32::from_le_bytes([*i0, *i1, *i2, *i3]),
+                len: 6,
+            })
         }
         _ => {}
     }
@@ -221,6 +252,8 @@ pub fn emulate(insn: StepInsn, regs: &kvm_regs) -> Option<Stepped> {
             set_reg64(&mut r, reg, 0);
             r.rflags = (regs.rflags & !XOR_CLEARS) | XOR_SETS;
         }
+        // A 32-bit destination zero-extends; flags are untouched.
+        StepInsn::MovImm32 { reg, imm, .. } => set_reg64(&mut r, reg, u64::from(imm)),
     }
     Some(Stepped { regs: r, write })
 }
@@ -346,24 +379,62 @@ mod tests {
     }
 
     #[test]
+    fn mov_of_an_immediate_sets_the_whole_register_and_nothing_else() {
+        // raise_softirq_irqoff's site on Debian's 6.1: mov $0x...,%ebx.
+        let mut r = regs();
+        r.rbx = 0xffff_ffff_dead_beef;
+        let s = step_over(&[0xbb, 0x78, 0x56, 0x34, 0x92, 0xcc], &r).unwrap();
+        assert_eq!(s.regs.rbx, 0x9234_5678, "zero-extended, not sign-extended");
+        assert_eq!((s.regs.rip, s.write), (r.rip + 5, None));
+        let mut same = s.regs;
+        same.rbx = r.rbx;
+        same.rip = r.rip;
+        assert_eq!(same, r, "flags and every other register untouched");
+        // With REX.B: mov $7,%r12d.
+        r.r12 = u64::MAX;
+        let s = step_over(&[0x41, 0xbc, 7, 0, 0, 0], &r).unwrap();
+        assert_eq!((s.regs.r12, s.regs.rip), (7, r.rip + 6));
+        assert_eq!(
+            decode(&[0xb8, 1, 0, 0, 0]),
+            Some(StepInsn::MovImm32 {
+                reg: 0,
+                imm: 1,
+                len: 5
+            })
+        );
+        // The same bytes as iced-x86 reads them.
+        for b in [
+            &[0xbb, 0x78, 0x56, 0x34, 0x92][..],
+            &[0x41, 0xbc, 7, 0, 0, 0],
+        ] {
+            let i = iced_x86::Decoder::new(64, b, 0).decode();
+            assert_eq!(i.code(), iced_x86::Code::Mov_r32_imm32, "{b:02x?}");
+            assert_eq!(usize::from(decode(b).unwrap().length()), i.len());
+        }
+    }
+
+    #[test]
     fn anything_else_is_not_emulated() {
         let r = regs();
         for b in [
-            &[0xe8, 0, 0, 0, 0][..],   // call __fentry__ (not patched yet)
-            &[0x0f, 0x1f, 0x48, 0x00], // 0f 1f /1 is not a NOP
-            &[0x0f, 0x1f, 0x44, 0x00], // cut short
-            &[0x0f, 0x1f],             // cut short
-            &[0x66],                   // cut short
-            &[0x48, 0x89, 0xe7],       // mov %rsp,%rdi
-            &[0x48, 0x83, 0xec, 0x08], // sub $8,%rsp
-            &[0xf3, 0x90],             // pause
-            &[0x41, 0x90],             // xchg %eax,%r8d
-            &[0x66, 0x50],             // push %ax (16-bit)
-            &[0x31, 0xc8],             // xor %ecx,%eax (two registers)
-            &[0x31, 0x00],             // xor %eax,(%rax)
-            &[0x45, 0x31, 0xc0],       // xor %r8d,%r8d (REX: not in the set)
-            &[0xc3],                   // ret
-            &[0xcc],                   // int3
+            &[0xe8, 0, 0, 0, 0][..],               // call __fentry__ (not patched yet)
+            &[0x0f, 0x1f, 0x48, 0x00],             // 0f 1f /1 is not a NOP
+            &[0x0f, 0x1f, 0x44, 0x00],             // cut short
+            &[0x0f, 0x1f],                         // cut short
+            &[0x66],                               // cut short
+            &[0x48, 0x89, 0xe7],                   // mov %rsp,%rdi
+            &[0x48, 0x83, 0xec, 0x08],             // sub $8,%rsp
+            &[0xf3, 0x90],                         // pause
+            &[0x41, 0x90],                         // xchg %eax,%r8d
+            &[0x66, 0x50],                         // push %ax (16-bit)
+            &[0x31, 0xc8],                         // xor %ecx,%eax (two registers)
+            &[0x31, 0x00],                         // xor %eax,(%rax)
+            &[0x45, 0x31, 0xc0],                   // xor %r8d,%r8d (REX: not in the set)
+            &[0xbb, 3, 0, 0],                      // mov $imm32,%ebx cut short
+            &[0x48, 0xc7, 0xc0, 1, 0, 0, 0],       // mov $imm32,%rax (sign-extending)
+            &[0x49, 0xbc, 1, 0, 0, 0, 0, 0, 0, 0], // movabs $imm64,%r12
+            &[0xc3],                               // ret
+            &[0xcc],                               // int3
             &[
                 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x0f, 0x1f,
                 0x84, 0, 0, 0, 0, 0,

@@ -99,6 +99,7 @@ fn insn_name(i: StepInsn) -> String {
         StepInsn::Push { reg, .. } => format!("push r{reg}"),
         StepInsn::MovRspRbp => "mov %rsp,%rbp".into(),
         StepInsn::XorZero { reg } => format!("xor r{reg}d,r{reg}d"),
+        StepInsn::MovImm32 { reg, imm, .. } => format!("mov ${imm:#x},r{reg}d"),
     }
 }
 
