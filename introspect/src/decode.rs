@@ -195,9 +195,13 @@ pub enum Event {
         str_arg: Option<u8>,
         string: GuestStr,
     },
+    /// `args` are the argument registers saved in the task's pt_regs,
+    /// read at the exit as lttng-modules reads them there for the output
+    /// arguments (`read`'s buffer, `wait4`'s status pointer, ...).
     SyscallExit {
         nr: u32,
         ret: i64,
+        args: [u64; 6],
     },
     /// A 32-bit (compat) syscall: `nr` in the i386 table, the argument
     /// registers ebx, ecx, edx, esi, edi, ebp (zero-extended).
@@ -210,6 +214,7 @@ pub enum Event {
     CompatSyscallExit {
         nr: u32,
         ret: i64,
+        args: [u64; 6],
     },
     SchedSwitch {
         prev: Task,
@@ -422,7 +427,12 @@ impl SyscallStrings<'_> {
     }
 }
 
-fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u64), DecodeError> {
+/// The six argument registers, `orig_ax` (the syscall number) and `ax` (the
+/// return value, once the syscall returned) of the pt_regs at `regs`.
+fn arg_regs<C: VcpuContext + ?Sized>(
+    ctx: &C,
+    regs: u64,
+) -> Result<([u64; 6], u64, u64), DecodeError> {
     let mut raw = [0u8; 128];
     ctx.read_virt(regs, &mut raw)
         .map_err(|_| DecodeError::Regs(regs))?;
@@ -442,6 +452,7 @@ fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u6
             at(pt_regs::R9),
         ],
         at(pt_regs::ORIG_AX),
+        at(pt_regs::AX),
     ))
 }
 
@@ -502,7 +513,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
         ProbeKind::SyscallEntry => {
             let regs = ctx.read_reg(Reg::Rdi);
             let (args, nr) = match arg_regs(ctx, regs) {
-                Ok((a, orig)) => (a, orig as u32),
+                Ok((a, orig, _)) => (a, orig as u32),
                 Err(_) => ([0; 6], ctx.read_reg(Reg::Rsi) as u32),
             };
             let mask = strings.native(nr);
@@ -516,29 +527,30 @@ pub fn decode<C: VcpuContext + ?Sized>(
         }
         ProbeKind::SyscallExit => {
             let regs = ctx.read_reg(Reg::Rsp);
-            let nr = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)).map(|v| v as u32);
-            let ret = read_u64(ctx, regs.wrapping_add(pt_regs::AX)).map(|v| v as i64);
-            match (nr, ret) {
+            let Ok((args, nr, ret)) = arg_regs(ctx, regs) else {
+                return false;
+            };
+            match (nr as u32, ret as i64) {
                 // An execve into an i386 program returns to 32-bit code
                 // with orig_ax set to the i386 execve by the kernel
                 // (`__set_personality_ia32`): its exit is a compat one, as
                 // `in_compat_syscall()` then says.
-                (Ok(I386_EXECVE), Ok(ret))
+                (I386_EXECVE, ret)
                     if read_u64(ctx, regs.wrapping_add(pt_regs::CS)) == Ok(USER32_CS) =>
                 {
                     st.invalidate_current();
                     Event::CompatSyscallExit {
                         nr: I386_EXECVE,
                         ret,
+                        args: compat_args(ctx, regs).unwrap_or([0; 6]),
                     }
                 }
-                (Ok(nr), Ok(ret)) => {
+                (nr, ret) => {
                     if COMM_CHANGING.contains(&nr) {
                         st.invalidate_current();
                     }
-                    Event::SyscallExit { nr, ret }
+                    Event::SyscallExit { nr, ret, args }
                 }
-                _ => return false,
             }
         }
         ProbeKind::CompatSyscallEntry => {
@@ -567,6 +579,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
             Event::CompatSyscallExit {
                 nr,
                 ret: ctx.read_reg(Reg::Rax) as i64,
+                args: compat_args(ctx, regs).unwrap_or([0; 6]),
             }
         }
         ProbeKind::SchedSwitch => Event::SchedSwitch {
@@ -677,6 +690,15 @@ pub fn decode<C: VcpuContext + ?Sized>(
         },
     };
     out.current = st.current(ctx, k);
+    if let Event::ProcessExec { filename, .. } = &event {
+        // The probe sits at begin_new_exec's entry, before the kernel
+        // renames the task; its sched_process_exec tracepoint fires after,
+        // so lttng-modules' `procname` there is already the new name: the
+        // file name's last component, as __set_task_comm keeps it.
+        if filename.ok {
+            out.current.comm = crate::task::comm_after_exec(filename.as_str().as_bytes());
+        }
+    }
     out.event = event;
     true
 }

@@ -3,6 +3,7 @@
 //! kept apart so that `introspect` never knows about CTF and `ltt_writer`
 //! never knows how events were obtained.
 
+pub mod syscall_dirs;
 pub mod triggers;
 pub mod user;
 
@@ -54,6 +55,17 @@ pub fn compat_arg_kind(ty: &str, is_string: bool) -> ArgKind {
     }
 }
 
+/// The direction of argument `index` of syscall `name` (see
+/// [`syscall_dirs`]). A string lttng-modules would read again at the exit
+/// (`sc_inout`, e.g. `openat2`'s `filename`) is recorded at the entry
+/// only: the exit probe reads no guest strings.
+fn exit_dir(name: &str, index: usize, is_string: bool) -> ArgDir {
+    match syscall_dirs::arg_dir(name, index) {
+        ArgDir::InOut if is_string => ArgDir::In,
+        d => d,
+    }
+}
+
 fn decls(table: &[Syscall], kind: fn(&str, bool) -> ArgKind) -> Vec<SyscallDecl> {
     table
         .iter()
@@ -71,7 +83,7 @@ fn decls(table: &[Syscall], kind: fn(&str, bool) -> ArgKind) -> Vec<SyscallDecl>
                         s.arg_types.get(i).map(String::as_str).unwrap_or(""),
                         s.string_args & (1 << i) != 0,
                     ),
-                    dir: ArgDir::In,
+                    dir: exit_dir(&s.name, i, s.string_args & (1 << i) != 0),
                 })
                 .collect(),
         })
@@ -219,7 +231,9 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             let s = string_value(args, *str_arg, string);
             p.syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
         }
-        Event::SyscallExit { nr, ret } => p.syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::SyscallExit { nr, ret, args } => {
+            p.syscall_exit(ts, &ctx, *nr, *ret, &arg_values(args, None, b""))
+        }
         Event::CompatSyscallEntry {
             nr,
             args,
@@ -229,7 +243,9 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             let s = string_value(args, *str_arg, string);
             p.compat_syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
         }
-        Event::CompatSyscallExit { nr, ret } => p.compat_syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::CompatSyscallExit { nr, ret, args } => {
+            p.compat_syscall_exit(ts, &ctx, *nr, *ret, &arg_values(args, None, b""))
+        }
         Event::SchedSwitch { prev, next } => p.sched_switch(
             ts,
             &ctx,
