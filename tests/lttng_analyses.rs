@@ -138,7 +138,43 @@ fn syscallstats_match_counts(tools: &Analyses, r: &Recorded, clock: &TraceClock)
         exits,
         "lttng-syscallstats vs the trace's exits of {tid}"
     );
+    output_arguments_at_the_exits(r, tid, first, last);
     println!("lttng-syscallstats: {expected:?} for tid {tid}, as COUNTS");
+}
+
+/// The workload's syscalls carry their output arguments at the exit, as
+/// lttng-modules records them, and not at the entry: `read`'s `buf` (one
+/// stack buffer, the same every round), `clock_gettime`'s `tp`, and
+/// `nanosleep`'s `rmtp`, which the workload passes as NULL.
+fn output_arguments_at_the_exits(r: &Recorded, tid: i64, first: usize, last: usize) {
+    let mine: Vec<&Ev> = r.events[first..=last]
+        .iter()
+        .filter(|e| e.tid == tid)
+        .collect();
+    let exits = |name: &str, field: &str| -> Vec<i64> {
+        mine.iter()
+            .filter(|e| e.name == format!("syscall_exit_{name}"))
+            .map(|e| e.int(field))
+            .collect()
+    };
+    let bufs = exits("read", "buf");
+    assert_eq!(bufs.len(), ROUNDS as usize);
+    assert!(
+        bufs[0] != 0 && bufs.iter().all(|&b| b == bufs[0]),
+        "read's buf at the exits: {bufs:?}"
+    );
+    assert!(exits("clock_gettime", "tp").iter().all(|&p| p != 0));
+    assert!(exits("nanosleep", "rmtp").iter().all(|&p| p == 0));
+    for e in mine.iter().filter(|e| e.name == "syscall_entry_read") {
+        assert!(
+            !e.fields.contains_key("buf"),
+            "an output at the entry: {e:?}"
+        );
+        assert!(
+            e.fields.contains_key("fd") && e.fields.contains_key("count"),
+            "{e:?}"
+        );
+    }
 }
 
 /// The per-syscall counts of the table lttng-syscallstats prints for `tid`.
