@@ -78,12 +78,14 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.u8(str_arg.unwrap_or(0xff));
             w.gstr(string);
         }
-        Event::SyscallExit { nr, ret, args } => {
+        Event::SyscallExit { nr, ret, args, fds } => {
             w.put(&nr.to_le_bytes());
             w.u64(*ret as u64);
             for a in args {
                 w.u64(*a);
             }
+            w.i32(fds[0]);
+            w.i32(fds[1]);
         }
         Event::CompatSyscallEntry {
             nr,
@@ -99,13 +101,15 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.u8(str_arg.unwrap_or(0xff));
             w.gstr(string);
         }
-        Event::CompatSyscallExit { nr, ret, args } => {
+        Event::CompatSyscallExit { nr, ret, args, fds } => {
             w.u8(COMPAT_EXIT);
             w.put(&nr.to_le_bytes());
             w.u64(*ret as u64);
             for a in args {
                 w.u64(*a);
             }
+            w.i32(fds[0]);
+            w.i32(fds[1]);
         }
         Event::SchedSwitch { prev, next } => {
             w.task(prev);
@@ -244,6 +248,7 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
             nr: r.u32()?,
             ret: r.u64()? as i64,
             args: r.args()?,
+            fds: [r.i32()?, r.i32()?],
         },
         2 => Event::SchedSwitch {
             prev: r.task()?,
@@ -316,6 +321,7 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
                 nr: r.u32()?,
                 ret: r.u64()? as i64,
                 args: r.args()?,
+                fds: [r.i32()?, r.i32()?],
             },
             _ => return Err(CodecError::BadTag(15)),
         },

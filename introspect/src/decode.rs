@@ -202,6 +202,9 @@ pub enum Event {
         nr: u32,
         ret: i64,
         args: [u64; 6],
+        /// The two descriptors a successful `pipe2` wrote to user memory
+        /// (lttng-modules records them, not the pointer); zeros otherwise.
+        fds: [i32; 2],
     },
     /// A 32-bit (compat) syscall: `nr` in the i386 table, the argument
     /// registers ebx, ecx, edx, esi, edi, ebp (zero-extended).
@@ -215,6 +218,7 @@ pub enum Event {
         nr: u32,
         ret: i64,
         args: [u64; 6],
+        fds: [i32; 2],
     },
     SchedSwitch {
         prev: Task,
@@ -401,6 +405,21 @@ const COMM_CHANGING_32: [u32; 3] = [11, 358, 172];
 /// i386 `execve`, and the user code segment of 32-bit programs.
 const I386_EXECVE: u32 = 11;
 const USER32_CS: u64 = 0x23;
+/// `pipe2` in the x86-64 and the i386 tables.
+const PIPE2: u32 = 293;
+const I386_PIPE2: u32 = 331;
+
+/// The descriptors a `pipe2` that returned `ret` wrote at `fildes` (read
+/// back at its exit, in the task's address space); zeros if it failed or
+/// the page is gone.
+fn pipe_fds<C: VcpuContext + ?Sized>(ctx: &C, ret: i64, fildes: u64) -> [i32; 2] {
+    let mut b = [0u8; 8];
+    if ret != 0 || ctx.read_virt(fildes, &mut b).is_err() {
+        return [0; 2];
+    }
+    let fd = |i: usize| i32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [fd(0), fd(4)]
+}
 
 /// Syscall metadata the decoder needs per number: which argument is a user
 /// string, bit i set = argument i. The table holds the native syscalls at
@@ -543,13 +562,19 @@ pub fn decode<C: VcpuContext + ?Sized>(
                         nr: I386_EXECVE,
                         ret,
                         args: compat_args(ctx, regs).unwrap_or([0; 6]),
+                        fds: [0; 2],
                     }
                 }
                 (nr, ret) => {
                     if COMM_CHANGING.contains(&nr) {
                         st.invalidate_current();
                     }
-                    Event::SyscallExit { nr, ret, args }
+                    let fds = if nr == PIPE2 {
+                        pipe_fds(ctx, ret, args[0])
+                    } else {
+                        [0; 2]
+                    };
+                    Event::SyscallExit { nr, ret, args, fds }
                 }
             }
         }
@@ -576,11 +601,14 @@ pub fn decode<C: VcpuContext + ?Sized>(
             if COMM_CHANGING_32.contains(&nr) {
                 st.invalidate_current();
             }
-            Event::CompatSyscallExit {
-                nr,
-                ret: ctx.read_reg(Reg::Rax) as i64,
-                args: compat_args(ctx, regs).unwrap_or([0; 6]),
-            }
+            let ret = ctx.read_reg(Reg::Rax) as i64;
+            let args = compat_args(ctx, regs).unwrap_or([0; 6]);
+            let fds = if nr == I386_PIPE2 {
+                pipe_fds(ctx, ret, args[0])
+            } else {
+                [0; 2]
+            };
+            Event::CompatSyscallExit { nr, ret, args, fds }
         }
         ProbeKind::SchedSwitch => Event::SchedSwitch {
             prev: read_task(ctx, k, ctx.read_reg(Reg::Rdi)),

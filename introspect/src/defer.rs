@@ -597,6 +597,7 @@ mod tests {
                 nr: 257,
                 ret: 3,
                 args: [0; 6],
+                fds: [0; 2],
             },
         );
         d.pass(&g, &k, &exit, out.take());
@@ -633,6 +634,7 @@ mod tests {
                 nr: 5,
                 ret: 3,
                 args: [0; 6],
+                fds: [0; 2],
             },
         );
         d.pass(&g, &k, &exit, out.take());
@@ -672,6 +674,7 @@ mod tests {
                 nr: 56,
                 ret: 99,
                 args: [0; 6],
+                fds: [0; 2],
             },
         );
         d.pass(&g, &k, &exit, out.take());
@@ -717,6 +720,7 @@ mod tests {
                     nr: 257,
                     ret: -14,
                     args: [0; 6],
+                    fds: [0; 2],
                 },
             ),
             out.take(),
