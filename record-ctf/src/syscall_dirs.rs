@@ -7,7 +7,8 @@
 //! `syscall_exit_<name>` only, and one the syscall both reads and writes
 //! (`sc_inout`, e.g. `poll`'s `ufds`) a field of both. A few syscalls have
 //! hand-written layouts (`execve` and `clone` record every argument at
-//! entry). The facts below are those of lttng-modules 2.13's x86-64
+//! entry; `pipe2`'s `fildes` is the two descriptors, declared so in
+//! `decls`). The facts below are those of lttng-modules 2.13's x86-64
 //! headers (generated from Linux 5.12's prototypes), by argument position,
 //! which the ABI keeps; syscalls not listed take every argument at entry.
 //! The compat (i386) table uses the same list by name, as lttng-modules'
