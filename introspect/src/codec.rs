@@ -78,9 +78,14 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.u8(str_arg.unwrap_or(0xff));
             w.gstr(string);
         }
-        Event::SyscallExit { nr, ret } => {
+        Event::SyscallExit { nr, ret, args, fds } => {
             w.put(&nr.to_le_bytes());
             w.u64(*ret as u64);
+            for a in args {
+                w.u64(*a);
+            }
+            w.i32(fds[0]);
+            w.i32(fds[1]);
         }
         Event::CompatSyscallEntry {
             nr,
@@ -96,10 +101,15 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.u8(str_arg.unwrap_or(0xff));
             w.gstr(string);
         }
-        Event::CompatSyscallExit { nr, ret } => {
+        Event::CompatSyscallExit { nr, ret, args, fds } => {
             w.u8(COMPAT_EXIT);
             w.put(&nr.to_le_bytes());
             w.u64(*ret as u64);
+            for a in args {
+                w.u64(*a);
+            }
+            w.i32(fds[0]);
+            w.i32(fds[1]);
         }
         Event::SchedSwitch { prev, next } => {
             w.task(prev);
@@ -177,6 +187,13 @@ impl<'a> R<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    fn args(&mut self) -> Result<[u64; 6], CodecError> {
+        let mut args = [0u64; 6];
+        for a in &mut args {
+            *a = self.u64()?;
+        }
+        Ok(args)
+    }
     fn task(&mut self) -> Result<Task, CodecError> {
         let mut t = Task::UNKNOWN;
         t.tid = self.i32()?;
@@ -230,6 +247,8 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         1 => Event::SyscallExit {
             nr: r.u32()?,
             ret: r.u64()? as i64,
+            args: r.args()?,
+            fds: [r.i32()?, r.i32()?],
         },
         2 => Event::SchedSwitch {
             prev: r.task()?,
@@ -301,6 +320,8 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
             COMPAT_EXIT => Event::CompatSyscallExit {
                 nr: r.u32()?,
                 ret: r.u64()? as i64,
+                args: r.args()?,
+                fds: [r.i32()?, r.i32()?],
             },
             _ => return Err(CodecError::BadTag(15)),
         },

@@ -195,9 +195,16 @@ pub enum Event {
         str_arg: Option<u8>,
         string: GuestStr,
     },
+    /// `args` are the argument registers saved in the task's pt_regs,
+    /// read at the exit as lttng-modules reads them there for the output
+    /// arguments (`read`'s buffer, `wait4`'s status pointer, ...).
     SyscallExit {
         nr: u32,
         ret: i64,
+        args: [u64; 6],
+        /// The two descriptors a successful `pipe2` wrote to user memory
+        /// (lttng-modules records them, not the pointer); zeros otherwise.
+        fds: [i32; 2],
     },
     /// A 32-bit (compat) syscall: `nr` in the i386 table, the argument
     /// registers ebx, ecx, edx, esi, edi, ebp (zero-extended).
@@ -210,6 +217,8 @@ pub enum Event {
     CompatSyscallExit {
         nr: u32,
         ret: i64,
+        args: [u64; 6],
+        fds: [i32; 2],
     },
     SchedSwitch {
         prev: Task,
@@ -396,6 +405,21 @@ const COMM_CHANGING_32: [u32; 3] = [11, 358, 172];
 /// i386 `execve`, and the user code segment of 32-bit programs.
 const I386_EXECVE: u32 = 11;
 const USER32_CS: u64 = 0x23;
+/// `pipe2` in the x86-64 and the i386 tables.
+const PIPE2: u32 = 293;
+const I386_PIPE2: u32 = 331;
+
+/// The descriptors a `pipe2` that returned `ret` wrote at `fildes` (read
+/// back at its exit, in the task's address space); zeros if it failed or
+/// the page is gone.
+fn pipe_fds<C: VcpuContext + ?Sized>(ctx: &C, ret: i64, fildes: u64) -> [i32; 2] {
+    let mut b = [0u8; 8];
+    if ret != 0 || ctx.read_virt(fildes, &mut b).is_err() {
+        return [0; 2];
+    }
+    let fd = |i: usize| i32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [fd(0), fd(4)]
+}
 
 /// Syscall metadata the decoder needs per number: which argument is a user
 /// string, bit i set = argument i. The table holds the native syscalls at
@@ -422,7 +446,12 @@ impl SyscallStrings<'_> {
     }
 }
 
-fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u64), DecodeError> {
+/// The six argument registers, `orig_ax` (the syscall number) and `ax` (the
+/// return value, once the syscall returned) of the pt_regs at `regs`.
+fn arg_regs<C: VcpuContext + ?Sized>(
+    ctx: &C,
+    regs: u64,
+) -> Result<([u64; 6], u64, u64), DecodeError> {
     let mut raw = [0u8; 128];
     ctx.read_virt(regs, &mut raw)
         .map_err(|_| DecodeError::Regs(regs))?;
@@ -442,6 +471,7 @@ fn arg_regs<C: VcpuContext + ?Sized>(ctx: &C, regs: u64) -> Result<([u64; 6], u6
             at(pt_regs::R9),
         ],
         at(pt_regs::ORIG_AX),
+        at(pt_regs::AX),
     ))
 }
 
@@ -502,7 +532,7 @@ pub fn decode<C: VcpuContext + ?Sized>(
         ProbeKind::SyscallEntry => {
             let regs = ctx.read_reg(Reg::Rdi);
             let (args, nr) = match arg_regs(ctx, regs) {
-                Ok((a, orig)) => (a, orig as u32),
+                Ok((a, orig, _)) => (a, orig as u32),
                 Err(_) => ([0; 6], ctx.read_reg(Reg::Rsi) as u32),
             };
             let mask = strings.native(nr);
@@ -516,29 +546,36 @@ pub fn decode<C: VcpuContext + ?Sized>(
         }
         ProbeKind::SyscallExit => {
             let regs = ctx.read_reg(Reg::Rsp);
-            let nr = read_u64(ctx, regs.wrapping_add(pt_regs::ORIG_AX)).map(|v| v as u32);
-            let ret = read_u64(ctx, regs.wrapping_add(pt_regs::AX)).map(|v| v as i64);
-            match (nr, ret) {
+            let Ok((args, nr, ret)) = arg_regs(ctx, regs) else {
+                return false;
+            };
+            match (nr as u32, ret as i64) {
                 // An execve into an i386 program returns to 32-bit code
                 // with orig_ax set to the i386 execve by the kernel
                 // (`__set_personality_ia32`): its exit is a compat one, as
                 // `in_compat_syscall()` then says.
-                (Ok(I386_EXECVE), Ok(ret))
+                (I386_EXECVE, ret)
                     if read_u64(ctx, regs.wrapping_add(pt_regs::CS)) == Ok(USER32_CS) =>
                 {
                     st.invalidate_current();
                     Event::CompatSyscallExit {
                         nr: I386_EXECVE,
                         ret,
+                        args: compat_args(ctx, regs).unwrap_or([0; 6]),
+                        fds: [0; 2],
                     }
                 }
-                (Ok(nr), Ok(ret)) => {
+                (nr, ret) => {
                     if COMM_CHANGING.contains(&nr) {
                         st.invalidate_current();
                     }
-                    Event::SyscallExit { nr, ret }
+                    let fds = if nr == PIPE2 {
+                        pipe_fds(ctx, ret, args[0])
+                    } else {
+                        [0; 2]
+                    };
+                    Event::SyscallExit { nr, ret, args, fds }
                 }
-                _ => return false,
             }
         }
         ProbeKind::CompatSyscallEntry => {
@@ -564,10 +601,14 @@ pub fn decode<C: VcpuContext + ?Sized>(
             if COMM_CHANGING_32.contains(&nr) {
                 st.invalidate_current();
             }
-            Event::CompatSyscallExit {
-                nr,
-                ret: ctx.read_reg(Reg::Rax) as i64,
-            }
+            let ret = ctx.read_reg(Reg::Rax) as i64;
+            let args = compat_args(ctx, regs).unwrap_or([0; 6]);
+            let fds = if nr == I386_PIPE2 {
+                pipe_fds(ctx, ret, args[0])
+            } else {
+                [0; 2]
+            };
+            Event::CompatSyscallExit { nr, ret, args, fds }
         }
         ProbeKind::SchedSwitch => Event::SchedSwitch {
             prev: read_task(ctx, k, ctx.read_reg(Reg::Rdi)),
@@ -677,6 +718,15 @@ pub fn decode<C: VcpuContext + ?Sized>(
         },
     };
     out.current = st.current(ctx, k);
+    if let Event::ProcessExec { filename, .. } = &event {
+        // The probe sits at begin_new_exec's entry, before the kernel
+        // renames the task; its sched_process_exec tracepoint fires after,
+        // so lttng-modules' `procname` there is already the new name: the
+        // file name's last component, as __set_task_comm keeps it.
+        if filename.ok {
+            out.current.comm = crate::task::comm_after_exec(filename.as_str().as_bytes());
+        }
+    }
     out.event = event;
     true
 }

@@ -591,7 +591,15 @@ mod tests {
         assert_eq!(d.hold_external(&g, &k, out.take()), Some(0));
         assert!(out.0.is_empty());
         g.fault_in();
-        let exit = rec(30, Event::SyscallExit { nr: 257, ret: 3 });
+        let exit = rec(
+            30,
+            Event::SyscallExit {
+                nr: 257,
+                ret: 3,
+                args: [0; 6],
+                fds: [0; 2],
+            },
+        );
         d.pass(&g, &k, &exit, out.take());
         assert_eq!(out.ts(), [10, 20, 1000, 30]);
         assert_eq!(filename(&out.0[0]).as_deref(), Some("/tmp/lock-b"));
@@ -620,7 +628,15 @@ mod tests {
         d.pass(&g, &k, &entry, out.take());
         assert!(out.0.is_empty() && d.is_holding());
         g.fault_in();
-        let exit = rec(20, Event::CompatSyscallExit { nr: 5, ret: 3 });
+        let exit = rec(
+            20,
+            Event::CompatSyscallExit {
+                nr: 5,
+                ret: 3,
+                args: [0; 6],
+                fds: [0; 2],
+            },
+        );
         d.pass(&g, &k, &exit, out.take());
         assert_eq!(out.ts(), [10, 20]);
         assert_eq!(filename(&out.0[0]).as_deref(), Some("/tmp/lock-b"));
@@ -651,7 +667,16 @@ mod tests {
         // preempted (still runnable) before the kernel touched the page
         d.pass(&g, &k, &switch(20, 0), out.take());
         g.cr3.set(CR3_B);
-        let exit = rec_of(OTHER, 30, Event::SyscallExit { nr: 56, ret: 99 });
+        let exit = rec_of(
+            OTHER,
+            30,
+            Event::SyscallExit {
+                nr: 56,
+                ret: 99,
+                args: [0; 6],
+                fds: [0; 2],
+            },
+        );
         d.pass(&g, &k, &exit, out.take());
         assert!(out.0.is_empty(), "another task's events wait behind it");
         // the task runs again (here or elsewhere) and the kernel faults the
@@ -689,7 +714,15 @@ mod tests {
         d.pass(
             &g,
             &k,
-            &rec(2, Event::SyscallExit { nr: 257, ret: -14 }),
+            &rec(
+                2,
+                Event::SyscallExit {
+                    nr: 257,
+                    ret: -14,
+                    args: [0; 6],
+                    fds: [0; 2],
+                },
+            ),
             out.take(),
         );
         assert_eq!(out.ts(), [1, 2]);

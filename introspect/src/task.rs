@@ -31,6 +31,19 @@ pub struct Task {
     pub comm: [u8; 16],
 }
 
+/// The comm the kernel gives a task that execs `path`: its last component,
+/// cut to 15 bytes (`__set_task_comm(kbasename(bprm->filename))`).
+pub fn comm_after_exec(path: &[u8]) -> [u8; 16] {
+    let base = path
+        .iter()
+        .rposition(|&c| c == b'/')
+        .map_or(path, |i| &path[i + 1..]);
+    let mut comm = [0u8; 16];
+    let len = base.len().min(15);
+    comm[..len].copy_from_slice(&base[..len]);
+    comm
+}
+
 impl Default for Task {
     fn default() -> Self {
         Self::UNKNOWN
@@ -195,4 +208,19 @@ pub fn for_each_task<C: VcpuContext + ?Sized>(
         cur = next_task;
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comm_after_exec;
+
+    #[test]
+    fn exec_names_the_task_after_the_file() {
+        assert_eq!(&comm_after_exec(b"/bin/syscalls")[..9], b"syscalls\0");
+        assert_eq!(&comm_after_exec(b"true")[..5], b"true\0");
+        // 15 bytes at most, NUL-terminated
+        let c = comm_after_exec(b"/usr/lib/a-very-long-program-name");
+        assert_eq!(&c[..15], b"a-very-long-pro");
+        assert_eq!(c[15], 0);
+    }
 }

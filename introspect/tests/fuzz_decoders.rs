@@ -64,8 +64,8 @@ fn decoders_survive_random_memory_and_roundtrip_through_the_codec() {
                     // i386 registers: 32-bit values
                     assert!(args.iter().all(|&a| a <= u64::from(u32::MAX)));
                 }
-                (Event::CompatSyscallExit { nr, ret }, e) => {
-                    assert_eq!(Event::CompatSyscallExit { nr, ret }, e)
+                (Event::CompatSyscallExit { nr, ret, args, fds }, e) => {
+                    assert_eq!(Event::CompatSyscallExit { nr, ret, args, fds }, e)
                 }
                 (_, Event::CompatSyscallEntry { .. } | Event::CompatSyscallExit { .. }) => {
                     panic!("a compat event decoded as another")
@@ -263,7 +263,16 @@ fn compat_decoders_read_the_i386_registers_and_the_tasks_own_pt_regs() {
     assert_eq!(str_arg, Some(0));
     assert_eq!(string.as_str(), "/compat32-missing");
     let exit = run(ProbeKind::CompatSyscallExit);
-    assert_eq!(exit.event, Event::CompatSyscallExit { nr: 5, ret: -2 });
+    // the exit reads the argument registers from the same pt_regs
+    assert_eq!(
+        exit.event,
+        Event::CompatSyscallExit {
+            nr: 5,
+            ret: -2,
+            args: [PATH, 2, 0o644, 4, 5, 6],
+            fds: [0; 2],
+        }
+    );
     // unknown THREAD_SIZE: no exit rather than a wrong number
     let mut k0 = k.clone();
     k0.off.thread_size = 0;

@@ -116,6 +116,9 @@ pub enum ArgKind {
     Pointer,
     /// NUL-terminated string read from guest memory (`const char *filename`).
     String,
+    /// `len` 32-bit signed integers the syscall wrote to user memory
+    /// (`pipe2`'s `fildes`: lttng-modules records the two descriptors).
+    UserInts(u8),
 }
 
 impl ArgKind {
@@ -125,6 +128,12 @@ impl ArgKind {
             ArgKind::Unsigned(b) => FieldType::int(b, false),
             ArgKind::Pointer => FieldType::hex(64),
             ArgKind::String => FieldType::Str,
+            ArgKind::UserInts(len) => FieldType::IntArray {
+                bits: 32,
+                signed: true,
+                base: Base::Dec,
+                len: u16::from(len),
+            },
         }
     }
 }

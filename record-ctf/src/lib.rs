@@ -3,6 +3,7 @@
 //! kept apart so that `introspect` never knows about CTF and `ltt_writer`
 //! never knows how events were obtained.
 
+pub mod syscall_dirs;
 pub mod triggers;
 pub mod user;
 
@@ -54,6 +55,17 @@ pub fn compat_arg_kind(ty: &str, is_string: bool) -> ArgKind {
     }
 }
 
+/// The direction of argument `index` of syscall `name` (see
+/// [`syscall_dirs`]). A string lttng-modules would read again at the exit
+/// (`sc_inout`, e.g. `openat2`'s `filename`) is recorded at the entry
+/// only: the exit probe reads no guest strings.
+fn exit_dir(name: &str, index: usize, is_string: bool) -> ArgDir {
+    match syscall_dirs::arg_dir(name, index) {
+        ArgDir::InOut if is_string => ArgDir::In,
+        d => d,
+    }
+}
+
 fn decls(table: &[Syscall], kind: fn(&str, bool) -> ArgKind) -> Vec<SyscallDecl> {
     table
         .iter()
@@ -67,11 +79,15 @@ fn decls(table: &[Syscall], kind: fn(&str, bool) -> ArgKind) -> Vec<SyscallDecl>
                 .take(6)
                 .map(|(i, name)| SyscallArg {
                     name: name.clone(),
-                    kind: kind(
-                        s.arg_types.get(i).map(String::as_str).unwrap_or(""),
-                        s.string_args & (1 << i) != 0,
-                    ),
-                    dir: ArgDir::In,
+                    kind: if s.name == "pipe2" && i == 0 {
+                        ArgKind::UserInts(2)
+                    } else {
+                        kind(
+                            s.arg_types.get(i).map(String::as_str).unwrap_or(""),
+                            s.string_args & (1 << i) != 0,
+                        )
+                    },
+                    dir: exit_dir(&s.name, i, s.string_args & (1 << i) != 0),
                 })
                 .collect(),
         })
@@ -205,6 +221,25 @@ fn arg_values<'a>(args: &[u64; 6], str_arg: Option<u8>, s: &'a [u8]) -> [Value<'
     vals
 }
 
+/// `pipe2` in the x86-64 and the i386 tables: its `fildes` is recorded as
+/// the two descriptors (lttng-modules' own layout for it), not a pointer.
+const PIPE2: u32 = 293;
+const I386_PIPE2: u32 = 331;
+
+fn pipe_fds(fds: &[i32; 2]) -> [u64; 2] {
+    fds.map(|fd| fd as i64 as u64)
+}
+
+/// A syscall exit's argument values: the registers, with `pipe2`'s
+/// descriptors in place of its `fildes` pointer.
+fn exit_values<'a>(nr: u32, pipe2: u32, args: &[u64; 6], fds: &'a [u64; 2]) -> [Value<'a>; 6] {
+    let mut vals = arg_values(args, None, b"");
+    if nr == pipe2 {
+        vals[0] = Value::Ints(fds);
+    }
+    vals
+}
+
 /// Writes `r` to `p`.
 pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
     let ctx = TaskCtx::new(r.current.pid, r.current.tid, &r.current.comm);
@@ -219,7 +254,10 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             let s = string_value(args, *str_arg, string);
             p.syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
         }
-        Event::SyscallExit { nr, ret } => p.syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::SyscallExit { nr, ret, args, fds } => {
+            let fds = pipe_fds(fds);
+            p.syscall_exit(ts, &ctx, *nr, *ret, &exit_values(*nr, PIPE2, args, &fds))
+        }
         Event::CompatSyscallEntry {
             nr,
             args,
@@ -229,7 +267,11 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             let s = string_value(args, *str_arg, string);
             p.compat_syscall_entry(ts, &ctx, *nr, &arg_values(args, *str_arg, s))
         }
-        Event::CompatSyscallExit { nr, ret } => p.compat_syscall_exit(ts, &ctx, *nr, *ret, &[]),
+        Event::CompatSyscallExit { nr, ret, args, fds } => {
+            let fds = pipe_fds(fds);
+            let vals = exit_values(*nr, I386_PIPE2, args, &fds);
+            p.compat_syscall_exit(ts, &ctx, *nr, *ret, &vals)
+        }
         Event::SchedSwitch { prev, next } => p.sched_switch(
             ts,
             &ctx,

@@ -105,6 +105,7 @@ pub fn pingpong_switches_match_rusage(backend: &str, opts: &[&str], line: &str, 
             assert!(t == 0 || known.contains(&t), "{k} {t} unknown: {e:?}");
         }
     }
+    pipe_descriptors_are_the_ones_used(&r.events, [parent, child]);
     // With software breakpoints the KVM engine leaves sched_wakeup out (its
     // sites are static branches the guest may patch): it says so.
     if backend != "kvm" {
@@ -114,6 +115,50 @@ pub fn pingpong_switches_match_rusage(backend: &str, opts: &[&str], line: &str, 
             "500 round trips wake a blocked side each time: {pairs}"
         );
     }
+}
+
+/// `syscall_exit_pipe2` records the two descriptors the kernel wrote (as
+/// lttng-modules does), not the pointer: the two pipes of the pair are
+/// four distinct descriptors, and every pipe read and write of the two
+/// processes afterwards uses one of them. (Nothing to check where syscalls
+/// are not traced.)
+pub fn pipe_descriptors_are_the_ones_used(events: &[Ev], pair: [i64; 2]) {
+    let pipes: Vec<(usize, &Ev)> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.name == "syscall_exit_pipe2" && pair.contains(&e.pid))
+        .collect();
+    if pipes.is_empty() {
+        return;
+    }
+    assert_eq!(pipes.len(), 2, "two pipes: {pipes:?}");
+    let mut fds = BTreeSet::new();
+    for (_, e) in &pipes {
+        assert_eq!(e.int("ret"), 0, "{e:?}");
+        let f = e.fields.get("fildes").expect("fildes at the exit");
+        for fd in f
+            .split(['[', ']', ',', '='])
+            .filter_map(|w| w.trim().parse::<i64>().ok())
+            .skip(1)
+            .step_by(2)
+        {
+            assert!(fd >= 0 && fds.insert(fd), "descriptors {f}");
+        }
+    }
+    assert_eq!(fds.len(), 4, "{pipes:?}");
+    let used: BTreeSet<i64> = events[pipes[1].0..]
+        .iter()
+        .filter(|e| {
+            pair.contains(&e.tid)
+                && ["syscall_entry_read", "syscall_entry_write"].contains(&e.name.as_str())
+                && e.int("count") == 1
+        })
+        .map(|e| e.int("fd"))
+        .collect();
+    assert!(
+        !used.is_empty() && used.is_subset(&fds),
+        "one-byte reads and writes on {used:?}, pipes {fds:?}"
+    );
 }
 
 /// sched_waking and sched_wakeup come in the kernel's order: each wakeup
