@@ -2,7 +2,8 @@
 # Installs the host packages hvtrace needs on Debian/Ubuntu: QEMU >= 10 (from
 # bookworm-backports on Debian 12), babeltrace2 and its Python bindings (the
 # reference trace reader), busybox-static and cpio (guest images), gdb (the
-# peer in benchmarks). Idempotent; says what it changes.
+# peer in benchmarks), mmdebstrap and e2fsprogs (the Debian disk image of
+# `image build --rootfs debian`). Idempotent; says what it changes.
 set -euo pipefail
 
 need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
@@ -13,7 +14,7 @@ qemu_major() {
     qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n1
 }
 
-pkgs=(babeltrace2 python3-bt2 busybox-static cpio gdb xz-utils zstd dpkg-dev chromium)
+pkgs=(babeltrace2 python3-bt2 busybox-static cpio gdb xz-utils zstd dpkg-dev chromium mmdebstrap e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 

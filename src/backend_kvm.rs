@@ -165,7 +165,8 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
         GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
         GuestEnd::Interrupted => bail!("interrupted"),
-        GuestEnd::NoMarker => match exit {
+        GuestEnd::DiskInitFailed(why) => bail!("the disk boot's /init failed: {why}"),
+        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted => match exit {
             Some(exit) => bail!("the guest ended without reporting an exit status: {exit:?}"),
             None => bail!("the guest ended without reporting an exit status"),
         },

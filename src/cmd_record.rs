@@ -20,7 +20,7 @@ use introspect::plan::{
 use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
 
 use crate::guest;
-use crate::run::{choose_backend, outcome, Backend, GuestOptions};
+use crate::run::{choose_backend, Backend, GuestOptions};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -88,8 +88,10 @@ pub struct RecordArgs {
     /// `valid` bitmask (bit i: field i was read).
     #[arg(long = "probe", value_name = "SPEC")]
     pub probes: Vec<String>,
-    /// The command to run in the guest, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to run in the guest, after `--` (optional with --disk:
+    /// then the guest is traced as it is, from power-on until it powers
+    /// off, --duration or --timeout).
+    #[arg(last = true, required_unless_present = "disk", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -162,7 +164,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         };
     }
     plan.out_dir = path_str(&out_abs)?.to_string();
-    plan.statedump_exec = args.command[0].clone();
+    plan.statedump_exec = statedump_exec(&args.command);
     plan.buffer = match args.buffer {
         BufferMode::Lossless => "lossless",
         BufferMode::Discard => "discard",
@@ -196,8 +198,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         None
     };
     let cmd = guest::qemu_command(&run, &extra);
+    let limit = args.guest.disk.limit(run.timeout);
     let t1 = Instant::now();
-    let end = guest::run_qemu_driven(cmd, run.timeout, &interrupt, &mut std::io::stderr(), driver)?;
+    let end = guest::run_qemu_driven(cmd, limit.0, &interrupt, &mut std::io::stderr(), driver)?;
     let wall = t1.elapsed();
 
     let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
@@ -253,7 +256,13 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         Some(s) if s >= 0 => eprintln!("hvtrace: record: KASLR slide {s:#x}; trace in {}", out.join("kernel").display()),
         _ => eprintln!("hvtrace: record: the plugin did not find the running kernel (no KASLR slide matched); the trace is empty"),
     }
-    if !matches!(end, guest::GuestEnd::Exited(_)) {
+    let normal_end = match &end {
+        guest::GuestEnd::Exited(_) => true,
+        guest::GuestEnd::PoweredOff | guest::GuestEnd::Restarted => args.guest.disk.disk.is_some(),
+        guest::GuestEnd::TimedOut => limit.1,
+        _ => false,
+    };
+    if !normal_end {
         eprintln!(
             "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
             out.display()
@@ -262,7 +271,17 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     if let Some(t) = triggers {
         t.finish();
     }
-    outcome(end, run.timeout)
+    args.guest.outcome(end, limit, run.timeout)
+}
+
+/// When the statedump is taken: at the traced command's exec; in a
+/// `--disk` boot without command, at the exec of the image's init (the
+/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd).
+pub fn statedump_exec(command: &[String]) -> String {
+    command
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/sbin/init".to_string())
 }
 
 fn path_str(p: &Path) -> Result<&str> {
