@@ -122,9 +122,22 @@ fn debian_boot_traced_untouched_6_1() {
         "disk: traced boot to power-off {:.1} s wall",
         wall.as_secs_f64()
     );
+    // Exit status 0 is the guest powering off on the command's success
+    // (systemctl's start job of multi-user.target done); systemd's own
+    // status line says the same on the console.
+    let console_log = dir.join("console.log");
+    std::fs::write(&console_log, &console).expect("keep the console");
+    let reached = console
+        .lines()
+        .any(|l| l.contains("Reached target") && l.contains("multi-user.target"));
+    let said: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("multi-user"))
+        .collect();
     assert!(
-        console.contains("Reached target multi-user.target"),
-        "systemd did not say it reached multi-user.target"
+        reached,
+        "systemd did not say it reached multi-user.target (console in {}): {said:?}",
+        console_log.display()
     );
     assert!(console.contains("reboot: Power down"));
     assert_eq!(sha256(&image), before, "the image changed");
@@ -228,4 +241,47 @@ fn debian_boot_traced_untouched_6_1() {
     let html = std::fs::read_to_string(dir.join("boot.html")).expect("the HTML page");
     assert!(html.contains("systemd-journal") && html.contains("systemd-udevd"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without a command the image boots as it is (its own default target)
+/// until --duration, which is a normal end: exit status 0.
+#[test]
+fn debian_boots_as_is_until_the_duration() {
+    let image = debian_disk();
+    let t = Instant::now();
+    let out = common::hvtrace()
+        .args([
+            "run",
+            "--backend",
+            "qemu",
+            "--duration",
+            "60",
+            "--timeout",
+            "600",
+        ])
+        .args(["--append", "systemd.show_status=1"])
+        .arg("--disk")
+        .arg(&image)
+        .output()
+        .expect("run hvtrace run --disk");
+    let console = plain(&String::from_utf8_lossy(&out.stderr));
+    let tail: Vec<&str> = console.lines().rev().take(30).collect();
+    assert!(
+        out.status.success(),
+        "run --disk --duration 60 failed ({}); its stderr ends:\n{}",
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    let wall = t.elapsed().as_secs_f64();
+    eprintln!("disk: run --duration 60 ended after {wall:.1} s wall");
+    assert!(wall >= 60.0, "ended after {wall} s, before --duration");
+    // systemd's own greeting, with the image's os-release name.
+    assert!(
+        console.contains("Welcome to Debian GNU/Linux 12 (bookworm)!"),
+        "systemd did not start from the image"
+    );
+    assert!(
+        !console.contains("reboot: Power down"),
+        "it powered off by itself"
+    );
 }
