@@ -17,8 +17,12 @@ use std::time::Instant;
 
 use record_support::babeltrace;
 
-/// Builds (or reuses from the cache) the Debian disk; its path.
+static DISK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds (or reuses from the cache) the Debian disk; its path. One build
+/// at a time: the tests here share it.
 fn debian_disk() -> PathBuf {
+    let _guard = DISK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
     let out = common::hvtrace()
         .args(["image", "build", "--rootfs", "debian"])
