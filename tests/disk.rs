@@ -90,6 +90,15 @@ fn plain(console: &str) -> String {
 
 #[test]
 fn debian_boot_traced_untouched_6_1() {
+    traced_boot("6.1");
+}
+
+#[test]
+fn debian_boot_traced_untouched_6_12() {
+    traced_boot("6.12");
+}
+
+fn traced_boot(line: &str) {
     let image = debian_disk();
     let t = Instant::now();
     let before = sha256(&image);
@@ -97,14 +106,14 @@ fn debian_boot_traced_untouched_6_1() {
         "disk: SHA-256 of the image {before} ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let dir = std::env::temp_dir().join(format!("hvtrace-disk-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("hvtrace-disk-{line}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
     // The command waits for the image's own multi-user.target (pulled in
     // by hvtrace's systemd.wants=); its success powers the guest off.
     let t = Instant::now();
     let out = common::hvtrace()
-        .args(["record", "--backend", "qemu", "--kernel-line", "6.1"])
+        .args(["record", "--backend", "qemu", "--kernel-line", line])
         .args(["--timeout", "1500", "--append", "systemd.show_status=1"])
         .arg("--disk")
         .arg(&image)
@@ -123,7 +132,7 @@ fn debian_boot_traced_untouched_6_1() {
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
     eprintln!(
-        "disk: traced boot to power-off {:.1} s wall",
+        "disk: {line}: traced boot to power-off {:.1} s wall",
         wall.as_secs_f64()
     );
     // Exit status 0 is the guest powering off on the command's success
@@ -183,7 +192,7 @@ fn debian_boot_traced_untouched_6_1() {
         "exec'd but not in the image: {missing:?}"
     );
     eprintln!(
-        "disk: {} events; {} distinct files exec'd from the image, all in it",
+        "disk: {line}: {} events; {} distinct files exec'd from the image, all in it",
         events.len(),
         image_execs.len()
     );
