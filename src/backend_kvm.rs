@@ -166,10 +166,12 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
         GuestEnd::TimedOut => bail!("the guest did not finish within {:?}", cfg.timeout),
         GuestEnd::Interrupted => bail!("interrupted"),
         GuestEnd::DiskInitFailed(why) => bail!("the disk boot's /init failed: {why}"),
-        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted => match exit {
-            Some(exit) => bail!("the guest ended without reporting an exit status: {exit:?}"),
-            None => bail!("the guest ended without reporting an exit status"),
-        },
+        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted | GuestEnd::Triggered => {
+            match exit {
+                Some(exit) => bail!("the guest ended without reporting an exit status: {exit:?}"),
+                None => bail!("the guest ended without reporting an exit status"),
+            }
+        }
     }
 }
 

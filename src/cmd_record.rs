@@ -200,7 +200,19 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let cmd = guest::qemu_command(&run, &extra);
     let limit = args.guest.disk.limit(run.timeout);
     let t1 = Instant::now();
-    let end = guest::run_qemu_driven(cmd, limit.0, &interrupt, &mut std::io::stderr(), driver)?;
+    // A disk boot without a command may end at the first trigger's snapshot.
+    let until_trigger = match &triggers {
+        Some(t) if args.guest.disk.disk.is_some() && args.command.is_empty() => Some(
+            crate::disk::StopOnSnapshot::start(&interrupt, t.snapshots()),
+        ),
+        _ => None,
+    };
+    let stop = until_trigger.as_ref().map_or(&*interrupt, |u| u.flag());
+    let end = guest::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
+    let end = match until_trigger {
+        Some(u) => u.finish(end),
+        None => end,
+    };
     let wall = t1.elapsed();
 
     let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
@@ -260,6 +272,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         guest::GuestEnd::Exited(_) => true,
         guest::GuestEnd::PoweredOff | guest::GuestEnd::Restarted => args.guest.disk.disk.is_some(),
         guest::GuestEnd::TimedOut => limit.1,
+        guest::GuestEnd::Triggered => true,
         _ => false,
     };
     if !normal_end {

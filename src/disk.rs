@@ -18,6 +18,8 @@
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::guest::GuestEnd;
@@ -156,6 +158,7 @@ pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Res
             Ok(1)
         }
         GuestEnd::TimedOut if limit.1 => Ok(0),
+        GuestEnd::Triggered => Ok(0),
         other => crate::run::outcome(other, timeout),
     }
 }
@@ -164,6 +167,73 @@ pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Res
 /// kernel line's default image.
 pub fn default_initrd(line: &str) -> Result<PathBuf> {
     crate::image::disk_initrd::build(line, true).context("building the disk-boot initramfs")
+}
+
+/// Ends a run at the first trigger's snapshot (or at the user's
+/// interrupt): one flag for the console loop, set from either.
+pub struct StopOnSnapshot {
+    stop: Arc<AtomicBool>,
+    fired: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StopOnSnapshot {
+    pub fn start(interrupt: &Arc<AtomicBool>, snapshots: Arc<AtomicUsize>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, fired, done, interrupt) = (
+                Arc::clone(&stop),
+                Arc::clone(&fired),
+                Arc::clone(&done),
+                Arc::clone(interrupt),
+            );
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if snapshots.load(Ordering::Acquire) > 0 {
+                        fired.store(true, Ordering::Release);
+                        stop.store(true, Ordering::Release);
+                    }
+                    if interrupt.load(Ordering::Acquire) {
+                        stop.store(true, Ordering::Release);
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            })
+        };
+        StopOnSnapshot {
+            stop,
+            fired,
+            interrupt: Arc::clone(interrupt),
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// The flag the console loop watches.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    /// How the run ended, with a stop for the snapshot said as such.
+    pub fn finish(mut self, end: GuestEnd) -> GuestEnd {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let by_trigger =
+            self.fired.load(Ordering::Acquire) && !self.interrupt.load(Ordering::Acquire);
+        match end {
+            GuestEnd::Interrupted if by_trigger => {
+                eprintln!("hvtrace: record: stopped the guest at the first trigger's snapshot");
+                GuestEnd::Triggered
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

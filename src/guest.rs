@@ -43,6 +43,8 @@ pub enum GuestEnd {
     /// The kernel said it restarts (`reboot: Restarting system`); QEMU runs
     /// with `-no-reboot`, so this ends the run too.
     Restarted,
+    /// A `--disk` boot without command stopped at its first trigger.
+    Triggered,
     /// hvtrace's disk-boot `/init` could not reach the image's init; why.
     DiskInitFailed(String),
     TimedOut,

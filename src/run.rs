@@ -185,7 +185,7 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
     match end {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted => {
+        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted | GuestEnd::Triggered => {
             bail!("the guest stopped without reporting the command's exit status")
         }
         GuestEnd::DiskInitFailed(why) => {

@@ -298,3 +298,41 @@ fn debian_boots_as_is_until_the_duration() {
         "it powered off by itself"
     );
 }
+
+/// Without a command, the flight recorder's first trigger ends the run:
+/// its snapshot is written, then the guest is stopped (exit status 0).
+#[test]
+fn debian_boot_until_the_first_trigger() {
+    let image = debian_disk();
+    let dir = std::env::temp_dir().join(format!("hvtrace-disk-trigger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = common::hvtrace()
+        .args(["record", "--backend", "qemu", "--kernel-line", "6.12"])
+        .args(["--timeout", "600", "--buffer", "flight-recorder"])
+        .args(["--trigger", "syscall=openat:ENOENT"])
+        .arg("--disk")
+        .arg(&image)
+        .arg("-o")
+        .arg(&dir)
+        .output()
+        .expect("run hvtrace record --disk --trigger");
+    let console = plain(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "record --disk --trigger failed ({}):\n{console}",
+        out.status
+    );
+    assert!(console.contains("stopped the guest at the first trigger's snapshot"));
+    assert!(
+        !console.contains("reboot: Power down"),
+        "it ran to power-off"
+    );
+    let events = babeltrace(&dir.join("snapshot-0/kernel"));
+    let trigger = events
+        .iter()
+        .find(|e| e.name == "hvtrace_trigger")
+        .expect("the snapshot marks the trigger");
+    assert_eq!(trigger.text("trigger"), "syscall=openat:ENOENT");
+    assert_eq!(trigger.int("detail"), -2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
