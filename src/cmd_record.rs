@@ -164,7 +164,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         };
     }
     plan.out_dir = path_str(&out_abs)?.to_string();
-    plan.statedump_exec = statedump_exec(&args.command);
+    plan.statedump_exec = crate::disk::statedump_exec(&args.command);
     plan.buffer = match args.buffer {
         BufferMode::Lossless => "lossless",
         BufferMode::Discard => "discard",
@@ -201,18 +201,10 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let limit = args.guest.disk.limit(run.timeout);
     let t1 = Instant::now();
     // A disk boot without a command may end at the first trigger's snapshot.
-    let until_trigger = match &triggers {
-        Some(t) if args.guest.disk.disk.is_some() && args.command.is_empty() => Some(
-            crate::disk::StopOnSnapshot::start(&interrupt, t.snapshots()),
-        ),
-        _ => None,
-    };
+    let until_trigger = crate::disk::StopOnSnapshot::wanted(&args, triggers.as_ref(), &interrupt);
     let stop = until_trigger.as_ref().map_or(&*interrupt, |u| u.flag());
     let end = guest::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
-    let end = match until_trigger {
-        Some(u) => u.finish(end),
-        None => end,
-    };
+    let end = until_trigger.map_or(end.clone(), |u| u.finish(end));
     let wall = t1.elapsed();
 
     let report: serde_json::Value = std::fs::read_to_string(out_abs.join("plugin.json"))
@@ -285,16 +277,6 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         t.finish();
     }
     args.guest.outcome(end, limit, run.timeout)
-}
-
-/// When the statedump is taken: at the traced command's exec; in a
-/// `--disk` boot without command, at the exec of the image's init (the
-/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd).
-pub fn statedump_exec(command: &[String]) -> String {
-    command
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "/sbin/init".to_string())
 }
 
 fn path_str(p: &Path) -> Result<&str> {

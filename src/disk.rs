@@ -169,6 +169,16 @@ pub fn default_initrd(line: &str) -> Result<PathBuf> {
     crate::image::disk_initrd::build(line, true).context("building the disk-boot initramfs")
 }
 
+/// When the statedump is taken: at the traced command's exec; in a
+/// `--disk` boot without command, at the exec of the image's init (the
+/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd).
+pub fn statedump_exec(command: &[String]) -> String {
+    command
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/sbin/init".to_string())
+}
+
 /// Ends a run at the first trigger's snapshot (or at the user's
 /// interrupt): one flag for the console loop, set from either.
 pub struct StopOnSnapshot {
@@ -180,6 +190,17 @@ pub struct StopOnSnapshot {
 }
 
 impl StopOnSnapshot {
+    /// For a disk boot without a command, with triggers armed.
+    pub fn wanted(
+        args: &crate::cmd_record::RecordArgs,
+        triggers: Option<&crate::triggers::Armed>,
+        interrupt: &Arc<AtomicBool>,
+    ) -> Option<Self> {
+        let t = triggers?;
+        (args.guest.disk.disk.is_some() && args.command.is_empty())
+            .then(|| Self::start(interrupt, t.snapshots()))
+    }
+
     pub fn start(interrupt: &Arc<AtomicBool>, snapshots: Arc<AtomicUsize>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let fired = Arc::new(AtomicBool::new(false));
