@@ -97,45 +97,19 @@ deb=$(ls "$cache/debs/${kpkg}_"*.deb 2>/dev/null | head -n1)
 busybox=$(ls "$cache"/extract/busybox-static_*/bin/busybox 2>/dev/null | head -n1)
 [ -n "$busybox" ] || die "no busybox in $cache/extract (hvtrace image build extracts it)"
 
-# The modules L1 needs, in load order (dependencies from each module's own
-# .modinfo `depends=` field, as modprobe would read them from modules.dep).
+# The modules L1 needs, in load order (scripts/kernel-modules.sh: each
+# module's dependencies from its own .modinfo `depends=` field).
 wanted=(kvm-amd 9pnet_virtio 9p virtio_pci)
-key=$( { sha256sum "$deb" "$busybox" "$0" | cut -d' ' -f1; echo "${wanted[*]}"; } | sha256sum | cut -c1-16)
+key=$( { sha256sum "$deb" "$busybox" "$0" "$repo/scripts/kernel-modules.sh" | cut -d' ' -f1; echo "${wanted[*]}"; } | sha256sum | cut -c1-16)
 l1dir="$cache/stock-kvm/$krel-$key"
 if [ ! -f "$l1dir/initrd.img" ]; then
     echo "stock-kvm: building L1's initramfs from $kpkg $kver (once; cached in $l1dir)" >&2
     work=$(mktemp -d "$cache/stock-kvm-build.XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    mkdir -p "$work/x" "$work/root/bin" "$work/root/lib/modules" "$work/root/host"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/x" --wildcards './lib/modules/*.ko*'
-    declare -A path=()
-    while IFS= read -r f; do
-        n=$(basename "$f"); n=${n%%.ko*}
-        path[$n]=$f
-        path[${n//-/_}]=$f
-    done < <(find "$work/x" -name '*.ko*')
-    order=()
-    declare -A seen=()
-    visit() {
-        local m=${1//-/_} f deps d
-        [ -n "${seen[$m]:-}" ] && return
-        seen[$m]=1
-        f=${path[$m]:-}
-        # Not a module file: built into this kernel.
-        [ -n "$f" ] || return 0
-        case "$f" in
-            *.xz) xz -dc "$f" >"$work/$m.ko" ;;
-            *.zst) zstd -qdc "$f" >"$work/$m.ko" ;;
-            *) cp "$f" "$work/$m.ko" ;;
-        esac
-        deps=$(tr '\0' '\n' <"$work/$m.ko" | sed -n 's/^depends=//p' | head -n1)
-        for d in ${deps//,/ }; do visit "$d"; done
-        mv "$work/$m.ko" "$work/root/lib/modules/$m.ko"
-        order+=("$m")
-    }
-    for m in "${wanted[@]}"; do visit "$m"; done
+    mkdir -p "$work/root/bin" "$work/root/lib/modules" "$work/root/host"
+    "$repo/scripts/kernel-modules.sh" "$deb" "$work/root/lib/modules" "${wanted[@]}" ||
+        die "cannot take the modules out of $kpkg"
     [ -f "$work/root/lib/modules/kvm_amd.ko" ] || die "$kpkg has no kvm-amd module"
-    printf '%s\n' "${order[@]}" >"$work/root/lib/modules/order"
     cp "$busybox" "$work/root/bin/busybox"
     for a in sh mount umount insmod mkdir cat chroot poweroff sleep dmesg tail; do ln -s busybox "$work/root/bin/$a"; done
     cat >"$work/root/init" <<'EOF'

@@ -19,7 +19,7 @@ use introspect::plan::{
 use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
 
 use crate::guest;
-use crate::run::{choose_backend, outcome, Backend, GuestOptions};
+use crate::run::{choose_backend, Backend, GuestOptions};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -97,8 +97,10 @@ pub struct RecordArgs {
     /// `valid` bitmask (bit i: field i was read).
     #[arg(long = "probe", value_name = "SPEC")]
     pub probes: Vec<String>,
-    /// The command to run in the guest, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to run in the guest, after `--` (optional with --disk:
+    /// then the guest is traced as it is, from power-on until it powers
+    /// off, --duration or --timeout).
+    #[arg(last = true, required_unless_present = "disk", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -183,7 +185,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         };
     }
     plan.out_dir = path_str(&out_abs)?.to_string();
-    plan.statedump_exec = args.command[0].clone();
+    plan.statedump_exec = crate::disk::statedump_exec(&args.command);
     plan.buffer = match args.buffer {
         BufferMode::Lossless => "lossless",
         BufferMode::Discard => "discard",
@@ -219,10 +221,23 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         None
     };
     let cmd = guest::qemu_command(&run, &extra);
+    let limit = args.guest.disk.limit(run.timeout);
     let t1 = Instant::now();
-    let end = guest::run_qemu_driven(cmd, run.timeout, &interrupt, &mut std::io::stderr(), driver)?;
+    // A disk boot without a command may end at the first trigger's snapshot.
+    let until_trigger = crate::disk::StopOnSnapshot::wanted(&args, triggers.as_ref(), &interrupt);
+    let stop = until_trigger.as_ref().map_or(&*interrupt, |u| u.flag());
+    let end = guest::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
+    let end = until_trigger.map_or(end.clone(), |u| u.finish(end));
     let wall = t1.elapsed();
 
+    // How a run may end without being cut short: its command's status, or
+    // for a disk boot without command, power-off, --duration or a trigger.
+    let normal_end = match &end {
+        guest::GuestEnd::Exited(_) | guest::GuestEnd::Triggered => true,
+        guest::GuestEnd::PoweredOff | guest::GuestEnd::Restarted => args.guest.disk.disk.is_some(),
+        guest::GuestEnd::TimedOut => limit.1,
+        _ => false,
+    };
     let incomplete = crate::record_summary::print_qemu(&crate::record_summary::QemuRun {
         out,
         out_abs: &out_abs,
@@ -230,16 +245,15 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         prep,
         baseline: baseline.as_ref(),
         end: &end,
+        normal_end,
     });
     if let Some(t) = triggers {
         t.finish();
     }
     match incomplete {
         // A run that ended otherwise says so first (signal, panic, ...).
-        Some(why) if matches!(end, guest::GuestEnd::Exited(_)) => {
-            bail!("the trace is incomplete: {why}")
-        }
-        _ => outcome(end, run.timeout),
+        Some(why) if normal_end => bail!("the trace is incomplete: {why}"),
+        _ => args.guest.outcome(end, limit, run.timeout),
     }
 }
 

@@ -37,6 +37,16 @@ pub enum GuestEnd {
     Panicked(String),
     /// The guest stopped (powered off or QEMU died) without a marker line.
     NoMarker,
+    /// The kernel said it powers off (`reboot: Power down`): the end of a
+    /// `--disk` boot. Other runs report their marker line before it.
+    PoweredOff,
+    /// The kernel said it restarts (`reboot: Restarting system`); QEMU runs
+    /// with `-no-reboot`, so this ends the run too.
+    Restarted,
+    /// A `--disk` boot without command stopped at its first trigger.
+    Triggered,
+    /// hvtrace's disk-boot `/init` could not reach the image's init; why.
+    DiskInitFailed(String),
     TimedOut,
     Interrupted,
 }
@@ -74,9 +84,18 @@ impl MarkerScanner {
             }
         } else if let Some(at) = line.find("Kernel panic - not syncing") {
             self.end = Some(GuestEnd::Panicked(line[at..].to_string()));
+        } else if line.ends_with("reboot: Power down") {
+            self.end = Some(GuestEnd::PoweredOff);
+        } else if line.ends_with("reboot: Restarting system") {
+            self.end = Some(GuestEnd::Restarted);
+        } else if let Some(why) = line.strip_prefix(DISK_INIT_FAILED) {
+            self.end = Some(GuestEnd::DiskInitFailed(why.trim().to_string()));
         }
     }
 }
+
+/// How the disk-boot `/init` (`image::disk_initrd`) says it failed.
+pub const DISK_INIT_FAILED: &str = "hvtrace-disk-init: failed: ";
 
 /// Encodes the guest command for `/init`: hex of the NUL-joined argv, so any
 /// byte survives the kernel's command-line parser.
@@ -252,7 +271,12 @@ pub fn run_qemu_driven(
 /// SIGKILL if it lingers or a second signal to hvtrace asks to hurry.
 /// Returns QEMU's exit status once reaped.
 fn stop_qemu(child: &mut Child, end: &GuestEnd) -> Option<std::process::ExitStatus> {
-    if !matches!(end, GuestEnd::Exited(_)) {
+    // A guest that reported its status, powered off or restarted is shutting
+    // down by itself; QEMU exits when it is done.
+    if !matches!(
+        end,
+        GuestEnd::Exited(_) | GuestEnd::PoweredOff | GuestEnd::Restarted
+    ) {
         signal(child, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -294,6 +318,30 @@ mod tests {
         let mut s = MarkerScanner::default();
         let end = s.feed(b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root\n");
         assert!(matches!(end, Some(GuestEnd::Panicked(l)) if l.contains("VFS")));
+    }
+
+    #[test]
+    fn power_off_and_restart_end_a_disk_boot() {
+        let mut s = MarkerScanner::default();
+        assert_eq!(
+            s.feed(b"[   62.137323] reboot: Power down\r\n"),
+            Some(&GuestEnd::PoweredOff)
+        );
+        let mut s = MarkerScanner::default();
+        assert_eq!(
+            s.feed(b"[ 9.1] reboot: Restarting system\n"),
+            Some(&GuestEnd::Restarted)
+        );
+        let mut s = MarkerScanner::default();
+        let end = s.feed(b"hvtrace-disk-init: failed: no /dev/vda\n");
+        assert_eq!(end, Some(&GuestEnd::DiskInitFailed("no /dev/vda".into())));
+    }
+
+    #[test]
+    fn marker_comes_before_the_power_off() {
+        let mut s = MarkerScanner::default();
+        let end = s.feed(b"HVTRACE-EXIT 3\n[ 5.0] reboot: Power down\n");
+        assert_eq!(end, Some(&GuestEnd::Exited(3)));
     }
 
     #[test]

@@ -231,6 +231,11 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
     if !args.key.is_ascii() || args.key == 'q' {
         bail!("--key must be one ASCII character other than q");
     }
+    if args.guest.disk.disk.is_some() {
+        bail!(
+            "--disk is for `run` and `record`: latency types on the console of hvtrace's own image"
+        );
+    }
     let dir = match &args.output {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("hvtrace-latency-{}", std::process::id())),

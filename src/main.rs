@@ -8,6 +8,7 @@ mod cache;
 mod cmd_bench_writer;
 mod cmd_record;
 mod cmd_symbols;
+mod disk;
 mod guest;
 mod image;
 mod interrupt;

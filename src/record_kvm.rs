@@ -134,7 +134,7 @@ pub fn run(
     plan.events = events;
     let user = crate::cmd_record::resolve_probes(&run.kernel, user_probes, &mut plan)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
-    plan.statedump_exec = args.command[0].clone();
+    plan.statedump_exec = crate::disk::statedump_exec(&args.command);
     if args.mode == Mode::Sample {
         // As on the TCG engine: samples instead of the high-rate classes;
         // process lifecycle (rare) stays traced so samples can be

@@ -19,6 +19,8 @@ pub struct QemuRun<'a> {
     /// The untraced run of `--baseline`: its wall time and end.
     pub baseline: Option<&'a (Duration, GuestEnd)>,
     pub end: &'a GuestEnd,
+    /// Whether `end` is one the run asked for (not cut short).
+    pub normal_end: bool,
 }
 
 /// Prints the summary; returns why the trace is incomplete, if it is
@@ -80,7 +82,7 @@ pub fn print_qemu(r: &QemuRun) -> Option<String> {
         Some(s) if s >= 0 => eprintln!("hvtrace: record: KASLR slide {s:#x}; trace in {}", r.out.join("kernel").display()),
         _ => eprintln!("hvtrace: record: the plugin did not find the running kernel (no KASLR slide matched); the trace is empty"),
     }
-    if !matches!(r.end, GuestEnd::Exited(_)) {
+    if !r.normal_end {
         eprintln!(
             "hvtrace: record: the run ended early ({:?}); the trace in {} holds everything up to that point",
             r.end,

@@ -62,6 +62,8 @@ pub struct GuestOptions {
     /// (cached by content); the image is not rebuilt.
     #[arg(long = "add", value_name = "HOST_PATH[:GUEST_PATH]")]
     pub add: Vec<String>,
+    #[command(flatten)]
+    pub disk: crate::disk::DiskOptions,
 }
 
 /// vCPUs allowed per host CPU (`--vcpus`), on both engines.
@@ -79,8 +81,8 @@ fn host_memory_mib() -> Option<u64> {
 pub struct RunArgs {
     #[command(flatten)]
     pub guest: GuestOptions,
-    /// The command to run in the guest, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to run in the guest, after `--` (optional with --disk).
+    #[arg(last = true, required_unless_present = "disk", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -88,6 +90,12 @@ impl GuestOptions {
     /// Resolves the image (building it when needed) into a run description.
     pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
         self.check_host_limits()?;
+        let disk = self.disk.image()?;
+        if disk.is_some() && !self.add.is_empty() {
+            // The disk boot's initramfs hands over to the image's own root:
+            // added files would vanish, and the image must stay untouched.
+            bail!("--add cannot be used with --disk: the image's root replaces the initramfs, and hvtrace adds nothing to the image");
+        }
         let (kernel, initrd, opened) = match (&self.kernel, &self.initrd) {
             (Some(k), Some(i)) => {
                 for p in [k, i] {
@@ -103,7 +111,11 @@ impl GuestOptions {
             _ => {
                 let dir = crate::image::build(&self.kernel_line, true)
                     .context("building the default guest image")?;
-                (dir.join("vmlinuz"), dir.join("initrd.img"), None)
+                let initrd = match disk {
+                    Some(_) => crate::disk::default_initrd(&self.kernel_line)?,
+                    None => dir.join("initrd.img"),
+                };
+                (dir.join("vmlinuz"), initrd, None)
             }
         };
         let image = match opened {
@@ -133,7 +145,10 @@ impl GuestOptions {
         Ok(GuestRun {
             kernel,
             initrd,
-            cmdline: guest::kernel_cmdline(command, &append),
+            cmdline: match disk {
+                Some(_) => crate::disk::kernel_cmdline(command, &append)?,
+                None => guest::kernel_cmdline(command, &append),
+            },
             vcpus: self.vcpus,
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
@@ -172,6 +187,7 @@ impl GuestOptions {
             extra.push("-serial".into());
             extra.push(spec);
         }
+        extra.extend(self.disk.qemu_args());
         if self.time_transparent {
             extra.push("-icount".into());
             extra.push(format!("shift={},sleep=off", guest::ICOUNT_SHIFT).into());
@@ -186,6 +202,9 @@ impl GuestOptions {
 
     /// Refuses options the KVM engine cannot honour.
     pub fn check_for_kvm(&self) -> Result<()> {
+        if self.disk.disk.is_some() {
+            bail!("--disk needs the QEMU engine (--backend qemu) for now: the KVM monitor has no virtio block device yet");
+        }
         if self.time_transparent {
             bail!(
                 "--time-transparent needs the QEMU engine (--backend qemu): under KVM the guest's clocks \
@@ -194,6 +213,22 @@ impl GuestOptions {
             );
         }
         Ok(())
+    }
+}
+
+impl GuestOptions {
+    /// [`outcome`], or for a `--disk` boot [`crate::disk::outcome`].
+    pub fn outcome(
+        &self,
+        end: GuestEnd,
+        limit: (Duration, bool),
+        timeout: Duration,
+    ) -> Result<i32> {
+        if self.disk.disk.is_some() {
+            crate::disk::outcome(end, limit, timeout)
+        } else {
+            outcome(end, timeout)
+        }
     }
 }
 
@@ -215,8 +250,11 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
     match end {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::NoMarker => {
+        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted | GuestEnd::Triggered => {
             bail!("the guest stopped without reporting the command's exit status")
+        }
+        GuestEnd::DiskInitFailed(why) => {
+            bail!("the disk boot's /init could not start the image's init: {why}")
         }
         GuestEnd::TimedOut => bail!(
             "timed out after {} s; the guest was stopped",
@@ -242,8 +280,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     match backend {
         Backend::Qemu => {
             let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
-            let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::stderr())?;
-            outcome(end, run.timeout)
+            let limit = args.guest.disk.limit(run.timeout);
+            let end = guest::run_qemu(cmd, limit.0, &interrupt, &mut std::io::stderr())?;
+            args.guest.outcome(end, limit, run.timeout)
         }
         Backend::Kvm => {
             args.guest.check_for_kvm()?;

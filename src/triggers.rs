@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -209,6 +209,9 @@ pub struct Armed {
     plan_path: PathBuf,
     out: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Snapshots written so far (as the log says), for a run that ends at
+    /// the first one.
+    snapshots: Arc<AtomicUsize>,
     thread: Option<JoinHandle<usize>>,
     sig: Option<signal_hook::SigId>,
 }
@@ -292,17 +295,20 @@ pub fn prepare(
     let sig = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
         .context("installing the SIGUSR1 handler")?;
     let stop = Arc::new(AtomicBool::new(false));
+    let snapshots = Arc::new(AtomicUsize::new(0));
     let thread = {
         let (stop, out, log) = (Arc::clone(&stop), out.to_path_buf(), out.join(LOG_FILE));
+        let count = Arc::clone(&snapshots);
         std::thread::Builder::new()
             .name("triggers".into())
-            .spawn(move || watch(&usr1, &stop, &fifo, &log, &out))
+            .spawn(move || watch(&usr1, &stop, &fifo, &log, &out, &count))
             .context("starting the trigger thread")?
     };
     Ok(Some(Armed {
         plan_path,
         out: out.to_path_buf(),
         stop,
+        snapshots,
         thread: Some(thread),
         sig: Some(sig),
     }))
@@ -332,6 +338,11 @@ impl Armed {
         }
     }
 
+    /// The count of snapshots written so far, updated as they are logged.
+    pub fn snapshots(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.snapshots)
+    }
+
     /// After the run: prints the snapshots not printed yet and a summary.
     pub fn finish(mut self) {
         if let Some(id) = self.sig.take() {
@@ -357,7 +368,14 @@ impl Armed {
 
 /// Forwards SIGUSR1 to the plugin and prints snapshots as they are logged;
 /// returns the number of snapshots printed.
-fn watch(usr1: &AtomicBool, stop: &AtomicBool, fifo: &Path, log: &Path, out: &Path) -> usize {
+fn watch(
+    usr1: &AtomicBool,
+    stop: &AtomicBool,
+    fifo: &Path,
+    log: &Path,
+    out: &Path,
+    count: &AtomicUsize,
+) -> usize {
     let mut offset = 0u64;
     let mut partial = String::new();
     let mut printed = 0usize;
@@ -366,7 +384,9 @@ fn watch(usr1: &AtomicBool, stop: &AtomicBool, fifo: &Path, log: &Path, out: &Pa
         if usr1.swap(false, Ordering::AcqRel) {
             forward_usr1(fifo);
         }
-        printed += print_new(log, &mut offset, &mut partial, out);
+        let new = print_new(log, &mut offset, &mut partial, out);
+        printed += new;
+        count.fetch_add(new, Ordering::AcqRel);
         if stopping {
             return printed;
         }

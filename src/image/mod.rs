@@ -8,7 +8,9 @@ mod apt_memo;
 pub mod check;
 pub mod compat32;
 mod cpio;
+pub mod disk_initrd;
 mod elf_deps;
+mod rootfs;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,12 +46,31 @@ pub enum ImageCommand {
         /// Kernel line: the newest Debian 12 package of it is used.
         #[arg(long, default_value = "6.1", value_parser = ["6.1", "6.12"])]
         kernel_line: String,
+        /// Instead: a raw ext4 disk image of a minimal Debian 12 with
+        /// systemd (mmdebstrap from the host's Debian mirror), for `--disk`;
+        /// prints the image's path as the last line.
+        #[arg(long, value_enum, value_name = "DISTRIBUTION")]
+        rootfs: Option<Rootfs>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Rootfs {
+    /// Debian 12 (bookworm), minbase with systemd, udev and D-Bus.
+    Debian,
 }
 
 pub fn run(args: ImageArgs) -> Result<()> {
     match args.command {
-        ImageCommand::Build { kernel_line } => {
+        ImageCommand::Build {
+            rootfs: Some(Rootfs::Debian),
+            ..
+        } => {
+            let image = rootfs::build_debian(true)?;
+            println!("{}", image.display());
+            Ok(())
+        }
+        ImageCommand::Build { kernel_line, .. } => {
             let dir = build(&kernel_line, true)?;
             println!("{}", dir.display());
             Ok(())

@@ -9,6 +9,10 @@ use serde::Serialize;
 use super::model::{Arg, Ev, Kind};
 
 const KTHREADD: i32 = 2;
+/// `TASK_DEAD` in a switched-out task's state: its last switch, from
+/// do_exit (stable across the kernels hvtrace reads). A trace that lacks
+/// the task's `sched_process_exit` still ends its books there.
+const TASK_DEAD: i64 = 0x80;
 /// Where a kernel thread's running time is booked in `syscall_ns`.
 pub const KTHREAD_KEY: &str = "(kernel thread)";
 
@@ -56,6 +60,9 @@ pub struct TaskTime {
     /// Set when the trace ends with the task blocked: where and since when.
     pub blocked_at_end: Option<OpenSyscall>,
     pub blocked_since: Option<u64>,
+    /// A program the task ran before a later exec (its own row; the task's
+    /// row as it is now has this false).
+    pub earlier_program: bool,
     #[serde(skip)]
     state: State,
     #[serde(skip)]
@@ -125,6 +132,8 @@ pub fn analyze(events: &[Ev]) -> Analysis {
     let mut wakes: HashMap<(i32, i32), u64> = HashMap::new();
     let start_ts = events.first().map_or(0, |e| e.ts);
     let end_ts = events.last().map_or(0, |e| e.ts);
+    // A task's earlier programs (before each exec), each its own row.
+    let mut earlier: Vec<TaskTime> = Vec::new();
 
     fn task<'a>(
         tasks: &'a mut HashMap<i32, TaskTime>,
@@ -158,7 +167,7 @@ pub fn analyze(events: &[Ev]) -> Analysis {
                     let t = task(&mut tasks, *prev_tid, -1, "");
                     t.charge_running(e.ts);
                     t.switches_out += 1;
-                    let st = if t.get() == State::Dead {
+                    let st = if t.get() == State::Dead || *prev_state & TASK_DEAD != 0 {
                         State::Dead
                     } else if *prev_state == 0 {
                         t.preempted += 1;
@@ -272,8 +281,11 @@ pub fn analyze(events: &[Ev]) -> Analysis {
                 let t = task(&mut tasks, *tid, *pid, name);
                 t.kernel_thread |= *kernel_thread || *tid == KTHREADD;
             }
-            Kind::Exec { .. } => {
-                task(&mut tasks, e.tid, e.pid, &e.comm);
+            Kind::Exec { filename, .. } => {
+                let t = task(&mut tasks, e.tid, e.pid, &e.comm);
+                if let Some(before) = t.new_program(e.ts, filename) {
+                    earlier.push(before);
+                }
             }
             Kind::Exit { tid } => {
                 let t = task(&mut tasks, *tid, -1, "");
@@ -322,8 +334,13 @@ pub fn analyze(events: &[Ev]) -> Analysis {
         })
         .collect();
     wakeups.sort_by(|a, b| b.count.cmp(&a.count).then(a.waker_tid.cmp(&b.waker_tid)));
-    let mut tasks: Vec<TaskTime> = tasks.into_values().collect();
-    tasks.sort_by_key(|t| (t.pid, t.tid));
+    // A task's row as it is now first (what a lookup by tid finds), then
+    // the programs it ran before, newest first.
+    let mut tasks: Vec<TaskTime> = tasks
+        .into_values()
+        .chain(earlier.into_iter().rev())
+        .collect();
+    tasks.sort_by_key(|t| (t.pid, t.tid, t.earlier_program));
     let stats = |m: BTreeMap<String, Vec<u64>>| {
         m.into_iter()
             .map(|(k, v)| (k, LatencyStats::from(v)))
@@ -360,6 +377,41 @@ impl TaskTime {
             }
         }
         self.mark = ts;
+    }
+
+    /// An exec: the program so far gets its own row (returned) unless the
+    /// task had no name yet; this row goes on with the new program (named
+    /// as the kernel names it, by the file's base name), in the same state
+    /// and the same `execve` call.
+    fn new_program(&mut self, ts: u64, filename: &str) -> Option<TaskTime> {
+        self.charge_running(ts);
+        let base = filename.rsplit('/').next().unwrap_or(filename);
+        let comm: String = base.chars().take(15).collect();
+        if self.comm.is_empty() || self.comm == comm {
+            self.comm = comm;
+            return None;
+        }
+        let next = TaskTime {
+            tid: self.tid,
+            pid: self.pid,
+            comm,
+            state: self.state,
+            in_syscall: self.in_syscall.clone(),
+            mark: ts,
+            ..TaskTime::default()
+        };
+        let mut before = std::mem::replace(self, next);
+        before.in_syscall = None;
+        before.state = State::Dead;
+        before.earlier_program = true;
+        // pid 1 before it execs /init is the kernel's own init thread:
+        // all of its time was kernel time.
+        if before.kernel_thread || before.comm.starts_with("swapper") {
+            before.kernel_thread = true;
+            let user = std::mem::take(&mut before.user_ns);
+            *before.syscall_ns.entry(KTHREAD_KEY.into()).or_default() += user;
+        }
+        Some(before)
     }
 
     fn charge_blocked(&mut self, d: u64) {

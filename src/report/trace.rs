@@ -161,7 +161,7 @@ pub fn parse_metadata(text: &str) -> Result<Metadata, TraceError> {
             .lines()
             .map(str::trim)
             .filter(|l| {
-                (l.starts_with("integer {") || l.starts_with("string {")) && !l.contains("_length;")
+                (l.starts_with("integer {") || l.starts_with("string {")) && !is_sequence_length(l)
             })
             .map(parse_field)
             .collect::<Option<Vec<_>>>()
@@ -185,6 +185,16 @@ pub fn parse_metadata(text: &str) -> Result<Metadata, TraceError> {
         clock_offset_ns,
         env,
     })
+}
+
+/// A sequence's length field (`... } __NAME_length;`), which the reader
+/// takes with its sequence; not a syscall argument that is named `length`
+/// (ftruncate's, declared `} _length;`).
+fn is_sequence_length(line: &str) -> bool {
+    line.rsplit('}')
+        .next()
+        .map(|decl| decl.trim().trim_end_matches(';'))
+        .is_some_and(|name| name.starts_with("__") && name.ends_with("_length"))
 }
 
 fn block<'a>(text: &'a str, start: &str) -> Option<&'a str> {
@@ -259,16 +269,28 @@ mod tests {
     /// same catalog: every event, id, field name and type.
     #[test]
     fn metadata_round_trips_the_writer_catalog() {
-        let syscalls = vec![SyscallDecl {
-            nr: 257,
-            name: "openat".into(),
-            args: vec![
-                arg("dfd", ArgKind::Signed(32)),
-                arg("filename", ArgKind::String),
-                arg("flags", ArgKind::Signed(32)),
-                arg("mode", ArgKind::Unsigned(32)),
-            ],
-        }];
+        let syscalls = vec![
+            SyscallDecl {
+                nr: 257,
+                name: "openat".into(),
+                args: vec![
+                    arg("dfd", ArgKind::Signed(32)),
+                    arg("filename", ArgKind::String),
+                    arg("flags", ArgKind::Signed(32)),
+                    arg("mode", ArgKind::Unsigned(32)),
+                ],
+            },
+            // An argument named `length` is a field like any other (systemd's
+            // journal calls ftruncate), not a sequence's length.
+            SyscallDecl {
+                nr: 77,
+                name: "ftruncate".into(),
+                args: vec![
+                    arg("fd", ArgKind::Unsigned(32)),
+                    arg("length", ArgKind::Unsigned(64)),
+                ],
+            },
+        ];
         let catalog = Catalog::kernel(&syscalls).unwrap();
         let dir = std::env::temp_dir().join(format!("hvtrace-meta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,290 @@
+//! `--disk IMAGE`: boot a distribution from a raw disk image, untouched.
+//!
+//! The kernel boots with hvtrace's own small initramfs (the kernel
+//! package's virtio and ext4 modules, busybox, an `/init` that mounts
+//! `/dev/vda` and switches to the image's `/sbin/init`); the image gets no
+//! file, unit or agent. QEMU attaches it with `snapshot=on`: the guest sees
+//! a normal writable disk (its journal, machine-id, random seed...) and
+//! every write lands in a temporary overlay QEMU deletes at exit, while
+//! the image file is opened read-only.
+//!
+//! A command after `--` runs through what the image's systemd already
+//! offers on the kernel command line: `systemd.run=` (systemd-run-generator,
+//! a oneshot `kernel-command-line.service` after basic.target), with
+//! `systemd.wants=multi-user.target` so the image's services start as in a
+//! normal boot, and the guest powering off when the command succeeds
+//! (rebooting when it fails, which ends QEMU under `-no-reboot` too).
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::guest::GuestEnd;
+
+/// The options of a disk boot, shared by the commands that boot a guest.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DiskOptions {
+    /// Boot this raw disk image (ext4 root, e.g. from `hvtrace image build
+    /// --rootfs debian`) with the kernel as root, unchanged: the guest's
+    /// writes go to a temporary overlay. Without a command after `--`, the
+    /// guest runs as it is until it powers off, --duration or --timeout.
+    #[arg(long, value_name = "IMAGE")]
+    pub disk: Option<PathBuf>,
+    /// With --disk: stop the guest after this many seconds of wall time
+    /// (a normal end, exit status 0; the trace holds everything until then).
+    #[arg(long, value_name = "SECS", requires = "disk",
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub duration: Option<u64>,
+}
+
+impl DiskOptions {
+    /// The image, checked before anything boots.
+    pub fn image(&self) -> Result<Option<&Path>> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(disk)
+            .with_context(|| format!("--disk {}: cannot read it", disk.display()))?;
+        if !meta.is_file() {
+            bail!("--disk {}: not a file", disk.display());
+        }
+        if meta.len() < 1 << 20 {
+            bail!(
+                "--disk {}: {} bytes is too small for a root file system",
+                disk.display(),
+                meta.len()
+            );
+        }
+        std::fs::File::open(disk)
+            .with_context(|| format!("--disk {}: cannot open it", disk.display()))?;
+        path_for_qemu(disk)?;
+        Ok(Some(disk))
+    }
+
+    /// QEMU's `-drive` for the image: virtio-blk, never written.
+    pub fn qemu_args(&self) -> Vec<OsString> {
+        let Some(disk) = &self.disk else {
+            return Vec::new();
+        };
+        let mut spec = OsString::from("file=");
+        spec.push(disk);
+        spec.push(",format=raw,if=virtio,snapshot=on");
+        vec!["-drive".into(), spec]
+    }
+
+    /// The wall-time limit of the run and whether reaching it is the
+    /// normal end (--duration) rather than a timeout.
+    pub fn limit(&self, timeout: Duration) -> (Duration, bool) {
+        match self.duration.map(Duration::from_secs) {
+            Some(d) if d <= timeout => (d, true),
+            _ => (timeout, false),
+        }
+    }
+}
+
+/// QEMU's option parser splits on commas.
+fn path_for_qemu(p: &Path) -> Result<()> {
+    match p.to_str() {
+        Some(s) if !s.contains(',') => Ok(()),
+        _ => bail!(
+            "--disk {}: the path must be UTF-8 without commas (QEMU's -drive syntax)",
+            p.display()
+        ),
+    }
+}
+
+/// The kernel command line of a disk boot; the command (if any) goes to
+/// the image's systemd as `systemd.run=`.
+pub fn kernel_cmdline(command: &[String], append: &str) -> Result<String> {
+    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 i8042.noaux rw");
+    if !command.is_empty() {
+        cmdline.push_str(" systemd.run=\"");
+        cmdline.push_str(&systemd_exec_line(command)?);
+        cmdline.push_str(
+            "\" systemd.run_success_action=poweroff systemd.run_failure_action=reboot \
+             systemd.wants=multi-user.target",
+        );
+    }
+    if !append.trim().is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(append.trim());
+    }
+    Ok(cmdline)
+}
+
+/// The command as an `ExecStart=` line inside the kernel's double quotes:
+/// an argument with a space is single-quoted (systemd unquotes it); what
+/// neither the kernel nor systemd could carry unchanged is refused.
+fn systemd_exec_line(command: &[String]) -> Result<String> {
+    let mut words = Vec::new();
+    for arg in command {
+        if arg.is_empty()
+            || arg
+                .chars()
+                .any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '%' | ';') || c.is_control())
+        {
+            bail!(
+                "with --disk the command goes to the image's systemd on the kernel command line \
+                 (systemd.run=), which cannot carry the argument {arg:?} unchanged: arguments must \
+                 be non-empty and hold none of \" ' \\ $ % ; or control characters"
+            );
+        }
+        if arg.contains(' ') {
+            words.push(format!("'{arg}'"));
+        } else {
+            words.push(arg.clone());
+        }
+    }
+    if !command[0].starts_with('/') {
+        bail!(
+            "with --disk the command runs as a systemd service: give its absolute path in the image (not {:?})",
+            command[0]
+        );
+    }
+    Ok(words.join(" "))
+}
+
+/// How a disk boot ended, as hvtrace's exit status: the guest powering
+/// off is the end of a run without command and the success of a command;
+/// rebooting is its failure (`systemd.run_failure_action=reboot`).
+pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Result<i32> {
+    match end {
+        GuestEnd::PoweredOff => Ok(0),
+        GuestEnd::Restarted => {
+            eprintln!("hvtrace: the guest rebooted: its command failed (systemd.run_failure_action); the exact status stays in the guest");
+            Ok(1)
+        }
+        GuestEnd::TimedOut if limit.1 => Ok(0),
+        GuestEnd::Triggered => Ok(0),
+        other => crate::run::outcome(other, timeout),
+    }
+}
+
+/// Where the disk initramfs and its modules live, for `--disk` runs of a
+/// kernel line's default image.
+pub fn default_initrd(line: &str) -> Result<PathBuf> {
+    crate::image::disk_initrd::build(line, true).context("building the disk-boot initramfs")
+}
+
+/// When the statedump is taken: at the traced command's exec; in a
+/// `--disk` boot without command, at the exec of the image's init (the
+/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd).
+pub fn statedump_exec(command: &[String]) -> String {
+    command
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/sbin/init".to_string())
+}
+
+/// Ends a run at the first trigger's snapshot (or at the user's
+/// interrupt): one flag for the console loop, set from either.
+pub struct StopOnSnapshot {
+    stop: Arc<AtomicBool>,
+    fired: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StopOnSnapshot {
+    /// For a disk boot without a command, with triggers armed.
+    pub fn wanted(
+        args: &crate::cmd_record::RecordArgs,
+        triggers: Option<&crate::triggers::Armed>,
+        interrupt: &Arc<AtomicBool>,
+    ) -> Option<Self> {
+        let t = triggers?;
+        (args.guest.disk.disk.is_some() && args.command.is_empty())
+            .then(|| Self::start(interrupt, t.snapshots()))
+    }
+
+    pub fn start(interrupt: &Arc<AtomicBool>, snapshots: Arc<AtomicUsize>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, fired, done, interrupt) = (
+                Arc::clone(&stop),
+                Arc::clone(&fired),
+                Arc::clone(&done),
+                Arc::clone(interrupt),
+            );
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if snapshots.load(Ordering::Acquire) > 0 {
+                        fired.store(true, Ordering::Release);
+                        stop.store(true, Ordering::Release);
+                    }
+                    if interrupt.load(Ordering::Acquire) {
+                        stop.store(true, Ordering::Release);
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            })
+        };
+        StopOnSnapshot {
+            stop,
+            fired,
+            interrupt: Arc::clone(interrupt),
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// The flag the console loop watches.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    /// How the run ended, with a stop for the snapshot said as such.
+    pub fn finish(mut self, end: GuestEnd) -> GuestEnd {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let by_trigger =
+            self.fired.load(Ordering::Acquire) && !self.interrupt.load(Ordering::Acquire);
+        match end {
+            GuestEnd::Interrupted if by_trigger => {
+                eprintln!("hvtrace: record: stopped the guest at the first trigger's snapshot");
+                GuestEnd::Triggered
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_goes_to_systemd_run_quoted() {
+        let argv: Vec<String> = ["/bin/sh", "-c", "sleep 1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let line = kernel_cmdline(&argv, "").unwrap();
+        assert!(line.contains("systemd.run=\"/bin/sh -c 'sleep 1'\" "));
+        assert!(line.contains("systemd.run_success_action=poweroff"));
+    }
+
+    #[test]
+    fn unquotable_arguments_are_refused() {
+        for bad in ["a\"b", "it's", "$HOME", "%n", ""] {
+            let argv = vec!["/bin/echo".to_string(), bad.to_string()];
+            assert!(kernel_cmdline(&argv, "").is_err(), "{bad:?}");
+        }
+        assert!(kernel_cmdline(&["echo".to_string()], "").is_err());
+    }
+
+    #[test]
+    fn no_command_boots_as_is() {
+        let line = kernel_cmdline(&[], "systemd.unit=rescue.target").unwrap();
+        assert!(!line.contains("systemd.run"));
+        assert!(line.ends_with("rw systemd.unit=rescue.target"));
+    }
+}
