@@ -282,7 +282,9 @@ pub fn analyze(events: &[Ev]) -> Analysis {
                 t.kernel_thread |= *kernel_thread || *tid == KTHREADD;
             }
             Kind::Exec { filename, .. } => {
-                let t = task(&mut tasks, e.tid, e.pid, &e.comm);
+                // The event's context already names the new program (as at
+                // the kernel's tracepoint): the old name is the task's own.
+                let t = task(&mut tasks, e.tid, e.pid, "");
                 if let Some(before) = t.new_program(e.ts, filename) {
                     earlier.push(before);
                 }
