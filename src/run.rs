@@ -250,7 +250,10 @@ pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
     match end {
         GuestEnd::Exited(status) => Ok(status),
         GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Restarted | GuestEnd::Triggered => {
+        GuestEnd::Restarted => bail!(
+            "the guest rebooted (QEMU runs with -no-reboot, so that ends the run) without reporting the command's exit status"
+        ),
+        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Triggered => {
             bail!("the guest stopped without reporting the command's exit status")
         }
         GuestEnd::DiskInitFailed(why) => {
