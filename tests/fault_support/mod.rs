@@ -230,6 +230,9 @@ fn run_case(index: usize, case: &Case, image: &Path) -> String {
         }
         Action::KillQemu(w, sig) => {
             wait_for(w, &stderr, &dirs, &mut child);
+            // Killed "while tracing": once the trace exists (on a loaded
+            // CI machine the guest's line once came before it).
+            wait_for(Wait::File("kernel/metadata"), &stderr, &dirs, &mut child);
             qemus = children(child.id());
             assert_eq!(qemus.len(), 1, "QEMU is hvtrace's one child: {qemus:?}");
             kill(qemus[0], sig);
