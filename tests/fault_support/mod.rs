@@ -67,7 +67,15 @@ const HUNG: Duration = Duration::from_secs(300);
 
 /// Runs every case (one after the other: the machine is shared) and fails
 /// with all failures listed.
+/// The tables run one at a time: two hvtrace runs starting at the same
+/// instant on one cache once failed with a bare "No such file or directory"
+/// (a cache race not yet found), which these tests are not about.
+static ONE_TABLE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn run_all(cases: &[Case]) {
+    let _one = ONE_TABLE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let image = common::image_dir("6.1");
     let mut failed = Vec::new();
     for (i, case) in cases.iter().enumerate() {
