@@ -321,23 +321,19 @@ fn cputop_matches_report(tools: &Analyses, r: &Recorded) {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     let duration = report["duration_ns"].as_f64().expect("duration_ns");
-    let on_cpu: BTreeMap<i64, f64> = report["tasks"]
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .map(|t| {
-            let syscalls: f64 = t["syscall_ns"]
-                .as_object()
-                .expect("syscall_ns")
-                .values()
-                .filter_map(serde_json::Value::as_f64)
-                .sum();
-            (
-                t["tid"].as_i64().unwrap(),
-                t["user_ns"].as_f64().unwrap() + syscalls,
-            )
-        })
-        .collect();
+    // The report gives a task one row per program it ran (split at exec);
+    // lttng-cputop gives one per tid, so the rows of a tid are summed.
+    let mut on_cpu: BTreeMap<i64, f64> = BTreeMap::new();
+    for t in report["tasks"].as_array().expect("tasks") {
+        let syscalls: f64 = t["syscall_ns"]
+            .as_object()
+            .expect("syscall_ns")
+            .values()
+            .filter_map(serde_json::Value::as_f64)
+            .sum();
+        *on_cpu.entry(t["tid"].as_i64().unwrap()).or_default() +=
+            t["user_ns"].as_f64().unwrap() + syscalls;
+    }
     let mut exited = BTreeMap::new();
     let mut last_out = BTreeMap::new();
     for e in &r.events {
