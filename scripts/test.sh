@@ -17,7 +17,10 @@ set +e
 cargo test --workspace --release --no-fail-fast -- --test-threads "${HVTRACE_TEST_THREADS:-2}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line with the totals of every test binary.
+# The slowest test binaries (the suite must stay well under CI's budget),
+# then one closing line with the totals of every test binary.
+awk '/^ *Running / { bin = $2 } /^test result:/ { sub(/s$/, "", $NF); printf "%8.1f s  %s\n", $NF, bin }' \
+    "$log" | sort -rn | head -n 12 | sed 's/^/slowest: /'
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
     FS='[ ;]+' "$log"
 exit "$status"

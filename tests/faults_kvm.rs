@@ -18,10 +18,21 @@ const DRIVER: &str = r#"
 h=$1 k=$2 i=$3 out=$4 sig=$5; shift 5
 "$h" record --backend kvm --force --kernel "$k" --initrd "$i" -o "$out" -- "$@" 2> "$out.err" &
 pid=$!
+# Each phase has its own bound, well inside the harness's, so that a hang
+# says where it was.
 if [ "$sig" != none ]; then
     n=0
-    until grep -q FAULT-TRACING "$out.err" || [ $n -ge 1200 ]; do sleep 0.5; n=$((n+1)); done
+    until grep -q FAULT-TRACING "$out.err" || [ $n -ge 400 ]; do sleep 0.5; n=$((n+1)); done
+    [ $n -ge 400 ] && echo "driver: no FAULT-TRACING from the guest after 200 s; signalling anyway" >&2
     kill -"$sig" $pid
+    n=0
+    while kill -0 $pid 2> /dev/null && [ $n -lt 240 ]; do sleep 0.5; n=$((n+1)); done
+    if kill -0 $pid 2> /dev/null; then
+        cat "$out.err" >&2
+        echo "driver: hvtrace $pid still runs 120 s after SIG$sig" >&2
+        kill -KILL $pid
+        exit 98
+    fi
 fi
 wait $pid
 st=$?
