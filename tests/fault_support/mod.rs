@@ -67,21 +67,12 @@ const HUNG: Duration = Duration::from_secs(300);
 
 /// Runs every case (one after the other: the machine is shared) and fails
 /// with all failures listed.
-/// The tables run one at a time: two hvtrace runs starting at the same
-/// instant on one cache once failed with a bare "No such file or directory"
-/// (a cache race not yet found), which these tests are not about.
-static ONE_TABLE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 pub fn run_all(cases: &[Case]) {
-    let _one = ONE_TABLE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let image = common::image_dir("6.1");
     let mut failed = Vec::new();
-    for (i, case) in cases.iter().enumerate() {
+    for case in cases {
         let t = Instant::now();
-        let res =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(i, case, &image)));
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, &image)));
         match res {
             Ok(summary) => println!(
                 "ok: {} ({:.1} s): {summary}",
@@ -174,8 +165,12 @@ fn wait_for(what: Wait, stderr: &Mutex<String>, dirs: &Dirs, child: &mut Child) 
 }
 
 /// One case; returns a line of figures for the log.
-fn run_case(index: usize, case: &Case, image: &Path) -> String {
-    let tag = format!("fault-{}-{index}", std::process::id());
+fn run_case(case: &Case, image: &Path) -> String {
+    // Unique across the tables of this process, which run side by side:
+    // an index of its own table would give two cases one output folder.
+    static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("fault-{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("hvtrace-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     let cache: Option<PathBuf> = case.fresh_cache.then(|| {
