@@ -151,6 +151,14 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
         );
     };
     let user_probes = parse_probes(&args.probes)?;
+    if events == EventClasses::default() && user_probes.is_empty() {
+        // Booting a guest to trace nothing is never what was meant.
+        bail!(
+            "--events '{}' names no event class and no --probe is given: nothing would be traced; \
+             expected a list of syscalls,sched,irq,proc (or all)",
+            args.events
+        );
+    }
     match choose_backend(args.guest.backend)? {
         Backend::Qemu => {}
         Backend::Kvm => {
@@ -166,7 +174,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     }
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
-    let out_abs = prepare_output(out, args.force)?;
+    check_output(out, args.force)?;
     let plugin = match &args.plugin {
         Some(p) => p.clone(),
         None => locate_plugin()?,
@@ -184,6 +192,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
             ..EventClasses::default()
         };
     }
+    // Everything that can be refused is checked: now the folder is written.
+    let triggers = crate::triggers::parse_for(&args, &plan, &run.kernel)?;
+    let out_abs = prepare_output(out, args.force)?;
     plan.out_dir = path_str(&out_abs)?.to_string();
     plan.statedump_exec = crate::disk::statedump_exec(&args.command);
     plan.buffer = match args.buffer {
@@ -197,7 +208,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     plan.num_subbuf = args.num_subbuf;
     plan.raw = args.keep_raw;
     plan.instruction_clock_shift = args.guest.instruction_clock_shift();
-    let triggers = crate::triggers::prepare_for(&args, &plan, &run.kernel, &out_abs)?;
+    let triggers = crate::triggers::arm(triggers, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();
@@ -311,15 +322,7 @@ const RECORDING_FILES: [&str; 5] = [
 /// written, or one that holds a trace already (unless `force`). Returns
 /// its absolute path.
 pub fn prepare_output(out: &Path, force: bool) -> Result<PathBuf> {
-    if out.exists() && !out.is_dir() {
-        bail!("-o {}: exists and is not a folder", out.display());
-    }
-    if !force && out.join("kernel/metadata").exists() {
-        bail!(
-            "-o {}: holds a trace already (kernel/metadata); pass --force to replace it, or choose another folder",
-            out.display()
-        );
-    }
+    check_output(out, force)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let probe = out.join(".hvtrace-write-test");
     std::fs::write(&probe, b"")
@@ -332,6 +335,21 @@ pub fn prepare_output(out: &Path, force: bool) -> Result<PathBuf> {
         let _ = std::fs::remove_file(out.join(f));
     }
     std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))
+}
+
+/// The refusals of [`prepare_output`] that need no writing, for a run to
+/// make before its other checks (and before a boot).
+pub fn check_output(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("-o {}: exists and is not a folder", out.display());
+    }
+    if !force && out.join("kernel/metadata").exists() {
+        bail!(
+            "-o {}: holds a trace already (kernel/metadata); pass --force to replace it, or choose another folder",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// The probe plan of an opened image.

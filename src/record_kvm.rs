@@ -123,7 +123,7 @@ pub fn run(
     args.guest.check_for_kvm()?;
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
-    let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
+    crate::cmd_record::check_output(out, args.force)?;
 
     let t0 = Instant::now();
     let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
@@ -133,6 +133,9 @@ pub fn run(
     drop(image);
     plan.events = events;
     let user = crate::cmd_record::resolve_probes(&run.kernel, user_probes, &mut plan)?;
+    // Everything that can be refused is checked: now the folder is written.
+    let triggers = crate::triggers::parse_for(args, &plan, &run.kernel)?;
+    let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
     plan.statedump_exec = crate::disk::statedump_exec(&args.command);
     if args.mode == Mode::Sample {
@@ -147,7 +150,7 @@ pub fn run(
         };
     }
     std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
-    let armed = crate::triggers::prepare_for(args, &plan, &run.kernel, &out_abs)?;
+    let armed = crate::triggers::arm(triggers, &out_abs)?;
     let trigger_plan = extra::trigger_plan(armed.as_ref(), &plan)?;
     let prep = t0.elapsed();
 

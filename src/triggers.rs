@@ -230,27 +230,24 @@ fn remove_stale(out: &Path) {
     }
 }
 
-/// [`prepare`] for a recording's arguments.
-pub fn prepare_for(
+/// A recording's `--trigger`s, parsed and resolved against the kernel
+/// before anything is written: `None` without the flight recorder (which
+/// refuses any `--trigger`).
+pub fn parse_for(
     args: &crate::cmd_record::RecordArgs,
     plan: &ProbePlan,
     kernel: &Path,
-    out: &Path,
-) -> Result<Option<Armed>> {
+) -> Result<Option<Vec<Trigger>>> {
     let flight = args.buffer == crate::cmd_record::BufferMode::FlightRecorder;
-    prepare(&args.triggers, flight, plan, kernel, out)
+    parse(&args.triggers, flight, plan, kernel)
 }
 
-/// Prepares triggers in `out` (absolute): with the flight recorder always
-/// (SIGUSR1), otherwise only to refuse `--trigger`.
-pub fn prepare(
+fn parse(
     specs: &[String],
     flight: bool,
     plan: &ProbePlan,
     kernel: &Path,
-    out: &Path,
-) -> Result<Option<Armed>> {
-    remove_stale(out);
+) -> Result<Option<Vec<Trigger>>> {
     if !flight {
         if !specs.is_empty() {
             bail!("--trigger needs --buffer flight-recorder");
@@ -276,6 +273,17 @@ pub fn prepare(
             triggers.extend(parse_spec(spec, plan, &mut symbol)?);
         }
     }
+    Ok(Some(triggers))
+}
+
+/// Arms parsed triggers in `out` (absolute, prepared): the request FIFO,
+/// the trigger plan and the SIGUSR1 watcher; without the flight recorder
+/// only clears what an earlier recording left there.
+pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
+    remove_stale(out);
+    let Some(triggers) = parsed else {
+        return Ok(None);
+    };
     let fifo = out.join(FIFO_FILE);
     let c = CString::new(fifo.as_os_str().as_bytes()).context("output path")?;
     // SAFETY: mkfifo reads the NUL-terminated path it is given.

@@ -88,6 +88,12 @@ fn options_out_of_range_are_refused_up_front_on_every_command_and_engine() {
         ),
         (
             &["record"],
+            s(&["--events", ""]),
+            125,
+            "--events '' names no event class and no --probe is given".into(),
+        ),
+        (
+            &["record"],
             s(&["--buffer", "flight-recorder", "--trigger", "bogus"]),
             125,
             "--trigger bogus: expected panic, signal-exit or syscall=NAME:ERRNO".into(),
@@ -149,7 +155,8 @@ fn options_out_of_range_are_refused_up_front_on_every_command_and_engine() {
                     t.elapsed() < Duration::from_secs(20),
                     "{what}: refused, not booted"
                 );
-                assert!(!out.join("kernel").exists(), "{what} started a trace");
+                // Refused before anything is written: no output folder.
+                assert!(!out.exists(), "{what} touched its output folder");
             }
         }
     }
