@@ -198,34 +198,14 @@ fn traced_counts_match(backend: &str, line: &str) {
             .expect("its return");
         assert!(ret >= 0, "openat({lib}) returned {ret}");
     }
-    let start = mine
-        .iter()
-        .position(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/dev/null")
-        .expect("openat(/dev/null) traced");
-    let devnull = mine[start + 1..]
-        .iter()
-        .find(|e| e.name == "syscall_exit_openat")
-        .map(|e| e.int("ret"))
-        .expect("its return");
-    assert!(devnull >= 0);
-    let end = mine
-        .iter()
-        .rposition(|e| e.name == "syscall_entry_close" && e.int("fd") == devnull)
-        .expect("close(/dev/null) traced");
-    let window = &mine[start..=end];
-    let mut traced: BTreeMap<String, i64> = BTreeMap::new();
-    for e in window {
-        if let Some(n) = e.name.strip_prefix("syscall_entry_") {
-            *traced.entry(n.to_string()).or_default() += 1;
-        }
-    }
-    let own: BTreeMap<String, i64> = counts
+    let (traced, window, _) = record_support::counted_window(&mine);
+    let own: BTreeMap<String, u64> = counts
         .iter()
         .filter(|(k, _)| k.as_str() != "bytes")
         .map(|(k, v)| (k.clone(), v.parse().unwrap()))
         .collect();
     assert_eq!(traced, own, "traced entries vs the program's own COUNTS");
-    assert_eq!(own["getpid"], rounds);
+    assert_eq!(own["getpid"], rounds as u64);
     // What it read is the added file, every round: the trace's read
     // returns sum to the program's count and to the host file's size.
     let read_bytes: i64 = window
@@ -238,7 +218,7 @@ fn traced_counts_match(backend: &str, line: &str) {
     assert_eq!(read_bytes, size * rounds);
     println!(
         "{backend} {line}: {} syscall entries of the added program in its window, each name's count equal to its own: {own:?}",
-        own.values().sum::<i64>()
+        own.values().sum::<u64>()
     );
     let _ = std::fs::remove_dir_all(&r.dir);
 }

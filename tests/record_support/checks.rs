@@ -39,27 +39,7 @@ pub fn syscalls_match(backend: &str, opts: &[&str], line: &str, vcpus: u32) -> R
         .iter()
         .filter(|e| e.tid == pid && e.name.starts_with("syscall_"))
         .collect();
-    let start = mine
-        .iter()
-        .position(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/dev/null")
-        .expect("openat(/dev/null) traced");
-    let devnull = mine[start + 1..]
-        .iter()
-        .find(|e| e.name == "syscall_exit_openat")
-        .map(|e| e.int("ret"))
-        .expect("its return");
-    assert!(devnull >= 0);
-    let end = mine
-        .iter()
-        .rposition(|e| e.name == "syscall_entry_close" && e.int("fd") == devnull)
-        .expect("close(devnull) traced");
-    let window = &mine[start..=end];
-    let mut traced: BTreeMap<String, u64> = BTreeMap::new();
-    for e in window {
-        if let Some(n) = e.name.strip_prefix("syscall_entry_") {
-            *traced.entry(n.to_string()).or_default() += 1;
-        }
-    }
+    let (traced, window, devnull) = super::counted_window(&mine);
     let expected: BTreeMap<String, u64> = counts
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "rounds" | "elapsed_ns"))

@@ -160,6 +160,34 @@ pub fn babeltrace(trace: &Path) -> Vec<Ev> {
 /// Where two snapshots of a /proc file were taken: the indices of the
 /// `read` entry and exit of process `first`, then of process `second`
 /// after it (e.g. two `cat`s of /proc/interrupts). What lies between the
+/// The syscall entries of one task's events (`mine`, in order) in the
+/// window the workloads count: from its `openat("/dev/null")` to the
+/// `close` of that fd: a name -> count table, the window itself and the fd.
+pub fn counted_window<'a>(mine: &[&'a Ev]) -> (BTreeMap<String, u64>, Vec<&'a Ev>, i64) {
+    let start = mine
+        .iter()
+        .position(|e| e.name == "syscall_entry_openat" && e.text("filename") == "/dev/null")
+        .expect("openat(/dev/null) traced");
+    let devnull = mine[start + 1..]
+        .iter()
+        .find(|e| e.name == "syscall_exit_openat")
+        .map(|e| e.int("ret"))
+        .expect("its return");
+    assert!(devnull >= 0, "openat(/dev/null) returned {devnull}");
+    let end = mine
+        .iter()
+        .rposition(|e| e.name == "syscall_entry_close" && e.int("fd") == devnull)
+        .expect("close(/dev/null) traced");
+    let window = mine[start..=end].to_vec();
+    let mut traced: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &window {
+        if let Some(n) = e.name.strip_prefix("syscall_entry_") {
+            *traced.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    (traced, window, devnull)
+}
+
 /// first exit and the second entry is outside both reads.
 pub fn two_reads(events: &[Ev], first: i64, second: i64) -> [usize; 4] {
     let pos = |from: usize, tid: i64, name: &str| {
