@@ -254,6 +254,15 @@ pub fn run_guest(
             break GuestEnd::Interrupted;
         }
         if Instant::now() >= deadline {
+            // Where each vCPU thread stood: a guest that stopped making
+            // progress by itself, or a monitor thread that blocked.
+            for h in vm.vcpus() {
+                eprintln!(
+                    "hvtrace: at the timeout, vCPU {} was {}",
+                    h.index(),
+                    h.activity()
+                );
+            }
             break GuestEnd::TimedOut;
         }
         if let Some(exit) = vm.wait(tick_every.min(wait_at_most)) {

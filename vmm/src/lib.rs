@@ -27,6 +27,7 @@ pub use debug::{Action, DebugError, DebugEvent, DebugHandler, HwBreakpoint, Vcpu
 pub use devices::serial::ConsoleOut;
 pub use kvm_bindings::{kvm_regs, kvm_sregs};
 pub use probe::{probe_native_virtualization, probe_sw_breakpoints, Probe};
+pub use vstate::activity::VcpuActivity;
 pub use vstate::control::{VcpuHandle, VcpuState};
 pub use vstate::exit_time::TracerTime;
 pub use vstate::swbp::{StepOver, SwBreakpoints, SwEntry, SwStats, TrapKind};

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) kick_pending: AtomicBool,
     /// Guest-visible time of the exits the tracer caused.
     pub(crate) tracer_time: super::exit_time::ExitTime,
+    /// Inside or out of KVM_RUN, since when (for a hung run's report).
+    pub(crate) activity: super::activity::Activity,
     thread: OnceLock<libc::pthread_t>,
 }
 
@@ -83,6 +85,7 @@ impl Shared {
             ctl_pending: AtomicBool::new(false),
             kick_pending: AtomicBool::new(false),
             tracer_time: Default::default(),
+            activity: Default::default(),
             thread: OnceLock::new(),
         })
     }
@@ -186,6 +189,12 @@ impl VcpuHandle {
     /// The time the tracer kept this vCPU out of its guest so far.
     pub fn tracer_time(&self) -> super::exit_time::TracerTime {
         self.shared.tracer_time.snapshot()
+    }
+
+    /// Where the vCPU thread is (inside KVM_RUN or in the monitor) and
+    /// since when: for saying where a run that timed out stood.
+    pub fn activity(&self) -> super::activity::VcpuActivity {
+        self.shared.activity.snapshot(self.shared.state())
     }
 
     /// Asks the vCPU to park and waits (up to `timeout`) until it has.

@@ -1,5 +1,6 @@
 //! KVM objects and their lifetimes: the VM, its memory, its vCPUs.
 
+pub mod activity;
 pub mod control;
 pub mod exit_time;
 pub mod memory;

@@ -427,7 +427,9 @@ impl Runner {
             }
             let mut trap_write = None;
             let entered = Instant::now();
+            self.shared.activity.entering_run();
             let ran = self.fd.run();
+            self.shared.activity.left_run();
             self.shared.tracer_time.in_run(entered);
             let arch = match ran {
                 Ok(exit) => match exit {
