@@ -4,13 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-echo "== cargo fmt --check"
+echo "== cargo fmt --check (${SECONDS} s in)"
 cargo fmt --all --check
-echo "== cargo clippy"
+echo "== cargo clippy (${SECONDS} s in)"
 cargo clippy --workspace --all-targets --release -- -D warnings
-echo "== cargo build (release: the TCG plugin runs inside QEMU)"
+echo "== cargo build (release: the TCG plugin runs inside QEMU; ${SECONDS} s in)"
 cargo build --workspace --release
-echo "== cargo test"
+echo "== cargo test (${SECONDS} s in)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
@@ -23,4 +23,5 @@ awk '/^ *Running / { bin = $2 } /^test result:/ { sub(/s$/, "", $NF); printf "%8
     "$log" | sort -rn | head -n 12 | sed 's/^/slowest: /'
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' \
     FS='[ ;]+' "$log"
+echo "test.sh: ${SECONDS} s in all"
 exit "$status"
