@@ -23,7 +23,9 @@ pub struct LatencyArgs {
     /// Repetitions.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub count: u32,
-    /// Pause between an echo and the next key, in milliseconds.
+    /// Pause between an echo and the next key, in milliseconds. A key that
+    /// arrives before the program is back in its read (its echo's write may
+    /// outlast the echo itself) has no wake-up hop.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
     /// Trace folder (default: a fresh folder under the system's temp dir).

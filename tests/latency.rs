@@ -36,6 +36,11 @@ fn keys_followed(mut hvtrace: std::process::Command, backend: &str) {
             "x",
             "--count",
             "5",
+            // A key typed before the reader is back in read() has no
+            // wake-up hop; under the nested KVM a traced write can take
+            // 300 ms past its echo, so the pause after an echo is long.
+            "--interval-ms",
+            if backend == "kvm" { "1500" } else { "100" },
             "--json",
             "-o",
         ])
