@@ -88,11 +88,8 @@ fn plain(console: &str) -> String {
     out
 }
 
-#[test]
-fn debian_boot_traced_untouched_6_1() {
-    traced_boot("6.1");
-}
-
+/// On the newer line: the disk boot's initramfs and handover are the
+/// same on both, and a boot to power-off is one of the suite's longest.
 #[test]
 fn debian_boot_traced_untouched_6_12() {
     traced_boot("6.12");
@@ -268,7 +265,7 @@ fn debian_boots_as_is_until_the_duration() {
             "--backend",
             "qemu",
             "--duration",
-            "60",
+            "40",
             "--timeout",
             "600",
         ])
@@ -281,13 +278,13 @@ fn debian_boots_as_is_until_the_duration() {
     let tail: Vec<&str> = console.lines().rev().take(30).collect();
     assert!(
         out.status.success(),
-        "run --disk --duration 60 failed ({}); its stderr ends:\n{}",
+        "run --disk --duration 40 failed ({}); its stderr ends:\n{}",
         out.status,
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
     let wall = t.elapsed().as_secs_f64();
-    eprintln!("disk: run --duration 60 ended after {wall:.1} s wall");
-    assert!(wall >= 60.0, "ended after {wall} s, before --duration");
+    eprintln!("disk: run --duration 40 ended after {wall:.1} s wall");
+    assert!(wall >= 40.0, "ended after {wall} s, before --duration");
     // systemd's own greeting, with the image's os-release name.
     assert!(
         console.contains("Welcome to Debian GNU/Linux 12 (bookworm)!"),
