@@ -16,9 +16,12 @@ fn run_kvm(line: &str, vcpus: u32, script: &str) -> std::process::Output {
         .expect("run hvtrace")
 }
 
-fn check_line(line: &str) {
+/// The guest's CPU count and the command's status (42) come back; each
+/// line on the vCPU counts given (a stock-KVM L1 boot each: the suite's
+/// budget, not the monitor, picks how many).
+fn check_line(line: &str, vcpu_counts: &[u32]) {
     common::image_dir(line);
-    for vcpus in [1, 4] {
+    for &vcpus in vcpu_counts {
         let out = run_kvm(line, vcpus, "grep -c ^processor /proc/cpuinfo; exit 42");
         let console = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
@@ -32,20 +35,18 @@ fn check_line(line: &str) {
             "guest saw {vcpus} CPUs:\n{console}"
         );
     }
-    let out = run_kvm(line, 1, "exit 0");
-    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
 fn debian_6_1_boots_to_the_marker_on_the_monitor() {
     if common::hvtrace_on_kvm().is_some() {
-        check_line("6.1");
+        check_line("6.1", &[1, 4]);
     }
 }
 
 #[test]
 fn debian_6_12_boots_to_the_marker_on_the_monitor() {
     if common::hvtrace_on_kvm().is_some() {
-        check_line("6.12");
+        check_line("6.12", &[4]);
     }
 }
