@@ -269,7 +269,9 @@ impl VcpuTracer {
         let cur = self.rec.current;
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.clear();
-        for_each_task(ctx, k, |t, ppid| tasks.push((*t, ppid, task_files(ctx, k, t.addr))));
+        for_each_task(ctx, k, |t, ppid| {
+            tasks.push((*t, ppid, task_files(ctx, k, t.addr)))
+        });
         sink.statedump_start(ts, &cur);
         let mut walker = Walker::default();
         for &(task, ppid, files) in &tasks {

@@ -115,7 +115,8 @@ pub fn cpus<C: VcpuContext + ?Sized>(
         let c = base.wrapping_add(l.percpu_cpu_info);
         let byte = |off: u64| {
             let mut b = [0u8; 1];
-            ctx.read_virt(c.wrapping_add(off), &mut b).map_or(0, |_| b[0])
+            ctx.read_virt(c.wrapping_add(off), &mut b)
+                .map_or(0, |_| b[0])
         };
         let half = |off: u64| {
             let mut b = [0u8; 2];
@@ -174,7 +175,10 @@ pub fn network<C: VcpuContext + ?Sized>(
                 break;
             }
             let mut b = [0u8; 4];
-            if ctx.read_virt(a.wrapping_add(l.ifa_address), &mut b).is_err() {
+            if ctx
+                .read_virt(a.wrapping_add(l.ifa_address), &mut b)
+                .is_err()
+            {
                 break;
             }
             f(&Item::NetworkInterface {

@@ -118,12 +118,7 @@ pub fn d_path<C: VcpuContext + ?Sized>(
 }
 
 /// The name `d_dname` gives a pseudo file system's dentry.
-fn pseudo_name<C: VcpuContext + ?Sized>(
-    ctx: &C,
-    l: &StatedumpLayout,
-    d: u64,
-    out: &mut PathBuf,
-) {
+fn pseudo_name<C: VcpuContext + ?Sized>(ctx: &C, l: &StatedumpLayout, d: u64, out: &mut PathBuf) {
     let mut fs = [0u8; 32];
     let n = kptr(ctx, d.wrapping_add(l.dentry_sb))
         .and_then(|sb| kptr(ctx, sb.wrapping_add(l.sb_type)))

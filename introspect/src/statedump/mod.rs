@@ -86,35 +86,24 @@ pub(crate) fn kptr<C: VcpuContext + ?Sized>(ctx: &C, va: u64) -> Option<u64> {
 
 /// A doubly linked `list_head` walk from `head` (the list's own head):
 /// calls `f(node)` for each node (the `list_head` inside an element), at
-/// most `max` times; stops at the head, an unreadable or non-kernel link,
-/// or a cycle that misses the head (Brent's algorithm).
+/// most `max` times and each node once; stops at the head, an unreadable
+/// or non-kernel link, or a node seen before (a cycle that misses the head).
 pub(crate) fn for_each_list<C: VcpuContext + ?Sized>(
     ctx: &C,
     head: u64,
     max: usize,
     mut f: impl FnMut(u64),
 ) -> usize {
-    let mut cur = match kptr(ctx, head) {
-        Some(n) if n != head => n,
-        _ => return 0,
-    };
-    let (mut power, mut lam, mut tortoise, mut n) = (1usize, 0usize, cur, 0usize);
-    while n < max {
-        f(cur);
-        n += 1;
-        let Some(next) = kptr(ctx, cur) else { break };
-        if next == head || next == tortoise {
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = kptr(ctx, head);
+    while let Some(node) = cur {
+        if node == head || seen.len() >= max || !seen.insert(node) {
             break;
         }
-        lam += 1;
-        if lam == power {
-            tortoise = next;
-            power *= 2;
-            lam = 0;
-        }
-        cur = next;
+        f(node);
+        cur = kptr(ctx, node);
     }
-    n
+    seen.len()
 }
 
 use crate::kernel::Kernel;

@@ -84,11 +84,13 @@ pub fn maple_for_each<C: VcpuContext + ?Sized>(
         let mut children: Vec<(u64, u64, u64, usize)> = Vec::new();
         let mut lo = min;
         for i in 0..slots {
-            let piv = if i < pivots { word(&node, 8 + 8 * i) } else { max };
-            // a 0 pivot after the first slot ends the node's data
-            if i > 0 && piv == 0 {
-                break;
-            }
+            // a 0 pivot after the first slot, like the last slot's, is
+            // the node's max (`mas_logical_pivot`)
+            let piv = match word(&node, 8 + 8 * i) {
+                _ if i >= pivots => max,
+                0 if i > 0 => max,
+                p => p,
+            };
             let hi = piv.min(max);
             if hi < lo {
                 break;
@@ -103,7 +105,8 @@ pub fn maple_for_each<C: VcpuContext + ?Sized>(
                             break;
                         }
                     }
-                } else if is_node(e) {
+                } else if is_kernel_addr(e & !0xff) {
+                    // a child: its type in bits 3..7, bit 2 set, no root bit
                     children.push((e, lo, hi, depth + 1));
                 }
             }
@@ -153,8 +156,12 @@ pub fn xa_for_each<C: VcpuContext + ?Sized>(
         nodes += 1;
         let node = e - 2;
         let mut sh = [0u8; 1];
-        if ctx.read_virt(node.wrapping_add(shift_off), &mut sh).is_err()
-            || ctx.read_virt(node.wrapping_add(slots_off), &mut slots).is_err()
+        if ctx
+            .read_virt(node.wrapping_add(shift_off), &mut sh)
+            .is_err()
+            || ctx
+                .read_virt(node.wrapping_add(slots_off), &mut slots)
+                .is_err()
         {
             break;
         }
