@@ -34,8 +34,8 @@ impl Mem {
         let mut r = Rng(seed | 1);
         for i in 0..SIZE / 8 {
             let v = match r.next() % 8 {
-                0..=3 => BASE + (r.next() % SIZE as u64 & !7),
-                4 => BASE + (r.next() % SIZE as u64 & !0xff) | (r.next() & 0x1e),
+                0..=3 => BASE + ((r.next() % SIZE as u64) & !7),
+                4 => (BASE + ((r.next() % SIZE as u64) & !0xff)) | (r.next() & 0x1e),
                 5 => r.next() % 64,
                 6 => 0,
                 _ => r.next(),
@@ -147,7 +147,7 @@ fn random_layout(r: &mut Rng) -> StatedumpLayout {
     }
     l.xa_node_slots = 0x28;
     l.percpu_cpu_info = o();
-    let mut sym = || BASE + (r.next() % (SIZE as u64 - 0x1000) & !7);
+    let mut sym = || BASE + ((r.next() % (SIZE as u64 - 0x1000)) & !7);
     l.sym_irq_desc_tree = sym();
     l.sym_sparse_irqs = sym();
     l.sym_per_cpu_offset = sym();
@@ -170,8 +170,8 @@ fn walkers_end_on_random_memory() {
         let m = Mem::random(seed * 7919 + 1);
         let l = random_layout(&mut r);
         let off = Offsets {
-            irq_desc_action: r.next() % 0x100 & !7,
-            irqaction_name: r.next() % 0x100 & !7,
+            irq_desc_action: (r.next() % 0x100) & !7,
+            irqaction_name: (r.next() % 0x100) & !7,
             ..Offsets::default()
         };
         let mut items = 0u64;
@@ -183,10 +183,10 @@ fn walkers_end_on_random_memory() {
         };
         let mut path = PathBuf::default();
         for k in 0..4 {
-            let p = BASE + (r.next() % SIZE as u64 & !7);
+            let p = BASE + ((r.next() % SIZE as u64) & !7);
             for_each_fd(&m, &l, p, &mut path, &mut count);
             for_each_vma(&m, &l, k, p, &mut count);
-            d_path(&m, &l, p, BASE + (r.next() % SIZE as u64 & !7), &mut path);
+            d_path(&m, &l, p, BASE + ((r.next() % SIZE as u64) & !7), &mut path);
             assert!(!path.as_bytes().is_empty() && path.as_bytes().len() <= MAX_PATH);
         }
         interrupts(&m, &l, &off, 0, &mut count);
