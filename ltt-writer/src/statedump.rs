@@ -49,10 +49,7 @@ pub fn events() -> Vec<(&'static str, Vec<FieldDecl>)> {
             NETWORK_INTERFACE,
             vec![f("name", T::Str), f("address_ipv4", T::hex(32))],
         ),
-        (
-            BLOCK_DEVICE,
-            vec![f("dev", T::U32), f("diskname", T::Str)],
-        ),
+        (BLOCK_DEVICE, vec![f("dev", T::U32), f("diskname", T::Str)]),
         (
             INTERRUPT,
             vec![
