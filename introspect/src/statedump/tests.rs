@@ -166,7 +166,7 @@ fn random_layout(r: &mut Rng) -> StatedumpLayout {
 #[test]
 fn walkers_end_on_random_memory() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
-    for seed in 0..48 {
+    for seed in 0..256 {
         let m = Mem::random(seed * 7919 + 1);
         let l = random_layout(&mut r);
         let off = Offsets {
