@@ -12,7 +12,7 @@ mod record_support;
 
 use std::collections::BTreeSet;
 
-use record_support::{record_with, Ev, Recorded};
+use record_support::{record_on, Ev, Recorded};
 
 const SCRIPT: &str = "exec 3</etc/passwd 4>/tmp/x; echo HOLDER $$; \
 ls -l /proc/$$/fd | sed 's/^/FD /'; sed 's/^/MAP1 /' /proc/$$/maps; \
@@ -88,8 +88,9 @@ fn maps(lines: &[&str]) -> BTreeSet<(u64, u64, u64, u64)> {
         .collect()
 }
 
-fn statedump_matches_guest(line: &str) {
-    let r = record_with(
+fn statedump_matches_guest(backend: &str, line: &str) {
+    let r = record_on(
+        backend,
         line,
         2,
         "sdump",
@@ -172,7 +173,15 @@ fn statedump_matches_guest(line: &str) {
             let w: Vec<&str> = l.split_whitespace().collect();
             let irq = w.first()?.strip_suffix(':')?.parse().ok()?;
             let chip = w.get(1 + ncpu)?.to_string();
-            let actions = w.get(3 + ncpu..).filter(|a| !a.is_empty())?.join(" ");
+            // then "HWIRQ-TYPE" ("2-edge"), absent for a chip without an
+            // irq domain (the PIC's "XT-PIC"), then the actions
+            let mut rest = w.get(2 + ncpu..)?;
+            if rest.first().is_some_and(|t| {
+                t.contains('-') && t.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+            }) {
+                rest = &rest[1..];
+            }
+            let actions = Some(rest).filter(|a| !a.is_empty())?.join(" ");
             Some(
                 actions
                     .split(", ")
@@ -186,8 +195,25 @@ fn statedump_matches_guest(line: &str) {
         .into_iter()
         .map(|e| (num(e, "irq"), e.text("name"), e.text("action")))
         .collect();
-    assert!(proc_irqs.len() >= 3, "{proc_irqs:?}");
-    assert_eq!(irqs, proc_irqs, "interrupts vs /proc/interrupts");
+    // the serial console's irq is there on both engines' machines
+    assert!(
+        proc_irqs.iter().any(|(_, _, a)| a == "ttyS0"),
+        "{proc_irqs:?}"
+    );
+    // /proc/interrupts hides a chained irq that never fired (the PIC's
+    // `cascade` on the KVM monitor's machine): the trace may list more,
+    // only of irq numbers /proc does not show
+    let shown: BTreeSet<u64> = tagged(&r, "IRQ")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.strip_suffix(':')?.parse().ok())
+        .collect();
+    assert!(
+        irqs.is_superset(&proc_irqs)
+            && irqs
+                .difference(&proc_irqs)
+                .all(|(irq, _, _)| !shown.contains(irq)),
+        "interrupts {irqs:?} vs /proc/interrupts {proc_irqs:?}"
+    );
 
     // -- CPU topology: one per vCPU, as /proc/cpuinfo says
     let cpuinfo = tagged(&r, "CPU");
@@ -241,10 +267,24 @@ fn statedump_matches_guest(line: &str) {
 
 #[test]
 fn statedump_matches_guest_6_1() {
-    statedump_matches_guest("6.1");
+    statedump_matches_guest("qemu", "6.1");
 }
 
 #[test]
 fn statedump_matches_guest_6_12() {
-    statedump_matches_guest("6.12");
+    statedump_matches_guest("qemu", "6.12");
+}
+
+/// The KVM monitor shares the walks (`introspect::runtime`). Ignored by
+/// default: without hardware virtualization its guest runs in the
+/// stock-KVM harness's L1, too slow for this file's budget; run it with
+/// `--ignored` (it says "skipped" where no KVM runs guest code natively).
+#[test]
+#[ignore]
+fn statedump_matches_guest_kvm_6_1() {
+    if common::hvtrace_on_kvm().is_none() {
+        return;
+    }
+    let _machine = common::machine_lock(false);
+    statedump_matches_guest("kvm", "6.1");
 }
