@@ -97,6 +97,10 @@ pub struct RecordArgs {
     /// `valid` bitmask (bit i: field i was read).
     #[arg(long = "probe", value_name = "SPEC")]
     pub probes: Vec<String>,
+    /// Take the statedump when a guest task execs this file (default: the
+    /// traced command, as it starts), e.g. once a script has opened files.
+    #[arg(long, value_name = "PATH")]
+    pub statedump_at: Option<String>,
     /// The command to run in the guest, after `--` (optional with --disk:
     /// then the guest is traced as it is, from power-on until it powers
     /// off, --duration or --timeout).
@@ -125,6 +129,7 @@ impl RecordArgs {
             force: true,
             plugin: None,
             probes: Vec::new(),
+            statedump_at: None,
             command,
         }
     }
@@ -196,7 +201,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let triggers = crate::triggers::parse_for(&args, &plan, &run.kernel)?;
     let out_abs = prepare_output(out, args.force)?;
     plan.out_dir = path_str(&out_abs)?.to_string();
-    plan.statedump_exec = crate::disk::statedump_exec(&args.command);
+    plan.statedump_exec = crate::disk::statedump_exec(&args);
     plan.buffer = match args.buffer {
         BufferMode::Lossless => "lossless",
         BufferMode::Discard => "discard",
@@ -403,6 +408,7 @@ pub fn plan_of(k: &guest_symbols::Kernel) -> Result<ProbePlan> {
         offsets,
         syscalls,
         compat_syscalls,
+        statedump: crate::statedump_layout::layout(&k.types, &k.symbols),
         ..ProbePlan::default()
     })
 }

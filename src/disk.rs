@@ -171,9 +171,13 @@ pub fn default_initrd(line: &str) -> Result<PathBuf> {
 
 /// When the statedump is taken: at the traced command's exec; in a
 /// `--disk` boot without command, at the exec of the image's init (the
-/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd).
-pub fn statedump_exec(command: &[String]) -> String {
-    command
+/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd);
+/// or where `--statedump-at` says.
+pub fn statedump_exec(args: &crate::cmd_record::RecordArgs) -> String {
+    if let Some(at) = &args.statedump_at {
+        return at.clone();
+    }
+    args.command
         .first()
         .cloned()
         .unwrap_or_else(|| "/sbin/init".to_string())

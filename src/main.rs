@@ -18,6 +18,7 @@ mod record_kvm;
 mod record_summary;
 mod report;
 mod run;
+mod statedump_layout;
 mod triggers;
 
 use clap::{Parser, Subcommand};

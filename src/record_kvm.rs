@@ -137,7 +137,7 @@ pub fn run(
     let triggers = crate::triggers::parse_for(args, &plan, &run.kernel)?;
     let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
-    plan.statedump_exec = crate::disk::statedump_exec(&args.command);
+    plan.statedump_exec = crate::disk::statedump_exec(args);
     if args.mode == Mode::Sample {
         // As on the TCG engine: samples instead of the high-rate classes;
         // process lifecycle (rare) stays traced so samples can be

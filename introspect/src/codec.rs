@@ -143,9 +143,10 @@ pub fn encode(r: &Record, buf: &mut [u8; MAX_RECORD]) -> usize {
             w.i32(*irq);
             w.i32(*ret);
         }
-        Event::Statedump { task, ppid } => {
+        Event::Statedump { task, ppid, files } => {
             w.task(task);
             w.i32(*ppid);
+            w.u64(*files);
         }
         Event::TimerEntry { vector } | Event::TimerExit { vector } => w.i32(*vector),
         Event::SoftirqEntry { vec } | Event::SoftirqExit { vec } | Event::SoftirqRaise { vec } => {
@@ -281,6 +282,7 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), CodecError> {
         9 => Event::Statedump {
             task: r.task()?,
             ppid: r.i32()?,
+            files: r.u64()?,
         },
         10 => Event::TimerEntry { vector: r.i32()? },
         11 => Event::TimerExit { vector: r.i32()? },

@@ -56,6 +56,8 @@ pub struct Kernel {
     /// Runtime address of the variable `page_offset_base` (the base of the
     /// direct map of physical memory; 0: unknown).
     pub page_offset_base: u64,
+    /// Layouts of the statedump's walks (symbols unrelocated).
+    pub sd: crate::statedump::StatedumpLayout,
 }
 
 impl Kernel {
@@ -66,6 +68,7 @@ impl Kernel {
             off: plan.offsets.clone(),
             init_task: reloc(plan.symbols.init_task, slide),
             page_offset_base: reloc(plan.symbols.page_offset_base, slide),
+            sd: plan.statedump.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod paging;
 pub mod plan;
 pub mod probes;
 pub mod runtime;
+pub mod statedump;
 pub mod task;
 pub mod triggers;
 pub mod userprobe;

@@ -216,6 +216,9 @@ pub struct ProbePlan {
     /// (`None`: host time).
     #[serde(default)]
     pub instruction_clock_shift: Option<u32>,
+    /// Layouts of the statedump's file, memory-map and device walks.
+    #[serde(default)]
+    pub statedump: crate::statedump::StatedumpLayout,
 }
 
 impl ProbePlan {

@@ -16,6 +16,7 @@ use crate::decode::{
 use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
 use crate::plan::ProbePlan;
+use crate::statedump::{task_files, Item, Walker};
 use crate::task::{for_each_task, Task};
 
 /// Where records go (an engine's trace producer for one vCPU).
@@ -30,6 +31,9 @@ pub trait Sink {
     fn statedump_start(&mut self, ts: u64, current: &Task);
     /// Marks its end.
     fn statedump_end(&mut self, ts: u64, current: &Task);
+    /// Writes one of the statedump's other events (files, maps, devices),
+    /// taken by `current` at `ts`; sinks without them need not implement it.
+    fn statedump_item(&mut self, _ts: u64, _current: &Task, _item: &Item<'_>) {}
 }
 
 /// The per-syscall "which argument is a user string" table of a plan, as
@@ -98,8 +102,8 @@ pub struct VcpuTracer {
     pub by_kind: [u64; COUNTER_SLOTS],
     /// Events written, by `Record::event_tag`.
     pub by_event: [u64; COUNTER_SLOTS],
-    /// Reserved for the statedump's task list.
-    tasks: Vec<(Task, i32)>,
+    /// Reserved for the statedump's task list (task, ppid, files table).
+    tasks: Vec<(Task, i32, u64)>,
     /// Syscall entries whose user string is not mapped yet, held back
     /// (see [`crate::defer`]); None: written as decoded.
     deferral: Option<Box<Deferral>>,
@@ -265,17 +269,25 @@ impl VcpuTracer {
         let cur = self.rec.current;
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.clear();
-        for_each_task(ctx, k, |t, ppid| tasks.push((*t, ppid)));
+        for_each_task(ctx, k, |t, ppid| {
+            tasks.push((*t, ppid, task_files(ctx, k, t.addr)))
+        });
         sink.statedump_start(ts, &cur);
-        for &(task, ppid) in &tasks {
+        let mut walker = Walker::default();
+        for &(task, ppid, files) in &tasks {
             self.rec = Record {
                 cpu,
                 ts,
                 current: task,
-                event: Event::Statedump { task, ppid },
+                event: Event::Statedump { task, ppid, files },
             };
             self.emit(sink);
+            // lttng-modules dumps a process's descriptors after its state
+            walker.task(ctx, k, task.addr, task.pid, files, |item| {
+                sink.statedump_item(ts, &cur, item);
+            });
         }
+        walker.system(ctx, k, |item| sink.statedump_item(ts, &cur, item));
         sink.statedump_end(ts, &cur);
         self.rec.current = cur;
         self.tasks = tasks;

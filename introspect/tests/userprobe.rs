@@ -354,6 +354,7 @@ fn kernel() -> Kernel {
             percpu_current_task: 0x20,
             ..Offsets::default()
         },
+        ..Kernel::default()
     }
 }
 

@@ -239,6 +239,8 @@ impl Catalog {
         let mut c = Catalog::new();
         c.add_kernel_events()?;
         c.add_syscalls(syscalls)?;
+        // last: rare events need no small id
+        c.add_statedump_events()?;
         Ok(c)
     }
 

@@ -31,6 +31,7 @@ pub mod metadata;
 pub mod packet;
 pub mod producer;
 pub mod reader;
+pub mod statedump;
 pub mod writer;
 
 pub use catalog::{

@@ -242,6 +242,29 @@ fn event_classes_have_lttng_modules_types() {
             "tid:i32 pid:i32 ppid:i32 name:s type:i32 mode:i32 submode:i32 status:i32 cpu:u32 file_table_address:x64"
                 .into(),
         ),
+        // lttng-modules 2.13's lttng-statedump.h (flags: octal u32)
+        (
+            "lttng_statedump_file_descriptor",
+            "file_table_address:x64 fd:i32 flags:u32 fmode:x32 filename:s".into(),
+        ),
+        (
+            "lttng_statedump_vm_map",
+            "pid:i32 start:x64 end:x64 flags:x64 inode:u64 pgoff:u64".into(),
+        ),
+        (
+            "lttng_statedump_interrupt",
+            "irq:u32 name:s action:s tid:i32".into(),
+        ),
+        (
+            "lttng_statedump_cpu_topology",
+            "architecture:s cpu_id:u16 vendor:s family:u8 model:u8 model_name:s physical_id:u16 core_id:u16 cores:u16"
+                .into(),
+        ),
+        ("lttng_statedump_block_device", "dev:u32 diskname:s".into()),
+        (
+            "lttng_statedump_network_interface",
+            "name:s address_ipv4:x32".into(),
+        ),
         ("syscall_entry_unknown", format!("id:i32 args:{args6}")),
         ("syscall_exit_unknown", format!("id:i32 ret:i64 args:{args6}")),
         ("syscall_entry_openat", "dfd:i32 filename:s flags:i32 mode:u16".into()),

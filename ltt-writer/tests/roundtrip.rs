@@ -296,6 +296,75 @@ fn emit_all(p: &mut Producer, ts: &mut Ts, exp: &mut Vec<Exp>, round: i32) {
     let t = ts.next();
     p.lttng_statedump_end(t, &kctx).unwrap();
     push(t, "lttng_statedump_end", kctx, json!({}));
+    // the statedump's other events, by name and in field order
+    use ltt_writer::statedump as sd;
+    let table = 0xffff_8880_03a4_c000u64;
+    let rows: [(&str, Vec<Value<'_>>, Json); 6] = [
+        (
+            sd::FILE_DESCRIPTOR,
+            vec![
+                Value::U(table),
+                Value::I(3),
+                Value::U(0o2100000),
+                Value::U(0x1d),
+                Value::Str(b"/etc/passwd"),
+            ],
+            json!({"file_table_address":table,"fd":3,"flags":0o2100000,"fmode":0x1d,"filename":"/etc/passwd"}),
+        ),
+        (
+            sd::VM_MAP,
+            vec![
+                Value::I(1),
+                Value::U(0x40_0000),
+                Value::U(0x40_1000),
+                Value::U(0x75),
+                Value::U(15),
+                Value::U(4096),
+            ],
+            json!({"pid":1,"start":0x40_0000,"end":0x40_1000,"flags":0x75,"inode":15,"pgoff":4096}),
+        ),
+        (
+            sd::INTERRUPT,
+            vec![
+                Value::U(4),
+                Value::Str(b"IO-APIC"),
+                Value::Str(b"ttyS0"),
+                Value::I(0),
+            ],
+            json!({"irq":4,"name":"IO-APIC","action":"ttyS0","tid":0}),
+        ),
+        (
+            sd::CPU_TOPOLOGY,
+            vec![
+                Value::Str(b"x86"),
+                Value::U(1),
+                Value::Str(b"AuthenticAMD"),
+                Value::U(6),
+                Value::U(6),
+                Value::Str(b"QEMU TCG CPU"),
+                Value::U(0),
+                Value::U(1),
+                Value::U(2),
+            ],
+            json!({"architecture":"x86","cpu_id":1,"vendor":"AuthenticAMD","family":6,"model":6,
+            "model_name":"QEMU TCG CPU","physical_id":0,"core_id":1,"cores":2}),
+        ),
+        (
+            sd::BLOCK_DEVICE,
+            vec![Value::U(0x0fc0_0001), Value::Str(b"vda1")],
+            json!({"dev":0x0fc0_0001,"diskname":"vda1"}),
+        ),
+        (
+            sd::NETWORK_INTERFACE,
+            vec![Value::Str(b"lo"), Value::U(0x7f00_0001)],
+            json!({"name":"lo","address_ipv4":0x7f00_0001}),
+        ),
+    ];
+    for (name, vals, fields) in rows {
+        let t = ts.next();
+        p.statedump_event(name, t, &kctx, &vals).unwrap();
+        push(t, name, kctx, fields);
+    }
 
     let read = [Value::U(3), Value::U(0x7ffd_1000), Value::U(4096)];
     let t = ts.next();

@@ -9,6 +9,7 @@ pub mod user;
 
 use introspect::decode::{Event, GuestStr, Record};
 use introspect::plan::{ProbePlan, Syscall};
+use introspect::statedump::Item;
 use introspect::userprobe::{FieldKind, FieldValue, ProbeSpec, ResolvedProbe, MAX_FIELDS};
 use introspect::Task;
 use ltt_writer::{
@@ -340,7 +341,7 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
             ),
             None => Err(ProduceError::NotDeclared(SAMPLE)),
         },
-        Event::Statedump { task, ppid } => {
+        Event::Statedump { task, ppid, files } => {
             let kthread = task.pid == 0 || task.pid == 2 || *ppid == 2;
             p.lttng_statedump_process_state(
                 ts,
@@ -355,10 +356,115 @@ pub fn emit(p: &mut Producer, r: &Record) -> Result<(), ProduceError> {
                     submode: 0,
                     status: if task.state == 0 { 2 } else { 5 },
                     cpu: r.cpu,
-                    file_table_address: 0,
+                    file_table_address: *files,
                 },
             )
         }
     };
     res
+}
+
+/// Writes one of the statedump's other events (see
+/// `introspect::statedump::Item`), taken by `current` at `ts`.
+pub fn emit_statedump_item(
+    p: &mut Producer,
+    ts: u64,
+    current: &Task,
+    item: &Item<'_>,
+) -> Result<(), ProduceError> {
+    use ltt_writer::statedump as sd;
+    let ctx = TaskCtx::new(current.pid, current.tid, &current.comm);
+    match *item {
+        Item::FileDescriptor {
+            files,
+            fd,
+            flags,
+            fmode,
+            filename,
+        } => p.statedump_event(
+            sd::FILE_DESCRIPTOR,
+            ts,
+            &ctx,
+            &[
+                Value::U(files),
+                Value::I(fd.into()),
+                Value::U(flags.into()),
+                Value::U(fmode.into()),
+                Value::Str(filename),
+            ],
+        ),
+        Item::VmMap {
+            pid,
+            start,
+            end,
+            flags,
+            inode,
+            pgoff,
+        } => p.statedump_event(
+            sd::VM_MAP,
+            ts,
+            &ctx,
+            &[
+                Value::I(pid.into()),
+                Value::U(start),
+                Value::U(end),
+                Value::U(flags),
+                Value::U(inode),
+                Value::U(pgoff),
+            ],
+        ),
+        Item::Interrupt {
+            irq,
+            name,
+            action,
+            tid,
+        } => p.statedump_event(
+            sd::INTERRUPT,
+            ts,
+            &ctx,
+            &[
+                Value::U(irq.into()),
+                Value::Str(name),
+                Value::Str(action),
+                Value::I(tid.into()),
+            ],
+        ),
+        Item::CpuTopology {
+            cpu_id,
+            vendor,
+            family,
+            model,
+            model_name,
+            physical_id,
+            core_id,
+            cores,
+        } => p.statedump_event(
+            sd::CPU_TOPOLOGY,
+            ts,
+            &ctx,
+            &[
+                Value::Str(b"x86"),
+                Value::U(cpu_id.into()),
+                Value::Str(vendor),
+                Value::U(family.into()),
+                Value::U(model.into()),
+                Value::Str(model_name),
+                Value::U(physical_id.into()),
+                Value::U(core_id.into()),
+                Value::U(cores.into()),
+            ],
+        ),
+        Item::BlockDevice { dev, diskname } => p.statedump_event(
+            sd::BLOCK_DEVICE,
+            ts,
+            &ctx,
+            &[Value::U(dev.into()), Value::Str(diskname)],
+        ),
+        Item::NetworkInterface { name, address_ipv4 } => p.statedump_event(
+            sd::NETWORK_INTERFACE,
+            ts,
+            &ctx,
+            &[Value::Str(name), Value::U(address_ipv4.into())],
+        ),
+    }
 }

@@ -55,6 +55,14 @@ impl Sink for CtfSink {
         }
     }
 
+    fn statedump_item(&mut self, ts: u64, cur: &Task, item: &introspect::statedump::Item<'_>) {
+        if let Some(p) = self.producer.as_mut() {
+            if record_ctf::emit_statedump_item(p, ts, cur, item).is_err() {
+                self.errors += 1;
+            }
+        }
+    }
+
     fn statedump_end(&mut self, ts: u64, cur: &Task) {
         if let Some(p) = self.producer.as_mut() {
             let c = ltt_writer::TaskCtx::new(cur.pid, cur.tid, &cur.comm);

@@ -95,6 +95,13 @@ impl Sink for TraceSink {
         }
     }
 
+    fn statedump_item(&mut self, ts: u64, current: &Task, item: &introspect::statedump::Item<'_>) {
+        if let Some(p) = self.producer.as_mut() {
+            let res = record_ctf::emit_statedump_item(p, ts, current, item);
+            self.ctf_result(res);
+        }
+    }
+
     fn statedump_end(&mut self, ts: u64, current: &Task) {
         let ctx = ltt_writer::TaskCtx::new(current.pid, current.tid, &current.comm);
         if let Some(p) = self.producer.as_mut() {

@@ -252,6 +252,8 @@ pub enum Event {
     Statedump {
         task: Task,
         ppid: i32,
+        /// The task's files table (`file_table_address`; 0: unknown).
+        files: u64,
     },
 }
 

@@ -89,6 +89,21 @@ pub fn kernel(rng: &mut Rng) -> Kernel {
             task_stack: small(),
             thread_size: [0, 0x4000][(small() % 2) as usize],
         },
+        // every statedump walk on, over the same hostile memory
+        sd: introspect::statedump::StatedumpLayout {
+            have: u32::MAX,
+            task_files: small(),
+            files_fdt: small(),
+            fdt_fd: small(),
+            fdt_max_fds: small(),
+            mm_mt: small(),
+            vma_file: small(),
+            dentry_parent: small(),
+            sym_sparse_irqs: 0xffff_ffff_8200_0000 | (small() << 3),
+            sym_init_net: 0xffff_ffff_8200_0000 | (small() << 3),
+            sym_nr_cpu_ids: 0xffff_ffff_8200_0000 | (small() << 3),
+            ..Default::default()
+        },
     }
 }
 
