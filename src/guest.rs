@@ -26,6 +26,19 @@ pub struct GuestRun {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub timeout: Duration,
+    /// `--disk`: the KVM monitor attaches it itself (QEMU gets it through
+    /// [`crate::run::GuestOptions::qemu_extra_args`]).
+    pub disk: Option<PathBuf>,
+}
+
+impl GuestRun {
+    /// The same run with another wall-time limit (`--duration`).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        GuestRun {
+            timeout,
+            ..self.clone()
+        }
+    }
 }
 
 /// How a run ended.
