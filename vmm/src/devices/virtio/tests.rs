@@ -294,3 +294,38 @@ fn cow_disk_reads_through_and_keeps_writes() {
     drop(disk);
     assert_eq!(img.bytes(), before);
 }
+
+#[test]
+fn the_bus_routes_config_cycles_and_the_moved_bar() {
+    use crate::devices::pci::PciBus;
+    let img = Image::new("bus");
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    let dev = VirtioBlockPci::new(&img.0, mem, 0xc000_0000).expect("device");
+    let bus = PciBus::new(vec![Box::new(dev)], None);
+    let cfg = |reg: u32, v: Option<u32>| -> u32 {
+        bus.pio_write(0xcf8, &(0x8000_0800 | reg).to_le_bytes())
+            .expect("latch");
+        if let Some(v) = v {
+            bus.pio_write(0xcfc, &v.to_le_bytes()).expect("write");
+        }
+        let mut b = [0; 4];
+        bus.pio_read(0xcfc, &mut b);
+        u32::from_le_bytes(b)
+    };
+    // 00:01.0 is a modern virtio block device.
+    assert_eq!(cfg(0, None), 0x1042_1af4);
+    assert_eq!(cfg(0x10, None), 0xc000_0000);
+    // Decoding off: the BAR is not claimed.
+    let mut b = [0u8; 2];
+    assert!(!bus.mmio_read(0xc000_0012, &mut b));
+    // The guest moves the BAR and enables memory decoding.
+    cfg(0x10, Some(u32::MAX));
+    assert_eq!(cfg(0x10, None), !(super::pci::BAR_SIZE - 1));
+    cfg(0x10, Some(0xd000_0000));
+    cfg(0x04, Some(0x6));
+    assert!(!bus.mmio_read(0xc000_0012, &mut b));
+    assert!(bus.mmio_read(0xd000_0012, &mut b));
+    assert_eq!(u16::from_le_bytes(b), 1, "num_queues");
+    assert_eq!(bus.mmio_write(0xd000_0014, &[1]).ok(), Some(true));
+    assert_eq!(bus.mmio_write(0xd000_8000, &[1]).ok(), Some(false));
+}
