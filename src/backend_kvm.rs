@@ -146,6 +146,13 @@ pub fn run(cfg: &GuestRun) -> Result<i32> {
 
 /// [`run`], writing the guest's second serial port (ttyS1) to `capture`.
 pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
+    let end = run_until(cfg, capture)?;
+    crate::run::outcome(end, cfg.timeout)
+}
+
+/// Boots `cfg` until it ends; how it ended (a VM that stopped by itself
+/// without a console line that says why is an error).
+pub fn run_until(cfg: &GuestRun, capture: Option<&Path>) -> Result<GuestEnd> {
     let interrupted = crate::guest::install_interrupt_flag();
     let every = Duration::from_millis(50);
     let boot = KvmBoot::prepare(&cfg.kernel)?;
@@ -164,7 +171,7 @@ pub fn run_with_capture(cfg: &GuestRun, capture: Option<&Path>) -> Result<i32> {
         (GuestEnd::NoMarker, Some(exit)) => {
             bail!("the guest ended without reporting an exit status: {exit:?}")
         }
-        (end, _) => crate::run::outcome(end, cfg.timeout),
+        (end, _) => Ok(end),
     }
 }
 
@@ -234,6 +241,7 @@ pub fn run_guest(
     vc.handlers = handlers;
     vc.sw_breakpoints = sw_trap.is_some();
     vc.sw_trap = sw_trap.unwrap_or_default();
+    vc.disk = cfg.disk.clone();
     if let Some(path) = capture {
         let f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;

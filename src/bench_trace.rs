@@ -106,6 +106,7 @@ fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64,
         vcpus: 1,
         memory_mib: 512,
         timeout: std::time::Duration::from_secs(600),
+        disk: None,
     };
     let port = 20000 + std::process::id() % 20000;
     let mut extra: Vec<std::ffi::OsString> = Vec::new();

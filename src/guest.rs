@@ -26,6 +26,19 @@ pub struct GuestRun {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub timeout: Duration,
+    /// `--disk`: the KVM monitor attaches it itself (QEMU gets it through
+    /// [`crate::run::GuestOptions::qemu_extra_args`]).
+    pub disk: Option<PathBuf>,
+}
+
+impl GuestRun {
+    /// The same run with another wall-time limit (`--duration`).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        GuestRun {
+            timeout,
+            ..self.clone()
+        }
+    }
 }
 
 /// How a run ended.
@@ -37,7 +50,8 @@ pub enum GuestEnd {
     Panicked(String),
     /// The guest stopped (powered off or QEMU died) without a marker line.
     NoMarker,
-    /// The kernel said it powers off (`reboot: Power down`): the end of a
+    /// The kernel said it powers off (`reboot: Power down`, or without
+    /// ACPI that it halts instead): the end of a
     /// `--disk` boot. Other runs report their marker line before it.
     PoweredOff,
     /// The kernel said it restarts (`reboot: Restarting system`); QEMU runs
@@ -84,7 +98,13 @@ impl MarkerScanner {
             }
         } else if let Some(at) = line.find("Kernel panic - not syncing") {
             self.end = Some(GuestEnd::Panicked(line[at..].to_string()));
-        } else if line.ends_with("reboot: Power down") {
+        } else if line.ends_with("reboot: Power down")
+            // On hvtrace's KVM monitor, which has no ACPI to power off
+            // with, the kernel halts instead: 6.12 says so, 6.1 turns the
+            // request into a halt without a word.
+            || line.ends_with("reboot: Power off not available: System halted instead")
+            || line.ends_with("reboot: System halted")
+        {
             self.end = Some(GuestEnd::PoweredOff);
         } else if line.ends_with("reboot: Restarting system") {
             self.end = Some(GuestEnd::Restarted);
@@ -325,6 +345,16 @@ mod tests {
         let mut s = MarkerScanner::default();
         assert_eq!(
             s.feed(b"[   62.137323] reboot: Power down\r\n"),
+            Some(&GuestEnd::PoweredOff)
+        );
+        let mut s = MarkerScanner::default();
+        assert_eq!(
+            s.feed(b"[  255.774733] reboot: Power off not available: System halted instead\r\n"),
+            Some(&GuestEnd::PoweredOff)
+        );
+        let mut s = MarkerScanner::default();
+        assert_eq!(
+            s.feed(b"[ 9.1] reboot: System halted\n"),
             Some(&GuestEnd::PoweredOff)
         );
         let mut s = MarkerScanner::default();

@@ -121,7 +121,10 @@ pub fn run(
     driver: Option<&mut dyn guest::ConsoleDriver>,
 ) -> Result<i32> {
     args.guest.check_for_kvm()?;
-    let run = args.guest.guest_run(&args.command)?;
+    let full = args.guest.guest_run(&args.command)?;
+    // --duration: the run's wall-time limit, reaching it a normal end.
+    let limit = args.guest.disk.limit(full.timeout);
+    let run = full.with_timeout(limit.0);
     let out = &args.output;
     crate::cmd_record::check_output(out, args.force)?;
 
@@ -387,11 +390,19 @@ pub fn run(
     if let Some(a) = armed {
         a.finish();
     }
-    if !matches!(end, GuestEnd::Exited(_)) {
+    // How a run may end without being cut short: its command's status, or
+    // for a disk boot without command, power-off or --duration.
+    let normal_end = match &end {
+        GuestEnd::Exited(_) => true,
+        GuestEnd::PoweredOff | GuestEnd::Restarted => args.guest.disk.disk.is_some(),
+        GuestEnd::TimedOut => limit.1,
+        _ => false,
+    };
+    if !normal_end {
         eprintln!(
             "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
             out.display()
         );
     }
-    crate::run::outcome(end, run.timeout)
+    args.guest.outcome(end, limit, full.timeout)
 }

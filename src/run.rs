@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::guest::{self, GuestEnd, GuestRun};
@@ -152,6 +152,7 @@ impl GuestOptions {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
+            disk: disk.map(Path::to_path_buf),
         })
     }
 
@@ -202,9 +203,6 @@ impl GuestOptions {
 
     /// Refuses options the KVM engine cannot honour.
     pub fn check_for_kvm(&self) -> Result<()> {
-        if self.disk.disk.is_some() {
-            bail!("--disk needs the QEMU engine (--backend qemu) for now: the KVM monitor has no virtio block device yet");
-        }
         if self.time_transparent {
             bail!(
                 "--time-transparent needs the QEMU engine (--backend qemu): under KVM the guest's clocks \
@@ -289,7 +287,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
-            crate::backend::run_kvm(&run)
+            if args.guest.disk.disk.is_none() {
+                return crate::backend::run_kvm(&run);
+            }
+            let limit = args.guest.disk.limit(run.timeout);
+            let end = crate::backend_kvm::run_until(&run.with_timeout(limit.0), None)?;
+            args.guest.outcome(end, limit, run.timeout)
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }

@@ -13,7 +13,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::{boot_params, mptable, regs};
 use crate::debug::{DebugHandler, DebugState, RegCache};
+use crate::devices::pci::PciBus;
 use crate::devices::serial::{ConsoleOut, SerialConsole, SerialError};
+use crate::devices::virtio::pci::VirtioBlockPci;
 use crate::devices::PioBus;
 use crate::layout::*;
 use crate::vstate::control::{install_kick_handler, Shared};
@@ -72,6 +74,12 @@ pub enum BuildError {
     /// Signal handler or thread.
     #[error("cannot start vCPU threads: {0}")]
     Thread(String),
+    /// The disk image.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
+    /// A disk without the in-kernel irqchip its MSI-X needs.
+    #[error("a disk needs the in-kernel irqchip (its interrupts are MSI-X messages)")]
+    DiskWithoutIrqchip,
     /// Invalid vCPU count.
     #[error("invalid vCPU count {0} (1 to 254)")]
     VcpuCount(u32),
@@ -126,6 +134,9 @@ pub struct VmConfig {
     /// The traps' encoding: `int3` (vCPUs then run with USE_SW_BP) or the
     /// 2-byte port write that every KVM hands to user space.
     pub sw_trap: crate::TrapKind,
+    /// A raw disk image the guest sees as a virtio block device (PCI
+    /// 00:01.0); opened read-only, the guest's writes kept in memory.
+    pub disk: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -146,6 +157,7 @@ impl VmConfig {
             handlers: None,
             sw_breakpoints: false,
             sw_trap: crate::TrapKind::Int3,
+            disk: None,
         }
     }
 
@@ -162,6 +174,7 @@ impl VmConfig {
             handlers: None,
             sw_breakpoints: false,
             sw_trap: crate::TrapKind::Int3,
+            disk: None,
         }
     }
 }
@@ -273,7 +286,7 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
     }
     let kvm = vm::open_kvm()?;
     let mem = memory::create(u64::from(cfg.memory_mib))?;
-    let vmfd = vm::create_vm(&kvm, &mem, cfg.irqchip)?;
+    let vmfd = Arc::new(vm::create_vm(&kvm, &mem, cfg.irqchip)?);
     regs::write_boot_tables(&mem)?;
     let (entry, linux) = match &cfg.boot {
         Boot::Linux {
@@ -323,7 +336,18 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
             Some(Arc::new(Mutex::new(c2)))
         }
     };
-    let bus = Arc::new(PioBus::new(serial.clone(), serial2));
+    let mut bus = PioBus::new(serial.clone(), serial2);
+    if let Some(image) = &cfg.disk {
+        if !cfg.irqchip {
+            return Err(BuildError::DiskWithoutIrqchip);
+        }
+        let blk = VirtioBlockPci::new(image, mem.clone(), VIRTIO_BLK_BAR as u32)?;
+        bus = bus.with_pci(Arc::new(PciBus::new(
+            vec![Box::new(blk)],
+            Some(vmfd.clone()),
+        )));
+    }
+    let bus = Arc::new(bus);
     let shared: Vec<_> = (0..cfg.vcpus).map(Shared::new).collect();
     let exit = ExitState::new(cfg.vcpus as usize);
     let _ = exit.vcpus.set(shared.clone());
@@ -342,7 +366,7 @@ pub fn build(cfg: VmConfig) -> Result<Vm, BuildError> {
         slots: Mutex::new((slots, next)),
         watches: Arc::default(),
         _kvm: kvm,
-        _vm: Arc::new(vmfd),
+        _vm: vmfd,
         mem,
         serial,
         bus,

@@ -56,6 +56,16 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 /// i8042 command/status port.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 
+/// PCI configuration mechanism #1: the address latch...
+pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+/// ...and the 4-byte data window.
+pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
+/// Where the monitor places PCI BARs before the guest (which may move
+/// them) sees them: the start of the 32-bit hole, never RAM.
+pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
+/// BAR 0 of the virtio block device (device 00:01.0).
+pub const VIRTIO_BLK_BAR: u64 = PCI_MMIO_START;
+
 /// E820 types.
 pub const E820_RAM: u32 = 1;
 /// Reserved range.

@@ -1,19 +1,24 @@
-//! Legacy port-I/O devices: the 16550 serial console and the i8042.
+//! Devices: the legacy port-I/O ones (the 16550 serial console, the
+//! i8042) and, for a disk, a PCI segment with a virtio block device.
 
 pub mod i8042;
+pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
 use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL2_PORT_BASE, SERIAL_PORT_BASE};
 
 /// What a port write asked the monitor to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoAction {
     /// Nothing beyond the device's own effect.
     None,
     /// The guest asked for a reset through the i8042 (reboot=k).
     Reset,
+    /// A device failed (the VM cannot go on correctly).
+    Failed(String),
 }
 
 /// Port-I/O devices of a VM, shared by its vCPU threads.
@@ -21,6 +26,7 @@ pub struct PioBus {
     serial: Arc<Mutex<serial::SerialConsole>>,
     serial2: Option<Arc<Mutex<serial::SerialConsole>>>,
     i8042: Mutex<i8042::I8042>,
+    pci: Option<Arc<pci::PciBus>>,
 }
 
 impl PioBus {
@@ -33,6 +39,26 @@ impl PioBus {
             serial,
             serial2,
             i8042: Mutex::new(i8042::I8042::default()),
+            pci: None,
+        }
+    }
+
+    /// Adds a PCI segment (its configuration ports and BARs).
+    pub fn with_pci(mut self, pci: Arc<pci::PciBus>) -> Self {
+        self.pci = Some(pci);
+        self
+    }
+
+    /// Handles an MMIO read; false if no device claims `addr`.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data))
+    }
+
+    /// Handles an MMIO write; `Ok(false)` if no device claims `addr`.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<bool, pci::PciError> {
+        match &self.pci {
+            Some(p) => p.mmio_write(addr, data),
+            None => Ok(false),
         }
     }
 
@@ -44,6 +70,8 @@ impl PioBus {
             data[0] = lock(s2).read((port - SERIAL2_PORT_BASE) as u8);
         } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
             data[0] = lock(&self.i8042).read(port);
+        } else if let (Some(p), true) = (&self.pci, pci::PciBus::owns_port(port)) {
+            p.pio_read(port, data);
         } else {
             data.fill(0xff);
         }
@@ -59,6 +87,11 @@ impl PioBus {
             IoAction::None
         } else if (port == I8042_DATA_PORT || port == I8042_COMMAND_PORT) && data.len() == 1 {
             lock(&self.i8042).write(port, data[0])
+        } else if let (Some(p), true) = (&self.pci, pci::PciBus::owns_port(port)) {
+            match p.pio_write(port, data) {
+                Ok(()) => IoAction::None,
+                Err(e) => IoAction::Failed(e.to_string()),
+            }
         } else {
             IoAction::None
         }

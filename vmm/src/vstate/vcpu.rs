@@ -445,17 +445,23 @@ impl Runner {
                         trap_write = Some(data[0]);
                         None
                     }
-                    VcpuExit::IoOut(port, data) => {
-                        if self.bus.write(port, data) == IoAction::Reset {
-                            return End::Vm(VmExit::Reset);
+                    VcpuExit::IoOut(port, data) => match self.bus.write(port, data) {
+                        IoAction::Reset => return End::Vm(VmExit::Reset),
+                        IoAction::Failed(e) => return self.err(e),
+                        IoAction::None => continue,
+                    },
+                    VcpuExit::MmioRead(addr, data) => {
+                        if !self.bus.mmio_read(addr, data) {
+                            data.fill(0xff);
                         }
                         continue;
                     }
-                    VcpuExit::MmioRead(_, data) => {
-                        data.fill(0xff);
-                        continue;
-                    }
                     VcpuExit::MmioWrite(addr, data) => {
+                        match self.bus.mmio_write(addr, data) {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(e) => return self.err(e.to_string()),
+                        }
                         // A write to a write-protected RAM page: do it.
                         let ram = vm_memory::Bytes::write_slice(
                             &self.mem,
