@@ -72,6 +72,20 @@ fn in_image(image: &Path, path: &str) -> bool {
     text.contains("Inode:") && text.contains("Type: ")
 }
 
+/// The console (stderr, plain) of a run that must have succeeded; else
+/// fails with `what` and the console's last lines.
+fn succeeded(out: &std::process::Output, what: &str) -> String {
+    let console = plain(&String::from_utf8_lossy(&out.stderr));
+    let tail: Vec<&str> = console.lines().rev().take(40).collect();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}); its stderr ends:\n{}",
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    console
+}
+
 /// The console without its colour escapes.
 fn plain(console: &str) -> String {
     let mut out = String::with_capacity(console.len());
@@ -122,14 +136,7 @@ fn traced_boot(line: &str) {
         .output()
         .expect("run hvtrace record --disk");
     let wall = t.elapsed();
-    let console = plain(&String::from_utf8_lossy(&out.stderr));
-    let tail: Vec<&str> = console.lines().rev().take(40).collect();
-    assert!(
-        out.status.success(),
-        "record --disk failed ({}); its stderr ends:\n{}",
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
+    let console = succeeded(&out, "record --disk");
     eprintln!(
         "disk: {line}: traced boot to power-off {:.1} s wall",
         wall.as_secs_f64()
@@ -276,14 +283,7 @@ fn debian_boots_as_is_until_the_duration() {
         .arg(&image)
         .output()
         .expect("run hvtrace run --disk");
-    let console = plain(&String::from_utf8_lossy(&out.stderr));
-    let tail: Vec<&str> = console.lines().rev().take(30).collect();
-    assert!(
-        out.status.success(),
-        "run --disk --duration 40 failed ({}); its stderr ends:\n{}",
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
+    let console = succeeded(&out, "run --disk --duration 40");
     let wall = t.elapsed().as_secs_f64();
     eprintln!("disk: run --duration 40 ended after {wall:.1} s wall");
     assert!(wall >= 40.0, "ended after {wall} s, before --duration");
@@ -383,14 +383,7 @@ fn debian_boot_traced_on_the_kvm_monitor() {
         .output()
         .expect("run hvtrace record --backend kvm --disk");
     let wall = t.elapsed();
-    let console = plain(&String::from_utf8_lossy(&out.stderr));
-    let tail: Vec<&str> = console.lines().rev().take(40).collect();
-    assert!(
-        out.status.success(),
-        "record --backend kvm --disk failed ({}); its stderr ends:\n{}",
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
+    let console = succeeded(&out, "record --backend kvm --disk");
     eprintln!(
         "disk: kvm: traced boot to power-off, {:.1} s wall (harness included)",
         wall.as_secs_f64()
