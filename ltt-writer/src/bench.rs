@@ -65,21 +65,7 @@ impl Default for BenchOptions {
     }
 }
 
-/// CPU time consumed by the calling thread: unlike wall time, it does not
-/// count the time the thread waited for a core on a shared machine.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the
-    // call; CLOCK_THREAD_CPUTIME_ID is supported by Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+pub use crate::clock::thread_cpu_time;
 
 /// Wall and thread-CPU time of one measurement.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

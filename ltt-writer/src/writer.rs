@@ -491,7 +491,7 @@ impl WriterThread {
         for (_, f) in &mut self.files {
             let _ = f.flush();
         }
-        self.report.writer_cpu_time = crate::bench::thread_cpu_time();
+        self.report.writer_cpu_time = crate::clock::thread_cpu_time();
         match self.error.take() {
             Some(WriteError::Write {
                 path,
