@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::btf::KernelTypes;
-use crate::image::{ImageFormat, Kernel};
+use crate::kernel::{ImageFormat, Kernel};
 use crate::symbols::{ExportedSymbol, KernelSymbols, Symbol, SymbolSource};
 use crate::syscalls::{Syscall, SyscallArg, SyscallTable};
 use crate::tracepoints::TracepointSite;

@@ -21,6 +21,7 @@ pub mod elf;
 pub mod fuzzing;
 pub mod image;
 pub mod kallsyms;
+pub mod kernel;
 pub mod ksymtab;
 pub mod symbols;
 pub mod syscalls;
