@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod paging;
 pub mod plan;
 pub mod probes;
+pub mod pt_regs;
 pub mod runtime;
 pub mod statedump;
 pub mod task;

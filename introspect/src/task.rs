@@ -100,7 +100,7 @@ pub fn current_pt_regs<C: VcpuContext + ?Sized>(ctx: &C, k: &Kernel) -> Result<u
     }
     Ok(stack
         .wrapping_add(k.off.thread_size)
-        .wrapping_sub(crate::decode::pt_regs::SIZE))
+        .wrapping_sub(crate::pt_regs::SIZE))
 }
 
 /// Reads a task's fields. A garbage pointer gives `Task::UNKNOWN` with

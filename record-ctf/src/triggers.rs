@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use introspect::ctx::{read_u64, VcpuContext};
-use introspect::decode::pt_regs;
+use introspect::pt_regs;
 use introspect::triggers::{Condition, LogEntry, TriggerPlan};
 use introspect::Task;
 use ltt_writer::catalog::CatalogError;

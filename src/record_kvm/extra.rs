@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use introspect::ctx::{read_u64, Reg, VcpuContext};
-use introspect::decode::pt_regs;
+use introspect::pt_regs;
 use introspect::triggers::{Condition, TriggerPlan};
 use introspect::ProbeKind;
 use record_ctf::triggers::{FiredAt, Host, Triggers};

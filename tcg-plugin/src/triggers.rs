@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use introspect::ctx::{read_u64, Reg, VcpuContext};
-use introspect::decode::pt_regs;
 use introspect::kernel::reloc;
+use introspect::pt_regs;
 use introspect::triggers::{Condition, TriggerPlan};
 use ltt_writer::{Catalog, TraceWriter};
 use qemu_plugin::{

@@ -3,6 +3,7 @@
 
 use crate::ctx::{is_kernel_addr, read_cstr, read_u32, read_u64, Reg, VcpuContext};
 use crate::kernel::Kernel;
+use crate::pt_regs;
 use crate::task::{current_pt_regs, current_task, read_task};
 
 mod event;
@@ -21,24 +22,6 @@ pub const STR_LEN: usize = 128;
 pub const IRQ_NAME_LEN: usize = 32;
 /// Deepest irq nesting tracked per vCPU.
 pub const IRQ_DEPTH: usize = 8;
-
-/// x86-64 `struct pt_regs` offsets (stable ABI of the entry code).
-pub mod pt_regs {
-    pub const BP: u64 = 32;
-    pub const BX: u64 = 40;
-    pub const R10: u64 = 56;
-    pub const R9: u64 = 64;
-    pub const R8: u64 = 72;
-    pub const AX: u64 = 80;
-    pub const CX: u64 = 88;
-    pub const DX: u64 = 96;
-    pub const SI: u64 = 104;
-    pub const DI: u64 = 112;
-    pub const ORIG_AX: u64 = 120;
-    pub const CS: u64 = 136;
-    /// `sizeof(struct pt_regs)`.
-    pub const SIZE: u64 = 168;
-}
 
 /// x86-64 numbers of the syscalls after which the current task's comm may
 /// differ: execve, execveat, prctl (PR_SET_NAME).
