@@ -61,6 +61,7 @@ pub fn layout(btf: &KernelTypes, syms: &KernelSymbols) -> StatedumpLayout {
     l.dentry_name = q.m("dentry", "d_name.name");
     l.dentry_sb = q.m("dentry", "d_sb");
     l.dentry_inode = q.m("dentry", "d_inode");
+    l.dentry_hash_pprev = q.m("dentry", "d_hash.pprev");
     l.mount_mnt = q.m("mount", "mnt");
     l.mount_parent = q.m("mount", "mnt_parent");
     l.mount_mountpoint = q.m("mount", "mnt_mountpoint");

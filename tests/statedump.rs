@@ -4,7 +4,7 @@
 //! and /sys say, on both kernel lines (QEMU engine, two vCPUs).
 //!
 //! The statedump is taken (`--statedump-at /bin/spin`) while a shell that
-//! holds /etc/passwd and /tmp/x open waits for `/bin/spin`; the shell
+//! holds /etc/passwd, /tmp/x and the removed /tmp/gone open waits for `/bin/spin`; the shell
 //! listed its descriptors and maps just before, and again after.
 
 mod common;
@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use record_support::{record_on, Ev, Recorded};
 
-const SCRIPT: &str = "exec 3</etc/passwd 4>/tmp/x; echo HOLDER $$; \
+const SCRIPT: &str = "exec 3</etc/passwd 4>/tmp/x 5>/tmp/gone; rm /tmp/gone; echo HOLDER $$; \
 ls -l /proc/$$/fd | sed 's/^/FD /'; sed 's/^/MAP1 /' /proc/$$/maps; \
 /bin/spin 1; \
 sed 's/^/MAP2 /' /proc/$$/maps; sed 's/^/IRQ /' /proc/interrupts; \
@@ -123,6 +123,10 @@ fn statedump_matches_guest(backend: &str, line: &str) {
         .collect();
     assert!(listed.contains(&(3, "/etc/passwd".into())), "{listed:?}");
     assert!(listed.contains(&(4, "/tmp/x".into())), "{listed:?}");
+    assert!(
+        listed.contains(&(5, "/tmp/gone (deleted)".into())),
+        "{listed:?}"
+    );
     assert_eq!(fds, listed, "the holder's descriptors vs /proc/{holder}/fd");
     for e in dumped(&r, "file_descriptor") {
         if num(e, "file_table_address") == table {

@@ -70,7 +70,8 @@ fn dentry_name<C: VcpuContext + ?Sized>(
 /// /proc/PID/fd shows it. A pseudo file system's file (pipe, socket,
 /// anon inode: its dentry is a root that is not its mount's) is named as
 /// the kernel's `d_dname` does for those: `pipe:[ino]`, `socket:[ino]`,
-/// `anon_inode:NAME`.
+/// `anon_inode:NAME`. A file whose last link is gone ends in ` (deleted)`,
+/// as `d_path()` writes it.
 pub fn d_path<C: VcpuContext + ?Sized>(
     ctx: &C,
     l: &StatedumpLayout,
@@ -79,6 +80,9 @@ pub fn d_path<C: VcpuContext + ?Sized>(
     out: &mut PathBuf,
 ) {
     out.clear();
+    if is_unlinked(ctx, l, dentry) {
+        out.prepend(b" (deleted)");
+    }
     let mut name = [0u8; 256];
     let (mut mnt, mut d) = (vfsmnt, dentry);
     for step in 0..MAX_PATH_STEPS {
@@ -115,6 +119,14 @@ pub fn d_path<C: VcpuContext + ?Sized>(
     if out.as_bytes().is_empty() {
         out.prepend(b"/");
     }
+}
+
+/// The kernel's `d_unlinked()`: unhashed (`d_hash.pprev` NULL) and not a
+/// root (its own parent). An unreadable dentry is not called unlinked.
+fn is_unlinked<C: VcpuContext + ?Sized>(ctx: &C, l: &StatedumpLayout, d: u64) -> bool {
+    let parent = kptr(ctx, d.wrapping_add(l.dentry_parent));
+    let pprev = read_u64(ctx, d.wrapping_add(l.dentry_hash_pprev));
+    matches!((parent, pprev), (Some(p), Ok(0)) if p != d)
 }
 
 /// The name `d_dname` gives a pseudo file system's dentry.

@@ -48,6 +48,8 @@ pub struct StatedumpLayout {
     pub dentry_name: u64,
     pub dentry_sb: u64,
     pub dentry_inode: u64,
+    /// `dentry.d_hash.pprev` (NULL once the dentry is unhashed: unlinked).
+    pub dentry_hash_pprev: u64,
     /// `mount.mnt` (the `vfsmount` inside a `struct mount`).
     pub mount_mnt: u64,
     pub mount_parent: u64,

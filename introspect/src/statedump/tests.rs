@@ -96,7 +96,7 @@ fn random_layout(r: &mut Rng) -> StatedumpLayout {
         have: u32::MAX,
         ..StatedumpLayout::default()
     };
-    let fields: [&mut u64; 44] = [
+    let fields: [&mut u64; 45] = [
         &mut l.task_files,
         &mut l.files_fdt,
         &mut l.fdt_max_fds,
@@ -112,6 +112,7 @@ fn random_layout(r: &mut Rng) -> StatedumpLayout {
         &mut l.dentry_name,
         &mut l.dentry_sb,
         &mut l.dentry_inode,
+        &mut l.dentry_hash_pprev,
         &mut l.mount_mnt,
         &mut l.mount_parent,
         &mut l.mount_mountpoint,
@@ -296,6 +297,7 @@ fn huge_name_and_dentry_cycle_end() {
     let l = StatedumpLayout {
         dentry_parent: 0x08,
         dentry_name: 0x10,
+        dentry_hash_pprev: 0x18,
         vfsmount_root: 0x00,
         ..StatedumpLayout::default()
     };
@@ -303,6 +305,7 @@ fn huge_name_and_dentry_cycle_end() {
     m.put_bytes(name, &[b'a'; 0x8000]);
     for d in [d1, d2] {
         m.put(d + 0x10, name);
+        m.put(d + 0x18, d + 0x40); // hashed: still linked
     }
     m.put(d1 + 0x08, d2);
     m.put(d2 + 0x08, d1);
@@ -312,4 +315,34 @@ fn huge_name_and_dentry_cycle_end() {
     let s = p.as_bytes();
     assert!(s.len() <= MAX_PATH && s.len() > 255, "{}", s.len());
     assert!(s.split(|&c| c == b'/').all(|c| c.len() <= 255));
+}
+
+/// `d_path()`'s suffix: a dentry that is unhashed and not a root is a file
+/// whose last link is gone; an unhashed root (a pseudo file) is not.
+#[test]
+fn unlinked_file_ends_in_deleted() {
+    let m = Mem::zeroed();
+    let l = StatedumpLayout {
+        dentry_parent: 0x08,
+        dentry_name: 0x10,
+        dentry_hash_pprev: 0x18,
+        vfsmount_root: 0x00,
+        ..StatedumpLayout::default()
+    };
+    let (root, tmp, gone, mnt) = (BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x400);
+    let names = BASE + 0x1000;
+    m.put_bytes(names, b"tmp\0gone\0");
+    m.put(root + 0x08, root);
+    m.put(tmp + 0x08, root);
+    m.put(tmp + 0x10, names);
+    m.put(tmp + 0x18, root + 0x40);
+    m.put(gone + 0x08, tmp);
+    m.put(gone + 0x10, names + 4);
+    m.put(mnt, root);
+    let mut p = PathBuf::default();
+    d_path(&m, &l, mnt, gone, &mut p);
+    assert_eq!(p.as_bytes(), b"/tmp/gone (deleted)");
+    m.put(gone + 0x18, tmp + 0x40); // hashed again
+    d_path(&m, &l, mnt, gone, &mut p);
+    assert_eq!(p.as_bytes(), b"/tmp/gone");
 }
