@@ -5,7 +5,8 @@
 
 use guest_symbols::{KernelSymbols, KernelTypes};
 use introspect::statedump::layout::{
-    StatedumpLayout, HAVE_BLOCK, HAVE_CPUS, HAVE_FILES, HAVE_IRQS, HAVE_NET, HAVE_VMAS,
+    StatedumpLayout, HAVE_BLOCK, HAVE_CPUS, HAVE_FILES, HAVE_IRQS, HAVE_NET, HAVE_THREADS,
+    HAVE_VMAS,
 };
 
 /// Resolves member paths (`a|b`: the first the kernel has) into offsets,
@@ -45,6 +46,11 @@ pub fn layout(btf: &KernelTypes, syms: &KernelSymbols) -> StatedumpLayout {
         ..StatedumpLayout::default()
     };
     let mut have = 0;
+
+    l.task_signal = q.m("task_struct", "signal");
+    l.signal_thread_head = q.m("signal_struct", "thread_head");
+    l.task_thread_node = q.m("task_struct", "thread_node");
+    have |= q.group(HAVE_THREADS);
 
     l.task_files = q.m("task_struct", "files");
     l.files_fdt = q.m("files_struct", "fdt");

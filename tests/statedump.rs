@@ -5,7 +5,9 @@
 //!
 //! The statedump is taken (`--statedump-at /bin/spin`) while a shell that
 //! holds /etc/passwd, /tmp/x and the removed /tmp/gone open waits for `/bin/spin`; the shell
-//! listed its descriptors and maps just before, and again after.
+//! listed its descriptors and maps just before, and again after. A
+//! `/bin/storm` with a thread per vCPU runs meanwhile: every thread has
+//! its process state, as lttng-modules lists them.
 
 mod common;
 mod record_support;
@@ -15,8 +17,9 @@ use std::collections::BTreeSet;
 use record_support::{record_on, Ev, Recorded};
 
 const SCRIPT: &str = "exec 3</etc/passwd 4>/tmp/x 5>/tmp/gone; rm /tmp/gone; echo HOLDER $$; \
+/bin/storm 100000000 >/dev/null & S=$!; sleep 0.3; echo THREADS $S $(ls /proc/$S/task); \
 ls -l /proc/$$/fd | sed 's/^/FD /'; sed 's/^/MAP1 /' /proc/$$/maps; \
-/bin/spin 1; \
+/bin/spin 1; kill $S; \
 sed 's/^/MAP2 /' /proc/$$/maps; sed 's/^/IRQ /' /proc/interrupts; \
 grep -E '^(processor|vendor_id|cpu family|model|model name|physical id|core id|cpu cores)\\s' /proc/cpuinfo | sed 's/^/CPU /'; \
 echo NET $(ls /sys/class/net); echo BLOCK $(ls /sys/class/block)";
@@ -99,6 +102,26 @@ fn statedump_matches_guest(backend: &str, line: &str) {
     );
     assert_eq!(r.status, 0, "{}", r.console);
     let holder: i64 = tagged(&r, "HOLDER")[0].trim().parse().unwrap();
+
+    // -- threads: each of storm's, the same process
+    let threads = tagged(&r, "THREADS")[0];
+    let mut w = threads
+        .split_whitespace()
+        .map(|t| t.parse::<i64>().unwrap());
+    let storm = w.next().unwrap();
+    let listed: BTreeSet<i64> = w.collect();
+    assert_eq!(
+        listed.len(),
+        3,
+        "storm's main thread and one per vCPU: {threads}"
+    );
+    let dumped_tids: BTreeSet<i64> = r
+        .events
+        .iter()
+        .filter(|e| e.name == "lttng_statedump_process_state" && e.int("pid") == storm)
+        .map(|e| e.int("tid"))
+        .collect();
+    assert_eq!(dumped_tids, listed, "storm's threads vs /proc/{storm}/task");
 
     // -- file descriptors: the holder's table, by file_table_address
     let ps = r

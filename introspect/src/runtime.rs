@@ -16,8 +16,8 @@ use crate::decode::{
 use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
 use crate::plan::ProbePlan;
-use crate::statedump::{task_files, Item, Walker};
-use crate::task::{for_each_task, Task};
+use crate::statedump::{for_each_other_thread, task_files, Item, Walker};
+use crate::task::{for_each_task, read_task, Task, MAX_TASKS};
 
 /// Where records go (an engine's trace producer for one vCPU).
 pub trait Sink {
@@ -102,8 +102,9 @@ pub struct VcpuTracer {
     pub by_kind: [u64; COUNTER_SLOTS],
     /// Events written, by `Record::event_tag`.
     pub by_event: [u64; COUNTER_SLOTS],
-    /// Reserved for the statedump's task list (task, ppid, files table).
-    tasks: Vec<(Task, i32, u64)>,
+    /// Reserved for the statedump's task list (task, ppid, files table,
+    /// whether the task leads its process).
+    tasks: Vec<(Task, i32, u64, bool)>,
     /// Syscall entries whose user string is not mapped yet, held back
     /// (see [`crate::defer`]); None: written as decoded.
     deferral: Option<Box<Deferral>>,
@@ -269,12 +270,20 @@ impl VcpuTracer {
         let cur = self.rec.current;
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.clear();
+        // Every thread, each process's leader first, as lttng-modules'
+        // `for_each_process` / `while_each_thread` lists them.
         for_each_task(ctx, k, |t, ppid| {
-            tasks.push((*t, ppid, task_files(ctx, k, t.addr)))
+            tasks.push((*t, ppid, task_files(ctx, k, t.addr), true));
+            for_each_other_thread(ctx, k, t.addr, |addr| {
+                if tasks.len() < MAX_TASKS {
+                    let th = read_task(ctx, k, addr);
+                    tasks.push((th, ppid, task_files(ctx, k, addr), false));
+                }
+            });
         });
         sink.statedump_start(ts, &cur);
         let mut walker = Walker::default();
-        for &(task, ppid, files) in &tasks {
+        for &(task, ppid, files, leader) in &tasks {
             self.rec = Record {
                 cpu,
                 ts,
@@ -283,7 +292,7 @@ impl VcpuTracer {
             };
             self.emit(sink);
             // lttng-modules dumps a process's descriptors after its state
-            walker.task(ctx, k, task.addr, task.pid, files, |item| {
+            walker.task(ctx, k, &task, files, leader, |item| {
                 sink.statedump_item(ts, &cur, item);
             });
         }

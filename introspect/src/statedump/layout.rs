@@ -12,6 +12,7 @@ pub const HAVE_IRQS: u32 = 4;
 pub const HAVE_CPUS: u32 = 8;
 pub const HAVE_NET: u32 = 16;
 pub const HAVE_BLOCK: u32 = 32;
+pub const HAVE_THREADS: u32 = 64;
 
 /// Offsets (bytes) and link-time symbol addresses of the statedump walks.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +31,11 @@ pub struct StatedumpLayout {
     pub percpu_cpu_info: u64,
     pub sym_init_net: u64,
     pub sym_blockdev_superblock: u64,
+
+    // -- a process's threads: task->signal->thread_head of task.thread_node
+    pub task_signal: u64,
+    pub signal_thread_head: u64,
+    pub task_thread_node: u64,
 
     // -- open files: task->files->fdt->fd[i] -> struct file
     pub task_files: u64,

@@ -107,8 +107,37 @@ pub(crate) fn for_each_list<C: VcpuContext + ?Sized>(
 }
 
 use crate::kernel::Kernel;
+use crate::task::Task;
 use files::PathBuf;
-use layout::{HAVE_BLOCK, HAVE_CPUS, HAVE_FILES, HAVE_IRQS, HAVE_NET, HAVE_VMAS};
+use layout::{HAVE_BLOCK, HAVE_CPUS, HAVE_FILES, HAVE_IRQS, HAVE_NET, HAVE_THREADS, HAVE_VMAS};
+
+/// Most threads listed per process.
+pub const MAX_THREADS: usize = 1 << 14;
+
+/// Calls `f(task)` for each thread of the process whose leader is at
+/// `leader`, the leader left out, in the kernel's list order (the order of
+/// `while_each_thread`). A kernel whose layout has no thread list gives none.
+pub fn for_each_other_thread<C: VcpuContext + ?Sized>(
+    ctx: &C,
+    k: &Kernel,
+    leader: u64,
+    mut f: impl FnMut(u64),
+) {
+    let l = &k.sd;
+    if !l.has(HAVE_THREADS) || !is_kernel_addr(leader) {
+        return;
+    }
+    let Some(signal) = kptr(ctx, leader.wrapping_add(l.task_signal)) else {
+        return;
+    };
+    let head = signal.wrapping_add(l.signal_thread_head);
+    for_each_list(ctx, head, MAX_THREADS, |node| {
+        let task = node.wrapping_sub(l.task_thread_node);
+        if task != leader {
+            f(task);
+        }
+    });
+}
 
 /// The files table of the task at `task` (its `file_table_address`; 0:
 /// none or unknown).
@@ -128,30 +157,32 @@ pub struct Walker {
 }
 
 impl Walker {
-    /// The items of the process whose leader is at `task` (pid `pid`,
-    /// files table `files`): its descriptors, then its memory maps.
+    /// The items of `task` (files table
+    /// `files`): its descriptors unless the task before had the same
+    /// table, as lttng-modules does, then, for a process's leader
+    /// (`leader`), the process's memory maps.
     pub fn task<C: VcpuContext + ?Sized>(
         &mut self,
         ctx: &C,
         k: &Kernel,
-        task: u64,
-        pid: i32,
+        task: &Task,
         files: u64,
+        leader: bool,
         mut f: impl FnMut(&Item<'_>),
     ) {
         if files != 0 && files != self.last_files {
             self.last_files = files;
             files::for_each_fd(ctx, &k.sd, files, &mut self.path, &mut f);
         }
-        if k.sd.has(HAVE_VMAS) {
-            if let Some(mm) = kptr(ctx, task.wrapping_add(k.off.task_mm)) {
-                files::for_each_vma(ctx, &k.sd, pid, mm, &mut f);
+        if leader && k.sd.has(HAVE_VMAS) {
+            if let Some(mm) = kptr(ctx, task.addr.wrapping_add(k.off.task_mm)) {
+                files::for_each_vma(ctx, &k.sd, task.pid, mm, &mut f);
             }
         }
     }
 
-    /// The system-wide items, in lttng-modules' order: CPUs, interrupts,
-    /// block devices, network interfaces.
+    /// The system-wide items, in lttng-modules 2.13's order: interrupts,
+    /// network interfaces, block devices, CPU topology.
     pub fn system<C: VcpuContext + ?Sized>(
         &mut self,
         ctx: &C,
@@ -159,17 +190,17 @@ impl Walker {
         mut f: impl FnMut(&Item<'_>),
     ) {
         let (l, s) = (&k.sd, k.slide);
-        if l.has(HAVE_CPUS) {
-            devices::cpus(ctx, l, s, &mut f);
-        }
         if l.has(HAVE_IRQS) {
             devices::interrupts(ctx, l, &k.off, s, &mut f);
+        }
+        if l.has(HAVE_NET) {
+            devices::network(ctx, l, s, &mut f);
         }
         if l.has(HAVE_BLOCK) {
             devices::block_devices(ctx, l, s, &mut f);
         }
-        if l.has(HAVE_NET) {
-            devices::network(ctx, l, s, &mut f);
+        if l.has(HAVE_CPUS) {
+            devices::cpus(ctx, l, s, &mut f);
         }
     }
 }

@@ -96,7 +96,10 @@ fn random_layout(r: &mut Rng) -> StatedumpLayout {
         have: u32::MAX,
         ..StatedumpLayout::default()
     };
-    let fields: [&mut u64; 45] = [
+    let fields: [&mut u64; 48] = [
+        &mut l.task_signal,
+        &mut l.signal_thread_head,
+        &mut l.task_thread_node,
         &mut l.task_files,
         &mut l.files_fdt,
         &mut l.fdt_max_fds,
