@@ -52,6 +52,10 @@ pub enum FieldType {
     /// Variable-length array of integers, preceded by a `uint8_t` length
     /// field named `_<name>_length` (lttng-modules' `ctf_sequence`).
     IntSeq { bits: u8, signed: bool, base: Base },
+    /// Unsigned integer in network byte order (big-endian), shown in
+    /// hexadecimal: lttng-modules' `ctf_integer_network_hex` (an IPv4
+    /// address as the kernel stores it).
+    NetHex { bits: u8 },
 }
 
 impl FieldType {
@@ -68,6 +72,9 @@ impl FieldType {
             signed: false,
             base: Base::Hex,
         }
+    }
+    pub const fn net_hex(bits: u8) -> Self {
+        FieldType::NetHex { bits }
     }
     /// `int` / `pid_t`.
     pub const I32: FieldType = FieldType::int(32, true);
@@ -262,7 +269,8 @@ impl Catalog {
             let bits = match f.ty {
                 FieldType::Int { bits, .. }
                 | FieldType::IntArray { bits, .. }
-                | FieldType::IntSeq { bits, .. } => bits,
+                | FieldType::IntSeq { bits, .. }
+                | FieldType::NetHex { bits } => bits,
                 _ => 8,
             };
             if !matches!(bits, 8 | 16 | 32 | 64) {

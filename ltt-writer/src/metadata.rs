@@ -130,6 +130,10 @@ fn field_lines(out: &mut String, name: &str, ty: &FieldType) -> Result<(), Metad
             "\t\t{} _{name};",
             int_type(*bits, *signed, *base, false)
         )?,
+        FieldType::NetHex { bits } => writeln!(
+            out,
+            "\t\tinteger {{ size = {bits}; align = 8; signed = 0; encoding = none; base = 16; byte_order = be; }} _{name};"
+        )?,
         FieldType::Text { len } => writeln!(
             out,
             "\t\t{} _{name}[{len}];",

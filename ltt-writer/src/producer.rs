@@ -263,6 +263,8 @@ impl Producer {
             size += match (&f.ty, v) {
                 (FieldType::Int { bits, .. }, Value::U(_) | Value::I(_)) => *bits as usize / 8,
                 (FieldType::Int { .. }, _) => return Err(bad("an integer")),
+                (FieldType::NetHex { bits }, Value::U(_)) => *bits as usize / 8,
+                (FieldType::NetHex { .. }, _) => return Err(bad("an unsigned integer")),
                 (FieldType::Text { len }, Value::Str(_)) => *len as usize,
                 (FieldType::Str, Value::Str(s)) => str_len(s),
                 (FieldType::Text { .. } | FieldType::Str, _) => return Err(bad("a string")),
@@ -286,6 +288,10 @@ impl Producer {
             match (&f.ty, v) {
                 (FieldType::Int { bits, .. }, Value::U(x)) => w.int(*bits, *x),
                 (FieldType::Int { bits, .. }, Value::I(x)) => w.int(*bits, *x as u64),
+                // the value's low `bits`, most significant byte first
+                (FieldType::NetHex { bits }, Value::U(x)) => {
+                    w.int(*bits, x.swap_bytes() >> (64 - u32::from(*bits)))
+                }
                 (FieldType::Text { len }, Value::Str(s)) => w.text(s, *len as usize),
                 (FieldType::Str, Value::Str(s)) => w.str(s),
                 (FieldType::IntArray { bits, len, .. }, Value::Ints(a)) => {

@@ -103,6 +103,12 @@ fn decode_fields(catalog: &Catalog, id: u32, b: &[u8], at: &mut usize) -> Option
                     FieldValue::U(v as u64)
                 }
             }
+            FieldType::NetHex { bits } => {
+                let n = *bits as usize / 8;
+                let s = b.get(*at..*at + n)?;
+                *at += n;
+                FieldValue::U(s.iter().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+            }
             FieldType::Text { len } => {
                 let s = b.get(*at..*at + *len as usize)?;
                 *at += *len as usize;

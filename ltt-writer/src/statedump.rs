@@ -1,9 +1,8 @@
 //! lttng-modules 2.13's statedump events besides the process state
 //! (`instrumentation/events/lttng-statedump.h`): names, field names, order,
-//! sizes, signedness and display bases as it declares them. One exception:
-//! `address_ipv4` is `ctf_integer_network_hex` (big-endian) there; here it
-//! is a little-endian integer of the same value, so readers show the same
-//! number (127.0.0.1 is 0x7f000001).
+//! sizes, signedness, byte orders and display bases as it declares them
+//! (`address_ipv4` is big-endian, `ctf_integer_network_hex`: 127.0.0.1 is
+//! 0x7f000001 to readers).
 
 use crate::catalog::{Base, Catalog, CatalogError, FieldDecl, FieldType as T};
 use crate::producer::{ProduceError, Producer, TaskCtx, Value};
@@ -47,7 +46,7 @@ pub fn events() -> Vec<(&'static str, Vec<FieldDecl>)> {
         ),
         (
             NETWORK_INTERFACE,
-            vec![f("name", T::Str), f("address_ipv4", T::hex(32))],
+            vec![f("name", T::Str), f("address_ipv4", T::net_hex(32))],
         ),
         (BLOCK_DEVICE, vec![f("dev", T::U32), f("diskname", T::Str)]),
         (

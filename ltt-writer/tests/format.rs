@@ -273,4 +273,14 @@ fn event_classes_have_lttng_modules_types() {
     let want: std::collections::BTreeMap<String, String> =
         want.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(got, want);
+    // babeltrace2's classes do not show byte order: the metadata does.
+    // `ctf_integer_network_hex` is big-endian; every other integer follows
+    // the trace's native little-endian order.
+    let metadata = std::fs::read_to_string(dir.path().join("kernel/metadata")).unwrap();
+    let be: Vec<&str> = metadata
+        .lines()
+        .filter(|l| l.contains("byte_order = be"))
+        .map(|l| l.trim().rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(be, ["_address_ipv4;"], "big-endian fields");
 }

@@ -236,7 +236,9 @@ fn parse_field(line: &str) -> Option<FieldDecl> {
         Some("8") => Base::Oct,
         _ => Base::Dec,
     };
+    let big_endian = attr("byte_order").map(str::trim) == Some("be");
     let ty = match array {
+        None if big_endian => FieldType::NetHex { bits },
         None => FieldType::Int { bits, signed, base },
         Some(len) => match len.parse::<u16>() {
             Ok(len) if text => FieldType::Text { len },
