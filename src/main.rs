@@ -7,6 +7,7 @@ mod bench_trace;
 mod cache;
 mod cmd_bench_writer;
 mod cmd_record;
+mod cmd_report;
 mod cmd_symbols;
 mod disk;
 mod guest;
@@ -16,7 +17,6 @@ mod latency;
 mod record_buffers;
 mod record_kvm;
 mod record_summary;
-mod report;
 mod run;
 mod statedump_layout;
 mod triggers;
@@ -44,7 +44,7 @@ enum Cmd {
     /// Type keys on the guest console and follow each through the system.
     Latency(latency::LatencyArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
-    Report(report::ReportArgs),
+    Report(cmd_report::ReportArgs),
     /// Recover a kernel's symbols, types and syscalls from its image.
     Symbols(cmd_symbols::SymbolsArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -69,7 +69,7 @@ fn main() {
         Cmd::Run(args) => run::run(args),
         Cmd::Record(args) => cmd_record::run(args),
         Cmd::Latency(args) => latency::run(args),
-        Cmd::Report(args) => report::run(args).map(|()| 0),
+        Cmd::Report(args) => cmd_report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),
