@@ -32,7 +32,7 @@ pub fn native_kvm() -> (bool, String) {
             );
         }
     };
-    let path = backend_cache::path_in(&crate::cache::root());
+    let path = backend_cache::path_in(&image_builder::cache::root());
     let reprobe = backend_cache::reprobe_requested();
     let (v, source) = backend_cache::decide(&path, &key, reprobe, probe);
     let how = match source {

@@ -217,7 +217,7 @@ pub fn load(path: &Path, key: &HostKey) -> Result<Option<Verdict>, CacheError> {
     let (sum, body) = text
         .split_once('\n')
         .ok_or_else(|| corrupt("no checksum line"))?;
-    if crate::cache::sha256_hex(body.as_bytes()) != sum {
+    if image_builder::cache::sha256_hex(body.as_bytes()) != sum {
         return Err(corrupt("checksum mismatch"));
     }
     let entry: Entry = serde_json::from_str(body).map_err(|e| corrupt(&e.to_string()))?;
@@ -245,7 +245,10 @@ pub fn store(path: &Path, key: &HostKey, verdict: &Verdict) -> Result<(), CacheE
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    let text = format!("{}\n{body}", crate::cache::sha256_hex(body.as_bytes()));
+    let text = format!(
+        "{}\n{body}",
+        image_builder::cache::sha256_hex(body.as_bytes())
+    );
     let tmp = dir.join(format!(
         ".kvm-probe.{}.{}.tmp",
         std::process::id(),

@@ -4,14 +4,13 @@ mod backend;
 mod backend_cache;
 mod backend_kvm;
 mod bench_trace;
-mod cache;
 mod cmd_bench_writer;
+mod cmd_image;
 mod cmd_record;
 mod cmd_report;
 mod cmd_symbols;
 mod disk;
 mod guest;
-mod image;
 mod interrupt;
 mod latency;
 mod record_buffers;
@@ -36,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build guest images from Debian's packages.
-    Image(image::ImageArgs),
+    Image(cmd_image::ImageArgs),
     /// Boot a guest and run one command in it; exits with its status.
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
@@ -65,7 +64,7 @@ enum BenchCmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Image(args) => image::run(args).map(|()| 0),
+        Cmd::Image(args) => cmd_image::run(args).map(|()| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Record(args) => cmd_record::run(args),
         Cmd::Latency(args) => latency::run(args),
