@@ -1,7 +1,5 @@
 //! hvtrace: a hypervisor-level whole-system tracer for unmodified Linux guests.
 
-mod backend;
-mod backend_cache;
 mod backend_kvm;
 mod bench_trace;
 mod cmd_bench_writer;

@@ -234,7 +234,10 @@ impl GuestOptions {
 pub fn choose_backend(requested: Backend) -> Result<Backend> {
     match requested {
         Backend::Auto => {
-            let (native, why) = crate::backend::native_kvm();
+            let (native, why) = hvtrace_backend::native_kvm(
+                &image_builder::cache::root(),
+                env!("CARGO_PKG_VERSION"),
+            );
             let chosen = if native { Backend::Kvm } else { Backend::Qemu };
             eprintln!("hvtrace: backend {chosen:?} ({why})");
             Ok(chosen)
@@ -288,7 +291,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
             if args.guest.disk.disk.is_none() {
-                return crate::backend::run_kvm(&run);
+                return crate::backend_kvm::run(&run);
             }
             let limit = args.guest.disk.limit(run.timeout);
             let end = crate::backend_kvm::run_until(&run.with_timeout(limit.0), None)?;
