@@ -15,6 +15,7 @@ use crate::cache;
 use crate::cpio::{gzip, NewcArchive};
 use crate::elf_deps::{ElfDepsError, Placed, Resolver};
 use crate::guest_path::normalize_guest;
+use crate::io_context::{io, IoContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
@@ -67,21 +68,13 @@ pub enum AddError {
         memory_mib: u32,
         suggested_mib: u64,
     },
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error(transparent)]
     Deps(#[from] ElfDepsError),
 }
 
 type Result<T> = std::result::Result<T, AddError>;
-
-/// An I/O error with what was being done.
-fn io(what: String) -> impl FnOnce(std::io::Error) -> AddError {
-    move |source| AddError::Io { what, source }
-}
 
 /// Mount points of hvtrace's `/init`: what the layer puts under them is
 /// hidden by the file system mounted there at boot.
@@ -122,7 +115,7 @@ impl AddSpec {
             Some(g) => g.to_string(),
             None => {
                 let abs = std::env::current_dir()
-                    .map_err(io("the current folder".into()))?
+                    .map_err(io("the current folder"))?
                     .join(&host);
                 abs.to_str()
                     .ok_or_else(|| AddError::SpecNotUtf8 { spec: spec.into() })?
@@ -465,9 +458,7 @@ fn build_combined(base: &Path, layer: &Layer) -> Result<Vec<u8>> {
     }
     let mut out = std::fs::read(base).map_err(io(format!("reading {}", base.display())))?;
     out.resize(out.len().div_ceil(4) * 4, 0);
-    out.extend_from_slice(
-        &gzip(&archive.finish()).map_err(io("compressing the added layer".into()))?,
-    );
+    out.extend_from_slice(&gzip(&archive.finish()).map_err(io("compressing the added layer"))?);
     Ok(out)
 }
 

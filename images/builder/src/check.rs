@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::io_context::{io, IoContext};
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("recovering symbols of {}", kernel.display())]
@@ -14,11 +16,8 @@ pub enum CheckError {
         kernel: PathBuf,
         source: guest_symbols::image::ImageError,
     },
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error("the initramfs {} is empty", initrd.display())]
     EmptyInitrd { initrd: PathBuf },
     #[error("{} is not an initramfs: neither a cpio archive nor a compressed one ({known})", initrd.display())]
@@ -59,21 +58,14 @@ pub fn check_initrd(initrd: &Path) -> Result<()> {
     let mut head = [0u8; 6];
     let n = {
         use std::io::Read;
-        let mut f = std::fs::File::open(initrd).map_err(|source| CheckError::Io {
-            what: format!("opening the initramfs {}", initrd.display()),
-            source,
-        })?;
+        let mut f = std::fs::File::open(initrd)
+            .map_err(io(format!("opening the initramfs {}", initrd.display())))?;
         let mut n = 0;
         while n < head.len() {
             match f.read(&mut head[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
-                Err(source) => {
-                    return Err(CheckError::Io {
-                        what: format!("reading {}", initrd.display()),
-                        source,
-                    })
-                }
+                Err(e) => return Err(io(format!("reading {}", initrd.display()))(e).into()),
             }
         }
         n
@@ -117,10 +109,7 @@ pub fn memory_floor_mib(kernel: &guest_symbols::Kernel, initrd: &Path) -> Result
         (Some(a), Some(b)) if b > a => b - a,
         _ => 0,
     };
-    let bytes = std::fs::read(initrd).map_err(|source| CheckError::Io {
-        what: format!("reading {}", initrd.display()),
-        source,
-    })?;
+    let bytes = std::fs::read(initrd).map_err(io(format!("reading {}", initrd.display())))?;
     let packed = bytes.len() as u64;
     let unpacked = if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() >= 4 {
         // gzip's trailer: the unpacked size modulo 2^32.

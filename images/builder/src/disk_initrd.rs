@@ -12,6 +12,7 @@ use crate::apt::{self, AptError};
 use crate::cache;
 use crate::cpio;
 use crate::image::{self, ImageError};
+use crate::io_context::{io, IoContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskInitrdError {
@@ -19,11 +20,8 @@ pub enum DiskInitrdError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Apt(#[from] AptError),
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error(transparent)]
     RawIo(#[from] std::io::Error),
     #[error("parsing the image's manifest")]
@@ -37,14 +35,6 @@ pub enum DiskInitrdError {
 }
 
 type Result<T> = std::result::Result<T, DiskInitrdError>;
-
-/// An I/O error with what was being done.
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskInitrdError {
-    move |source| DiskInitrdError::Io {
-        what: what.into(),
-        source,
-    }
-}
 
 /// What the disk boot needs from the kernel package, where it is a module
 /// (crc32c_generic: ext4's checksums, asked for by name at mount).

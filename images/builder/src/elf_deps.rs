@@ -15,14 +15,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::guest_path::normalize_guest;
+use crate::io_context::{io, IoContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfDepsError {
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error("{} is not a readable ELF file: {reason}", path.display())]
     NotElf { path: PathBuf, reason: String },
     #[error("{} is a library for {machine} ({bits}-bit), not x86-64: the guest's x86-64 loader cannot use it", path.display())]
@@ -153,10 +151,7 @@ impl Resolver {
         is_root: bool,
     ) -> Result<Vec<Need>> {
         let host = &obj.placed.host;
-        let bytes = std::fs::read(host).map_err(|source| ElfDepsError::Io {
-            what: format!("reading {}", host.display()),
-            source,
-        })?;
+        let bytes = std::fs::read(host).map_err(io(format!("reading {}", host.display())))?;
         if !bytes.starts_with(b"\x7fELF") {
             return Ok(Vec::new());
         }
@@ -377,10 +372,7 @@ fn origin_of(placed: &Placed) -> Result<SearchDir> {
     let real = placed
         .host
         .canonicalize()
-        .map_err(|source| ElfDepsError::Io {
-            what: format!("resolving {}", placed.host.display()),
-            source,
-        })?;
+        .map_err(io(format!("resolving {}", placed.host.display())))?;
     let host = real.parent().unwrap_or(Path::new("/")).to_path_buf();
     Ok(SearchDir { guest, host })
 }

@@ -11,17 +11,15 @@ use crate::apt_memo;
 use crate::cache;
 use crate::compat32;
 use crate::cpio;
+use crate::io_context::{io, IoContext};
 use crate::progress::step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(transparent)]
     Apt(#[from] AptError),
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error(transparent)]
     RawIo(#[from] std::io::Error),
     #[error(transparent)]
@@ -39,14 +37,6 @@ pub enum ImageError {
 }
 
 type Result<T> = std::result::Result<T, ImageError>;
-
-/// An I/O error with what was being done.
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
-    move |source| ImageError::Io {
-        what: what.into(),
-        source,
-    }
-}
 
 /// The guest programs installed as `/bin/<name>`; `init` becomes `/init`.
 pub const WORKLOADS: &[&str] = &[

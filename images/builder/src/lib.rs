@@ -18,6 +18,7 @@ pub mod disk_initrd;
 mod elf_deps;
 mod guest_path;
 pub mod image;
+pub mod io_context;
 mod progress;
 pub mod rootfs;
 

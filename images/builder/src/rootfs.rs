@@ -12,15 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use crate::cache;
+use crate::io_context::{io, IoContext};
 use crate::progress::step;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("{what}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
     #[error(transparent)]
     RawIo(#[from] std::io::Error),
     #[error(transparent)]
@@ -49,14 +47,6 @@ pub enum RootfsError {
 }
 
 type Result<T> = std::result::Result<T, RootfsError>;
-
-/// An I/O error with what was being done.
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootfsError {
-    move |source| RootfsError::Io {
-        what: what.into(),
-        source,
-    }
-}
 
 /// The distribution release the disk holds.
 const SUITE: &str = "bookworm";
