@@ -122,8 +122,8 @@ impl KvmBoot {
 /// The ELF vmlinux inside the bzImage `bytes` (read from `kernel`),
 /// extracted once into the cache, keyed by content.
 fn extracted_vmlinux(kernel: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let dir = crate::cache::root().join("vmlinux");
-    let out = dir.join(format!("{}.elf", crate::cache::sha256_hex(bytes)));
+    let dir = image_builder::cache::root().join("vmlinux");
+    let out = dir.join(format!("{}.elf", image_builder::cache::sha256_hex(bytes)));
     if out.is_file() {
         return Ok(out);
     }

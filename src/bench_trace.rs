@@ -223,7 +223,7 @@ fn measure(
 }
 
 pub fn run(args: BenchTraceArgs) -> Result<()> {
-    let image = crate::image::build("6.1", true)?;
+    let image = image_builder::build("6.1", true)?;
     let rounds = args.rounds.to_string();
     let cmd = ["--", "/bin/syscalls", &rounds];
     let engines: &[&'static str] = match args.backend {

@@ -307,7 +307,7 @@ pub fn locate_plugin() -> Result<PathBuf> {
 /// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
 /// BTF, syscall table and metadata), cached by content.
 pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
-    plan_of(&crate::image::check::open_kernel(kernel)?)
+    plan_of(&image_builder::check::open_kernel(kernel)?)
 }
 
 /// What a recording writes in its folder, engine by engine: cleared
@@ -495,7 +495,7 @@ pub(crate) fn resolve_probes(
     if specs.is_empty() {
         return Ok(resolved);
     }
-    let cache = crate::cache::root().join("symbols");
+    let cache = image_builder::cache::root().join("symbols");
     let opts = guest_symbols::OpenOptions {
         cache_dir: Some(&cache),
         ..Default::default()

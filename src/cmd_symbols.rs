@@ -72,7 +72,7 @@ fn print(args: SymbolsArgs) -> anyhow::Result<()> {
     let cache = match (&args.cache, args.no_cache) {
         (_, true) => None,
         (Some(dir), _) => Some(dir.clone()),
-        (None, false) => Some(crate::cache::root().join("symbols")),
+        (None, false) => Some(image_builder::cache::root().join("symbols")),
     };
     let opts = OpenOptions {
         cache_dir: cache.as_deref(),

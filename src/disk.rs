@@ -166,7 +166,7 @@ pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Res
 /// Where the disk initramfs and its modules live, for `--disk` runs of a
 /// kernel line's default image.
 pub fn default_initrd(line: &str) -> Result<PathBuf> {
-    crate::image::disk_initrd::build(line, true).context("building the disk-boot initramfs")
+    image_builder::disk_initrd::build(line, true).context("building the disk-boot initramfs")
 }
 
 /// When the statedump is taken: at the traced command's exec; in a

@@ -114,7 +114,7 @@ impl MarkerScanner {
     }
 }
 
-/// How the disk-boot `/init` (`image::disk_initrd`) says it failed.
+/// How the disk-boot `/init` (`image_builder::disk_initrd`) says it failed.
 pub const DISK_INIT_FAILED: &str = "hvtrace-disk-init: failed: ";
 
 /// Encodes the guest command for `/init`: hex of the NUL-joined argv, so any

@@ -1,22 +1,19 @@
 //! hvtrace: a hypervisor-level whole-system tracer for unmodified Linux guests.
 
-mod backend;
-mod backend_cache;
 mod backend_kvm;
 mod bench_trace;
-mod cache;
 mod cmd_bench_writer;
+mod cmd_image;
 mod cmd_record;
+mod cmd_report;
 mod cmd_symbols;
 mod disk;
 mod guest;
-mod image;
 mod interrupt;
 mod latency;
 mod record_buffers;
 mod record_kvm;
 mod record_summary;
-mod report;
 mod run;
 mod statedump_layout;
 mod triggers;
@@ -36,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build guest images from Debian's packages.
-    Image(image::ImageArgs),
+    Image(cmd_image::ImageArgs),
     /// Boot a guest and run one command in it; exits with its status.
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
@@ -44,7 +41,7 @@ enum Cmd {
     /// Type keys on the guest console and follow each through the system.
     Latency(latency::LatencyArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
-    Report(report::ReportArgs),
+    Report(cmd_report::ReportArgs),
     /// Recover a kernel's symbols, types and syscalls from its image.
     Symbols(cmd_symbols::SymbolsArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -65,11 +62,11 @@ enum BenchCmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Image(args) => image::run(args).map(|()| 0),
+        Cmd::Image(args) => cmd_image::run(args).map(|()| 0),
         Cmd::Run(args) => run::run(args),
         Cmd::Record(args) => cmd_record::run(args),
         Cmd::Latency(args) => latency::run(args),
-        Cmd::Report(args) => report::run(args).map(|()| 0),
+        Cmd::Report(args) => cmd_report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),

@@ -130,7 +130,7 @@ pub fn run(
 
     let t0 = Instant::now();
     let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
-    let image = crate::image::check::open_kernel(&run.kernel)?;
+    let image = image_builder::check::open_kernel(&run.kernel)?;
     let mut plan = crate::cmd_record::plan_of(&image).context("preparing the probe plan")?;
     let facts = sw::CodeFacts::of(&image, &plan);
     drop(image);

@@ -104,12 +104,12 @@ impl GuestOptions {
                     }
                 }
                 // Refused here, not by QEMU or a guest that never boots.
-                let opened = crate::image::check::open_kernel(k)?;
-                crate::image::check::check_initrd(i)?;
+                let opened = image_builder::check::open_kernel(k)?;
+                image_builder::check::check_initrd(i)?;
                 (k.clone(), i.clone(), Some(opened))
             }
             _ => {
-                let dir = crate::image::build(&self.kernel_line, true)
+                let dir = image_builder::build(&self.kernel_line, true)
                     .context("building the default guest image")?;
                 let initrd = match disk {
                     Some(_) => crate::disk::default_initrd(&self.kernel_line)?,
@@ -121,9 +121,9 @@ impl GuestOptions {
         let image = match opened {
             Some(k) => k,
             // The image build recovered its symbols: a read of the cache.
-            None => crate::image::check::open_kernel(&kernel)?,
+            None => image_builder::check::open_kernel(&kernel)?,
         };
-        let (floor, why) = crate::image::check::memory_floor_mib(&image, &initrd)?;
+        let (floor, why) = image_builder::check::memory_floor_mib(&image, &initrd)?;
         if u64::from(self.memory) < floor {
             bail!(
                 "--memory {} MiB: this kernel and initramfs need at least {floor} MiB ({why})",
@@ -134,7 +134,7 @@ impl GuestOptions {
         let initrd = if self.add.is_empty() {
             initrd
         } else {
-            crate::image::add::combined_initrd(&initrd, &self.add, self.memory)?
+            image_builder::add::combined_initrd(&initrd, &self.add, self.memory)?
         };
         let mut append = self.append.clone();
         if self.time_transparent {
@@ -234,7 +234,10 @@ impl GuestOptions {
 pub fn choose_backend(requested: Backend) -> Result<Backend> {
     match requested {
         Backend::Auto => {
-            let (native, why) = crate::backend::native_kvm();
+            let (native, why) = hvtrace_backend::native_kvm(
+                &image_builder::cache::root(),
+                env!("CARGO_PKG_VERSION"),
+            );
             let chosen = if native { Backend::Kvm } else { Backend::Qemu };
             eprintln!("hvtrace: backend {chosen:?} ({why})");
             Ok(chosen)
@@ -288,7 +291,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
             if args.guest.disk.disk.is_none() {
-                return crate::backend::run_kvm(&run);
+                return crate::backend_kvm::run(&run);
             }
             let limit = args.guest.disk.limit(run.timeout);
             let end = crate::backend_kvm::run_until(&run.with_timeout(limit.0), None)?;

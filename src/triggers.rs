@@ -257,7 +257,7 @@ fn parse(
     let mut image = None;
     let mut symbol = |name: &str| -> Option<u64> {
         if image.is_none() {
-            let cache = crate::cache::root().join("symbols");
+            let cache = image_builder::cache::root().join("symbols");
             let opts = guest_symbols::OpenOptions {
                 cache_dir: Some(&cache),
                 ..Default::default()

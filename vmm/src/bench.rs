@@ -11,9 +11,11 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::breakpoints::{dr7, HwBreakpoint};
 use crate::builder::{build, VmConfig};
-use crate::debug::{dr7, Action, DebugEvent, HwBreakpoint, VcpuCtx};
+use crate::debug::{Action, DebugEvent};
 use crate::layout::RAW_CODE_START;
+use crate::vstate::control::VcpuCtx;
 
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]

@@ -12,14 +12,16 @@ use linux_loader::loader::{self, Cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::{boot_params, mptable, regs};
-use crate::debug::{DebugHandler, DebugState, RegCache};
+use crate::breakpoints::{DebugState, RegCache};
+use crate::debug::DebugHandler;
 use crate::devices::pci::PciBus;
 use crate::devices::serial::{ConsoleOut, SerialConsole, SerialError};
 use crate::devices::virtio::pci::VirtioBlockPci;
 use crate::devices::PioBus;
 use crate::layout::*;
 use crate::vstate::control::{install_kick_handler, Shared};
-use crate::vstate::swbp::{SwBreakpoints, SwLocal};
+use crate::vstate::sw_local::SwLocal;
+use crate::vstate::swbp::SwBreakpoints;
 use crate::vstate::vcpu::{self, ExitState, Runner, VcpuConfig, VcpuError};
 use crate::vstate::{memory, vm};
 

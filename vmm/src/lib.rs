@@ -10,6 +10,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod breakpoints;
 pub mod builder;
 pub mod debug;
 pub mod devices;
@@ -22,14 +23,16 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use arch::step::StepInsn;
+pub use breakpoints::{DebugError, HwBreakpoint, Watch};
 pub use builder::{build, Boot, BuildError, HandlerFactory, Vm, VmConfig};
-pub use debug::{Action, DebugError, DebugEvent, DebugHandler, HwBreakpoint, VcpuCtx, Watch};
+pub use debug::{Action, DebugEvent, DebugHandler};
 pub use devices::serial::ConsoleOut;
 pub use kvm_bindings::{kvm_regs, kvm_sregs};
 pub use probe::{probe_native_virtualization, probe_sw_breakpoints, Probe};
 pub use vstate::activity::VcpuActivity;
-pub use vstate::control::{VcpuHandle, VcpuState};
+pub use vstate::control::{VcpuCtx, VcpuHandle};
 pub use vstate::exit_time::TracerTime;
+pub use vstate::state::VcpuState;
 pub use vstate::swbp::{StepOver, SwBreakpoints, SwEntry, SwStats, TrapKind};
 pub use vstate::vcpu::VmExit;
 

@@ -9,37 +9,18 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
 
-use crate::debug::{DebugError, VcpuCtx};
+use super::activity::{Activity, VcpuActivity};
+use super::exit_time::{ExitTime, TracerTime};
+pub use super::state::VcpuState;
+use super::swbp::SwBreakpoints;
+use crate::breakpoints::{DebugError, DebugState, HwBreakpoint, RegCache};
 use crate::devices::lock;
 
 /// Offset from SIGRTMIN of the kick signal.
 pub const KICK_SIGNAL_OFFSET: i32 = 0;
-
-/// Observable state of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum VcpuState {
-    /// Created, thread not yet running guest code.
-    Created = 0,
-    /// In or around KVM_RUN.
-    Running = 1,
-    /// Parked by pause() or a handler's `Action::Pause`.
-    Paused = 2,
-    /// Thread has left its loop.
-    Stopped = 3,
-}
-
-impl VcpuState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => VcpuState::Created,
-            1 => VcpuState::Running,
-            2 => VcpuState::Paused,
-            _ => VcpuState::Stopped,
-        }
-    }
-}
 
 /// What the controller wants the vCPU to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +30,20 @@ pub(crate) enum Want {
     Stop,
 }
 
+/// A vCPU as a handler sees it, valid on the vCPU's own thread while the
+/// guest is stopped in an exit (or parked).
+pub struct VcpuCtx<'a> {
+    pub(crate) index: u32,
+    pub(crate) fd: &'a VcpuFd,
+    pub(crate) mem: &'a GuestMemoryMmap,
+    pub(crate) dbg: &'a mut DebugState,
+    pub(crate) cache: &'a mut RegCache,
+    pub(crate) sw: &'a SwBreakpoints,
+    /// Every vCPU of the VM (empty where pausing the others makes no sense).
+    pub(crate) vcpus: &'a [Arc<Shared>],
+}
+
+/// Work for a vCPU's own thread, run on its [`VcpuCtx`] (handles' `run_on`).
 pub(crate) type Request = Box<dyn FnOnce(&mut VcpuCtx<'_>) + Send>;
 
 pub(crate) struct Control {
@@ -66,9 +61,9 @@ pub(crate) struct Shared {
     pub(crate) ctl_pending: AtomicBool,
     pub(crate) kick_pending: AtomicBool,
     /// Guest-visible time of the exits the tracer caused.
-    pub(crate) tracer_time: super::exit_time::ExitTime,
+    pub(crate) tracer_time: ExitTime,
     /// Inside or out of KVM_RUN, since when (for a hung run's report).
-    pub(crate) activity: super::activity::Activity,
+    pub(crate) activity: Activity,
     thread: OnceLock<libc::pthread_t>,
 }
 
@@ -187,13 +182,13 @@ impl VcpuHandle {
     }
 
     /// The time the tracer kept this vCPU out of its guest so far.
-    pub fn tracer_time(&self) -> super::exit_time::TracerTime {
+    pub fn tracer_time(&self) -> TracerTime {
         self.shared.tracer_time.snapshot()
     }
 
     /// Where the vCPU thread is (inside KVM_RUN or in the monitor) and
     /// since when: for saying where a run that timed out stood.
-    pub fn activity(&self) -> super::activity::VcpuActivity {
+    pub fn activity(&self) -> VcpuActivity {
         self.shared.activity.snapshot(self.shared.state())
     }
 
@@ -277,7 +272,7 @@ impl VcpuHandle {
     pub fn set_hw_breakpoint(
         &self,
         slot: usize,
-        bp: Option<crate::debug::HwBreakpoint>,
+        bp: Option<HwBreakpoint>,
     ) -> Result<(), DebugError> {
         self.run_on(move |c| c.set_hw_breakpoint(slot, bp))?
     }

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::control::VcpuCtx;
 use super::control::{Shared, VcpuState, Want};
-use crate::debug::VcpuCtx;
 use crate::VcpuHandle;
 
 /// How long to wait for each other vCPU to park.

@@ -40,9 +40,8 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::control::Shared;
 use crate::arch::step::{self, StepInsn, MAX_INSN};
-use crate::debug::DebugError;
+use crate::breakpoints::DebugError;
 use crate::devices::lock;
 
 /// The instruction a software trap writes.
@@ -394,20 +393,6 @@ impl SwView {
         }
         self.table.get(&gva).copied()
     }
-}
-
-/// A vCPU thread's software-breakpoint state.
-#[derive(Default)]
-pub(crate) struct SwLocal {
-    pub(crate) view: SwView,
-    /// Hit at this address reported, step-over still to do (the single-step
-    /// fallback was busy on another vCPU, or the handler parked this one):
-    /// the next #BP here is not reported again.
-    pub(crate) reported: Option<u64>,
-    /// Single-stepping over ours at this address with the byte lifted.
-    pub(crate) stepping: Option<u64>,
-    /// vCPUs this one paused for its single step.
-    pub(crate) paused: Vec<Arc<Shared>>,
 }
 
 #[cfg(test)]

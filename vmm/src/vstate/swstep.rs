@@ -7,10 +7,12 @@ use std::sync::atomic::Ordering;
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::control::VcpuCtx;
 use super::swbp::{insn_bytes, StepOver, SwBreakpoints, SwEntry, TrapKind};
 use super::vcpu::{End, Runner};
 use crate::arch::step::{self, MAX_INSN};
-use crate::debug::{DebugError, DebugEvent, VcpuCtx};
+use crate::breakpoints::{DebugError, DR6_BS};
+use crate::debug::DebugEvent;
 
 impl Runner {
     /// Guest-physical address of guest-virtual `gva` on this vCPU.
@@ -235,7 +237,6 @@ impl Runner {
     /// running (trap back, others resumed) once RIP is out of the covered
     /// bytes. True if the step was ours.
     pub(crate) fn vm_step_done(&mut self, dr6: u64) -> bool {
-        const DR6_BS: u64 = 1 << 14;
         if dr6 & DR6_BS == 0 {
             return false;
         }

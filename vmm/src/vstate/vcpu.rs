@@ -11,9 +11,11 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use super::control::VcpuCtx;
 use super::control::{set_thread_kvm_run, Shared, VcpuState, Want};
 use crate::arch::{cpuid, msr, regs};
-use crate::debug::{Action, DebugEvent, DebugHandler, DebugState, RegCache, VcpuCtx};
+use crate::breakpoints::{DebugState, RegCache, DR6_BS};
+use crate::debug::{Action, DebugEvent, DebugHandler};
 use crate::devices::{lock, IoAction, PioBus};
 
 /// Errors of creating or configuring a vCPU.
@@ -32,9 +34,6 @@ pub enum VcpuError {
     #[error("configuring vCPU {0}: {1}")]
     Msr(u32, msr::MsrError),
 }
-
-/// DR6.BS: the #DB is a single-step trap.
-const DR6_BS: u64 = 1 << 14;
 
 /// How the whole VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +193,7 @@ pub(crate) struct Runner {
     pub(crate) pending_watch: Option<(u64, u8)>,
     /// The VM-wide software breakpoints and this vCPU's view of them.
     pub(crate) sw: Arc<super::swbp::SwBreakpoints>,
-    pub(crate) swbp: super::swbp::SwLocal,
+    pub(crate) swbp: super::sw_local::SwLocal,
 }
 
 impl Runner {
@@ -567,94 +566,5 @@ impl Runner {
         if self.shared.kick_pending.load(Ordering::Acquire) {
             *handling = Some((Instant::now(), true));
         }
-    }
-
-    /// Arranges to resume past an exec breakpoint: RFLAGS.RF where KVM
-    /// honours it, else single-step over the instruction with the slot
-    /// lifted. False if this exit is a re-fire because RF was ignored (it is
-    /// not reported again).
-    fn exec_hit(&mut self, slot: usize) -> Result<bool, String> {
-        const RF: u64 = 1 << 16;
-        if self.rf_ignored {
-            self.dbg.suppressed = Some(slot);
-            self.dbg.dirty = true;
-            return Ok(true);
-        }
-        let mut r = match self.cache.regs {
-            Some(r) => r,
-            None => self
-                .fd
-                .get_regs()
-                .map_err(|e| format!("KVM_GET_REGS: {e}"))?,
-        };
-        if r.rflags & RF != 0 {
-            // The instruction did not run although RF was set.
-            self.rf_ignored = true;
-            r.rflags &= !RF;
-            self.cache.regs = Some(r);
-            self.cache.dirty = true;
-            self.dbg.suppressed = Some(slot);
-            self.dbg.dirty = true;
-            return Ok(false);
-        }
-        self.cache.regs = Some(r);
-        self.rf = true;
-        Ok(true)
-    }
-
-    fn debug_exit(&mut self, arch: kvm_bindings::kvm_debug_exit_arch) -> Option<End> {
-        let pc = arch.pc;
-        if arch.exception == 1 && self.vm_step_done(arch.dr6) {
-            let hw = (0..4).any(|i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
-            if !hw && !self.dbg.single_step {
-                return None;
-            }
-        }
-        let ev = match arch.exception {
-            1 => {
-                let hit = (0..4).find(|&i| arch.dr6 & (1 << i) != 0 && self.dbg.hw[i].is_some());
-                if self.dbg.suppressed.take().is_some() {
-                    // Stepped over exec breakpoint `slot`: re-arm it.
-                    self.dbg.dirty = true;
-                    if hit.is_none() && !self.dbg.single_step {
-                        return None;
-                    }
-                }
-                if let Some(slot) = hit {
-                    let watch = self.dbg.hw[slot].map(|b| b.watch)?;
-                    if watch == crate::debug::Watch::Exec {
-                        match self.exec_hit(slot) {
-                            Ok(true) => {}
-                            Ok(false) => return None,
-                            Err(e) => return Some(self.err(e)),
-                        }
-                    }
-                    DebugEvent::HwBreakpoint {
-                        slot: slot as u8,
-                        watch,
-                        pc,
-                    }
-                } else if self.dbg.stepping_over.is_some() && arch.dr6 & DR6_BS != 0 {
-                    if self.dbg.end_step_over(&self.mem) {
-                        return None;
-                    }
-                    DebugEvent::SingleStep { pc }
-                } else if self.dbg.single_step {
-                    DebugEvent::SingleStep { pc }
-                } else {
-                    self.dbg.reinject(1);
-                    return None;
-                }
-            }
-            3 if self.dbg.is_ours_sw(pc) => DebugEvent::SwBreakpoint { pc },
-            // VM-wide list, or not ours: reinjected.
-            3 => return self.vm_sw_exit(pc),
-            _ => return None,
-        };
-        let a = self.call(ev);
-        if let DebugEvent::SwBreakpoint { pc } = ev {
-            self.dbg.begin_step_over(&self.mem, pc);
-        }
-        self.act(a)
     }
 }

@@ -5,9 +5,26 @@
 //! `record` gives; an initramfs must be a cpio archive or a compressed
 //! stream Linux unpacks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::io_context::{io, IoContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("recovering symbols of {}", kernel.display())]
+    Symbols {
+        kernel: PathBuf,
+        source: guest_symbols::image::ImageError,
+    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error("the initramfs {} is empty", initrd.display())]
+    EmptyInitrd { initrd: PathBuf },
+    #[error("{} is not an initramfs: neither a cpio archive nor a compressed one ({known})", initrd.display())]
+    NotInitrd { initrd: PathBuf, known: String },
+}
+
+type Result<T> = std::result::Result<T, CheckError>;
 
 /// Recovers the symbols of `kernel` (through the cache of `.cache/symbols`).
 pub fn open_kernel(kernel: &Path) -> Result<guest_symbols::Kernel> {
@@ -17,8 +34,10 @@ pub fn open_kernel(kernel: &Path) -> Result<guest_symbols::Kernel> {
         cache_dir: Some(&cache),
         ..Default::default()
     };
-    guest_symbols::KernelImage::open_with(kernel, &opts)
-        .with_context(|| format!("recovering symbols of {}", kernel.display()))
+    guest_symbols::KernelImage::open_with(kernel, &opts).map_err(|source| CheckError::Symbols {
+        kernel: kernel.to_path_buf(),
+        source,
+    })
 }
 
 /// Magic numbers of what Linux's initramfs unpacker takes: newc cpio
@@ -40,35 +59,36 @@ pub fn check_initrd(initrd: &Path) -> Result<()> {
     let n = {
         use std::io::Read;
         let mut f = std::fs::File::open(initrd)
-            .with_context(|| format!("opening the initramfs {}", initrd.display()))?;
+            .map_err(io(format!("opening the initramfs {}", initrd.display())))?;
         let mut n = 0;
         while n < head.len() {
             match f.read(&mut head[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", initrd.display())),
+                Err(e) => return Err(io(format!("reading {}", initrd.display()))(e).into()),
             }
         }
         n
     };
     if n == 0 {
-        bail!("the initramfs {} is empty", initrd.display());
+        return Err(CheckError::EmptyInitrd {
+            initrd: initrd.to_path_buf(),
+        });
     }
     if !INITRAMFS_MAGICS
         .iter()
         .any(|(m, _)| head[..n].starts_with(m))
     {
-        bail!(
-            "{} is not an initramfs: neither a cpio archive nor a compressed one ({})",
-            initrd.display(),
-            INITRAMFS_MAGICS
+        return Err(CheckError::NotInitrd {
+            initrd: initrd.to_path_buf(),
+            known: INITRAMFS_MAGICS
                 .iter()
                 .map(|(_, name)| *name)
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect::<Vec<_>>()
-                .join(", ")
-        );
+                .join(", "),
+        });
     }
     Ok(())
 }
@@ -89,7 +109,7 @@ pub fn memory_floor_mib(kernel: &guest_symbols::Kernel, initrd: &Path) -> Result
         (Some(a), Some(b)) if b > a => b - a,
         _ => 0,
     };
-    let bytes = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    let bytes = std::fs::read(initrd).map_err(io(format!("reading {}", initrd.display())))?;
     let packed = bytes.len() as u64;
     let unpacked = if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() >= 4 {
         // gzip's trailer: the unpacked size modulo 2^32.

@@ -1,17 +1,17 @@
 //! Which engine can run guests here: the KVM monitor only where /dev/kvm
 //! runs guest code natively (a short probe guest decides), QEMU TCG
 //! elsewhere. The probe's verdict is kept for the host's boot
-//! ([`crate::backend_cache`]); `HVTRACE_REPROBE=1` probes again.
+//! ([`crate::verdict_cache`]); `HVTRACE_REPROBE=1` probes again.
 
-use anyhow::Result;
+use std::path::Path;
 
-use crate::backend_cache::{self, HostKey, Source, Verdict};
-use crate::guest::GuestRun;
+use crate::verdict_cache::{self, HostKey, Source, Verdict};
 
 /// Whether /dev/kvm runs guest code natively, and why we think so (including
-/// whether the verdict came from the cache).
-pub fn native_kvm() -> (bool, String) {
-    if !std::path::Path::new("/dev/kvm").exists() {
+/// whether the verdict came from the cache, kept under `cache_root` for
+/// hvtrace `version`).
+pub fn native_kvm(cache_root: &Path, version: &str) -> (bool, String) {
+    if !Path::new("/dev/kvm").exists() {
         return (false, "no /dev/kvm".into());
     }
     let probe = || {
@@ -22,7 +22,7 @@ pub fn native_kvm() -> (bool, String) {
             reason: p.reason,
         }
     };
-    let key = match HostKey::read() {
+    let key = match HostKey::read(version) {
         Ok(key) => key,
         Err(e) => {
             let v = probe();
@@ -32,20 +32,16 @@ pub fn native_kvm() -> (bool, String) {
             );
         }
     };
-    let path = backend_cache::path_in(&crate::cache::root());
-    let reprobe = backend_cache::reprobe_requested();
-    let (v, source) = backend_cache::decide(&path, &key, reprobe, probe);
+    let path = verdict_cache::path_in(cache_root);
+    let reprobe = verdict_cache::reprobe_requested();
+    let (v, source) = verdict_cache::decide(&path, &key, reprobe, probe);
     let how = match source {
         Source::Cache => format!(
             "cached verdict of this host boot, {}=1 probes again",
-            backend_cache::REPROBE_ENV
+            verdict_cache::REPROBE_ENV
         ),
         Source::Probe { stored: Ok(()) } => format!("probed now, cached in {}", path.display()),
         Source::Probe { stored: Err(e) } => format!("probed now, not cached: {e}"),
     };
     (v.native, format!("{}; {how}", v.reason))
-}
-
-pub fn run_kvm(run: &GuestRun) -> Result<i32> {
-    crate::backend_kvm::run(run)
 }

@@ -5,12 +5,36 @@
 //! switches root to the image's `/sbin/init`. It writes nothing to the
 //! disk beyond what mounting it does (and QEMU keeps that in its overlay).
 
-use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
-use super::{apt, cpio};
+use crate::apt::{self, AptError};
 use crate::cache;
+use crate::cpio;
+use crate::image::{self, ImageError};
+use crate::io_context::{io, IoContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskInitrdError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Apt(#[from] AptError),
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error(transparent)]
+    RawIo(#[from] std::io::Error),
+    #[error("parsing the image's manifest")]
+    Manifest(#[source] serde_json::Error),
+    #[error("the image's manifest has no {0}")]
+    ManifestField(String),
+    #[error("{} is missing (hvtrace image build extracts it)", .0.display())]
+    NoBusybox(PathBuf),
+    #[error("scripts/kernel-modules.sh failed on {} ({status})", deb.display())]
+    ModulesScript { deb: PathBuf, status: ExitStatus },
+}
+
+type Result<T> = std::result::Result<T, DiskInitrdError>;
 
 /// What the disk boot needs from the kernel package, where it is a module
 /// (crc32c_generic: ext4's checksums, asked for by name at mount).
@@ -59,16 +83,16 @@ const APPLETS: &[&str] = &[
 /// Builds (or finds in the cache) the disk-boot initramfs for the default
 /// image of a kernel line; returns its path.
 pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
-    let image = super::build(line, verbose)?;
+    let image = image::build(line, verbose)?;
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(image.join("manifest.json")).context("reading the image's manifest")?,
+        &std::fs::read(image.join("manifest.json")).map_err(io("reading the image's manifest"))?,
     )
-    .context("parsing the image's manifest")?;
+    .map_err(DiskInitrdError::Manifest)?;
     let field = |a: &str, b: &str| -> Result<String> {
         manifest[a][b]
             .as_str()
             .map(str::to_string)
-            .with_context(|| format!("the image's manifest has no {a}.{b}"))
+            .ok_or_else(|| DiskInitrdError::ManifestField(format!("{a}.{b}")))
     };
     let root = cache::root();
     let kernel = apt::Package {
@@ -81,14 +105,13 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
         .join(format!("busybox-static_{}", field("busybox", "version")?))
         .join("bin/busybox");
     if !busybox.is_file() {
-        bail!(
-            "{} is missing (hvtrace image build extracts it)",
-            busybox.display()
-        );
+        return Err(DiskInitrdError::NoBusybox(busybox));
     }
-    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kernel-modules.sh");
-    let helper_text = std::fs::read(&helper)
-        .with_context(|| format!("{} is missing (hvtrace's source tree)", helper.display()))?;
+    let helper = cache::source_tree().join("scripts/kernel-modules.sh");
+    let helper_text = std::fs::read(&helper).map_err(io(format!(
+        "{} is missing (hvtrace's source tree)",
+        helper.display()
+    )))?;
     let key_text = format!(
         "{LAYOUT_VERSION} {} {} {} {} {MODULES:?}",
         cache::sha256_file_memo(&kernel_deb)?,
@@ -113,7 +136,7 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
         .join("disk-initrd")
         .join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
     let result = assemble(&helper, &kernel_deb, &busybox, &work);
     let bytes = match result {
         Ok(b) => b,
@@ -142,12 +165,12 @@ fn assemble(helper: &Path, deb: &Path, busybox: &Path, work: &Path) -> Result<Ve
         .arg(&modules)
         .args(MODULES)
         .status()
-        .context("cannot run bash for scripts/kernel-modules.sh")?;
+        .map_err(io("cannot run bash for scripts/kernel-modules.sh"))?;
     if !status.success() {
-        bail!(
-            "scripts/kernel-modules.sh failed on {} ({status})",
-            deb.display()
-        );
+        return Err(DiskInitrdError::ModulesScript {
+            deb: deb.to_path_buf(),
+            status,
+        });
     }
     let order = std::fs::read_to_string(modules.join("order"))?;
     // A name with no module file is built into the kernel (6.12 has

@@ -60,21 +60,24 @@ pub struct HostKey {
 }
 
 impl HostKey {
-    /// Reads the key of the running host (a few dozen small sysfs reads).
-    pub fn read() -> Result<Self, CacheError> {
+    /// Reads the key of the running host (a few dozen small sysfs reads)
+    /// for hvtrace `version`.
+    pub fn read(version: &str) -> Result<Self, CacheError> {
         Self::read_from(
             Path::new("/proc/sys/kernel/random/boot_id"),
             Path::new("/dev/kvm"),
             Path::new("/sys/module"),
+            version,
         )
     }
 
     /// Reads the key from the given boot-id file, device node and sysfs
-    /// module folder.
+    /// module folder, for hvtrace `version`.
     pub fn read_from(
         boot_id: &Path,
         dev_kvm: &Path,
         sys_module: &Path,
+        version: &str,
     ) -> Result<Self, CacheError> {
         let read_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -94,8 +97,7 @@ impl HostKey {
             kvm_device,
             kvm_modules: kvm_modules(sys_module)?,
             prober: format!(
-                "hvtrace {} format {FORMAT} iterations {} threshold {}",
-                env!("CARGO_PKG_VERSION"),
+                "hvtrace {version} format {FORMAT} iterations {} threshold {}",
                 vmm::probe::PROBE_ITERATIONS,
                 vmm::probe::NATIVE_THRESHOLD_NS
             ),
@@ -217,7 +219,7 @@ pub fn load(path: &Path, key: &HostKey) -> Result<Option<Verdict>, CacheError> {
     let (sum, body) = text
         .split_once('\n')
         .ok_or_else(|| corrupt("no checksum line"))?;
-    if crate::cache::sha256_hex(body.as_bytes()) != sum {
+    if sha256_hex(body.as_bytes()) != sum {
         return Err(corrupt("checksum mismatch"));
     }
     let entry: Entry = serde_json::from_str(body).map_err(|e| corrupt(&e.to_string()))?;
@@ -245,7 +247,7 @@ pub fn store(path: &Path, key: &HostKey, verdict: &Verdict) -> Result<(), CacheE
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    let text = format!("{}\n{body}", crate::cache::sha256_hex(body.as_bytes()));
+    let text = format!("{}\n{body}", sha256_hex(body.as_bytes()));
     let tmp = dir.join(format!(
         ".kvm-probe.{}.{}.tmp",
         std::process::id(),
@@ -275,11 +277,29 @@ pub fn decide(
     }
     let verdict = probe();
     let stored = if verdict.cacheable() {
-        store(path, key, &verdict).map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        store(path, key, &verdict).map_err(|e| with_causes(&e))
     } else {
         Err("verdict not clear enough to keep".into())
     };
     (verdict, Source::Probe { stored })
+}
+
+/// Hex SHA-256 of a byte string.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An error and its causes, `: `-separated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(text, ": {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether the environment asks for a fresh probe.
@@ -291,6 +311,9 @@ pub fn reprobe_requested() -> bool {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    /// The hvtrace version the keys of these tests are read for.
+    const VERSION: &str = "0.1.0";
 
     /// A fresh folder under the system's temporary folder, removed on drop.
     struct TempDir(PathBuf);
@@ -332,7 +355,7 @@ mod tests {
 
     /// A key of this host, or of a made-up one where there is no /dev/kvm.
     fn host_key() -> HostKey {
-        HostKey::read().unwrap_or_else(|_| HostKey {
+        HostKey::read(VERSION).unwrap_or_else(|_| HostKey {
             boot_id: "00000000-0000-0000-0000-000000000001".into(),
             kvm_device: "dev=6 ino=82 rdev=2792".into(),
             kvm_modules: "module kvm ino=1\n".into(),
@@ -346,7 +369,7 @@ mod tests {
             eprintln!("skipped: no /dev/kvm");
             return;
         }
-        let key = HostKey::read().unwrap();
+        let key = HostKey::read(VERSION).unwrap();
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
         assert_eq!(key.boot_id, boot_id.trim());
         let rdev = std::fs::metadata("/dev/kvm").unwrap().rdev();
@@ -357,9 +380,9 @@ mod tests {
             "{}",
             key.kvm_modules
         );
-        assert!(key.prober.contains(env!("CARGO_PKG_VERSION")));
+        assert!(key.prober.contains(VERSION));
         // Stable between two reads of the same boot.
-        assert_eq!(key, HostKey::read().unwrap());
+        assert_eq!(key, HostKey::read(VERSION).unwrap());
     }
 
     #[test]
@@ -494,21 +517,21 @@ mod tests {
         let dev = dir.0.join("kvm");
         std::fs::write(&dev, "").unwrap();
         std::fs::write(&boot, "aaaa\n").unwrap();
-        let a = HostKey::read_from(&boot, &dev, &sys).unwrap();
+        let a = HostKey::read_from(&boot, &dev, &sys, VERSION).unwrap();
         assert_eq!(a.boot_id, "aaaa");
         assert!(a.kvm_modules.starts_with("module kvm ino="));
         assert!(a.kvm_modules.ends_with(" halt_poll_ns=200000\n"));
         assert!(!a.kvm_modules.contains("ext4"));
         std::fs::write(&boot, "bbbb\n").unwrap();
-        let b = HostKey::read_from(&boot, &dev, &sys).unwrap();
+        let b = HostKey::read_from(&boot, &dev, &sys, VERSION).unwrap();
         assert_ne!(a.text(), b.text());
         // A changed module parameter changes the key too.
         std::fs::write(sys.join("kvm/parameters/halt_poll_ns"), "0\n").unwrap();
-        let c = HostKey::read_from(&boot, &dev, &sys).unwrap();
+        let c = HostKey::read_from(&boot, &dev, &sys, VERSION).unwrap();
         assert_ne!(b.text(), c.text());
         std::fs::write(&boot, "\n").unwrap();
         assert!(matches!(
-            HostKey::read_from(&boot, &dev, &sys),
+            HostKey::read_from(&boot, &dev, &sys, VERSION),
             Err(CacheError::EmptyBootId { .. })
         ));
     }

@@ -1,25 +1,42 @@
-//! `hvtrace image build`: a guest image from Debian's own packages (kernel,
-//! busybox-static) plus the workload programs and `/init` built here, cached
-//! by the content of its inputs.
+//! The default guest image of a kernel line, from Debian's own packages
+//! (kernel, busybox-static) plus the workload programs and `/init` built
+//! here, cached by the content of its inputs.
 
-pub mod add;
-mod apt;
-mod apt_memo;
-pub mod check;
-pub mod compat32;
-mod cpio;
-pub mod disk_initrd;
-mod elf_deps;
-mod rootfs;
-
-use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus};
 
+use crate::apt::{self, AptError};
+use crate::apt_memo;
 use crate::cache;
+use crate::compat32;
+use crate::cpio;
+use crate::io_context::{io, IoContext};
+use crate::progress::step;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Apt(#[from] AptError),
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error(transparent)]
+    RawIo(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("malformed remembered apt answer {0:?}")]
+    MalformedAnswer(String),
+    #[error("the kernel package holds no boot/vmlinuz-*")]
+    NoVmlinuz,
+    #[error("building the workload programs failed ({0})")]
+    Workloads(ExitStatus),
+    #[error("workload program {} is missing", .0.display())]
+    NoWorkload(PathBuf),
+    #[error("busybox --list-full listed only {0} applets")]
+    FewApplets(usize),
+}
+
+type Result<T> = std::result::Result<T, ImageError>;
 
 /// The guest programs installed as `/bin/<name>`; `init` becomes `/init`.
 pub const WORKLOADS: &[&str] = &[
@@ -31,52 +48,6 @@ const LAYOUT_VERSION: u32 = 1;
 
 /// Read by `/bin/syscalls` on every round: a file with known content.
 pub const PROBE_FILE: (&str, &[u8]) = ("etc/hvtrace-probe", b"hvtrace probe file\n");
-
-#[derive(clap::Args, Debug)]
-pub struct ImageArgs {
-    #[command(subcommand)]
-    pub command: ImageCommand,
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum ImageCommand {
-    /// Fetch the kernel and busybox, build the workloads and the initramfs;
-    /// prints the image folder as the last line.
-    Build {
-        /// Kernel line: the newest Debian 12 package of it is used.
-        #[arg(long, default_value = "6.1", value_parser = ["6.1", "6.12"])]
-        kernel_line: String,
-        /// Instead: a raw ext4 disk image of a minimal Debian 12 with
-        /// systemd (mmdebstrap from the host's Debian mirror), for `--disk`;
-        /// prints the image's path as the last line.
-        #[arg(long, value_enum, value_name = "DISTRIBUTION")]
-        rootfs: Option<Rootfs>,
-    },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum Rootfs {
-    /// Debian 12 (bookworm), minbase with systemd, udev and D-Bus.
-    Debian,
-}
-
-pub fn run(args: ImageArgs) -> Result<()> {
-    match args.command {
-        ImageCommand::Build {
-            rootfs: Some(Rootfs::Debian),
-            ..
-        } => {
-            let image = rootfs::build_debian(true)?;
-            println!("{}", image.display());
-            Ok(())
-        }
-        ImageCommand::Build { kernel_line, .. } => {
-            let dir = build(&kernel_line, true)?;
-            println!("{}", dir.display());
-            Ok(())
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct Input {
@@ -96,20 +67,6 @@ struct Manifest {
     layout_version: u32,
 }
 
-fn step(msg: String, verbose: bool) -> ProgressBar {
-    let pb = if verbose {
-        ProgressBar::new_spinner()
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template"),
-    );
-    pb.enable_steady_tick(Duration::from_millis(120));
-    pb.set_message(msg);
-    pb
-}
-
 /// Builds (or finds in the cache) the image of a kernel line; returns its folder.
 pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
     let root = cache::root();
@@ -119,7 +76,7 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
         format!("looking up the newest {line} kernel and busybox-static"),
         verbose,
     );
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(&root).map_err(io(format!("cannot create {}", root.display())))?;
     let mut memo = apt_memo::AptMemo::open(root.join("apt-answers.json"));
     let kernel_pkg = memo_package(&mut memo, &format!("newest kernel {line}"), || {
         apt::newest_kernel(line)
@@ -186,9 +143,9 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
     let tmp = root
         .join("images")
         .join(format!(".tmp-{release}-{key}-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    std::fs::copy(&vmlinuz, tmp.join("vmlinuz")).context("copying vmlinuz")?;
-    std::fs::write(tmp.join("initrd.img"), &initrd).context("writing initrd.img")?;
+    std::fs::create_dir_all(&tmp).map_err(io(format!("cannot create {}", tmp.display())))?;
+    std::fs::copy(&vmlinuz, tmp.join("vmlinuz")).map_err(io("copying vmlinuz"))?;
+    std::fs::write(tmp.join("initrd.img"), &initrd).map_err(io("writing initrd.img"))?;
     let manifest = Manifest {
         kernel_line: line.to_string(),
         kernel_release: release.clone(),
@@ -219,14 +176,14 @@ pub fn build(line: &str, verbose: bool) -> Result<PathBuf> {
 fn memo_package(
     memo: &mut apt_memo::AptMemo,
     question: &str,
-    ask: impl FnOnce() -> Result<apt::Package, apt::AptError>,
+    ask: impl FnOnce() -> std::result::Result<apt::Package, AptError>,
 ) -> Result<apt::Package> {
     let answer = memo.get_or(question, || {
         ask().map(|p| format!("{}={}", p.name, p.version))
     })?;
     let (name, version) = answer
         .split_once('=')
-        .with_context(|| format!("malformed remembered apt answer {answer:?}"))?;
+        .ok_or_else(|| ImageError::MalformedAnswer(answer.clone()))?;
     Ok(apt::Package {
         name: name.to_string(),
         version: version.to_string(),
@@ -259,7 +216,7 @@ fn prune_old_images(images: &Path, release: &str, keep: usize) {
 
 fn find_vmlinuz(dir: &Path) -> Result<(PathBuf, String)> {
     let boot = dir.join("boot");
-    for entry in std::fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))? {
+    for entry in std::fs::read_dir(&boot).map_err(io(format!("reading {}", boot.display())))? {
         let path = entry?.path();
         let name = path
             .file_name()
@@ -269,7 +226,7 @@ fn find_vmlinuz(dir: &Path) -> Result<(PathBuf, String)> {
             return Ok((path.clone(), release.to_string()));
         }
     }
-    bail!("the kernel package holds no boot/vmlinuz-*")
+    Err(ImageError::NoVmlinuz)
 }
 
 /// Builds the workload programs statically (or takes them from
@@ -282,7 +239,7 @@ fn workload_binaries(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             let target = root.join("workloads-target");
             let triple = "x86_64-unknown-linux-gnu";
             let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .current_dir(cache::source_tree())
                 .args([
                     "build",
                     "--quiet",
@@ -299,9 +256,9 @@ fn workload_binaries(root: &Path) -> Result<Vec<(String, PathBuf)>> {
                     "-C target-feature=+crt-static -C strip=debuginfo",
                 )
                 .status()
-                .context("cannot run cargo to build the workload programs")?;
+                .map_err(io("cannot run cargo to build the workload programs"))?;
             if !status.success() {
-                bail!("building the workload programs failed ({status})");
+                return Err(ImageError::Workloads(status));
             }
             target.join(triple).join("release")
         }
@@ -312,7 +269,7 @@ fn workload_binaries(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             if p.is_file() {
                 Ok((n.to_string(), p))
             } else {
-                bail!("workload program {} is missing", p.display())
+                Err(ImageError::NoWorkload(p))
             }
         })
         .collect()
@@ -331,7 +288,7 @@ fn build_initramfs(busybox: &Path, bins: &[(String, PathBuf)]) -> Result<Vec<u8>
     let list = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .context("cannot run busybox --list-full on the host")?;
+        .map_err(io("cannot run busybox --list-full on the host"))?;
     let mut applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
         .map(|l| l.trim().to_string())
@@ -340,7 +297,7 @@ fn build_initramfs(busybox: &Path, bins: &[(String, PathBuf)]) -> Result<Vec<u8>
     applets.sort();
     applets.dedup();
     if applets.len() < 50 {
-        bail!("busybox --list-full listed only {} applets", applets.len());
+        return Err(ImageError::FewApplets(applets.len()));
     }
     for applet in &applets {
         if !WORKLOADS.iter().any(|w| applet.ends_with(&format!("/{w}"))) {

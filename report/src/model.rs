@@ -4,7 +4,7 @@
 
 use ltt_writer::reader::{DecodedEvent, FieldValue};
 
-use super::trace::Trace;
+use crate::trace::Trace;
 
 /// A syscall argument value as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

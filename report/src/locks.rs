@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::model::{Arg, Ev, Kind};
+use crate::model::{Arg, Ev, Kind};
 
 const LOCK_UN: i64 = 8;
 

@@ -14,7 +14,33 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::guest_path::normalize_guest;
+use crate::io_context::{io, IoContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfDepsError {
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error("{} is not a readable ELF file: {reason}", path.display())]
+    NotElf { path: PathBuf, reason: String },
+    #[error("{} is a library for {machine} ({bits}-bit), not x86-64: the guest's x86-64 loader cannot use it", path.display())]
+    ForeignLibrary {
+        path: PathBuf,
+        machine: &'static str,
+        bits: u32,
+    },
+    #[error("the interpreter {interp} of {} is not on the host", path.display())]
+    NoInterpreter { interp: String, path: PathBuf },
+    #[error("the library {name}, needed by {} (guest path {guest}), is not found on the host (searched {searched})", needed_by.display())]
+    LibraryNotFound {
+        name: String,
+        needed_by: PathBuf,
+        guest: String,
+        searched: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, ElfDepsError>;
 
 /// glibc's system search path on Debian/Ubuntu x86-64 (what
 /// `ld-linux-x86-64.so.2 --help` lists), used when the interpreter does
@@ -125,7 +151,7 @@ impl Resolver {
         is_root: bool,
     ) -> Result<Vec<Need>> {
         let host = &obj.placed.host;
-        let bytes = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        let bytes = std::fs::read(host).map_err(io(format!("reading {}", host.display())))?;
         if !bytes.starts_with(b"\x7fELF") {
             return Ok(Vec::new());
         }
@@ -133,7 +159,12 @@ impl Resolver {
             Ok(elf) => elf,
             // A user's file that only looks like ELF is data to copy.
             Err(_) if is_root => return Ok(Vec::new()),
-            Err(e) => bail!("{} is not a readable ELF file: {e}", host.display()),
+            Err(e) => {
+                return Err(ElfDepsError::NotElf {
+                    path: host.clone(),
+                    reason: e.to_string(),
+                })
+            }
         };
         if elf.interpreter.is_none() && elf.libraries.is_empty() {
             return Ok(Vec::new());
@@ -150,12 +181,11 @@ impl Resolver {
                 );
                 return Ok(Vec::new());
             }
-            bail!(
-                "{} is a library for {} ({}-bit), not x86-64: the guest's x86-64 loader cannot use it",
-                host.display(),
-                goblin::elf::header::machine_to_str(elf.header.e_machine),
-                if elf.is_64 { 64 } else { 32 }
-            );
+            return Err(ElfDepsError::ForeignLibrary {
+                path: host.clone(),
+                machine: goblin::elf::header::machine_to_str(elf.header.e_machine),
+                bits: if elf.is_64 { 64 } else { 32 },
+            });
         }
         let mut needs = Vec::new();
         let interp = elf
@@ -172,10 +202,10 @@ impl Resolver {
                     .unwrap_or_else(|| PathBuf::from(path)),
             };
             if !placed.host.is_file() {
-                bail!(
-                    "the interpreter {path} of {} is not on the host",
-                    host.display()
-                );
+                return Err(ElfDepsError::NoInterpreter {
+                    interp: path.to_string(),
+                    path: host.clone(),
+                });
             }
             needs.push(Need {
                 placed,
@@ -206,24 +236,29 @@ impl Resolver {
         child_chain.extend(obj.rpath_chain.iter().cloned());
         let system = self.system_dirs_of(&interp);
         for name in &elf.libraries {
-            let placed = self
-                .find(name, &search, &system, added)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the library {name}, needed by {} (guest path {}), is not found on the host (searched {}ld.so.cache and {})",
-                        host.display(),
-                        obj.placed.guest,
+            let placed = self.find(name, &search, &system, added).ok_or_else(|| {
+                ElfDepsError::LibraryNotFound {
+                    name: name.to_string(),
+                    needed_by: host.clone(),
+                    guest: obj.placed.guest.clone(),
+                    searched: format!(
+                        "{}ld.so.cache and {}",
                         if search.is_empty() {
                             String::new()
                         } else {
                             format!(
                                 "RPATH/RUNPATH {}, ",
-                                search.iter().map(|d| d.host.display().to_string()).collect::<Vec<_>>().join(":")
+                                search
+                                    .iter()
+                                    .map(|d| d.host.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(":")
                             )
                         },
                         system.join(", ")
-                    )
-                })?;
+                    ),
+                }
+            })?;
             needs.push(Need {
                 placed,
                 rpath_chain: child_chain.clone(),
@@ -252,7 +287,7 @@ impl Resolver {
             });
         }
         for dir in search {
-            let Some(guest) = super::add::normalize_guest(&join(&dir.guest, name)) else {
+            let Some(guest) = normalize_guest(&join(&dir.guest, name)) else {
                 // A relative RPATH entry: relative to the process's current
                 // folder, which the guest's is not; skipped.
                 continue;
@@ -337,7 +372,7 @@ fn origin_of(placed: &Placed) -> Result<SearchDir> {
     let real = placed
         .host
         .canonicalize()
-        .with_context(|| format!("resolving {}", placed.host.display()))?;
+        .map_err(io(format!("resolving {}", placed.host.display())))?;
     let host = real.parent().unwrap_or(Path::new("/")).to_path_buf();
     Ok(SearchDir { guest, host })
 }

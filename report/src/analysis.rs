@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::model::{Arg, Ev, Kind};
+use crate::model::{Arg, Ev, Kind};
 
 const KTHREADD: i32 = 2;
 /// `TASK_DEAD` in a switched-out task's state: its last switch, from
@@ -443,6 +443,18 @@ pub fn softirq_name(vec: i64) -> String {
         .ok()
         .and_then(|v| NAMES.get(v))
         .map_or_else(|| format!("vec {vec}"), |n| n.to_string())
+}
+
+/// Interrupt rows in irq-number order (the keys are "N name").
+pub fn irqs_by_number(a: &Analysis) -> Vec<(&String, &LatencyStats)> {
+    let mut v: Vec<_> = a.irqs.iter().collect();
+    v.sort_by_key(|(k, _)| {
+        k.split(' ')
+            .next()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(i64::MAX)
+    });
+    v
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use super::model::{Ev, Kind};
-use super::{dur, Report, Trace};
+use crate::analysis::{irqs_by_number, LatencyStats};
+use crate::duration::dur;
+use crate::model::{Ev, Kind};
+use crate::summary::Report;
+use crate::trace::Trace;
 
 /// Past this many spans the shortest syscalls are left out (the page says so).
 const MAX_SYSCALL_SPANS: usize = 40_000;
@@ -173,7 +176,7 @@ pub fn render(trace: &Trace, events: &[Ev], report: &Report) -> String {
         }
         tables.push_str("</ul>");
     }
-    let mut stats = |title: &str, id: &str, rows: Vec<(String, &super::LatencyStats)>| {
+    let mut stats = |title: &str, id: &str, rows: Vec<(String, &LatencyStats)>| {
         let _ = write!(tables, "<h2>{title}</h2><table id=\"{id}\"><tr><th>name</th><th>count</th><th>total</th><th>p50</th><th>p99</th><th>max</th></tr>");
         for (n, s) in rows {
             let _ = write!(
@@ -195,7 +198,7 @@ pub fn render(trace: &Trace, events: &[Ev], report: &Report) -> String {
     stats(
         "Interrupt handlers",
         "irqs",
-        super::irqs_by_number(a)
+        irqs_by_number(a)
             .into_iter()
             .map(|(k, v)| (k.clone(), v))
             .collect(),

@@ -1,7 +1,7 @@
 //! `--add HOST_PATH[:GUEST_PATH]`: the user's own files in the guest,
 //! without rebuilding the image. The files (directories recursively, and
 //! for each dynamically linked ELF its interpreter and libraries, see
-//! [`super::elf_deps`]) go into a second newc archive that is appended to
+//! [`crate::elf_deps`]) go into a second newc archive that is appended to
 //! the base initramfs: Linux unpacks concatenated archives in order, so a
 //! file of the layer may also replace one of the image's. The combined
 //! initramfs is cached by the content of the base and of every added file
@@ -11,11 +11,70 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
-use super::cpio::{gzip, NewcArchive};
-use super::elf_deps::{Placed, Resolver};
 use crate::cache;
+use crate::cpio::{gzip, NewcArchive};
+use crate::elf_deps::{ElfDepsError, Placed, Resolver};
+use crate::guest_path::normalize_guest;
+use crate::io_context::{io, IoContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error("--add {spec}: the guest path after `:` is empty")]
+    EmptyGuestPath { spec: String },
+    #[error("--add {spec}: the host path is empty")]
+    EmptyHostPath { spec: String },
+    #[error("--add {spec}: the path is not UTF-8")]
+    SpecNotUtf8 { spec: String },
+    #[error("--add {spec}: the guest path {guest} is not absolute")]
+    NotAbsolute { spec: String, guest: String },
+    #[error("--add {origin}: the guest path {guest} is also given by {other}")]
+    GivenTwice {
+        origin: String,
+        guest: String,
+        other: String,
+    },
+    #[error("--add {origin}: {}: {err}", host.display())]
+    Host {
+        origin: String,
+        host: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{}: {what} is not UTF-8", path.display())]
+    NotUtf8 { path: PathBuf, what: &'static str },
+    #[error("--add {origin}: {} is {len} bytes, more than the 4 GiB a newc archive holds", host.display())]
+    TooLarge {
+        origin: String,
+        host: PathBuf,
+        len: u64,
+    },
+    #[error("--add {origin}: {} is not a file, folder or symlink", host.display())]
+    NotAFile { origin: String, host: PathBuf },
+    #[error("--add {origin}: the guest path /init is hvtrace's own /init (it runs the command and reports its exit status); choose another guest path")]
+    InitPath { origin: String },
+    #[error("--add {origin}: a file cannot take the place of the guest's root folder")]
+    RootPath { origin: String },
+    #[error("--add {origin}: the guest path {guest} is in {mount}, where hvtrace's /init mounts {fs} at boot: it would be hidden; choose another guest path")]
+    UnderMount {
+        origin: String,
+        guest: String,
+        mount: &'static str,
+        fs: &'static str,
+    },
+    #[error("--add: the added files are too large for the guest's memory: a {layer_mib:.1} MiB layer on the {base_mib:.1} MiB initramfs needs {needed_mib:.1} MiB of guest memory (the initramfs as loaded, and the added files once unpacked into the RAM root file system), more than half of --memory {memory_mib} (the other half is the kernel's and the command's); use --memory {suggested_mib} or more")]
+    TooLargeForMemory {
+        layer_mib: f64,
+        base_mib: f64,
+        needed_mib: f64,
+        memory_mib: u32,
+        suggested_mib: u64,
+    },
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error(transparent)]
+    Deps(#[from] ElfDepsError),
+}
+
+type Result<T> = std::result::Result<T, AddError>;
 
 /// Mount points of hvtrace's `/init`: what the layer puts under them is
 /// hidden by the file system mounted there at boot.
@@ -44,50 +103,33 @@ impl AddSpec {
         let (host, guest) = match spec.rsplit_once(':') {
             Some((h, g)) if g.starts_with('/') => (h, Some(g)),
             Some((_, "")) => {
-                bail!("--add {spec}: the guest path after `:` is empty")
+                return Err(AddError::EmptyGuestPath { spec: spec.into() });
             }
             _ => (spec, None),
         };
         if host.is_empty() {
-            bail!("--add {spec}: the host path is empty");
+            return Err(AddError::EmptyHostPath { spec: spec.into() });
         }
         let host = PathBuf::from(host);
         let guest_text = match guest {
             Some(g) => g.to_string(),
             None => {
                 let abs = std::env::current_dir()
-                    .context("the current folder")?
+                    .map_err(io("the current folder"))?
                     .join(&host);
                 abs.to_str()
-                    .with_context(|| format!("--add {spec}: the path is not UTF-8"))?
+                    .ok_or_else(|| AddError::SpecNotUtf8 { spec: spec.into() })?
                     .to_string()
             }
         };
         let Some(guest) = normalize_guest(&guest_text) else {
-            bail!("--add {spec}: the guest path {guest_text} is not absolute");
+            return Err(AddError::NotAbsolute {
+                spec: spec.into(),
+                guest: guest_text,
+            });
         };
         Ok(AddSpec { host, guest })
     }
-}
-
-/// An absolute guest path with `.`, `..` and repeated `/` resolved
-/// lexically (the layer creates real folders only, so that is what the
-/// guest's kernel resolves too); None for a relative path.
-pub fn normalize_guest(path: &str) -> Option<String> {
-    if !path.starts_with('/') {
-        return None;
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    Some(format!("/{}", parts.join("/")))
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +157,11 @@ impl Layer {
                 _ => false,
             };
             if !same {
-                bail!("--add {origin}: the guest path {guest} is also given by {old_origin}");
+                return Err(AddError::GivenTwice {
+                    origin: origin.into(),
+                    guest,
+                    other: old_origin.clone(),
+                });
             }
             return Ok(());
         }
@@ -126,8 +172,11 @@ impl Layer {
     /// Walks one `--add` (folders recursively; symlinks inside a folder
     /// stay symlinks, a symlink given itself is followed).
     fn add_spec(&mut self, spec: &AddSpec, origin: &str) -> Result<()> {
-        let meta = std::fs::metadata(&spec.host)
-            .map_err(|e| anyhow::anyhow!("--add {origin}: {}: {e}", spec.host.display()))?;
+        let meta = std::fs::metadata(&spec.host).map_err(|err| AddError::Host {
+            origin: origin.into(),
+            host: spec.host.clone(),
+            err,
+        })?;
         self.add_path(&spec.host, spec.guest.clone(), &meta, origin)
     }
 
@@ -141,19 +190,22 @@ impl Layer {
         let kind = meta.file_type();
         if kind.is_symlink() {
             let target = std::fs::read_link(host)
-                .with_context(|| format!("reading the symlink {}", host.display()))?;
+                .map_err(io(format!("reading the symlink {}", host.display())))?;
             let target = target
                 .to_str()
-                .with_context(|| format!("{}: the symlink's target is not UTF-8", host.display()))?
+                .ok_or_else(|| AddError::NotUtf8 {
+                    path: host.to_path_buf(),
+                    what: "the symlink's target",
+                })?
                 .to_string();
             self.insert(guest, Entry::Symlink { target }, origin)
         } else if kind.is_file() {
             if meta.len() > u64::from(u32::MAX) {
-                bail!(
-                    "--add {origin}: {} is {} bytes, more than the 4 GiB a newc archive holds",
-                    host.display(),
-                    meta.len()
-                );
+                return Err(AddError::TooLarge {
+                    origin: origin.into(),
+                    host: host.to_path_buf(),
+                    len: meta.len(),
+                });
             }
             let mode = meta.permissions().mode() & 0o7777;
             let entry = Entry::File {
@@ -167,27 +219,28 @@ impl Layer {
                 self.insert(guest.clone(), Entry::Dir, origin)?;
             }
             let mut children: Vec<_> = std::fs::read_dir(host)
-                .with_context(|| format!("reading the folder {}", host.display()))?
+                .map_err(io(format!("reading the folder {}", host.display())))?
                 .collect::<std::io::Result<_>>()
-                .with_context(|| format!("reading the folder {}", host.display()))?;
+                .map_err(io(format!("reading the folder {}", host.display())))?;
             children.sort_by_key(|c| c.file_name());
             for child in children {
                 let name = child.file_name();
-                let name = name.to_str().with_context(|| {
-                    format!("{}: a file name is not UTF-8", child.path().display())
+                let name = name.to_str().ok_or_else(|| AddError::NotUtf8 {
+                    path: child.path(),
+                    what: "a file name",
                 })?;
                 let meta = child
                     .metadata()
-                    .with_context(|| format!("reading {}", child.path().display()))?;
+                    .map_err(io(format!("reading {}", child.path().display())))?;
                 let child_guest = format!("{}/{name}", guest.trim_end_matches('/'));
                 self.add_path(&child.path(), child_guest, &meta, origin)?;
             }
             Ok(())
         } else {
-            bail!(
-                "--add {origin}: {} is not a file, folder or symlink",
-                host.display()
-            )
+            Err(AddError::NotAFile {
+                origin: origin.into(),
+                host: host.to_path_buf(),
+            })
         }
     }
 
@@ -212,21 +265,26 @@ fn pad4(n: u64) -> u64 {
 /// Refuses guest paths that would break or lose to hvtrace's own `/init`.
 fn check_guest_path(guest: &str, entry: &Entry, origin: &str) -> Result<()> {
     if guest == "/init" {
-        bail!(
-            "--add {origin}: the guest path /init is hvtrace's own /init (it runs the command and reports its exit status); choose another guest path"
-        );
+        return Err(AddError::InitPath {
+            origin: origin.into(),
+        });
     }
     if guest == "/" && !matches!(entry, Entry::Dir) {
-        bail!("--add {origin}: a file cannot take the place of the guest's root folder");
+        return Err(AddError::RootPath {
+            origin: origin.into(),
+        });
     }
     for (mount, fs) in INIT_MOUNTS {
         let under = guest
             .strip_prefix(mount)
             .is_some_and(|rest| rest.starts_with('/'));
         if under || (guest == mount && !matches!(entry, Entry::Dir)) {
-            bail!(
-                "--add {origin}: the guest path {guest} is in {mount}, where hvtrace's /init mounts {fs} at boot: it would be hidden; choose another guest path"
-            );
+            return Err(AddError::UnderMount {
+                origin: origin.into(),
+                guest: guest.into(),
+                mount,
+                fs,
+            });
         }
     }
     Ok(())
@@ -267,8 +325,8 @@ fn combined_initrd_in(
         .collect();
     let deps = Resolver::new().dependencies(&roots, &added)?;
     for dep in &deps {
-        let meta = std::fs::metadata(&dep.host)
-            .with_context(|| format!("reading {}", dep.host.display()))?;
+        let meta =
+            std::fs::metadata(&dep.host).map_err(io(format!("reading {}", dep.host.display())))?;
         let entry = Entry::File {
             host: dep.host.clone(),
             mode: meta.permissions().mode() & 0o7777,
@@ -302,7 +360,7 @@ fn combined_initrd_in(
     }
 
     let base_len = std::fs::metadata(base)
-        .with_context(|| format!("reading {}", base.display()))?
+        .map_err(io(format!("reading {}", base.display())))?
         .len();
     check_fits(base_len, layer.archive_bytes(), memory_mib)?;
 
@@ -326,10 +384,10 @@ fn combined_initrd_in(
         return Ok(path);
     }
     let combined = build_combined(base, &layer)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
-    std::fs::write(&tmp, &combined).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&tmp, &combined).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
     prune_old(dir, KEEP_COMBINED);
     eprintln!("hvtrace: add: {summary}; initramfs {}", path.display());
     Ok(path)
@@ -345,13 +403,13 @@ fn check_fits(base_len: u64, layer_bytes: u64, memory_mib: u32) -> Result<()> {
     let budget = u64::from(memory_mib) * MIB / 2;
     if needed > budget {
         let mib = |b: u64| b as f64 / MIB as f64;
-        bail!(
-            "--add: the added files are too large for the guest's memory: a {:.1} MiB layer on the {:.1} MiB initramfs needs {:.1} MiB of guest memory (the initramfs as loaded, and the added files once unpacked into the RAM root file system), more than half of --memory {memory_mib} (the other half is the kernel's and the command's); use --memory {} or more",
-            mib(layer_bytes),
-            mib(base_len),
-            mib(needed),
-            (2 * needed).div_ceil(MIB)
-        );
+        return Err(AddError::TooLargeForMemory {
+            layer_mib: mib(layer_bytes),
+            base_mib: mib(base_len),
+            needed_mib: mib(needed),
+            memory_mib,
+            suggested_mib: (2 * needed).div_ceil(MIB),
+        });
     }
     Ok(())
 }
@@ -361,14 +419,14 @@ fn check_fits(base_len: u64, layer_bytes: u64, memory_mib: u32) -> Result<()> {
 fn content_key(base: &Path, layer: &Layer) -> Result<String> {
     let mut text = format!(
         "layer-v1 base {}\n",
-        cache::sha256_file(base).with_context(|| format!("reading {}", base.display()))?
+        cache::sha256_file(base).map_err(io(format!("reading {}", base.display())))?
     );
     for (guest, (entry, _)) in &layer.entries {
         let line = match entry {
             Entry::Dir => format!("dir {guest}\n"),
             Entry::File { host, mode, .. } => format!(
                 "file {guest} {mode:o} {}\n",
-                cache::sha256_file(host).with_context(|| format!("reading {}", host.display()))?
+                cache::sha256_file(host).map_err(io(format!("reading {}", host.display())))?
             ),
             Entry::Symlink { target } => format!("symlink {guest} {target}\n"),
         };
@@ -392,15 +450,15 @@ fn build_combined(base: &Path, layer: &Layer) -> Result<Vec<u8>> {
             Entry::Dir => {}
             Entry::File { host, mode, .. } => {
                 let data =
-                    std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+                    std::fs::read(host).map_err(io(format!("reading {}", host.display())))?;
                 archive.file(&guest[1..], *mode, &data);
             }
             Entry::Symlink { target } => archive.symlink(&guest[1..], target),
         }
     }
-    let mut out = std::fs::read(base).with_context(|| format!("reading {}", base.display()))?;
+    let mut out = std::fs::read(base).map_err(io(format!("reading {}", base.display())))?;
     out.resize(out.len().div_ceil(4) * 4, 0);
-    out.extend_from_slice(&gzip(&archive.finish()).context("compressing the added layer")?);
+    out.extend_from_slice(&gzip(&archive.finish()).map_err(io("compressing the added layer"))?);
     Ok(out)
 }
 

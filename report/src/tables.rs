@@ -1,100 +1,14 @@
-//! `hvtrace report`: answers from a trace. Per task, where the time went
-//! (user, kernel per syscall, waiting for a CPU, blocked and on what), who
-//! woke whom, lock cycles; per syscall and per interrupt, counts and
-//! latency percentiles. As terminal tables, JSON, or one HTML file.
+//! The report as terminal tables: where each task's time went, what was
+//! blocked when the trace ended, lock waits and cycles, syscalls, interrupt
+//! handlers, who woke whom.
 
-mod analysis;
-mod html;
-mod locks;
-pub mod model;
-mod trace;
+use std::io::{Result, Write};
 
-use std::io::Write;
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, CellAlignment, Table};
-use serde::Serialize;
 
-pub use analysis::{Analysis, LatencyStats};
-pub use locks::LockReport;
-pub use trace::Trace;
-
-#[derive(clap::Args, Debug)]
-pub struct ReportArgs {
-    /// Trace folder written by `hvtrace record` (holding kernel/).
-    pub trace: PathBuf,
-    /// Print the report as JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write a self-contained HTML timeline and tables to this file.
-    #[arg(long, value_name = "OUT.html")]
-    pub html: Option<PathBuf>,
-    /// List every kernel thread, not only the busiest.
-    #[arg(long)]
-    pub all: bool,
-}
-
-#[derive(Serialize)]
-pub struct Report {
-    pub trace: String,
-    pub hostname: String,
-    pub kernel_release: String,
-    pub events: usize,
-    /// Wall-clock time of the first event, ns since the Unix epoch.
-    pub start_unix_ns: u64,
-    pub duration_ns: u64,
-    #[serde(flatten)]
-    pub analysis: Analysis,
-    pub locks: LockReport,
-}
-
-/// Reads and analyzes a trace folder.
-pub fn build(dir: &std::path::Path) -> Result<(Trace, Vec<model::Ev>, Report)> {
-    let trace =
-        Trace::open(dir).with_context(|| format!("reading the trace in {}", dir.display()))?;
-    let events = model::events(&trace);
-    let analysis = analysis::analyze(&events);
-    let locks = locks::analyze(&events);
-    let report = Report {
-        trace: dir.display().to_string(),
-        hostname: trace.hostname.clone(),
-        kernel_release: trace.kernel_release.clone(),
-        events: events.len(),
-        start_unix_ns: analysis.start_ts + trace.clock_offset_ns,
-        duration_ns: analysis.end_ts.saturating_sub(analysis.start_ts),
-        analysis,
-        locks,
-    };
-    Ok((trace, events, report))
-}
-
-pub fn run(args: ReportArgs) -> Result<()> {
-    let (trace, events, report) = build(&args.trace)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        print_tables(&report, args.all, &mut out)?;
-    }
-    if let Some(path) = &args.html {
-        let page = html::render(&trace, &events, &report);
-        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("hvtrace: report: wrote {}", path.display());
-    }
-    Ok(())
-}
-
-/// Nanoseconds as a short human duration.
-pub fn dur(ns: u64) -> String {
-    match ns {
-        0..=9_999 => format!("{ns} ns"),
-        10_000..=9_999_999 => format!("{:.1} µs", ns as f64 / 1e3),
-        10_000_000..=9_999_999_999 => format!("{:.2} ms", ns as f64 / 1e6),
-        _ => format!("{:.2} s", ns as f64 / 1e9),
-    }
-}
+use crate::analysis::{irqs_by_number, LatencyStats, TaskTime};
+use crate::duration::dur;
+use crate::summary::Report;
 
 /// Kernel threads listed without --all, busiest first.
 const KTHREADS_SHOWN: usize = 8;
@@ -114,7 +28,7 @@ fn right(t: &mut Table, from: usize) {
     }
 }
 
-fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
+pub fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
     let a = &r.analysis;
     writeln!(
         out,
@@ -138,8 +52,7 @@ fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
         "switches",
         "blocked in",
     ]);
-    let active =
-        |t: &&analysis::TaskTime| t.tid > 0 && t.switches_out + t.user_ns + t.kernel_ns() > 0;
+    let active = |t: &&TaskTime| t.tid > 0 && t.switches_out + t.user_ns + t.kernel_ns() > 0;
     let mut kthreads: Vec<_> = a
         .tasks
         .iter()
@@ -273,18 +186,6 @@ fn print_tables(r: &Report, all: bool, out: &mut dyn Write) -> Result<()> {
     right(&mut t, 2);
     writeln!(out, "{t}")?;
     Ok(())
-}
-
-/// Interrupt rows in irq-number order (the keys are "N name").
-pub fn irqs_by_number(a: &Analysis) -> Vec<(&String, &LatencyStats)> {
-    let mut v: Vec<_> = a.irqs.iter().collect();
-    v.sort_by_key(|(k, _)| {
-        k.split(' ')
-            .next()
-            .and_then(|n| n.parse::<i64>().ok())
-            .unwrap_or(i64::MAX)
-    });
-    v
 }
 
 fn stats_row(name: &str, s: &LatencyStats) -> Vec<String> {

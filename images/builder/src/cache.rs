@@ -1,14 +1,22 @@
 //! Where hvtrace keeps what it fetches and builds: `$HVTRACE_CACHE`, else
 //! `.cache/` in the source tree (ignored by git).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The cache root, created on first use by whoever writes into it.
 pub fn root() -> PathBuf {
     match std::env::var_os("HVTRACE_CACHE") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache"),
+        _ => source_tree().join(".cache"),
     }
+}
+
+/// hvtrace's source tree (the workspace root), where the workload
+/// programs and `scripts/` are.
+pub fn source_tree() -> &'static Path {
+    // This crate is `images/builder/` in the workspace.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here)
 }
 
 /// Hex SHA-256 of a byte string.

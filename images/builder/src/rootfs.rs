@@ -6,13 +6,47 @@
 //! version; `SOURCE_DATE_EPOCH` is that date, so a rebuild of the same
 //! inputs is the same system.
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
 use crate::cache;
+use crate::io_context::{io, IoContext};
+use crate::progress::step;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Io(#[from] IoContext),
+    #[error(transparent)]
+    RawIo(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("mmdebstrap failed ({status}):\n{tail}")]
+    Mmdebstrap { status: ExitStatus, tail: String },
+    #[error("mke2fs failed: {stderr}")]
+    Mke2fs { stderr: String },
+    #[error("dpkg-query on the new system failed: {stderr}")]
+    DpkgQuery { stderr: String },
+    #[error("du printed no size")]
+    NoDuSize,
+    #[error("no Debian mirror for {suite} in apt's sources (/etc/apt/sources.list[.d]); hvtrace builds the disk from the mirror the host uses")]
+    NoMirror { suite: String },
+    #[error("apt has no Release file of {suite} from {mirror} in {} (run `apt-get update`)", lists.display())]
+    NoRelease {
+        suite: String,
+        mirror: String,
+        lists: PathBuf,
+    },
+    #[error("cannot read the Release date {date:?}")]
+    BadDate {
+        date: String,
+        source: std::num::ParseIntError,
+    },
+}
+
+type Result<T> = std::result::Result<T, RootfsError>;
 
 /// The distribution release the disk holds.
 const SUITE: &str = "bookworm";
@@ -67,7 +101,7 @@ pub fn build_debian(verbose: bool) -> Result<PathBuf> {
     }
     let work = disks.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
     let built = make_image(&work, &mirror, epoch, key, verbose);
     let (size_mib, installed) = match built {
         Ok(v) => v,
@@ -119,17 +153,17 @@ fn make_image(
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .context("cannot run mmdebstrap (scripts/install-deps.sh installs it)")?;
-    let pb = super::step(
+    let mut child = cmd.spawn().map_err(io(
+        "cannot run mmdebstrap (scripts/install-deps.sh installs it)",
+    ))?;
+    let pb = step(
         format!("mmdebstrap {SUITE} (minbase + {})", PACKAGES.join(", ")),
         verbose,
     );
     let mut tail = Vec::new();
     for line in BufReader::new(child.stderr.take().expect("piped stderr"))
         .lines()
-        .map_while(Result::ok)
+        .map_while(std::result::Result::ok)
     {
         if let Some(msg) = line.strip_prefix("I: ") {
             pb.set_message(format!("mmdebstrap: {msg}"));
@@ -142,12 +176,15 @@ fn make_image(
     let status = child.wait()?;
     pb.finish_and_clear();
     if !status.success() {
-        bail!("mmdebstrap failed ({status}):\n{}", tail.join("\n"));
+        return Err(RootfsError::Mmdebstrap {
+            status,
+            tail: tail.join("\n"),
+        });
     }
     let installed = installed_packages(&root)?;
     let used_mib = du_mib(&root)?;
     let size_mib = (used_mib * 2).max(MIN_SIZE_MIB).div_ceil(64) * 64;
-    let pb = super::step(format!("mke2fs -t ext4 -d ({size_mib} MiB)"), verbose);
+    let pb = step(format!("mke2fs -t ext4 -d ({size_mib} MiB)"), verbose);
     // A UUID and hash seed from the key, and the release date as the
     // file system's clock, so the same inputs give the same image.
     let h = cache::sha256_hex(format!("uuid {key}").as_bytes());
@@ -169,15 +206,14 @@ fn make_image(
         .arg(format!("{size_mib}M"))
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .output()
-        .context("cannot run mke2fs (e2fsprogs)")?;
+        .map_err(io("cannot run mke2fs (e2fsprogs)"))?;
     pb.finish_and_clear();
     if !out.status.success() {
-        bail!(
-            "mke2fs failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(RootfsError::Mke2fs {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-    std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    std::fs::remove_dir_all(&root).map_err(io(format!("removing {}", root.display())))?;
     Ok((size_mib, installed))
 }
 
@@ -189,12 +225,11 @@ fn installed_packages(root: &Path) -> Result<Vec<String>> {
         ))
         .args(["-W", "-f", "${Package}=${Version}\\n"])
         .output()
-        .context("cannot run dpkg-query")?;
+        .map_err(io("cannot run dpkg-query"))?;
     if !out.status.success() {
-        bail!(
-            "dpkg-query on the new system failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(RootfsError::DpkgQuery {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -207,19 +242,21 @@ fn du_mib(dir: &Path) -> Result<u64> {
         .args(["-s", "-m", "-x"])
         .arg(dir)
         .output()
-        .context("cannot run du")?;
+        .map_err(io("cannot run du"))?;
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
-        .context("du printed no size")
+        .ok_or(RootfsError::NoDuSize)
 }
 
 fn tool_version(tool: &str) -> Result<String> {
     let out = Command::new(tool)
         .arg("--version")
         .output()
-        .with_context(|| format!("cannot run {tool} (scripts/install-deps.sh installs it)"))?;
+        .map_err(io(format!(
+            "cannot run {tool} (scripts/install-deps.sh installs it)"
+        )))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -238,7 +275,9 @@ pub fn host_mirror(suite: &str) -> Result<String> {
             return Ok(uri);
         }
     }
-    bail!("no Debian mirror for {suite} in apt's sources (/etc/apt/sources.list[.d]); hvtrace builds the disk from the mirror the host uses")
+    Err(RootfsError::NoMirror {
+        suite: suite.to_string(),
+    })
 }
 
 /// The URI of a `deb` source of `suite` (exactly that suite, main component)
@@ -290,10 +329,11 @@ fn release_date(mirror: &str, suite: &str) -> Result<String> {
             }
         }
     }
-    bail!(
-        "apt has no Release file of {suite} from {mirror} in {} (run `apt-get update`)",
-        lists.display()
-    )
+    Err(RootfsError::NoRelease {
+        suite: suite.to_string(),
+        mirror: mirror.to_string(),
+        lists: lists.to_path_buf(),
+    })
 }
 
 /// Seconds since the Epoch of a Release file's date (RFC 2822).
@@ -301,11 +341,14 @@ fn unix_time(date: &str) -> Result<i64> {
     let out = Command::new("date")
         .args(["-u", "-d", date, "+%s"])
         .output()
-        .context("cannot run date")?;
+        .map_err(io("cannot run date"))?;
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .with_context(|| format!("cannot read the Release date {date:?}"))
+        .map_err(|source| RootfsError::BadDate {
+            date: date.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
