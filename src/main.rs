@@ -15,6 +15,7 @@ mod interrupt;
 mod latency;
 mod record_buffers;
 mod record_kvm;
+mod record_relayd;
 mod record_summary;
 mod report;
 mod run;

@@ -264,10 +264,12 @@ impl TraceWriter {
             }
             _ => None,
         };
-        let live = cfg
-            .relayd
-            .clone()
-            .map(|r| Live::start(r, &md, cfg.ncpus, ring.is_none()));
+        let live = cfg.relayd.clone().map(|mut r| {
+            if r.queue_packets == 0 {
+                r.queue_packets = pool * n;
+            }
+            Live::start(r, &md, cfg.ncpus, ring.is_none())
+        });
         let st = WriterThread {
             live,
             rx,

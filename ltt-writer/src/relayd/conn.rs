@@ -90,7 +90,15 @@ impl Endpoint {
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.host, self.control_port, self.data_port)
+        if self.host.contains(':') {
+            write!(
+                f,
+                "[{}]:{}:{}",
+                self.host, self.control_port, self.data_port
+            )
+        } else {
+            write!(f, "{}:{}:{}", self.host, self.control_port, self.data_port)
+        }
     }
 }
 
@@ -270,6 +278,7 @@ mod tests {
         assert_eq!(e("net://127.0.0.1:6000").data_port, 6001);
         assert_eq!(e("tcp://h:6000:7000/").data_port, 7000);
         assert_eq!(e("[::1]:6000").host, "::1");
+        assert_eq!(e(&e("[::1]:6000").to_string()), e("[::1]:6000"));
         assert!(Endpoint::parse("h:0").is_err());
         assert!(Endpoint::parse("h:1:2:3").is_err());
         assert!(Endpoint::parse("net://").is_err());

@@ -68,7 +68,8 @@ pub struct RelaydConfig {
     /// How often partial packets are closed and idle streams announced
     /// (lttng's live timer).
     pub live_timer: Duration,
-    /// Packets the queue to the sender holds before it drops.
+    /// Packets the queue to the sender holds before it drops (0: as many
+    /// as the vCPUs' buffers hold, `--num-subbuf` × vCPUs).
     pub queue_packets: usize,
 }
 
@@ -80,7 +81,7 @@ impl RelaydConfig {
             session: session.to_string(),
             hostname: hostname.to_string(),
             live_timer: Duration::from_secs(1),
-            queue_packets: 64,
+            queue_packets: 0,
         }
     }
 

@@ -251,6 +251,14 @@ impl Sender_ {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        // relayd closes a session as its connection ends, and a live
+        // viewer that has not yet asked for the last packets' indexes is
+        // then told the streams hung up: leave it a live period to catch
+        // up (seen with relayd 2.13 and babeltrace2 2.0, which polls
+        // every 100 ms).
+        if self.report.sent_packets > 0 {
+            std::thread::sleep(self.live_timer);
+        }
         let mut res = conn.close_stream(self.metadata, u64::MAX);
         for s in &self.streams {
             if res.is_err() {
