@@ -154,12 +154,16 @@ impl Connection {
     }
 
     fn reply(&mut self, buf: &mut [u8]) -> Result<(), RelaydError> {
-        self.control
-            .read_exact(buf)
-            .map_err(|source| RelaydError::Io {
-                what: "control",
-                source,
-            })
+        self.control.read_exact(buf).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                RelaydError::Closed
+            } else {
+                RelaydError::Io {
+                    what: "control",
+                    source,
+                }
+            }
+        })
     }
 
     fn generic(&mut self, command: &'static str, msg: &[u8]) -> Result<(), RelaydError> {

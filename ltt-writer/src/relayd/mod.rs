@@ -41,6 +41,8 @@ pub enum RelaydError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("relayd closed the connection")]
+    Closed,
     #[error(
         "relayd speaks protocol {major}.{minor}; hvtrace needs 2.{} or later",
         wire::MINOR
