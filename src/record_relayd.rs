@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ltt_writer::relayd::{self, Endpoint, RelaydConfig};
 
-use crate::cmd_record::RecordArgs;
+use crate::cmd_record::{BufferMode, RecordArgs};
 
 /// The relayd target of a record, or `None` without `--relayd`. Refuses a
 /// malformed address, names relayd cannot take, and a relayd that does not
@@ -42,17 +42,17 @@ pub fn check(args: &RecordArgs) -> Result<Option<RelaydConfig>> {
             cfg.endpoint.host, cfg.endpoint.control_port, cfg.endpoint.data_port
         )
     })?;
-    eprintln!(
-        "hvtrace: record: streaming to lttng-relayd {}.{} at {} as {}/{} (live: net://{}/host/{}/{})",
-        major,
-        minor,
-        cfg.endpoint,
-        hostname,
-        session,
-        cfg.endpoint.host,
-        hostname,
-        session
-    );
+    if args.buffer == BufferMode::FlightRecorder {
+        eprintln!(
+            "hvtrace: record: flight-recorder windows go to lttng-relayd {major}.{minor} at {} as snapshot sessions in {hostname}/{session}/",
+            cfg.endpoint
+        );
+    } else {
+        eprintln!(
+            "hvtrace: record: streaming to lttng-relayd {major}.{minor} at {} as {hostname}/{session} (live: net://{}:LIVE_PORT/host/{hostname}/{session})",
+            cfg.endpoint, cfg.endpoint.host
+        );
+    }
     Ok(Some(cfg))
 }
 
@@ -93,10 +93,6 @@ pub fn print(report: &serde_json::Value) {
     }
     let line = report["summary"].as_str().unwrap_or("no report");
     eprintln!("hvtrace: record: relayd: {line}");
-    let snaps = report["snapshots_sent"].as_u64().unwrap_or(0);
-    if snaps > 0 {
-        eprintln!("hvtrace: record: relayd: {snaps} flight-recorder snapshot(s) sent as snapshot sessions");
-    }
     for e in report["snapshot_errors"].as_array().into_iter().flatten() {
         eprintln!(
             "hvtrace: record: relayd: snapshot not sent: {}",

@@ -94,7 +94,7 @@ impl Live {
         let mut r = match self.streamer {
             Some(s) => s.finish(),
             None => RelaydReport {
-                endpoint: self.endpoint,
+                endpoint: self.endpoint.clone(),
                 path: format!("{}/kernel", self.cfg.trace_path()),
                 error: self.start_error.clone(),
                 unsent_packets: self.missed.0,
@@ -102,6 +102,10 @@ impl Live {
                 ..RelaydReport::default()
             },
         };
+        r.live = self.live;
+        if !self.live {
+            r.path = format!("{}/kernel", self.cfg.trace_path());
+        }
         for t in self.snapshots {
             match t.join() {
                 Ok(Ok(())) => r.snapshots_sent += 1,

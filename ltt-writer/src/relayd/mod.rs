@@ -113,6 +113,8 @@ pub fn probe(ep: &Endpoint) -> Result<(u32, u32), RelaydError> {
 /// What the streaming did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RelaydReport {
+    /// A live session (else: flight-recorder snapshots only).
+    pub live: bool,
     /// relayd's address and the session's path on it.
     pub endpoint: String,
     pub path: String,
@@ -137,6 +139,18 @@ impl RelaydReport {
     /// not sent: 3 packets (5120 events) after the relayd closed the
     /// connection at 4.2 s".
     pub fn summary(&self) -> String {
+        if !self.live {
+            return format!(
+                "{} flight-recorder window(s) sent to {} as snapshot sessions ({}/<snapshot-N|end>/kernel){}",
+                self.snapshots_sent,
+                self.endpoint,
+                self.path.trim_end_matches("/kernel"),
+                match self.snapshot_errors.len() {
+                    0 => String::new(),
+                    n => format!("; {n} not sent"),
+                }
+            );
+        }
         let mut s = format!(
             "sent {} packets ({} bytes) to {} ({})",
             self.sent_packets, self.sent_bytes, self.endpoint, self.path
@@ -177,6 +191,7 @@ impl RelaydReport {
             "error": self.error,
             "snapshots_sent": self.snapshots_sent,
             "snapshot_errors": self.snapshot_errors,
+            "live": self.live,
             "summary": self.summary(),
         })
     }
