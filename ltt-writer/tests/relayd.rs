@@ -101,9 +101,19 @@ fn bt2_lines(dir: &Path) -> Vec<String> {
 }
 
 fn write_trace(out: &Path, relayd: Option<RelaydConfig>, events: u64) -> TraceReport {
+    write_trace_with(out, relayd, events, Policy::Lossless)
+}
+
+fn write_trace_with(
+    out: &Path,
+    relayd: Option<RelaydConfig>,
+    events: u64,
+    policy: Policy,
+) -> TraceReport {
     let catalog = Catalog::kernel(&[]).unwrap();
     let mut cfg = TraceConfig::new(2, catalog);
     cfg.packet_size = 4096;
+    cfg.policy = policy;
     cfg.clock_offset_ns = 1_700_000_000_000_000_000;
     cfg.relayd = relayd;
     let (w, mut ps) = TraceWriter::create(out, cfg).unwrap();
@@ -134,7 +144,10 @@ fn relayd_copy_reads_as_the_local_trace() {
     }
     let dir = tempfile::tempdir().unwrap();
     let relayd = Relayd::start(dir.path()).unwrap();
-    let cfg = RelaydConfig::new(relayd.endpoint(), "unit", "testhost");
+    let mut cfg = RelaydConfig::new(relayd.endpoint(), "unit", "testhost");
+    // The writer here outruns any network (4 KiB packets in a loop): a
+    // queue that holds the whole run keeps this test about the copy.
+    cfg.queue_packets = 1024;
     let out = dir.path().join("local");
     let r = write_trace(&out, Some(cfg), 3000);
     let rr = r.relayd.clone().expect("a relayd report");
@@ -178,4 +191,59 @@ fn unreachable_relayd_leaves_the_local_trace_whole() {
     assert_eq!(rr.sent_packets, 0);
     assert_eq!(rr.unsent_events, 500);
     assert_eq!(r.events(), 500);
+}
+
+#[test]
+fn flight_recorder_window_goes_as_a_snapshot_session() {
+    if !have("lttng-relayd") || !have("babeltrace2") {
+        eprintln!("skipped: lttng-relayd or babeltrace2 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relayd = Relayd::start(dir.path()).unwrap();
+    let cfg = RelaydConfig::new(relayd.endpoint(), "fr", "testhost");
+    let out = dir.path().join("local");
+    let policy = Policy::FlightRecorder {
+        bytes_per_cpu: 4 * 4096,
+    };
+    let r = write_trace_with(&out, Some(cfg), 3000, policy);
+    let rr = r.relayd.clone().unwrap();
+    assert_eq!(rr.snapshots_sent, 1, "{}", rr.summary());
+    assert!(!rr.live);
+    let local = bt2_lines(&out);
+    assert!(
+        !local.is_empty() && local.len() < 3000,
+        "a window, not the whole run"
+    );
+    let copy = relayd.out.join("testhost/fr/end");
+    let t = Instant::now();
+    while std::panic::catch_unwind(|| bt2_lines(&copy)).unwrap_or_default() != local {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "relayd's snapshot differs"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_relayd_that_falls_behind_loses_packets_not_the_writer() {
+    if !have("lttng-relayd") || !have("babeltrace2") {
+        eprintln!("skipped: lttng-relayd or babeltrace2 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let relayd = Relayd::start(dir.path()).unwrap();
+    let mut cfg = RelaydConfig::new(relayd.endpoint(), "slow", "testhost");
+    cfg.queue_packets = 1;
+    let out = dir.path().join("local");
+    let r = write_trace(&out, Some(cfg), 6000);
+    let rr = r.relayd.clone().unwrap();
+    assert_eq!(r.events(), 6000, "the local trace is whole");
+    assert_eq!(bt2_lines(&out).len(), 6000);
+    assert!(rr.unsent_queue_full > 0, "{}", rr.summary());
+    assert_eq!(rr.unsent_packets, rr.unsent_queue_full);
+    assert_eq!(rr.sent_packets + rr.unsent_packets, r.packets_written);
+    assert!(rr.summary().contains("queue full"), "{}", rr.summary());
+    assert_eq!(rr.error, None);
 }
