@@ -97,16 +97,11 @@ pub struct RecordArgs {
     /// `valid` bitmask (bit i: field i was read).
     #[arg(long = "probe", value_name = "SPEC")]
     pub probes: Vec<String>,
-    /// Also stream the trace, while the guest runs, to the lttng-relayd at
-    /// HOST[:CONTROL_PORT[:DATA_PORT]] (lttng's `net://` form is accepted;
-    /// ports 5342 and control + 1 by default), as a live session that
-    /// `babeltrace2 --input-format=lttng-live
-    /// net://HOST/host/HOSTNAME/SESSION` and Trace Compass follow. The
-    /// local trace is always written in full; the network copy drops whole
-    /// packets (counted in the summary) if the relayd falls behind or goes
-    /// away. With --buffer flight-recorder, each snapshot (and the final
-    /// window) is sent as a relayd snapshot session instead. A relayd that
-    /// does not answer is refused before the guest boots.
+    /// Also stream the trace live to the lttng-relayd at HOST (ports 5342 and
+    /// control + 1 by default; `net://` accepted), for lttng-live viewers:
+    /// net://HOST/host/HOSTNAME/SESSION. The local trace stays whole; the
+    /// network copy drops whole packets (counted) if relayd falls behind or
+    /// goes away. Flight recorder: snapshots go as relayd snapshot sessions.
     #[arg(long, value_name = "HOST[:PORT[:PORT]]")]
     pub relayd: Option<String>,
     /// The relayd session's name (default: the output folder's name).
