@@ -14,6 +14,14 @@ use crate::cmd_record::{BufferMode, RecordArgs};
 /// malformed address, names relayd cannot take, and a relayd that does not
 /// answer on both ports.
 pub fn check(args: &RecordArgs) -> Result<Option<RelaydConfig>> {
+    let o = args.output.to_string_lossy();
+    if o.starts_with("net://") || o.starts_with("net6://") || o.starts_with("tcp://") {
+        bail!(
+            "-o {o}: hvtrace always writes a local trace in a folder; to stream it to a relayd as well, \
+             give -o DIR --relayd {}",
+            o.split_once("://").map_or("HOST", |(_, h)| h)
+        );
+    }
     let Some(given) = &args.relayd else {
         if args.session.is_some() || args.relayd_hostname.is_some() {
             bail!("--session and --relayd-hostname name the relayd session: they need --relayd");

@@ -302,3 +302,20 @@ fn unreachable_relayd_is_refused_before_anything() {
     assert!(stderr.contains("no lttng-relayd answers"), "{stderr}");
     assert!(!out.exists(), "no output folder for a refused record");
 }
+
+#[test]
+fn an_output_url_says_to_use_relayd() {
+    let image = common::image_dir("6.1");
+    let o = common::hvtrace()
+        .args(["record", "--backend", "qemu", "--kernel"])
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .args(["-o", "net://127.0.0.1", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("--relayd 127.0.0.1"), "{stderr}");
+    assert!(!Path::new("net:").exists());
+}
