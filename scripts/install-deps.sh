@@ -4,7 +4,8 @@
 # reference trace reader), busybox-static and cpio (guest images), gdb (the
 # peer in benchmarks), gcc and libc6-dev (tests/add.rs builds a dynamically
 # linked program for --add), mmdebstrap and e2fsprogs (the Debian disk image
-# of `image build --rootfs debian`), and the LTTng project's analyses
+# of `image build --rootfs debian`), lttng-tools (the lttng-relayd that
+# tests/relayd.rs streams to), and the LTTng project's analyses
 # (lttnganalyses from PyPI, on Debian's babeltrace 1.x and its Python
 # bindings) in a virtualenv in the cache folder. Idempotent; says what it
 # changes.
@@ -19,7 +20,7 @@ qemu_major() {
 }
 
 pkgs=(babeltrace2 python3-bt2 busybox-static cpio gdb xz-utils zstd dpkg-dev chromium gcc libc6-dev
-    babeltrace python3-babeltrace python3-venv mmdebstrap e2fsprogs)
+    babeltrace python3-babeltrace python3-venv mmdebstrap e2fsprogs lttng-tools)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 

@@ -97,6 +97,20 @@ pub struct RecordArgs {
     /// `valid` bitmask (bit i: field i was read).
     #[arg(long = "probe", value_name = "SPEC")]
     pub probes: Vec<String>,
+    /// Also stream the trace live to the lttng-relayd at HOST (ports 5342 and
+    /// control + 1 by default; `net://` accepted), for lttng-live viewers:
+    /// net://HOST/host/HOSTNAME/SESSION. The local trace stays whole; the
+    /// network copy drops whole packets (counted) if relayd falls behind or
+    /// goes away. Flight recorder: snapshots go as relayd snapshot sessions.
+    #[arg(long, value_name = "HOST[:PORT[:PORT]]")]
+    pub relayd: Option<String>,
+    /// The relayd session's name (default: the output folder's name).
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<String>,
+    /// The hostname the relayd files the session under (default: this
+    /// machine's).
+    #[arg(long, value_name = "NAME")]
+    pub relayd_hostname: Option<String>,
     /// Take the statedump when a guest task execs this file (default: the
     /// traced command, as it starts), e.g. once a script has opened files.
     #[arg(long, value_name = "PATH")]
@@ -130,6 +144,9 @@ impl RecordArgs {
             plugin: None,
             probes: Vec::new(),
             statedump_at: None,
+            relayd: None,
+            session: None,
+            relayd_hostname: None,
             command,
         }
     }
@@ -180,6 +197,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     let run = args.guest.guest_run(&args.command)?;
     let out = &args.output;
     check_output(out, args.force)?;
+    let relayd = crate::record_relayd::check(&args)?;
     let plugin = match &args.plugin {
         Some(p) => p.clone(),
         None => locate_plugin()?,
@@ -212,6 +230,7 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     plan.subbuf_size = args.subbuf_size;
     plan.num_subbuf = args.num_subbuf;
     plan.raw = args.keep_raw;
+    crate::record_relayd::into_plan(relayd.as_ref(), &mut plan);
     plan.instruction_clock_shift = args.guest.instruction_clock_shift();
     let triggers = crate::triggers::arm(triggers, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");

@@ -13,6 +13,7 @@ mod interrupt;
 mod latency;
 mod record_buffers;
 mod record_kvm;
+mod record_relayd;
 mod record_summary;
 mod run;
 mod statedump_layout;

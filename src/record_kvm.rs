@@ -127,6 +127,7 @@ pub fn run(
     let run = full.with_timeout(limit.0);
     let out = &args.output;
     crate::cmd_record::check_output(out, args.force)?;
+    let relayd = crate::record_relayd::check(args)?;
 
     let t0 = Instant::now();
     let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
@@ -195,6 +196,7 @@ pub fn run(
     cfg.clock_offset_ns = epoch_unix_ns;
     cfg.packet_size = args.subbuf_size as usize;
     cfg.packets_per_cpu = args.num_subbuf as usize;
+    cfg.relayd = relayd;
     cfg.policy = match args.buffer {
         BufferMode::Lossless => ltt_writer::Policy::Lossless,
         BufferMode::Discard => ltt_writer::Policy::Discard,
@@ -357,6 +359,9 @@ pub fn run(
         eprintln!("hvtrace: record:   {class}: {n}");
     }
     crate::record_buffers::print_discards(&report.discards_json(), &args.output.join("kvm.json"));
+    if let Some(r) = &report.relayd {
+        crate::record_relayd::print(&r.to_json());
+    }
     if total > 0 {
         eprintln!(
             "hvtrace: record: tracer time {:.1} ms in debug-exit handlers, {:.2} us per event",

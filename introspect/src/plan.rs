@@ -219,6 +219,15 @@ pub struct ProbePlan {
     /// Layouts of the statedump's file, memory-map and device walks.
     #[serde(default)]
     pub statedump: crate::statedump::StatedumpLayout,
+    /// Also stream the trace to an lttng-relayd at `HOST:CONTROL:DATA`
+    /// (empty: no), as session `relayd_session` of host
+    /// `relayd_hostname`.
+    #[serde(default)]
+    pub relayd: String,
+    #[serde(default)]
+    pub relayd_session: String,
+    #[serde(default)]
+    pub relayd_hostname: String,
 }
 
 impl ProbePlan {

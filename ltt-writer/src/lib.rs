@@ -27,11 +27,14 @@ pub mod chrome;
 pub mod clock;
 pub mod discards;
 pub mod kernel;
+mod live;
 pub mod metadata;
 pub mod packet;
 pub mod producer;
 pub mod reader;
+pub mod relayd;
 pub mod statedump;
+mod trace_report;
 pub mod writer;
 
 pub use catalog::{
@@ -42,4 +45,5 @@ pub use discards::DiscardCounts;
 pub use kernel::{Fork, ProcessState, TaskRef};
 pub use metadata::{HeaderKind, TraceEnv};
 pub use producer::{ProduceError, Producer, ProducerStats, TaskCtx, Value};
+pub use relayd::{RelaydConfig, RelaydReport};
 pub use writer::{Policy, TraceConfig, TraceReport, TraceWriter, TriggerHandle, WriteError};

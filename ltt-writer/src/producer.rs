@@ -46,6 +46,8 @@ pub(crate) enum Msg {
         cpu: u32,
         buf: Box<[u8]>,
         len: usize,
+        /// Events in the packet.
+        events: u64,
     },
     Gone {
         cpu: u32,
@@ -402,6 +404,7 @@ impl Core {
             cpu: self.cpu,
             buf,
             len,
+            events,
         });
         if sent.is_err() {
             // The packet's events never reach the trace (their classes

@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::catalog::Catalog;
-use crate::discards::{self, DiscardCounts};
+use crate::discards::DiscardCounts;
+use crate::live::Live;
 use crate::metadata::{self, HeaderKind, MetadataError, MetadataParams, TraceEnv};
 use crate::packet::{check_packet_size, PacketError};
 use crate::producer::{Mode, Msg, Producer, ProducerInit, ProducerShared, ProducerStats};
+use crate::relayd::RelaydConfig;
+pub use crate::trace_report::TraceReport;
 
 /// Errors of the writer.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,9 @@ pub struct TraceConfig {
     pub catalog: Catalog,
     /// How long a trigger waits for producers to close their partial packet.
     pub trigger_grace: Duration,
+    /// Also stream the trace to an lttng-relayd (live), or send the
+    /// flight recorder's snapshots there.
+    pub relayd: Option<RelaydConfig>,
 }
 
 impl TraceConfig {
@@ -95,49 +101,8 @@ impl TraceConfig {
             clock_offset_ns: 0,
             catalog,
             trigger_grace: Duration::from_millis(100),
+            relayd: None,
         }
-    }
-}
-
-/// What a finished trace holds.
-#[derive(Clone, Debug, Default)]
-pub struct TraceReport {
-    /// The `kernel` folder of the trace.
-    pub trace_dir: PathBuf,
-    /// Producer counters, by vCPU (zeros for a producer that never closed).
-    pub per_cpu: Vec<ProducerStats>,
-    pub packets_written: u64,
-    pub bytes_written: u64,
-    /// Flight recorder: packets overwritten by newer ones.
-    pub packets_overwritten: u64,
-    /// Flight recorder: folders written on triggers.
-    pub snapshots: Vec<PathBuf>,
-    /// Time the writer thread spent handling packets (zero padding, write,
-    /// recycling), without the time it waited for producers.
-    pub write_time: Duration,
-    /// CPU time of the writer thread over its whole life.
-    pub writer_cpu_time: Duration,
-    /// vCPUs whose producer was still alive when finish gave up waiting;
-    /// their last partial packet is not in the trace.
-    pub unclosed: Vec<u32>,
-    /// Dropped events by class, by vCPU (each one's total is its
-    /// `per_cpu[i].discarded`).
-    pub discards: Vec<DiscardCounts>,
-    /// The catalog the trace was written with (names the classes).
-    pub catalog: Arc<Catalog>,
-}
-
-impl TraceReport {
-    pub fn events(&self) -> u64 {
-        self.per_cpu.iter().map(|s| s.events).sum()
-    }
-    pub fn discarded(&self) -> u64 {
-        self.per_cpu.iter().map(|s| s.discarded).sum()
-    }
-    /// The dropped events by event name, in total and per vCPU, as JSON
-    /// (see [`discards::to_json`]).
-    pub fn discards_json(&self) -> serde_json::Value {
-        discards::to_json(&self.discards, &self.catalog)
     }
 }
 
@@ -299,7 +264,14 @@ impl TraceWriter {
             }
             _ => None,
         };
+        let live = cfg.relayd.clone().map(|mut r| {
+            if r.queue_packets == 0 {
+                r.queue_packets = pool * n;
+            }
+            Live::start(r, &md, cfg.ncpus, ring.is_none())
+        });
         let st = WriterThread {
+            live,
             rx,
             empties,
             files: if ring.is_some() { Vec::new() } else { files },
@@ -393,6 +365,7 @@ impl Drop for TraceWriter {
 }
 
 struct WriterThread {
+    live: Option<Live>,
     rx: Receiver<Msg>,
     empties: Vec<Sender<Box<[u8]>>>,
     files: Vec<(PathBuf, File)>,
@@ -418,7 +391,8 @@ impl WriterThread {
                 break;
             }
             let poll = (self.ring_cap > 0).then(|| Instant::now() + SIGNAL_POLL);
-            let deadline = [trigger.map(|t| t.1), finish.flatten(), poll]
+            let live = self.live.as_ref().and_then(Live::deadline);
+            let deadline = [trigger.map(|t| t.1), finish.flatten(), poll, live]
                 .into_iter()
                 .flatten()
                 .min();
@@ -427,9 +401,14 @@ impl WriterThread {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match msg {
-                Ok(Msg::Packet { cpu, buf, len }) => {
+                Ok(Msg::Packet {
+                    cpu,
+                    buf,
+                    len,
+                    events,
+                }) => {
                     let t = Instant::now();
-                    self.on_packet(cpu as usize, buf, len);
+                    self.on_packet(cpu as usize, buf, len, events);
                     self.report.write_time += t.elapsed();
                 }
                 Ok(Msg::Gone {
@@ -457,6 +436,9 @@ impl WriterThread {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            if self.live.as_mut().is_some_and(Live::flush_due) {
+                self.shared.request_flush();
+            }
             if self.ring_cap > 0
                 && trigger.is_none()
                 && self.shared.signal.swap(false, Ordering::Relaxed)
@@ -472,7 +454,10 @@ impl WriterThread {
                     let n = self.report.snapshots.len();
                     let dir = self.out.dir.join(format!("snapshot-{n}")).join("kernel");
                     match self.dump(&dir) {
-                        Ok(()) => self.report.snapshots.push(dir),
+                        Ok(()) => {
+                            self.send_snapshot(&format!("snapshot-{n}"));
+                            self.report.snapshots.push(dir)
+                        }
                         Err(e) => self.fail(e),
                     }
                     self.shared.snapshots.fetch_add(1, Ordering::Release);
@@ -484,10 +469,12 @@ impl WriterThread {
             .collect();
         if self.ring_cap > 0 {
             let dir = self.out.dir.join("kernel");
-            if let Err(e) = self.dump(&dir) {
-                self.fail(e);
+            match self.dump(&dir) {
+                Ok(()) => self.send_snapshot("end"),
+                Err(e) => self.fail(e),
             }
         }
+        self.report.relayd = self.live.take().map(Live::finish);
         for (_, f) in &mut self.files {
             let _ = f.flush();
         }
@@ -520,7 +507,7 @@ impl WriterThread {
         let _ = self.empties[cpu].try_send(buf);
     }
 
-    fn on_packet(&mut self, cpu: usize, mut buf: Box<[u8]>, len: usize) {
+    fn on_packet(&mut self, cpu: usize, mut buf: Box<[u8]>, len: usize, events: u64) {
         buf[len..].fill(0);
         if self.ring_cap > 0 {
             self.rings[cpu].push_back((buf, len));
@@ -531,6 +518,9 @@ impl WriterThread {
                 }
             }
             return;
+        }
+        if let Some(live) = &mut self.live {
+            live.offer(cpu as u32, &buf, events);
         }
         if self.error.is_some() {
             self.lost += 1;
@@ -558,6 +548,17 @@ impl WriterThread {
             }
         }
         self.recycle(cpu, buf);
+    }
+
+    /// Send the flight-recorder rings to relayd as snapshot `name`.
+    fn send_snapshot(&mut self, name: &str) {
+        let Some(live) = &mut self.live else { return };
+        let packets = self
+            .rings
+            .iter()
+            .map(|r| r.iter().map(|(b, _)| b.to_vec()).collect())
+            .collect();
+        live.snapshot(name, &self.out.metadata, packets);
     }
 
     /// Write the flight-recorder rings as a complete trace in `dir`.

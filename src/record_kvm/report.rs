@@ -245,6 +245,7 @@ pub(super) fn write(
             "discards": report.discards_json(),
             "packets": report.packets_written,
             "bytes": report.bytes_written,
+            "relayd": report.relayd.as_ref().map(|r| r.to_json()),
         },
         "software_breakpoints": {
             "used": sh.sw.enabled(),

@@ -213,6 +213,7 @@ impl Register for Hv {
             if plan.num_subbuf > 0 {
                 cfg.packets_per_cpu = plan.num_subbuf as usize;
             }
+            cfg.relayd = relayd_config(&plan, &out);
             cfg.policy = match plan.buffer.as_str() {
                 "discard" => ltt_writer::Policy::Discard,
                 "flight-recorder" => ltt_writer::Policy::FlightRecorder {
@@ -389,12 +390,15 @@ fn at_exit() {
     let ctf = match g.writer.lock().ok().and_then(|mut w| w.take()) {
         Some(w) => match w.finish() {
             Ok(r) => format!(
-                "{{\"events\":{},\"discarded\":{},\"discards\":{},\"packets\":{},\"bytes\":{}}}",
+                "{{\"events\":{},\"discarded\":{},\"discards\":{},\"packets\":{},\"bytes\":{},\"relayd\":{}}}",
                 r.events(),
                 r.discarded(),
                 r.discards_json(),
                 r.packets_written,
-                r.bytes_written
+                r.bytes_written,
+                r.relayd
+                    .as_ref()
+                    .map_or("null".to_string(), |r| r.to_json().to_string())
             ),
             Err(e) => format!("{{\"error\":{:?}}}", chain(&e)),
         },
@@ -420,6 +424,25 @@ fn at_exit() {
         notes
     );
     write_report(&g.plan.out_dir, &json);
+}
+
+/// The relayd to stream to (`--relayd`), from the plan; an address the
+/// host checked but this side cannot read is said in `plugin-error`.
+fn relayd_config(plan: &ProbePlan, out: &str) -> Option<ltt_writer::RelaydConfig> {
+    if plan.relayd.is_empty() {
+        return None;
+    }
+    match ltt_writer::relayd::Endpoint::parse(&plan.relayd) {
+        Ok(ep) => Some(ltt_writer::RelaydConfig::new(
+            ep,
+            &plan.relayd_session,
+            &plan.relayd_hostname,
+        )),
+        Err(e) => {
+            let _ = std::fs::write(format!("{out}/plugin-error"), format!("relayd: {e}\n"));
+            None
+        }
+    }
 }
 
 /// Room kept for `plugin.json` from the start, so that the report (how
