@@ -289,6 +289,27 @@ fn statedump_matches_guest(backend: &str, line: &str) {
         .map(|e| e.text("diskname"))
         .collect();
     assert_eq!(block, names("BLOCK"));
+
+    // -- the tracer's own count (the summary's "N events") counts the
+    // statedump's every event, as the writer and babeltrace2 do
+    let report = if backend == "kvm" {
+        "kvm.json"
+    } else {
+        "plugin.json"
+    };
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.dir.join(report)).unwrap()).unwrap();
+    let traced: u64 = report["cpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        traced,
+        r.events.len() as u64,
+        "tracer's count vs babeltrace2"
+    );
     let _ = std::fs::remove_dir_all(&r.dir);
 }
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ctx::VcpuContext;
 use crate::decode::{
-    decode, Event, ProbeKind, Record, SyscallStrings, VcpuState, COUNTER_SLOTS, SYSCALL_SLOTS,
+    decode, Event, ProbeKind, Record, SyscallStrings, VcpuState, COUNTER_SLOTS, STATEDUMP_TAG,
+    SYSCALL_SLOTS,
 };
 use crate::defer::{Deferral, Held};
 use crate::kernel::Kernel;
@@ -282,6 +283,8 @@ impl VcpuTracer {
             });
         });
         sink.statedump_start(ts, &cur);
+        // start, end and items are events too (the records count themselves)
+        let mut others = 2u64;
         let mut walker = Walker::default();
         for &(task, ppid, files, leader) in &tasks {
             self.rec = Record {
@@ -293,11 +296,19 @@ impl VcpuTracer {
             self.emit(sink);
             // lttng-modules dumps a process's descriptors after its state
             walker.task(ctx, k, &task, files, leader, |item| {
+                others += 1;
                 sink.statedump_item(ts, &cur, item);
             });
         }
-        walker.system(ctx, k, |item| sink.statedump_item(ts, &cur, item));
+        walker.system(ctx, k, |item| {
+            others += 1;
+            sink.statedump_item(ts, &cur, item)
+        });
         sink.statedump_end(ts, &cur);
+        self.events += others;
+        if let Some(c) = self.by_event.get_mut(usize::from(STATEDUMP_TAG)) {
+            *c += others;
+        }
         self.rec.current = cur;
         self.tasks = tasks;
     }

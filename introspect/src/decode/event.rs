@@ -307,6 +307,10 @@ pub struct Record {
     pub event: Event,
 }
 
+/// [`Record::event_tag`] of the statedump, whose counter also counts its
+/// start, end and item events (written without a record).
+pub const STATEDUMP_TAG: u8 = 9;
+
 impl Record {
     /// A small integer naming the event's kind (the codec's tag).
     pub fn event_tag(&self) -> u8 {
@@ -320,7 +324,7 @@ impl Record {
             Event::ProcessExit { .. } => 6,
             Event::IrqEntry { .. } => 7,
             Event::IrqExit { .. } => 8,
-            Event::Statedump { .. } => 9,
+            Event::Statedump { .. } => STATEDUMP_TAG,
             Event::TimerEntry { .. } => 10,
             Event::TimerExit { .. } => 11,
             Event::Sample { .. } => 12,
