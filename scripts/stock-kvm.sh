@@ -39,6 +39,9 @@ options:
   --rw DIR                one more host folder L1 may write (repeatable); always
                           writable: the current folder, the cache folder, $TMPDIR or /tmp
   --console FILE          keep L1's serial console log in FILE
+  --net                   give L1 a NIC on QEMU's user-mode network: L1 is
+                          10.0.2.15, and 10.0.2.2 reaches this host's loopback
+                          (e.g. an lttng-relayd listening on 127.0.0.1)
   --hvtrace PATH          hvtrace binary used to build the guest image (default target/release/hvtrace)
   -h, --help              this text
 EOF
@@ -52,6 +55,7 @@ smp=2
 memory=4096
 timeout=900
 console_keep=""
+net=0
 hvtrace="$repo/target/release/hvtrace"
 rw=("$PWD")
 while [ $# -gt 0 ]; do
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout=${2:?}; shift 2 ;;
         --rw) rw+=("$(cd "${2:?}" && pwd)") || die "--rw $2: no such folder"; shift 2 ;;
         --console) console_keep=${2:?}; shift 2 ;;
+        --net) net=1; shift ;;
         --hvtrace) hvtrace=${2:?}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; break ;;
@@ -99,7 +104,7 @@ busybox=$(ls "$cache"/extract/busybox-static_*/bin/busybox 2>/dev/null | head -n
 
 # The modules L1 needs, in load order (scripts/kernel-modules.sh: each
 # module's dependencies from its own .modinfo `depends=` field).
-wanted=(kvm-amd 9pnet_virtio 9p virtio_pci)
+wanted=(kvm-amd 9pnet_virtio 9p virtio_pci virtio_net)
 key=$( { sha256sum "$deb" "$busybox" "$0" "$repo/scripts/kernel-modules.sh" | cut -d' ' -f1; echo "${wanted[*]}"; } | sha256sum | cut -c1-16)
 l1dir="$cache/stock-kvm/$krel-$key"
 if [ ! -f "$l1dir/initrd.img" ]; then
@@ -111,7 +116,7 @@ if [ ! -f "$l1dir/initrd.img" ]; then
         die "cannot take the modules out of $kpkg"
     [ -f "$work/root/lib/modules/kvm_amd.ko" ] || die "$kpkg has no kvm-amd module"
     cp "$busybox" "$work/root/bin/busybox"
-    for a in sh mount umount insmod mkdir cat chroot poweroff sleep dmesg tail; do ln -s busybox "$work/root/bin/$a"; done
+    for a in sh mount umount insmod mkdir cat chroot poweroff sleep dmesg tail ip; do ln -s busybox "$work/root/bin/$a"; done
     cat >"$work/root/init" <<'EOF'
 #!/bin/sh
 # L1's /init: load the modules, mount the host, run the command, power off.
@@ -130,6 +135,12 @@ for d in $(arg stockkvm.rw | tr ',' ' '); do
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 "rw$i" "/host$d" || fail "cannot mount $d read-write"
     i=$((i + 1))
 done
+ip link set lo up
+if [ "$(arg stockkvm.net)" = 1 ]; then
+    # QEMU's user-mode network: its gateway 10.0.2.2 is the host's loopback
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||
+        fail "cannot bring up eth0 (--net): $(ip link 2>&1 | tr '\n' ' ')"
+fi
 [ -e /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (does this QEMU's TCG offer SVM?): $(dmesg | grep -i -m3 -e svm -e kvm | tr '\n' ' ')"
 mount -t proc proc /host/proc && mount -t sysfs sys /host/sys && mount -t devtmpfs dev /host/dev ||
     fail "cannot mount proc, sys and dev in the host's root"
@@ -194,7 +205,10 @@ for d in "${shares[@]}"; do
 done
 rwlist=$(IFS=,; echo "${shares[*]}")
 case "$rwlist" in *' '*) die "a shared folder's path has a space: $rwlist" ;; esac
-qemu_args+=(-append "console=ttyS0 quiet panic=-1 mitigations=off stockkvm.run=$run stockkvm.rw=$rwlist")
+if [ "$net" = 1 ]; then
+    qemu_args+=(-nic user,model=virtio-net-pci)
+fi
+qemu_args+=(-append "console=ttyS0 quiet panic=-1 mitigations=off stockkvm.run=$run stockkvm.rw=$rwlist stockkvm.net=$net")
 
 echo "stock-kvm: L1 $krel (QEMU $qemu_major TCG, nested SVM, $smp vCPUs, $memory MiB): $*" >&2
 qemu_pid=""

@@ -3,7 +3,9 @@
 //! lttng-live) sees events while the guest still runs, and relayd's copy
 //! reads, event for event, as the local trace; a relayd killed mid-run
 //! neither stops nor fails the guest, and the summary says what was not
-//! sent.
+//! sent. On the KVM monitor (in the stock-KVM harness's L1, which reaches
+//! this host's loopback through QEMU's user-mode network), relayd's copy
+//! equals the local trace too.
 
 mod common;
 
@@ -69,7 +71,13 @@ impl Relayd {
     }
 
     fn address(&self) -> String {
-        format!("127.0.0.1:{}:{}", self.ports[0], self.ports[1])
+        self.address_via("127.0.0.1")
+    }
+
+    /// Its control and data ports at `host`, an address of this host's
+    /// loopback.
+    fn address_via(&self, host: &str) -> String {
+        format!("{host}:{}:{}", self.ports[0], self.ports[1])
     }
 
     fn live_url(&self) -> String {
@@ -318,4 +326,44 @@ fn an_output_url_says_to_use_relayd() {
     assert_eq!(o.status.code(), Some(125), "{stderr}");
     assert!(stderr.contains("--relayd 127.0.0.1"), "{stderr}");
     assert!(!Path::new("net:").exists());
+}
+
+/// The KVM monitor streams through the same writer: relayd's copy of a
+/// record made in the stock-KVM harness's L1 (or on a native KVM) reads,
+/// event for event, as the local trace.
+#[test]
+fn kvm_record_streamed_to_relayd_equals_local_trace() {
+    let Some((mut hv, host)) = common::hvtrace_on_kvm_with_host_loopback() else {
+        return;
+    };
+    let _machine = common::machine_lock(false);
+    // in the temporary folder, which the harness's L1 may write
+    let tmp = tempfile::tempdir().unwrap();
+    let relayd = Relayd::start(tmp.path());
+    let image = common::image_dir("6.1");
+    let local = tmp.path().join("kvmrun");
+    let out = hv
+        .args(["record", "--backend", "kvm"])
+        .arg("--kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(image.join("initrd.img"))
+        .arg("-o")
+        .arg(&local)
+        .args(["--relayd", &relayd.address_via(host)])
+        .args(["--relayd-hostname", "hvtest", "--", "/bin/syscalls", "50"])
+        .output()
+        .expect("run hvtrace record on KVM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("relayd: sent "), "{err}");
+    assert!(!err.contains("not sent"), "{err}");
+    let mine = bt2_lines(&local.join("kernel"));
+    let theirs = bt2_lines(&relayd.out.join("hvtest/kvmrun/kernel"));
+    assert!(
+        mine.iter().any(|l| l.contains("syscall_entry_getpid:")),
+        "the workload's syscalls are in the trace"
+    );
+    assert_eq!(mine.len(), theirs.len(), "events: local vs relayd's copy");
+    assert!(mine == theirs, "relayd's copy differs from the local trace");
 }

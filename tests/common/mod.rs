@@ -91,6 +91,21 @@ pub fn kvm_host() -> KvmHost {
 /// status, stdout, stderr and written files are the command's own). None,
 /// after printing "skipped: ..." with the reason, when neither exists.
 pub fn hvtrace_on_kvm() -> Option<Command> {
+    on_kvm(&[])
+}
+
+/// [`hvtrace_on_kvm`] where hvtrace can reach this host's loopback, with
+/// the address it reaches it by: 127.0.0.1 natively, QEMU's user-mode
+/// gateway 10.0.2.2 from the stock-KVM harness's L1 (`--net`).
+pub fn hvtrace_on_kvm_with_host_loopback() -> Option<(Command, &'static str)> {
+    let host = match kvm_host() {
+        KvmHost::StockKvm => "10.0.2.2",
+        _ => "127.0.0.1",
+    };
+    Some((on_kvm(&["--net"])?, host))
+}
+
+fn on_kvm(harness_args: &[&str]) -> Option<Command> {
     match kvm_host() {
         KvmHost::Native => Some(hvtrace()),
         KvmHost::StockKvm => {
@@ -99,6 +114,7 @@ pub fn hvtrace_on_kvm() -> Option<Command> {
             // A test's guest runs for about a minute: a hung L1 costs at
             // most this much of the suite (the harness says so and why).
             c.args(["--timeout", "420"])
+                .args(harness_args)
                 .arg("--hvtrace")
                 .arg(env!("CARGO_BIN_EXE_hvtrace"))
                 .arg("--")
