@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use record_support::{record_on, Ev, Recorded};
 
 const SCRIPT: &str = "exec 3</etc/passwd 4>/tmp/x 5>/tmp/gone; rm /tmp/gone; echo HOLDER $$; \
+ip link set lo up; ip addr add 192.168.7.1/24 dev lo; ip -4 -o addr | sed 's/^/ADDR /'; \
 /bin/storm 100000000 >/dev/null & S=$!; sleep 0.3; echo THREADS $S $(ls /proc/$S/task); \
 ls -l /proc/$$/fd | sed 's/^/FD /'; sed 's/^/MAP1 /' /proc/$$/maps; \
 /bin/spin 1; kill $S; \
@@ -271,7 +272,8 @@ fn statedump_matches_guest(backend: &str, line: &str) {
     }
 
     // -- network interfaces and block devices: the names /sys lists (the
-    // default initramfs has `lo`, down, and no block device at all)
+    // default initramfs has `lo`, brought up here with the kernel's
+    // 127.0.0.1 and one more address, and no block device at all)
     let names = |tag: &str| -> BTreeSet<String> {
         tagged(&r, tag)[0]
             .split_whitespace()
@@ -284,6 +286,29 @@ fn statedump_matches_guest(backend: &str, line: &str) {
         .collect();
     assert_eq!(net, names("NET"));
     assert!(net.contains("lo"));
+    // each IPv4 address as `ip -4 addr` lists it ("1: lo    inet A.B.C.D/N ...")
+    let addrs: BTreeSet<(String, String)> = dumped(&r, "network_interface")
+        .into_iter()
+        .filter(|e| num(e, "address_ipv4") != 0)
+        .map(|e| {
+            let a = num(e, "address_ipv4") as u32;
+            (e.text("name"), std::net::Ipv4Addr::from(a).to_string())
+        })
+        .collect();
+    let listed: BTreeSet<(String, String)> = tagged(&r, "ADDR")
+        .iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|&t| t == "inet").unwrap();
+            let ip = w[at + 1].split('/').next().unwrap().to_string();
+            (w[1].to_string(), ip)
+        })
+        .collect();
+    assert!(
+        listed.contains(&("lo".into(), "192.168.7.1".into())),
+        "{listed:?}"
+    );
+    assert_eq!(addrs, listed, "network_interface addresses vs ip -4 addr");
     let block: BTreeSet<String> = dumped(&r, "block_device")
         .into_iter()
         .map(|e| e.text("diskname"))
