@@ -203,6 +203,15 @@ fn traced_boot(line: &str) {
         image_execs.len()
     );
 
+    // The statedump (at the command's exec) lists the image's disk, as
+    // the guest's block-device file system knows it.
+    let disks: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.name == "lttng_statedump_block_device")
+        .map(|e| e.text("diskname"))
+        .collect();
+    assert!(disks.contains("vda"), "block devices dumped: {disks:?}");
+
     let names_after: BTreeSet<(i64, String)> = events[switch..]
         .iter()
         .map(|e| (e.pid, e.procname.clone()))
