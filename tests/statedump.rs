@@ -353,7 +353,7 @@ fn statedump_matches_guest_6_12() {
 /// stock-KVM harness's L1, too slow for this file's budget; run it with
 /// `--ignored` (it says "skipped" where no KVM runs guest code natively).
 #[test]
-#[ignore = "the stock-KVM L1 run (about 120 s) is beyond the suite budget; run with --ignored"]
+#[ignore = "the stock-KVM L1 run (about 60 s) is beyond the suite budget; run with --ignored"]
 fn statedump_matches_guest_kvm_6_1() {
     if common::hvtrace_on_kvm().is_none() {
         return;
