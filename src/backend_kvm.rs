@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::{GuestEnd, GuestRun, MarkerScanner};
+use engine::guest::{ConsoleDriver, GuestEnd, GuestRun, MarkerScanner};
 
 /// Console sink: stderr plus the marker scanner, and a copy for a console
 /// driver when one types on the console.
@@ -214,7 +214,7 @@ pub fn run_guest(
     interrupted: &std::sync::atomic::AtomicBool,
     tick_every: Duration,
     tick: &mut dyn FnMut(&vmm::Vm),
-    mut driver: Option<&mut dyn crate::guest::ConsoleDriver>,
+    mut driver: Option<&mut dyn ConsoleDriver>,
 ) -> Result<(GuestEnd, Option<vmm::VmExit>, MonitorOutcome)> {
     let end = Arc::new(Mutex::new(None));
     let tap = driver.as_ref().map(|_| Arc::new(Mutex::new(Vec::new())));

@@ -12,14 +12,15 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use introspect::plan::{
-    ArgSite, EventClasses, Offsets, ProbePlan, Symbols, Syscall, SITE_TRACEPOINTS,
-};
-use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
+use anyhow::{bail, Context, Result};
+use engine::output::{check_output, prepare_output};
+use engine::plan::build_plan;
+use engine::probes::{parse_probes, resolve_probes};
+use introspect::plan::EventClasses;
 
 use crate::guest;
 use crate::run::{choose_backend, Backend, GuestOptions};
+use engine::guest::GuestEnd;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -63,7 +64,7 @@ pub struct RecordArgs {
     /// Bytes per sub-buffer (one CTF packet) of each vCPU's stream, as
     /// LTTng's --subbuf-size: a number with an optional k or M suffix, a
     /// multiple of 8, from 4k to 64M.
-    #[arg(long, default_value = "256k", value_parser = crate::record_buffers::parse_subbuf_size)]
+    #[arg(long, default_value = "256k", value_parser = engine::buffers::parse_subbuf_size)]
     pub subbuf_size: u64,
     /// Sub-buffers per vCPU with --buffer lossless or discard, as LTTng's
     /// --num-subbuf. Smaller buffers fill sooner: a vCPU waits for the
@@ -157,7 +158,10 @@ pub fn run(args: RecordArgs) -> Result<i32> {
 }
 
 /// [`run`] with a driver typing on the guest console while it is traced.
-pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver>) -> Result<i32> {
+pub fn run_driven(
+    args: RecordArgs,
+    driver: Option<&mut dyn engine::guest::ConsoleDriver>,
+) -> Result<i32> {
     let interrupt = guest::install_interrupt_flag();
     let Some(events) = EventClasses::parse(&args.events) else {
         let unknown: Vec<&str> = args
@@ -268,9 +272,9 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
     // How a run may end without being cut short: its command's status, or
     // for a disk boot without command, power-off, --duration or a trigger.
     let normal_end = match &end {
-        guest::GuestEnd::Exited(_) | guest::GuestEnd::Triggered => true,
-        guest::GuestEnd::PoweredOff | guest::GuestEnd::Restarted => args.guest.disk.disk.is_some(),
-        guest::GuestEnd::TimedOut => limit.1,
+        GuestEnd::Exited(_) | GuestEnd::Triggered => true,
+        GuestEnd::PoweredOff | GuestEnd::Restarted => args.guest.disk.disk.is_some(),
+        GuestEnd::TimedOut => limit.1,
         _ => false,
     };
     let incomplete = crate::record_summary::print_qemu(&crate::record_summary::QemuRun {
@@ -321,282 +325,4 @@ pub fn locate_plugin() -> Result<PathBuf> {
     bail!(
         "the TCG plugin is not built (looked for {tried:?}); build it with `cargo build -p hvtrace-tcg` (same profile as hvtrace)"
     )
-}
-
-/// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
-/// BTF, syscall table and metadata), cached by content.
-pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
-    plan_of(&image_builder::check::open_kernel(kernel)?)
-}
-
-/// What a recording writes in its folder, engine by engine: cleared
-/// before a new one, so that nothing of an earlier recording passes for
-/// this one's.
-const RECORDING_DIRS: [&str; 2] = ["raw", "kernel"];
-const RECORDING_FILES: [&str; 5] = [
-    "plugin.json",
-    "plugin-started",
-    "plugin-error",
-    "kvm.json",
-    "probe-plan.json",
-];
-
-/// Makes `out` ready for a recording, refusing up front what would fail
-/// or lose data later: a file in its place, a folder that cannot be
-/// written, or one that holds a trace already (unless `force`). Returns
-/// its absolute path.
-pub fn prepare_output(out: &Path, force: bool) -> Result<PathBuf> {
-    check_output(out, force)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let probe = out.join(".hvtrace-write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("-o {}: cannot write in it", out.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    for d in RECORDING_DIRS {
-        let _ = std::fs::remove_dir_all(out.join(d));
-    }
-    for f in RECORDING_FILES {
-        let _ = std::fs::remove_file(out.join(f));
-    }
-    std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))
-}
-
-/// The refusals of [`prepare_output`] that need no writing, for a run to
-/// make before its other checks (and before a boot).
-pub fn check_output(out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("-o {}: exists and is not a folder", out.display());
-    }
-    if !force && out.join("kernel/metadata").exists() {
-        bail!(
-            "-o {}: holds a trace already (kernel/metadata); pass --force to replace it, or choose another folder",
-            out.display()
-        );
-    }
-    Ok(())
-}
-
-/// The probe plan of an opened image.
-pub fn plan_of(k: &guest_symbols::Kernel) -> Result<ProbePlan> {
-    let sym = |n: &str| k.symbols.addr(n).unwrap_or(0);
-    let need = |n: &str| -> Result<u64> {
-        k.symbols
-            .addr(n)
-            .with_context(|| format!("symbol {n} not in the image's kallsyms"))
-    };
-    let symbols = Symbols {
-        linux_banner: need("linux_banner")?,
-        entry_syscall_64: sym("entry_SYSCALL_64"),
-        entry_syscall_64_size: k.symbols.size_of("entry_SYSCALL_64").unwrap_or(0),
-        do_syscall_64: need("do_syscall_64")?,
-        switch_to: need("__switch_to")?,
-        try_to_wake_up: sym("try_to_wake_up"),
-        wake_up_new_task: sym("wake_up_new_task"),
-        begin_new_exec: sym("begin_new_exec"),
-        do_exit: sym("do_exit"),
-        handle_irq_event: sym("handle_irq_event"),
-        // The inner handler: it counts LOC in /proc/interrupts.
-        sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
-        init_task: need("init_task")?,
-        page_offset_base: sym("page_offset_base"),
-        tracepoints: SITE_TRACEPOINTS
-            .iter()
-            .map(|&name| (name.to_string(), tracepoint_sites(k, name)))
-            .collect(),
-        ia32_sys_call: sym("ia32_sys_call"),
-    };
-    let mut offsets = offsets_from_btf(&k.types, &k.symbols)?;
-    // task_pt_regs() for the compat syscall exit: the top of the task's
-    // stack. BTF has no `thread_union`; THREAD_SIZE is the extent of the
-    // init task's stack, whose bounds the linker script names
-    offsets.task_stack = k.types.member_offset("task_struct", "stack").unwrap_or(0);
-    let extent = |a: &str, b: &str| k.symbols.addr(b)?.checked_sub(k.symbols.addr(a)?);
-    offsets.thread_size = extent("__start_init_stack", "__end_init_stack")
-        .or_else(|| extent("init_stack", "__end_init_task"))
-        .filter(|&n| n.is_power_of_two() && (0x2000..=0x10000).contains(&n))
-        .unwrap_or(0);
-    let syscalls = plan_syscalls(&k.syscalls);
-    if syscalls.is_empty() {
-        bail!("no syscall table in the image");
-    }
-    let compat_syscalls = plan_syscalls(&k.compat_syscalls);
-    Ok(ProbePlan {
-        banner_prefix: format!("Linux version {} ", k.release),
-        kernel_release: k.release.clone(),
-        symbols,
-        offsets,
-        syscalls,
-        compat_syscalls,
-        statedump: crate::statedump_layout::layout(&k.types, &k.symbols),
-        ..ProbePlan::default()
-    })
-}
-
-/// A syscall table as the plan holds it: unimplemented slots
-/// (sys_ni_syscall) are left out; a name is declared once.
-fn plan_syscalls(table: &guest_symbols::SyscallTable) -> Vec<Syscall> {
-    let mut seen = std::collections::HashSet::new();
-    table
-        .entries
-        .iter()
-        .filter(|sc| !sc.name.contains("ni_syscall"))
-        .filter(|sc| seen.insert(syscall_name(&sc.name).to_string()))
-        .map(|sc| {
-            let args = sc.args.as_deref().unwrap_or(&[]);
-            Syscall {
-                nr: sc.nr,
-                name: syscall_name(&sc.name).to_string(),
-                args: args.iter().map(|a| a.name.clone()).collect(),
-                arg_types: args.iter().map(|a| a.type_name.clone()).collect(),
-                string_args: args
-                    .iter()
-                    .enumerate()
-                    .take(6)
-                    .filter(|(_, a)| is_user_string(&a.type_name, &a.name))
-                    .fold(0u8, |m, (i, _)| m | 1 << i),
-            }
-        })
-        .collect()
-}
-
-/// The static-branch sites of a tracepoint, for the planner.
-fn tracepoint_sites(k: &guest_symbols::Kernel, tracepoint: &str) -> Vec<ArgSite> {
-    k.tracepoint_sites
-        .iter()
-        .filter(|t| t.tracepoint == tracepoint)
-        .map(|t| ArgSite {
-            addr: t.addr,
-            // neither known: the planner says so and skips the tracepoint
-            reg: t.first_arg.unwrap_or(u8::MAX),
-            constant: t.first_arg_const,
-        })
-        .collect()
-}
-
-/// Events the TCG engine writes besides lttng-modules' (which
-/// `userprobe` already refuses as probe names).
-const OWN_EVENTS: [&str; 4] = [
-    "x86_irq_vectors_local_timer_entry",
-    "x86_irq_vectors_local_timer_exit",
-    "hvtrace_sample",
-    "hvtrace_trigger",
-];
-
-/// Parses the `--probe` specs (each error names the spec and its fault).
-pub fn parse_probes(specs: &[String]) -> Result<Vec<(String, ProbeSpec)>> {
-    let mut out = Vec::new();
-    for s in specs {
-        let p = ProbeSpec::parse(s).map_err(|e| anyhow!("--probe '{s}': {e}"))?;
-        if OWN_EVENTS.contains(&p.name.as_str()) {
-            bail!(
-                "--probe '{s}': event name `{}` is taken by one of hvtrace's own events",
-                p.name
-            );
-        }
-        if p.fields.iter().any(|f| f.name == "valid") {
-            bail!("--probe '{s}': field name `valid` is reserved: hvtrace adds it to every probe event (bit i set = field i was read)");
-        }
-        out.push((s.clone(), p));
-    }
-    let parsed: Vec<ProbeSpec> = out.iter().map(|(_, p)| p.clone()).collect();
-    check_unique_events(&parsed).map_err(|e| anyhow!("--probe: {e}"))?;
-    Ok(out)
-}
-
-/// Resolves the probes' symbols with the image's kallsyms and puts the
-/// probes in the plan; returns them resolved (link-time addresses).
-pub(crate) fn resolve_probes(
-    kernel: &Path,
-    specs: &[(String, ProbeSpec)],
-    plan: &mut ProbePlan,
-) -> Result<Vec<introspect::userprobe::ResolvedProbe>> {
-    let mut resolved = Vec::new();
-    if specs.is_empty() {
-        return Ok(resolved);
-    }
-    let cache = image_builder::cache::root().join("symbols");
-    let opts = guest_symbols::OpenOptions {
-        cache_dir: Some(&cache),
-        ..Default::default()
-    };
-    let k = guest_symbols::KernelImage::open_with(kernel, &opts)
-        .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
-    for (text, p) in specs {
-        let lookup = |s: &str| k.symbols.addr(s);
-        resolved.push(p.resolve(lookup).map_err(|e| {
-            anyhow!(
-                "--probe '{text}': {e} (not in the kallsyms of {})",
-                kernel.display()
-            )
-        })?);
-        let named = std::iter::once(p.symbol.as_str()).chain(p.fields.iter().filter_map(|f| {
-            match &f.fetch.base {
-                Base::Symbol(s) => Some(s.as_str()),
-                _ => None,
-            }
-        }));
-        for s in named {
-            if let Some(a) = k.symbols.addr(s) {
-                plan.user_probe_symbols.insert(s.to_string(), a);
-            }
-        }
-        plan.user_probes.push(text.clone());
-    }
-    Ok(resolved)
-}
-
-/// The syscall's own name: argument-less syscalls' handlers alias
-/// `__do_sys_<name>`, which guest_symbols may report instead.
-fn syscall_name(name: &str) -> &str {
-    name.strip_prefix("__do_sys_").unwrap_or(name)
-}
-
-/// A NUL-terminated user string argument (paths and names; `buf` of
-/// write-like calls is data, not a string).
-fn is_user_string(type_name: &str, name: &str) -> bool {
-    type_name.contains("const char") && type_name.matches('*').count() == 1 && name != "buf"
-}
-
-fn offsets_from_btf(
-    btf: &guest_symbols::KernelTypes,
-    syms: &guest_symbols::KernelSymbols,
-) -> Result<Offsets> {
-    let m = |s: &str, f: &str| -> Result<u64> {
-        btf.member_offset(s, f)
-            .with_context(|| format!("BTF has no {s}.{f}"))
-    };
-    let (task_state, task_state_size) = match btf.member("task_struct", "__state") {
-        Some(mem) => (mem.offset, mem.size.clamp(4, 8)),
-        None => (m("task_struct", "state")?, 8),
-    };
-    // >= 6.2 (and some backports): pcpu_hot.current_task; else the per-cpu
-    // variable current_task. Per-cpu symbols are offsets in the per-cpu area.
-    let percpu_current_task = match (
-        syms.addr("pcpu_hot"),
-        btf.member_offset("pcpu_hot", "current_task"),
-    ) {
-        (Some(base), Some(off)) => base + off,
-        _ => syms
-            .addr("current_task")
-            .context("neither pcpu_hot nor current_task in kallsyms")?,
-    };
-    Ok(Offsets {
-        task_pid: m("task_struct", "pid")?,
-        task_tgid: m("task_struct", "tgid")?,
-        task_comm: m("task_struct", "comm")?,
-        task_prio: m("task_struct", "prio")?,
-        task_state,
-        task_state_size,
-        task_real_parent: m("task_struct", "real_parent")?,
-        task_tasks: m("task_struct", "tasks")?,
-        task_cpu: m("task_struct", "thread_info.cpu").or_else(|_| m("task_struct", "cpu"))?,
-        percpu_current_task,
-        binprm_filename: m("linux_binprm", "filename")?,
-        irq_desc_irq: m("irq_desc", "irq_data.irq")?,
-        irq_desc_action: m("irq_desc", "action")?,
-        irqaction_name: m("irqaction", "name")?,
-        task_mm: m("task_struct", "mm")?,
-        mm_pgd: m("mm_struct", "pgd")?,
-        ..Offsets::default()
-    })
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::guest::GuestEnd;
+use engine::guest::GuestEnd;
 
 /// The options of a disk boot, shared by the commands that boot a guest.
 #[derive(clap::Args, Debug, Clone, Default)]

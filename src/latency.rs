@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use hvtrace_report::latency::{find_reader, Injection, KeyLatency};
 
-use crate::guest::ConsoleDriver;
+use engine::guest::ConsoleDriver;
 
 #[derive(clap::Args, Debug)]
 pub struct LatencyArgs {

@@ -11,12 +11,10 @@ mod disk;
 mod guest;
 mod interrupt;
 mod latency;
-mod record_buffers;
 mod record_kvm;
 mod record_relayd;
 mod record_summary;
 mod run;
-mod statedump_layout;
 mod triggers;
 
 use clap::{Parser, Subcommand};

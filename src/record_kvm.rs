@@ -39,7 +39,7 @@ mod handler;
 mod report;
 mod sw;
 use crate::cmd_record::{BufferMode, Mode, RecordArgs};
-use crate::guest::{self, GuestEnd};
+use engine::guest::{ConsoleDriver, GuestEnd};
 use handler::Handler;
 
 // The record → lttng-modules event mapping both engines share.
@@ -118,7 +118,7 @@ pub fn run(
     events: EventClasses,
     user_probes: &[(String, introspect::userprobe::ProbeSpec)],
     interrupt: &AtomicBool,
-    driver: Option<&mut dyn guest::ConsoleDriver>,
+    driver: Option<&mut dyn ConsoleDriver>,
 ) -> Result<i32> {
     args.guest.check_for_kvm()?;
     let full = args.guest.guest_run(&args.command)?;
@@ -126,20 +126,20 @@ pub fn run(
     let limit = args.guest.disk.limit(full.timeout);
     let run = full.with_timeout(limit.0);
     let out = &args.output;
-    crate::cmd_record::check_output(out, args.force)?;
+    engine::output::check_output(out, args.force)?;
     let relayd = crate::record_relayd::check(args)?;
 
     let t0 = Instant::now();
     let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
     let image = image_builder::check::open_kernel(&run.kernel)?;
-    let mut plan = crate::cmd_record::plan_of(&image).context("preparing the probe plan")?;
+    let mut plan = engine::plan::plan_of(&image).context("preparing the probe plan")?;
     let facts = sw::CodeFacts::of(&image, &plan);
     drop(image);
     plan.events = events;
-    let user = crate::cmd_record::resolve_probes(&run.kernel, user_probes, &mut plan)?;
+    let user = engine::probes::resolve_probes(&run.kernel, user_probes, &mut plan)?;
     // Everything that can be refused is checked: now the folder is written.
     let triggers = crate::triggers::parse_for(args, &plan, &run.kernel)?;
-    let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
+    let out_abs = engine::output::prepare_output(out, args.force)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
     plan.statedump_exec = crate::disk::statedump_exec(args);
     if args.mode == Mode::Sample {
@@ -350,7 +350,7 @@ pub fn run(
         for (tag, &n) in c.by_event.iter().enumerate() {
             if n > 0 {
                 *per_class
-                    .entry(crate::record_summary::class_of_tag(tag))
+                    .entry(engine::summary::class_of_tag(tag))
                     .or_default() += n;
             }
         }
@@ -358,7 +358,7 @@ pub fn run(
     for (class, n) in &per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
-    crate::record_buffers::print_discards(&report.discards_json(), &args.output.join("kvm.json"));
+    engine::buffers::print_discards(&report.discards_json(), &args.output.join("kvm.json"));
     if let Some(r) = &report.relayd {
         crate::record_relayd::print(&r.to_json());
     }

@@ -6,7 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::guest::{self, GuestEnd, GuestRun};
+use crate::guest;
+use engine::guest::{GuestEnd, GuestRun};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -147,7 +148,7 @@ impl GuestOptions {
             initrd,
             cmdline: match disk {
                 Some(_) => crate::disk::kernel_cmdline(command, &append)?,
-                None => guest::kernel_cmdline(command, &append),
+                None => engine::guest::kernel_cmdline(command, &append),
             },
             vcpus: self.vcpus,
             memory_mib: self.memory,
