@@ -20,26 +20,8 @@ use introspect::plan::EventClasses;
 
 use crate::guest;
 use crate::run::{choose_backend, Backend, GuestOptions};
+use engine::buffers::{BufferMode, Mode};
 use engine::guest::GuestEnd;
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Every selected event, exact order per vCPU.
-    Trap,
-    /// Statistical sampling at --freq HZ (plus process lifecycle events).
-    Sample,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BufferMode {
-    /// A full buffer pauses the vCPU: nothing is lost.
-    Lossless,
-    /// A full buffer drops events and counts them.
-    Discard,
-    /// Keep the newest events in memory, write them at the end (and on
-    /// --trigger or SIGUSR1).
-    FlightRecorder,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct RecordArgs {
@@ -210,15 +192,7 @@ pub fn run_driven(
     let mut plan = build_plan(&run.kernel).context("preparing the probe plan")?;
     plan.events = events;
     resolve_probes(&run.kernel, &user_probes, &mut plan)?;
-    if args.mode == Mode::Sample {
-        // Samples instead of the high-rate classes; process lifecycle
-        // (rare) stays traced so samples can be attributed.
-        plan.sample_hz = args.freq;
-        plan.events = EventClasses {
-            proc: true,
-            ..EventClasses::default()
-        };
-    }
+    engine::buffers::apply_mode(&mut plan, args.mode, args.freq);
     // Everything that can be refused is checked: now the folder is written.
     let triggers = crate::triggers::parse_for(&args, &plan, &run.kernel)?;
     let out_abs = prepare_output(out, args.force)?;

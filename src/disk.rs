@@ -147,22 +147,6 @@ fn systemd_exec_line(command: &[String]) -> Result<String> {
     Ok(words.join(" "))
 }
 
-/// How a disk boot ended, as hvtrace's exit status: the guest powering
-/// off is the end of a run without command and the success of a command;
-/// rebooting is its failure (`systemd.run_failure_action=reboot`).
-pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Result<i32> {
-    match end {
-        GuestEnd::PoweredOff => Ok(0),
-        GuestEnd::Restarted => {
-            eprintln!("hvtrace: the guest rebooted: its command failed (systemd.run_failure_action); the exact status stays in the guest");
-            Ok(1)
-        }
-        GuestEnd::TimedOut if limit.1 => Ok(0),
-        GuestEnd::Triggered => Ok(0),
-        other => crate::run::outcome(other, timeout),
-    }
-}
-
 /// Where the disk initramfs and its modules live, for `--disk` runs of a
 /// kernel line's default image.
 pub fn default_initrd(line: &str) -> Result<PathBuf> {

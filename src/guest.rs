@@ -19,9 +19,9 @@ use engine::guest::{ConsoleDriver, GuestEnd, GuestRun, MarkerScanner};
 pub const ICOUNT_SHIFT: u32 = 3;
 
 /// Set by SIGINT/SIGTERM once a guest runs: ends the run cleanly (QEMU
-/// gets SIGTERM so plugins flush what they hold); see [`crate::interrupt`].
+/// gets SIGTERM so plugins flush what they hold); see [`engine::interrupt`].
 pub fn install_interrupt_flag() -> Arc<AtomicBool> {
-    crate::interrupt::install()
+    engine::interrupt::install()
 }
 
 /// The QEMU (TCG) command for a run; `extra` goes last (e.g. `-plugin`).
@@ -103,7 +103,7 @@ pub fn run_qemu_driven(
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    crate::interrupt::guest_starting();
+    engine::interrupt::guest_starting();
     let mut child = cmd.spawn().with_context(|| {
         format!(
             "cannot start {} (install QEMU >= 10: scripts/install-deps.sh)",
@@ -178,7 +178,7 @@ fn stop_qemu(child: &mut Child, end: &GuestEnd) -> Option<std::process::ExitStat
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline && !crate::interrupt::hurry() => {
+            Ok(None) if Instant::now() < deadline && !engine::interrupt::hurry() => {
                 std::thread::sleep(Duration::from_millis(20))
             }
             _ => break,

@@ -1,7 +1,7 @@
 //! hvtrace: a hypervisor-level whole-system tracer for unmodified Linux guests.
 
-mod backend_kvm;
 mod bench_trace;
+mod cmd_bench_exits;
 mod cmd_bench_writer;
 mod cmd_image;
 mod cmd_record;
@@ -9,7 +9,6 @@ mod cmd_report;
 mod cmd_symbols;
 mod disk;
 mod guest;
-mod interrupt;
 mod latency;
 mod record_kvm;
 mod record_relayd;
@@ -68,7 +67,7 @@ fn main() {
         Cmd::Report(args) => cmd_report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
-        Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),
+        Cmd::Bench(BenchCmd::Exits) => cmd_bench_exits::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Trace(args)) => bench_trace::run(args).map(|()| 0),
     };
     match result {

@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ltt_writer::relayd::{self, Endpoint, RelaydConfig};
 
-use crate::cmd_record::{BufferMode, RecordArgs};
+use crate::cmd_record::RecordArgs;
+use engine::buffers::BufferMode;
 
 /// The relayd target of a record, or `None` without `--relayd`. Refuses a
 /// malformed address, names relayd cannot take, and a relayd that does not
@@ -90,21 +91,5 @@ pub fn into_plan(cfg: Option<&RelaydConfig>, plan: &mut introspect::ProbePlan) {
         plan.relayd = c.endpoint.to_string();
         plan.relayd_session = c.session.clone();
         plan.relayd_hostname = c.hostname.clone();
-    }
-}
-
-/// Says what the streaming did, from its report as JSON (`ctf.relayd` in
-/// the engines' reports).
-pub fn print(report: &serde_json::Value) {
-    if report.is_null() {
-        return;
-    }
-    let line = report["summary"].as_str().unwrap_or("no report");
-    eprintln!("hvtrace: record: relayd: {line}");
-    for e in report["snapshot_errors"].as_array().into_iter().flatten() {
-        eprintln!(
-            "hvtrace: record: relayd: snapshot not sent: {}",
-            e.as_str().unwrap_or("?")
-        );
     }
 }

@@ -47,7 +47,7 @@ pub fn print_qemu(r: &QemuRun) -> Option<String> {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
     engine::buffers::print_discards(&report["ctf"]["discards"], &r.out.join("plugin.json"));
-    crate::record_relayd::print(&report["ctf"]["relayd"]);
+    engine::summary::print_relayd(&report["ctf"]["relayd"]);
     // [deferred, read later, still unreadable] per vCPU (introspect::defer)
     let late = report["cpus"].as_array().map_or([0u64; 3], |c| {
         c.iter().fold([0; 3], |mut acc, cpu| {

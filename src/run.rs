@@ -216,7 +216,8 @@ impl GuestOptions {
 }
 
 impl GuestOptions {
-    /// [`outcome`], or for a `--disk` boot [`crate::disk::outcome`].
+    /// [`engine::outcome::outcome`], or for a `--disk` boot
+    /// [`engine::outcome::disk_outcome`].
     pub fn outcome(
         &self,
         end: GuestEnd,
@@ -224,9 +225,9 @@ impl GuestOptions {
         timeout: Duration,
     ) -> Result<i32> {
         if self.disk.disk.is_some() {
-            crate::disk::outcome(end, limit, timeout)
+            Ok(engine::outcome::disk_outcome(end, limit, timeout)?)
         } else {
-            outcome(end, timeout)
+            Ok(engine::outcome::outcome(end, timeout)?)
         }
     }
 }
@@ -247,36 +248,6 @@ pub fn choose_backend(requested: Backend) -> Result<Backend> {
     }
 }
 
-/// Turns how the guest ended into hvtrace's exit status or an error.
-pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
-    match end {
-        GuestEnd::Exited(status) => Ok(status),
-        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::Restarted => bail!(
-            "the guest rebooted (QEMU runs with -no-reboot, so that ends the run) without reporting the command's exit status"
-        ),
-        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Triggered => {
-            bail!("the guest stopped without reporting the command's exit status")
-        }
-        GuestEnd::DiskInitFailed(why) => {
-            bail!("the disk boot's /init could not start the image's init: {why}")
-        }
-        GuestEnd::TimedOut => bail!(
-            "timed out after {} s; the guest was stopped",
-            timeout.as_secs()
-        ),
-        GuestEnd::Interrupted => {
-            // Like a shell: 128 + the signal that stopped the run.
-            let sig = crate::interrupt::received().unwrap_or(libc::SIGINT);
-            eprintln!(
-                "hvtrace: interrupted by {}; the guest was stopped",
-                crate::interrupt::name(sig)
-            );
-            Ok(128 + sig)
-        }
-    }
-}
-
 pub fn run(args: RunArgs) -> Result<i32> {
     let interrupt = guest::install_interrupt_flag();
     // The inputs first: a bad image is the same error on every host.
@@ -292,10 +263,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
             if args.guest.disk.disk.is_none() {
-                return crate::backend_kvm::run(&run);
+                let end = engine_kvm::monitor::run_until(&run, None)?;
+                return Ok(engine::outcome::outcome(end, run.timeout)?);
             }
             let limit = args.guest.disk.limit(run.timeout);
-            let end = crate::backend_kvm::run_until(&run.with_timeout(limit.0), None)?;
+            let end = engine_kvm::monitor::run_until(&run.with_timeout(limit.0), None)?;
             args.guest.outcome(end, limit, run.timeout)
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),

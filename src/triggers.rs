@@ -238,7 +238,7 @@ pub fn parse_for(
     plan: &ProbePlan,
     kernel: &Path,
 ) -> Result<Option<Vec<Trigger>>> {
-    let flight = args.buffer == crate::cmd_record::BufferMode::FlightRecorder;
+    let flight = args.buffer == engine::buffers::BufferMode::FlightRecorder;
     parse(&args.triggers, flight, plan, kernel)
 }
 

@@ -6,6 +6,8 @@
 
 pub mod buffers;
 pub mod guest;
+pub mod interrupt;
+pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod probes;
