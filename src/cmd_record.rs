@@ -8,8 +8,7 @@
 //! ltt-writer (one producer per vCPU) and a report (`plugin.json`) that
 //! the summary comes from.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -18,10 +17,10 @@ use engine::plan::build_plan;
 use engine::probes::{parse_probes, resolve_probes};
 use introspect::plan::EventClasses;
 
-use crate::guest;
 use crate::run::{choose_backend, Backend, GuestOptions};
 use engine::buffers::{BufferMode, Mode};
 use engine::guest::GuestEnd;
+use engine_qemu::{plugin, qemu, summary};
 
 #[derive(clap::Args, Debug)]
 pub struct RecordArgs {
@@ -144,7 +143,7 @@ pub fn run_driven(
     args: RecordArgs,
     driver: Option<&mut dyn engine::guest::ConsoleDriver>,
 ) -> Result<i32> {
-    let interrupt = guest::install_interrupt_flag();
+    let interrupt = engine::interrupt::install();
     let Some(events) = EventClasses::parse(&args.events) else {
         let unknown: Vec<&str> = args
             .events
@@ -186,7 +185,7 @@ pub fn run_driven(
     let relayd = crate::record_relayd::check(&args)?;
     let plugin = match &args.plugin {
         Some(p) => p.clone(),
-        None => locate_plugin()?,
+        None => plugin::locate_plugin()?,
     };
     let t0 = Instant::now();
     let mut plan = build_plan(&run.kernel).context("preparing the probe plan")?;
@@ -196,50 +195,46 @@ pub fn run_driven(
     // Everything that can be refused is checked: now the folder is written.
     let triggers = crate::triggers::parse_for(&args, &plan, &run.kernel)?;
     let out_abs = prepare_output(out, args.force)?;
-    plan.out_dir = path_str(&out_abs)?.to_string();
+    plan.out_dir = plugin::path_str(&out_abs)?.to_string();
     plan.statedump_exec = crate::disk::statedump_exec(&args);
-    plan.buffer = match args.buffer {
-        BufferMode::Lossless => "lossless",
-        BufferMode::Discard => "discard",
-        BufferMode::FlightRecorder => "flight-recorder",
-    }
-    .into();
-    plan.flight_bytes = args.flight_mib * (1 << 20);
-    plan.subbuf_size = args.subbuf_size;
-    plan.num_subbuf = args.num_subbuf;
-    plan.raw = args.keep_raw;
-    crate::record_relayd::into_plan(relayd.as_ref(), &mut plan);
-    plan.instruction_clock_shift = args.guest.instruction_clock_shift();
+    plugin::configure(
+        &mut plan,
+        &plugin::PluginOptions {
+            buffer: args.buffer,
+            flight_mib: args.flight_mib,
+            subbuf_size: args.subbuf_size,
+            num_subbuf: args.num_subbuf,
+            raw: args.keep_raw,
+            relayd: relayd.as_ref(),
+            instruction_clock_shift: args.guest.instruction_clock_shift(),
+        },
+    );
     let triggers = crate::triggers::arm(triggers, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();
 
     let mut extra = args.guest.qemu_extra_args();
-    extra.push("-plugin".into());
-    extra.push(OsString::from(format!(
-        "{},plan={}",
-        path_str(&plugin)?,
-        path_str(&plan_path)?
-    )));
-    if let (Some(t), Some(arg)) = (&triggers, extra.last_mut()) {
-        arg.push(t.plugin_arg()?);
-    }
+    extra.extend(plugin::plugin_args(
+        &plugin,
+        &plan_path,
+        triggers.as_ref().map(|t| t.plan_path()),
+    )?);
     let baseline = if args.baseline {
-        let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
+        let cmd = qemu::qemu_command(&run, &args.guest.qemu_extra_args());
         let t = Instant::now();
-        let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::sink())?;
+        let end = qemu::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::sink())?;
         Some((t.elapsed(), end))
     } else {
         None
     };
-    let cmd = guest::qemu_command(&run, &extra);
+    let cmd = qemu::qemu_command(&run, &extra);
     let limit = args.guest.disk.limit(run.timeout);
     let t1 = Instant::now();
     // A disk boot without a command may end at the first trigger's snapshot.
     let until_trigger = crate::disk::StopOnSnapshot::wanted(&args, triggers.as_ref(), &interrupt);
     let stop = until_trigger.as_ref().map_or(&*interrupt, |u| u.flag());
-    let end = guest::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
+    let end = qemu::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
     let end = until_trigger.map_or(end.clone(), |u| u.finish(end));
     let wall = t1.elapsed();
 
@@ -251,7 +246,7 @@ pub fn run_driven(
         GuestEnd::TimedOut => limit.1,
         _ => false,
     };
-    let incomplete = crate::record_summary::print_qemu(&crate::record_summary::QemuRun {
+    let incomplete = summary::print_qemu(&summary::QemuRun {
         out,
         out_abs: &out_abs,
         wall,
@@ -268,35 +263,4 @@ pub fn run_driven(
         Some(why) if normal_end => bail!("the trace is incomplete: {why}"),
         _ => args.guest.outcome(end, limit, run.timeout),
     }
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    match p.to_str() {
-        Some(s) if !s.contains(',') => Ok(s),
-        _ => bail!(
-            "{}: paths given to QEMU must be UTF-8 without commas",
-            p.display()
-        ),
-    }
-}
-
-/// The plugin: `$HVTRACE_TCG_PLUGIN`, or `libhvtrace_tcg.so` next to the
-/// hvtrace binary (cargo puts both in `target/<profile>/`; test binaries
-/// live one level down in `deps/`).
-pub fn locate_plugin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HVTRACE_TCG_PLUGIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let cand = dir.join("libhvtrace_tcg.so");
-        if cand.is_file() {
-            return Ok(cand);
-        }
-        tried.push(cand);
-    }
-    bail!(
-        "the TCG plugin is not built (looked for {tried:?}); build it with `cargo build -p hvtrace-tcg` (same profile as hvtrace)"
-    )
 }

@@ -8,11 +8,9 @@ mod cmd_record;
 mod cmd_report;
 mod cmd_symbols;
 mod disk;
-mod guest;
 mod latency;
 mod record_kvm;
 mod record_relayd;
-mod record_summary;
 mod run;
 mod triggers;
 

@@ -84,12 +84,3 @@ fn machine_hostname() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
-
-/// Puts the target into the plan the TCG plugin reads.
-pub fn into_plan(cfg: Option<&RelaydConfig>, plan: &mut introspect::ProbePlan) {
-    if let Some(c) = cfg {
-        plan.relayd = c.endpoint.to_string();
-        plan.relayd_session = c.session.clone();
-        plan.relayd_hostname = c.hostname.clone();
-    }
-}

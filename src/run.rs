@@ -6,8 +6,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::guest;
 use engine::guest::{GuestEnd, GuestRun};
+use engine_qemu::qemu;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -192,14 +192,14 @@ impl GuestOptions {
         extra.extend(self.disk.qemu_args());
         if self.time_transparent {
             extra.push("-icount".into());
-            extra.push(format!("shift={},sleep=off", guest::ICOUNT_SHIFT).into());
+            extra.push(format!("shift={},sleep=off", qemu::ICOUNT_SHIFT).into());
         }
         extra
     }
 
     /// The instruction clock's shift of a time-transparent run.
     pub fn instruction_clock_shift(&self) -> Option<u32> {
-        self.time_transparent.then_some(guest::ICOUNT_SHIFT)
+        self.time_transparent.then_some(qemu::ICOUNT_SHIFT)
     }
 
     /// Refuses options the KVM engine cannot honour.
@@ -249,15 +249,15 @@ pub fn choose_backend(requested: Backend) -> Result<Backend> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let interrupt = guest::install_interrupt_flag();
+    let interrupt = engine::interrupt::install();
     // The inputs first: a bad image is the same error on every host.
     let run = args.guest.guest_run(&args.command)?;
     let backend = choose_backend(args.guest.backend)?;
     match backend {
         Backend::Qemu => {
-            let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
+            let cmd = qemu::qemu_command(&run, &args.guest.qemu_extra_args());
             let limit = args.guest.disk.limit(run.timeout);
-            let end = guest::run_qemu(cmd, limit.0, &interrupt, &mut std::io::stderr())?;
+            let end = qemu::run_qemu(cmd, limit.0, &interrupt, &mut std::io::stderr())?;
             args.guest.outcome(end, limit, run.timeout)
         }
         Backend::Kvm => {

@@ -335,17 +335,6 @@ impl Armed {
         &self.plan_path
     }
 
-    /// What to append to the plugin's argument list.
-    pub fn plugin_arg(&self) -> Result<String> {
-        match self.plan_path.to_str() {
-            Some(s) if !s.contains(',') => Ok(format!(",triggers={s}")),
-            _ => bail!(
-                "{}: paths given to QEMU must be UTF-8 without commas",
-                self.plan_path.display()
-            ),
-        }
-    }
-
     /// The count of snapshots written so far, updated as they are logged.
     pub fn snapshots(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.snapshots)

@@ -8,21 +8,22 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use engine::guest::{ConsoleDriver, GuestEnd, GuestRun, MarkerScanner};
+
+/// QEMU could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot start {} (install QEMU >= 10: scripts/install-deps.sh)", qemu_binary().to_string_lossy())]
+    Spawn(#[source] std::io::Error),
+}
 
 /// `--time-transparent`: each guest instruction is 2^ICOUNT_SHIFT ns of guest
 /// time. 8 ns: TCG here runs a syscall-heavy guest at about one instruction
 /// per 8-13 ns of wall time, so guest time stays near real time.
 pub const ICOUNT_SHIFT: u32 = 3;
-
-/// Set by SIGINT/SIGTERM once a guest runs: ends the run cleanly (QEMU
-/// gets SIGTERM so plugins flush what they hold); see [`engine::interrupt`].
-pub fn install_interrupt_flag() -> Arc<AtomicBool> {
-    engine::interrupt::install()
-}
 
 /// The QEMU (TCG) command for a run; `extra` goes last (e.g. `-plugin`).
 pub fn qemu_command(run: &GuestRun, extra: &[OsString]) -> Command {
@@ -65,7 +66,7 @@ pub fn run_qemu(
     timeout: Duration,
     interrupt: &AtomicBool,
     console_out: &mut (dyn Write + Send),
-) -> anyhow::Result<GuestEnd> {
+) -> Result<GuestEnd, QemuError> {
     run_qemu_driven(cmd, timeout, interrupt, console_out, None)
 }
 
@@ -76,8 +77,7 @@ pub fn run_qemu_driven(
     interrupt: &AtomicBool,
     console_out: &mut (dyn Write + Send),
     mut driver: Option<&mut dyn ConsoleDriver>,
-) -> anyhow::Result<GuestEnd> {
-    use anyhow::Context;
+) -> Result<GuestEnd, QemuError> {
     // Its own process group: a terminal's Ctrl-C reaches hvtrace only, which
     // then stops QEMU in order.
     let stdin = if driver.is_some() {
@@ -104,12 +104,7 @@ pub fn run_qemu_driven(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     engine::interrupt::guest_starting();
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "cannot start {} (install QEMU >= 10: scripts/install-deps.sh)",
-            qemu_binary().to_string_lossy()
-        )
-    })?;
+    let mut child = cmd.spawn().map_err(QemuError::Spawn)?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stdin = child.stdin.take();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
