@@ -139,7 +139,7 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("hvtrace-latency-{}", std::process::id())),
     };
-    let record = crate::cmd_record::RecordArgs::for_command(
+    let record = crate::record_args::RecordArgs::for_command(
         args.guest.clone(),
         dir.clone(),
         args.command.clone(),

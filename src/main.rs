@@ -9,10 +9,10 @@ mod cmd_report;
 mod cmd_symbols;
 mod disk;
 mod latency;
+mod record_args;
 mod record_kvm;
 mod record_relayd;
 mod run;
-mod triggers;
 
 use clap::{Parser, Subcommand};
 
@@ -33,7 +33,7 @@ enum Cmd {
     /// Boot a guest and run one command in it; exits with its status.
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
-    Record(cmd_record::RecordArgs),
+    Record(record_args::RecordArgs),
     /// Type keys on the guest console and follow each through the system.
     Latency(latency::LatencyArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).

@@ -11,7 +11,7 @@ use engine::guest::{ConsoleDriver, GuestEnd};
 use engine_kvm::record::{Prepared, Recording};
 use introspect::plan::EventClasses;
 
-use crate::cmd_record::RecordArgs;
+use crate::record_args::RecordArgs;
 
 /// `hvtrace record --backend kvm`.
 pub fn run(
@@ -36,15 +36,20 @@ pub fn run(
     plan.events = events;
     let user = engine::probes::resolve_probes(&run.kernel, user_probes, plan)?;
     // Everything that can be refused is checked: now the folder is written.
-    let triggers = crate::triggers::parse_for(args, plan, &run.kernel)?;
+    let triggers = engine::triggers::parse(
+        &args.triggers,
+        args.buffer == engine::buffers::BufferMode::FlightRecorder,
+        plan,
+        &run.kernel,
+    )?;
     let out_abs = engine::output::prepare_output(out, args.force)?;
     plan.out_dir = out_abs.to_string_lossy().into_owned();
-    plan.statedump_exec = crate::disk::statedump_exec(args);
+    plan.statedump_exec = args.statedump_exec();
     // A sample is a kick of every vCPU (signal + immediate_exit) at
     // --freq from this thread.
     engine::buffers::apply_mode(plan, args.mode, args.freq);
     std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
-    let armed = crate::triggers::arm(triggers, &out_abs)?;
+    let armed = engine::triggers::arm(triggers, &out_abs)?;
     let trigger_plan =
         engine_kvm::record::trigger_plan(armed.as_ref().map(|a| a.plan_path()), plan)?;
     let prep = t0.elapsed();

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ltt_writer::relayd::{self, Endpoint, RelaydConfig};
 
-use crate::cmd_record::RecordArgs;
+use crate::record_args::RecordArgs;
 use engine::buffers::BufferMode;
 
 /// The relayd target of a record, or `None` without `--relayd`. Refuses a

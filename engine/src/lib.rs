@@ -12,4 +12,6 @@ pub mod output;
 pub mod plan;
 pub mod probes;
 pub mod statedump_layout;
+pub mod stop;
 pub mod summary;
+pub mod triggers;

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use introspect::plan::ProbePlan;
 use introspect::triggers::{Condition, LogEntry, Trigger, TriggerPlan};
 
@@ -25,6 +24,26 @@ use introspect::triggers::{Condition, LogEntry, Trigger, TriggerPlan};
 /// (present in Debian's 6.1 and 6.12 kernels): `panic` itself, and
 /// `oops_begin`, where x86's `die`, `die_addr` and the page-fault oops start.
 pub const PANIC_SYMBOLS: [&str; 2] = ["panic", "oops_begin"];
+
+/// Why `--trigger`s are refused, or cannot be armed.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A spec this kernel or these options cannot take; says which.
+    #[error("{0}")]
+    Spec(String),
+    #[error("output path")]
+    OutputPath(#[source] std::ffi::NulError),
+    #[error("creating {}", .0.display())]
+    Fifo(PathBuf, #[source] std::io::Error),
+    #[error("writing {}", .0.display())]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("installing the SIGUSR1 handler")]
+    Signal(#[source] std::io::Error),
+    #[error("starting the trigger thread")]
+    Thread(#[source] std::io::Error),
+    #[error("{}: the output path must be UTF-8", .0.display())]
+    NotUtf8(PathBuf),
+}
 
 const PLAN_FILE: &str = "trigger-plan.json";
 const FIFO_FILE: &str = "trigger.fifo";
@@ -127,7 +146,7 @@ pub fn parse_spec(
     spec: &str,
     plan: &ProbePlan,
     symbol: &mut dyn FnMut(&str) -> Option<u64>,
-) -> Result<Vec<Trigger>> {
+) -> Result<Vec<Trigger>, TriggerError> {
     let trig = |name: &str, cond| Trigger {
         spec: spec.to_string(),
         name: name.to_string(),
@@ -140,13 +159,17 @@ pub fn parse_spec(
                 .filter_map(|&s| symbol(s).map(|link| trig(s, Condition::Enter { link })))
                 .collect();
             if found.is_empty() {
-                bail!("--trigger panic: none of {PANIC_SYMBOLS:?} is in this kernel's symbols");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger panic: none of {PANIC_SYMBOLS:?} is in this kernel's symbols"
+                )));
             }
             Ok(found)
         }
         "signal-exit" => {
             if plan.symbols.do_exit == 0 {
-                bail!("--trigger signal-exit: do_exit is not in this kernel's symbols");
+                return Err(TriggerError::Spec(
+                    "--trigger signal-exit: do_exit is not in this kernel's symbols".into(),
+                ));
             }
             Ok(vec![trig(
                 "signal-exit",
@@ -158,23 +181,31 @@ pub fn parse_spec(
         s => {
             let Some((name, errno)) = s.strip_prefix("syscall=").and_then(|r| r.split_once(':'))
             else {
-                bail!("--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO"
+                )));
             };
             let name = name.trim();
             let native = plan.syscalls.iter().find(|sc| sc.name == name);
             let compat = plan.compat_syscalls.iter().find(|sc| sc.name == name);
             if native.is_none() && compat.is_none() {
-                bail!("--trigger {s}: no syscall `{name}` in this kernel's syscall tables");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: no syscall `{name}` in this kernel's syscall tables"
+                )));
             }
             let Some(errno) = parse_errno(errno) else {
-                bail!("--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number"
+                )));
             };
             let ret = -i64::from(errno);
             let mut out = Vec::new();
             // A syscall of both tables fires from 64-bit and 32-bit processes.
             if let Some(sc) = native {
                 if plan.symbols.do_syscall_64 == 0 {
-                    bail!("--trigger {s}: do_syscall_64 is not in this kernel's symbols");
+                    return Err(TriggerError::Spec(format!(
+                        "--trigger {s}: do_syscall_64 is not in this kernel's symbols"
+                    )));
                 }
                 out.push(trig(
                     s,
@@ -196,7 +227,7 @@ pub fn parse_spec(
                 ));
             }
             if out.is_empty() {
-                bail!("--trigger {s}: `{name}` is a compat syscall only, and ia32_sys_call is not in this kernel's symbols");
+                return Err(TriggerError::Spec(format!("--trigger {s}: `{name}` is a compat syscall only, and ia32_sys_call is not in this kernel's symbols")));
             }
             Ok(out)
         }
@@ -231,26 +262,19 @@ fn remove_stale(out: &Path) {
 }
 
 /// A recording's `--trigger`s, parsed and resolved against the kernel
-/// before anything is written: `None` without the flight recorder (which
-/// refuses any `--trigger`).
-pub fn parse_for(
-    args: &crate::cmd_record::RecordArgs,
-    plan: &ProbePlan,
-    kernel: &Path,
-) -> Result<Option<Vec<Trigger>>> {
-    let flight = args.buffer == engine::buffers::BufferMode::FlightRecorder;
-    parse(&args.triggers, flight, plan, kernel)
-}
-
-fn parse(
+/// before anything is written: `None` without the flight recorder
+/// (`flight`, which refuses any `--trigger`).
+pub fn parse(
     specs: &[String],
     flight: bool,
     plan: &ProbePlan,
     kernel: &Path,
-) -> Result<Option<Vec<Trigger>>> {
+) -> Result<Option<Vec<Trigger>>, TriggerError> {
     if !flight {
         if !specs.is_empty() {
-            bail!("--trigger needs --buffer flight-recorder");
+            return Err(TriggerError::Spec(
+                "--trigger needs --buffer flight-recorder".into(),
+            ));
         }
         return Ok(None);
     }
@@ -279,17 +303,16 @@ fn parse(
 /// Arms parsed triggers in `out` (absolute, prepared): the request FIFO,
 /// the trigger plan and the SIGUSR1 watcher; without the flight recorder
 /// only clears what an earlier recording left there.
-pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
+pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>, TriggerError> {
     remove_stale(out);
     let Some(triggers) = parsed else {
         return Ok(None);
     };
     let fifo = out.join(FIFO_FILE);
-    let c = CString::new(fifo.as_os_str().as_bytes()).context("output path")?;
+    let c = CString::new(fifo.as_os_str().as_bytes()).map_err(TriggerError::OutputPath)?;
     // SAFETY: mkfifo reads the NUL-terminated path it is given.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating {}", fifo.display()));
+        return Err(TriggerError::Fifo(fifo, std::io::Error::last_os_error()));
     }
     let tp = TriggerPlan {
         triggers,
@@ -298,10 +321,10 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
     };
     let plan_path = out.join(PLAN_FILE);
     std::fs::write(&plan_path, tp.to_json())
-        .with_context(|| format!("writing {}", plan_path.display()))?;
+        .map_err(|e| TriggerError::Write(plan_path.clone(), e))?;
     let usr1 = Arc::new(AtomicBool::new(false));
     let sig = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
-        .context("installing the SIGUSR1 handler")?;
+        .map_err(TriggerError::Signal)?;
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = Arc::new(AtomicUsize::new(0));
     let thread = {
@@ -310,7 +333,7 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
         std::thread::Builder::new()
             .name("triggers".into())
             .spawn(move || watch(&usr1, &stop, &fifo, &log, &out, &count))
-            .context("starting the trigger thread")?
+            .map_err(TriggerError::Thread)?
     };
     Ok(Some(Armed {
         plan_path,
@@ -322,10 +345,10 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
     }))
 }
 
-fn path_string(p: &Path) -> Result<String> {
+fn path_string(p: &Path) -> Result<String, TriggerError> {
     match p.to_str() {
         Some(s) => Ok(s.to_string()),
-        None => bail!("{}: the output path must be UTF-8", p.display()),
+        None => Err(TriggerError::NotUtf8(p.to_path_buf())),
     }
 }
 
