@@ -10,7 +10,6 @@ mod cmd_symbols;
 mod disk;
 mod latency;
 mod record_args;
-mod record_kvm;
 mod record_relayd;
 mod run;
 

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engine::guest::{GuestEnd, GuestRun};
+use engine::seam::Engine;
+use engine_kvm::seam::KvmEngine;
 use engine_qemu::qemu;
+use engine_qemu::seam::QemuEngine;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -252,24 +255,18 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let interrupt = engine::interrupt::install();
     // The inputs first: a bad image is the same error on every host.
     let run = args.guest.guest_run(&args.command)?;
-    let backend = choose_backend(args.guest.backend)?;
-    match backend {
-        Backend::Qemu => {
-            let cmd = qemu::qemu_command(&run, &args.guest.qemu_extra_args());
-            let limit = args.guest.disk.limit(run.timeout);
-            let end = qemu::run_qemu(cmd, limit.0, &interrupt, &mut std::io::stderr())?;
-            args.guest.outcome(end, limit, run.timeout)
-        }
+    let mut engine: Box<dyn Engine> = match choose_backend(args.guest.backend)? {
+        Backend::Qemu => Box::new(QemuEngine::new(args.guest.qemu_extra_args())),
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
-            if args.guest.disk.disk.is_none() {
-                let end = engine_kvm::monitor::run_until(&run, None)?;
-                return Ok(engine::outcome::outcome(end, run.timeout)?);
-            }
-            let limit = args.guest.disk.limit(run.timeout);
-            let end = engine_kvm::monitor::run_until(&run.with_timeout(limit.0), None)?;
-            args.guest.outcome(end, limit, run.timeout)
+            // The KVM monitor's `run` writes no --capture file.
+            Box::new(KvmEngine::new(None))
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
-    }
+    };
+    let limit = args.guest.disk.limit(run.timeout);
+    let end = engine
+        .run(&run, limit.0, &interrupt)
+        .map_err(anyhow::Error::from_boxed)?;
+    args.guest.outcome(end, limit, run.timeout)
 }

@@ -11,6 +11,7 @@ pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod probes;
+pub mod seam;
 pub mod statedump_layout;
 pub mod stop;
 pub mod summary;

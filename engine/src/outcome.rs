@@ -64,3 +64,15 @@ pub fn disk_outcome(
         other => outcome(other, timeout),
     }
 }
+
+/// How a recording may end without being cut short: its command's
+/// status, or for a `--disk` boot (`disk`) without command, power-off,
+/// `--duration` (`limit_is_normal`) or a trigger.
+pub fn normal_end(end: &GuestEnd, disk: bool, limit_is_normal: bool) -> bool {
+    match end {
+        GuestEnd::Exited(_) | GuestEnd::Triggered => true,
+        GuestEnd::PoweredOff | GuestEnd::Restarted => disk,
+        GuestEnd::TimedOut => limit_is_normal,
+        _ => false,
+    }
+}

@@ -10,3 +10,4 @@ pub mod boot;
 pub mod context;
 pub mod monitor;
 pub mod record;
+pub mod seam;

@@ -80,8 +80,11 @@ impl Write for Console {
 
 /// Boots `cfg` until it ends; how it ended (a VM that stopped by itself
 /// without a console line that says why is an error).
-pub fn run_until(cfg: &GuestRun, capture: Option<&Path>) -> Result<GuestEnd, MonitorError> {
-    let interrupted = engine::interrupt::install();
+pub fn run_until(
+    cfg: &GuestRun,
+    capture: Option<&Path>,
+    interrupted: &AtomicBool,
+) -> Result<GuestEnd, MonitorError> {
     let every = Duration::from_millis(50);
     let boot = KvmBoot::prepare(&cfg.kernel)?;
     let (outcome, exit, _) = run_guest(
@@ -90,7 +93,7 @@ pub fn run_until(cfg: &GuestRun, capture: Option<&Path>) -> Result<GuestEnd, Mon
         capture,
         None,
         None,
-        &interrupted,
+        interrupted,
         every,
         &mut |_| {},
         None,

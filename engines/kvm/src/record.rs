@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use engine::buffers::{BufferMode, Mode};
 use engine::guest::{ConsoleDriver, GuestEnd, GuestRun};
+use engine::seam::RecordOptions;
 use introspect::runtime::{string_table, StatedumpGate};
 use introspect::triggers::TriggerPlan;
 use introspect::userprobe::ResolvedProbe;
@@ -109,16 +110,9 @@ pub struct Recording<'a> {
     /// The output folder as given, and resolved.
     pub out: &'a Path,
     pub out_abs: &'a Path,
-    pub mode: Mode,
-    pub freq: u32,
-    pub buffer: BufferMode,
-    pub flight_mib: u64,
-    pub subbuf_size: u64,
-    pub num_subbuf: u32,
+    pub options: &'a RecordOptions,
     pub relayd: Option<ltt_writer::RelaydConfig>,
     pub capture: Option<&'a Path>,
-    pub baseline: bool,
-    pub keep_raw: bool,
     /// Time spent preparing (symbols), for the summary.
     pub prep: Duration,
 }
@@ -132,9 +126,9 @@ pub fn record(
     driver: Option<&mut dyn ConsoleDriver>,
 ) -> Result<GuestEnd, RecordError> {
     let Prepared { boot, plan, facts } = r.prepared;
-    let (run, out, out_abs, prep) = (r.run, r.out, r.out_abs, r.prep);
+    let (run, out, out_abs, prep, o) = (r.run, r.out, r.out_abs, r.prep, r.options);
     let (trigger_plan, user) = (r.triggers, r.user);
-    let baseline = if r.baseline {
+    let baseline = if o.baseline {
         let t = Instant::now();
         let (end, _, _) = run_guest(
             run,
@@ -151,7 +145,7 @@ pub fn record(
     } else {
         None
     };
-    if r.keep_raw {
+    if o.keep_raw {
         eprintln!(
             "hvtrace: record: --keep-raw is ignored on --backend kvm (no raw record streams)"
         );
@@ -169,14 +163,14 @@ pub fn record(
     let mut cfg = ltt_writer::TraceConfig::new(run.vcpus, catalog);
     cfg.env.kernel_release = plan.kernel_release.clone();
     cfg.clock_offset_ns = epoch_unix_ns;
-    cfg.packet_size = r.subbuf_size as usize;
-    cfg.packets_per_cpu = r.num_subbuf as usize;
+    cfg.packet_size = o.subbuf_size as usize;
+    cfg.packets_per_cpu = o.num_subbuf as usize;
     cfg.relayd = r.relayd;
-    cfg.policy = match r.buffer {
+    cfg.policy = match o.buffer {
         BufferMode::Lossless => ltt_writer::Policy::Lossless,
         BufferMode::Discard => ltt_writer::Policy::Discard,
         BufferMode::FlightRecorder => ltt_writer::Policy::FlightRecorder {
-            bytes_per_cpu: ((r.flight_mib << 20) as usize).max(cfg.packet_size * 2),
+            bytes_per_cpu: ((o.flight_mib << 20) as usize).max(cfg.packet_size * 2),
         },
     };
     let (writer, producers) = ltt_writer::TraceWriter::create(out_abs, cfg)
@@ -239,8 +233,8 @@ pub fn record(
     let mut all_kicked = false;
     let mut next_sample = Instant::now();
     let ksh = sh.clone();
-    let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(r.freq.max(1)));
-    let sample = r.mode == Mode::Sample;
+    let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(o.freq.max(1)));
+    let sample = o.mode == Mode::Sample;
     let search_every = if boot.randomized {
         std::time::Duration::from_millis(SLIDE_SEARCH_MS)
     } else {

@@ -6,4 +6,5 @@
 
 pub mod plugin;
 pub mod qemu;
+pub mod seam;
 pub mod summary;
