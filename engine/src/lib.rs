@@ -5,6 +5,7 @@
 //! is described and how it ended. It knows neither engine.
 
 pub mod buffers;
+pub mod errno;
 pub mod guest;
 pub mod interrupt;
 pub mod outcome;

@@ -12,7 +12,7 @@
 //! `DIR/kvm.json` say which mechanism each probe used and what did not fit.
 //!
 //! The KASLR slide: the monitor boots the bzImage through its own
-//! decompressor (`backend_kvm::KvmBoot`), which randomizes the kernel's
+//! decompressor (`crate::boot::KvmBoot`), which randomizes the kernel's
 //! physical and virtual placement as on a real boot
 //! (`choose_random_location`). The slide is unknown until the running
 //! kernel's page tables map its text: until then no probe is armed, and
