@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::{self, GuestRun};
+use engine::guest::GuestRun;
+use engine_qemu::qemu;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchTraceArgs {
@@ -102,7 +103,7 @@ fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64,
     let run = GuestRun {
         kernel: image.join("vmlinuz"),
         initrd: image.join("initrd.img"),
-        cmdline: guest::kernel_cmdline(&argv, "nokaslr"),
+        cmdline: engine::guest::kernel_cmdline(&argv, "nokaslr"),
         vcpus: 1,
         memory_mib: 512,
         timeout: std::time::Duration::from_secs(600),
@@ -117,7 +118,7 @@ fn gdb_run(image: &Path, addr: u64, rounds: u32, with_gdb: bool) -> Result<(u64,
             "-S".into(),
         ]);
     }
-    let mut qemu = guest::qemu_command(&run, &extra);
+    let mut qemu = qemu::qemu_command(&run, &extra);
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

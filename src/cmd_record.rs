@@ -1,164 +1,38 @@
-//! `hvtrace record`: boot the guest under QEMU TCG with the hvtrace plugin,
-//! trace the whole system while a command runs, and write the trace.
+//! `hvtrace record`: boot the guest on either engine, trace the whole
+//! system while a command runs, and write the trace; written once against
+//! the engine seam (`engine::seam::Engine`).
 //!
 //! The host prepares a probe plan (`introspect::ProbePlan`: link-time
 //! addresses from the image's kallsyms, structure offsets from its BTF, the
-//! syscall table) and hands its path to the plugin; the plugin finds the
-//! KASLR slide in the running guest and writes the CTF trace through
-//! ltt-writer (one producer per vCPU) and a report (`plugin.json`) that
-//! the summary comes from.
+//! syscall table), completes it with the options both engines share, writes
+//! it to the output folder, and hands the recording to the engine, which
+//! writes the CTF trace (one stream per vCPU) and its run report
+//! (`plugin.json` or `kvm.json`) and prints the summary.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use introspect::plan::{
-    ArgSite, EventClasses, Offsets, ProbePlan, Symbols, Syscall, SITE_TRACEPOINTS,
-};
-use introspect::userprobe::{check_unique_events, Base, ProbeSpec};
+use anyhow::{bail, Result};
+use engine::output::{check_output, prepare_output};
+use engine::probes::{parse_probes, resolve_probes};
+use engine::seam::{Engine, RecordOptions, Recording};
+use introspect::plan::EventClasses;
 
-use crate::guest;
-use crate::run::{choose_backend, Backend, GuestOptions};
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Every selected event, exact order per vCPU.
-    Trap,
-    /// Statistical sampling at --freq HZ (plus process lifecycle events).
-    Sample,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BufferMode {
-    /// A full buffer pauses the vCPU: nothing is lost.
-    Lossless,
-    /// A full buffer drops events and counts them.
-    Discard,
-    /// Keep the newest events in memory, write them at the end (and on
-    /// --trigger or SIGUSR1).
-    FlightRecorder,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct RecordArgs {
-    #[command(flatten)]
-    pub guest: GuestOptions,
-    /// Event classes: any of syscalls,sched,irq,proc (or all).
-    #[arg(long, default_value = "all")]
-    pub events: String,
-    #[arg(long, value_enum, default_value = "trap")]
-    pub mode: Mode,
-    /// Samples per second per vCPU with --mode sample.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub freq: u32,
-    #[arg(long, value_enum, default_value = "lossless")]
-    pub buffer: BufferMode,
-    /// Output folder (the CTF trace goes to DIR/kernel).
-    #[arg(short = 'o', long = "output", value_name = "DIR")]
-    pub output: PathBuf,
-    /// Memory kept per vCPU by --buffer flight-recorder, in MiB.
-    #[arg(long, default_value_t = 4)]
-    pub flight_mib: u64,
-    /// Bytes per sub-buffer (one CTF packet) of each vCPU's stream, as
-    /// LTTng's --subbuf-size: a number with an optional k or M suffix, a
-    /// multiple of 8, from 4k to 64M.
-    #[arg(long, default_value = "256k", value_parser = crate::record_buffers::parse_subbuf_size)]
-    pub subbuf_size: u64,
-    /// Sub-buffers per vCPU with --buffer lossless or discard, as LTTng's
-    /// --num-subbuf. Smaller buffers fill sooner: a vCPU waits for the
-    /// writer (lossless) or drops events (discard).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=4096))]
-    pub num_subbuf: u32,
-    /// With --buffer flight-recorder, also write the window to
-    /// DIR/snapshot-N when SPEC happens (repeatable): `panic` (guest kernel
-    /// panic or oops), `syscall=NAME:ERRNO` (NAME returns -ERRNO; errno name
-    /// or number), `signal-exit` (a process dies of a signal). SIGUSR1 to
-    /// hvtrace always writes one.
-    #[arg(long = "trigger", value_name = "SPEC")]
-    pub triggers: Vec<String>,
-    /// Also keep the raw record streams (DIR/raw/cpuN.bin), for debugging.
-    #[arg(long, hide = true)]
-    pub keep_raw: bool,
-    /// First boot the same guest and command untraced, and report the slowdown.
-    #[arg(long)]
-    pub baseline: bool,
-    /// Replace a trace already in DIR (without it, a DIR holding one is
-    /// refused, so that no earlier recording is lost by mistake).
-    #[arg(long)]
-    pub force: bool,
-    /// The TCG plugin (default: libhvtrace_tcg.so next to hvtrace, or $HVTRACE_TCG_PLUGIN).
-    #[arg(long)]
-    pub plugin: Option<PathBuf>,
-    /// A user-defined probe (repeatable): 'NAME=SYMBOL[+OFFSET] [FIELD=EXPR ...]',
-    /// EXPR as kprobe_events fetch-args: %REG, argN, $stackN, $comm, $pid,
-    /// $tid, @SYM, \IMM, +OFFS(EXPR), each with an optional :u8..u64,
-    /// :s8..s64, :x8..x64 or :string. One event NAME per hit, with a
-    /// `valid` bitmask (bit i: field i was read).
-    #[arg(long = "probe", value_name = "SPEC")]
-    pub probes: Vec<String>,
-    /// Also stream the trace live to the lttng-relayd at HOST (ports 5342 and
-    /// control + 1 by default; `net://` accepted), for lttng-live viewers:
-    /// net://HOST/host/HOSTNAME/SESSION. The local trace stays whole; the
-    /// network copy drops whole packets (counted) if relayd falls behind or
-    /// goes away. Flight recorder: snapshots go as relayd snapshot sessions.
-    #[arg(long, value_name = "HOST[:PORT[:PORT]]")]
-    pub relayd: Option<String>,
-    /// The relayd session's name (default: the output folder's name).
-    #[arg(long, value_name = "NAME")]
-    pub session: Option<String>,
-    /// The hostname the relayd files the session under (default: this
-    /// machine's).
-    #[arg(long, value_name = "NAME")]
-    pub relayd_hostname: Option<String>,
-    /// Take the statedump when a guest task execs this file (default: the
-    /// traced command, as it starts), e.g. once a script has opened files.
-    #[arg(long, value_name = "PATH")]
-    pub statedump_at: Option<String>,
-    /// The command to run in the guest, after `--` (optional with --disk:
-    /// then the guest is traced as it is, from power-on until it powers
-    /// off, --duration or --timeout).
-    #[arg(last = true, required_unless_present = "disk", value_name = "CMD")]
-    pub command: Vec<String>,
-}
-
-impl RecordArgs {
-    /// Every tracing option at its default: for commands built on record
-    /// (e.g. `hvtrace latency`).
-    pub fn for_command(guest: GuestOptions, output: PathBuf, command: Vec<String>) -> Self {
-        RecordArgs {
-            guest,
-            events: "all".into(),
-            mode: Mode::Trap,
-            freq: 1000,
-            buffer: BufferMode::Lossless,
-            output,
-            flight_mib: 4,
-            subbuf_size: 256 << 10,
-            num_subbuf: 8,
-            triggers: Vec::new(),
-            keep_raw: false,
-            baseline: false,
-            // The trace of a command built on record is its by-product.
-            force: true,
-            plugin: None,
-            probes: Vec::new(),
-            statedump_at: None,
-            relayd: None,
-            session: None,
-            relayd_hostname: None,
-            command,
-        }
-    }
-}
+use crate::record_args::RecordArgs;
+use crate::run::{choose_backend, Backend};
+use engine::buffers::BufferMode;
+use engine_kvm::seam::KvmEngine;
+use engine_qemu::seam::QemuEngine;
 
 pub fn run(args: RecordArgs) -> Result<i32> {
     run_driven(args, None)
 }
 
 /// [`run`] with a driver typing on the guest console while it is traced.
-pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver>) -> Result<i32> {
-    let interrupt = guest::install_interrupt_flag();
+pub fn run_driven(
+    args: RecordArgs,
+    driver: Option<&mut dyn engine::guest::ConsoleDriver>,
+) -> Result<i32> {
+    let interrupt = engine::interrupt::install();
     let Some(events) = EventClasses::parse(&args.events) else {
         let unknown: Vec<&str> = args
             .events
@@ -181,422 +55,97 @@ pub fn run_driven(args: RecordArgs, driver: Option<&mut dyn guest::ConsoleDriver
             args.events
         );
     }
-    match choose_backend(args.guest.backend)? {
-        Backend::Qemu => {}
-        Backend::Kvm => {
-            return crate::record_kvm::run(&args, events, &user_probes, &interrupt, driver);
+    let backend = choose_backend(args.guest.backend)?;
+    match backend {
+        Backend::Qemu => {
+            if args.guest.time_transparent && args.guest.vcpus > 1 {
+                // Seen with QEMU 10.0: its per-vCPU inline counters, which the
+                // instruction clock is made of, crash QEMU under -icount with
+                // several vCPUs (untraced `run --time-transparent` is fine).
+                bail!("--time-transparent traces one vCPU (--vcpus 1): QEMU 10's per-vCPU instruction counters crash under -icount with more");
+            }
         }
+        Backend::Kvm => args.guest.check_for_kvm()?,
         Backend::Auto => unreachable!("choose_backend resolves auto"),
     }
-    if args.guest.time_transparent && args.guest.vcpus > 1 {
-        // Seen with QEMU 10.0: its per-vCPU inline counters, which the
-        // instruction clock is made of, crash QEMU under -icount with
-        // several vCPUs (untraced `run --time-transparent` is fine).
-        bail!("--time-transparent traces one vCPU (--vcpus 1): QEMU 10's per-vCPU instruction counters crash under -icount with more");
-    }
     let run = args.guest.guest_run(&args.command)?;
+    // --duration: the run's wall-time limit, reaching it a normal end.
+    let limit = args.guest.disk.limit(run.timeout);
     let out = &args.output;
     check_output(out, args.force)?;
     let relayd = crate::record_relayd::check(&args)?;
-    let plugin = match &args.plugin {
-        Some(p) => p.clone(),
-        None => locate_plugin()?,
+    let mut engine: Box<dyn Engine> = match backend {
+        Backend::Qemu => Box::new(QemuEngine::tracing(
+            args.guest.qemu_extra_args(),
+            args.plugin.clone(),
+            args.guest.instruction_clock_shift(),
+        )?),
+        _ => Box::new(KvmEngine::new(args.guest.capture.clone())),
     };
     let t0 = Instant::now();
-    let mut plan = build_plan(&run.kernel).context("preparing the probe plan")?;
+    let mut plan = engine
+        .prepare(&run.kernel)
+        .map_err(anyhow::Error::from_boxed)?;
     plan.events = events;
-    resolve_probes(&run.kernel, &user_probes, &mut plan)?;
-    if args.mode == Mode::Sample {
-        // Samples instead of the high-rate classes; process lifecycle
-        // (rare) stays traced so samples can be attributed.
-        plan.sample_hz = args.freq;
-        plan.events = EventClasses {
-            proc: true,
-            ..EventClasses::default()
-        };
-    }
+    let user = resolve_probes(&run.kernel, &user_probes, &mut plan)?;
+    // On the KVM monitor a sample is a kick of every vCPU (signal +
+    // immediate_exit) at --freq.
+    engine::buffers::apply_mode(&mut plan, args.mode, args.freq);
     // Everything that can be refused is checked: now the folder is written.
-    let triggers = crate::triggers::parse_for(&args, &plan, &run.kernel)?;
+    let triggers = engine::triggers::parse(
+        &args.triggers,
+        args.buffer == BufferMode::FlightRecorder,
+        &plan,
+        &run.kernel,
+    )?;
     let out_abs = prepare_output(out, args.force)?;
-    plan.out_dir = path_str(&out_abs)?.to_string();
-    plan.statedump_exec = crate::disk::statedump_exec(&args);
-    plan.buffer = match args.buffer {
-        BufferMode::Lossless => "lossless",
-        BufferMode::Discard => "discard",
-        BufferMode::FlightRecorder => "flight-recorder",
-    }
-    .into();
-    plan.flight_bytes = args.flight_mib * (1 << 20);
-    plan.subbuf_size = args.subbuf_size;
-    plan.num_subbuf = args.num_subbuf;
-    plan.raw = args.keep_raw;
-    crate::record_relayd::into_plan(relayd.as_ref(), &mut plan);
-    plan.instruction_clock_shift = args.guest.instruction_clock_shift();
-    let triggers = crate::triggers::arm(triggers, &out_abs)?;
+    plan.out_dir = engine
+        .out_dir(&out_abs)
+        .map_err(anyhow::Error::from_boxed)?;
+    plan.statedump_exec = args.statedump_exec();
+    let options = RecordOptions {
+        mode: args.mode,
+        freq: args.freq,
+        buffer: args.buffer,
+        flight_mib: args.flight_mib,
+        subbuf_size: args.subbuf_size,
+        num_subbuf: args.num_subbuf,
+        keep_raw: args.keep_raw,
+        baseline: args.baseline,
+    };
+    engine.configure(&mut plan, &options, relayd.as_ref());
+    let triggers = engine::triggers::arm(triggers, &out_abs)?;
     let plan_path = out_abs.join("probe-plan.json");
     std::fs::write(&plan_path, plan.to_json())?;
     let prep = t0.elapsed();
 
-    let mut extra = args.guest.qemu_extra_args();
-    extra.push("-plugin".into());
-    extra.push(OsString::from(format!(
-        "{},plan={}",
-        path_str(&plugin)?,
-        path_str(&plan_path)?
-    )));
-    if let (Some(t), Some(arg)) = (&triggers, extra.last_mut()) {
-        arg.push(t.plugin_arg()?);
-    }
-    let baseline = if args.baseline {
-        let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
-        let t = Instant::now();
-        let end = guest::run_qemu(cmd, run.timeout, &interrupt, &mut std::io::sink())?;
-        Some((t.elapsed(), end))
-    } else {
-        None
-    };
-    let cmd = guest::qemu_command(&run, &extra);
-    let limit = args.guest.disk.limit(run.timeout);
-    let t1 = Instant::now();
-    // A disk boot without a command may end at the first trigger's snapshot.
-    let until_trigger = crate::disk::StopOnSnapshot::wanted(&args, triggers.as_ref(), &interrupt);
-    let stop = until_trigger.as_ref().map_or(&*interrupt, |u| u.flag());
-    let end = guest::run_qemu_driven(cmd, limit.0, stop, &mut std::io::stderr(), driver)?;
-    let end = until_trigger.map_or(end.clone(), |u| u.finish(end));
-    let wall = t1.elapsed();
-
-    // How a run may end without being cut short: its command's status, or
-    // for a disk boot without command, power-off, --duration or a trigger.
-    let normal_end = match &end {
-        guest::GuestEnd::Exited(_) | guest::GuestEnd::Triggered => true,
-        guest::GuestEnd::PoweredOff | guest::GuestEnd::Restarted => args.guest.disk.disk.is_some(),
-        guest::GuestEnd::TimedOut => limit.1,
-        _ => false,
-    };
-    let incomplete = crate::record_summary::print_qemu(&crate::record_summary::QemuRun {
-        out,
-        out_abs: &out_abs,
-        wall,
-        prep,
-        baseline: baseline.as_ref(),
-        end: &end,
-        normal_end,
-    });
-    if let Some(t) = triggers {
-        t.finish();
-    }
-    match incomplete {
+    let disk = args.guest.disk.disk.is_some();
+    let recorded = engine
+        .record(
+            Recording {
+                plan,
+                user,
+                run: &run,
+                limit,
+                out,
+                out_abs: &out_abs,
+                plan_path,
+                options: &options,
+                relayd,
+                triggers,
+                disk,
+                disk_without_command: disk && args.command.is_empty(),
+                prep,
+            },
+            &interrupt,
+            driver,
+        )
+        .map_err(anyhow::Error::from_boxed)?;
+    match recorded.incomplete {
         // A run that ended otherwise says so first (signal, panic, ...).
-        Some(why) if normal_end => bail!("the trace is incomplete: {why}"),
-        _ => args.guest.outcome(end, limit, run.timeout),
-    }
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    match p.to_str() {
-        Some(s) if !s.contains(',') => Ok(s),
-        _ => bail!(
-            "{}: paths given to QEMU must be UTF-8 without commas",
-            p.display()
-        ),
-    }
-}
-
-/// The plugin: `$HVTRACE_TCG_PLUGIN`, or `libhvtrace_tcg.so` next to the
-/// hvtrace binary (cargo puts both in `target/<profile>/`; test binaries
-/// live one level down in `deps/`).
-pub fn locate_plugin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HVTRACE_TCG_PLUGIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        let cand = dir.join("libhvtrace_tcg.so");
-        if cand.is_file() {
-            return Ok(cand);
+        Some(why) if engine::outcome::normal_end(&recorded.end, disk, limit.1) => {
+            bail!("the trace is incomplete: {why}")
         }
-        tried.push(cand);
+        _ => args.guest.outcome(recorded.end, limit, run.timeout),
     }
-    bail!(
-        "the TCG plugin is not built (looked for {tried:?}); build it with `cargo build -p hvtrace-tcg` (same profile as hvtrace)"
-    )
-}
-
-/// Kernel image → probe plan, from the image alone (guest_symbols: kallsyms,
-/// BTF, syscall table and metadata), cached by content.
-pub fn build_plan(kernel: &Path) -> Result<ProbePlan> {
-    plan_of(&image_builder::check::open_kernel(kernel)?)
-}
-
-/// What a recording writes in its folder, engine by engine: cleared
-/// before a new one, so that nothing of an earlier recording passes for
-/// this one's.
-const RECORDING_DIRS: [&str; 2] = ["raw", "kernel"];
-const RECORDING_FILES: [&str; 5] = [
-    "plugin.json",
-    "plugin-started",
-    "plugin-error",
-    "kvm.json",
-    "probe-plan.json",
-];
-
-/// Makes `out` ready for a recording, refusing up front what would fail
-/// or lose data later: a file in its place, a folder that cannot be
-/// written, or one that holds a trace already (unless `force`). Returns
-/// its absolute path.
-pub fn prepare_output(out: &Path, force: bool) -> Result<PathBuf> {
-    check_output(out, force)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let probe = out.join(".hvtrace-write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("-o {}: cannot write in it", out.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    for d in RECORDING_DIRS {
-        let _ = std::fs::remove_dir_all(out.join(d));
-    }
-    for f in RECORDING_FILES {
-        let _ = std::fs::remove_file(out.join(f));
-    }
-    std::fs::canonicalize(out).with_context(|| format!("resolving {}", out.display()))
-}
-
-/// The refusals of [`prepare_output`] that need no writing, for a run to
-/// make before its other checks (and before a boot).
-pub fn check_output(out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("-o {}: exists and is not a folder", out.display());
-    }
-    if !force && out.join("kernel/metadata").exists() {
-        bail!(
-            "-o {}: holds a trace already (kernel/metadata); pass --force to replace it, or choose another folder",
-            out.display()
-        );
-    }
-    Ok(())
-}
-
-/// The probe plan of an opened image.
-pub fn plan_of(k: &guest_symbols::Kernel) -> Result<ProbePlan> {
-    let sym = |n: &str| k.symbols.addr(n).unwrap_or(0);
-    let need = |n: &str| -> Result<u64> {
-        k.symbols
-            .addr(n)
-            .with_context(|| format!("symbol {n} not in the image's kallsyms"))
-    };
-    let symbols = Symbols {
-        linux_banner: need("linux_banner")?,
-        entry_syscall_64: sym("entry_SYSCALL_64"),
-        entry_syscall_64_size: k.symbols.size_of("entry_SYSCALL_64").unwrap_or(0),
-        do_syscall_64: need("do_syscall_64")?,
-        switch_to: need("__switch_to")?,
-        try_to_wake_up: sym("try_to_wake_up"),
-        wake_up_new_task: sym("wake_up_new_task"),
-        begin_new_exec: sym("begin_new_exec"),
-        do_exit: sym("do_exit"),
-        handle_irq_event: sym("handle_irq_event"),
-        // The inner handler: it counts LOC in /proc/interrupts.
-        sysvec_apic_timer_interrupt: sym("__sysvec_apic_timer_interrupt"),
-        init_task: need("init_task")?,
-        page_offset_base: sym("page_offset_base"),
-        tracepoints: SITE_TRACEPOINTS
-            .iter()
-            .map(|&name| (name.to_string(), tracepoint_sites(k, name)))
-            .collect(),
-        ia32_sys_call: sym("ia32_sys_call"),
-    };
-    let mut offsets = offsets_from_btf(&k.types, &k.symbols)?;
-    // task_pt_regs() for the compat syscall exit: the top of the task's
-    // stack. BTF has no `thread_union`; THREAD_SIZE is the extent of the
-    // init task's stack, whose bounds the linker script names
-    offsets.task_stack = k.types.member_offset("task_struct", "stack").unwrap_or(0);
-    let extent = |a: &str, b: &str| k.symbols.addr(b)?.checked_sub(k.symbols.addr(a)?);
-    offsets.thread_size = extent("__start_init_stack", "__end_init_stack")
-        .or_else(|| extent("init_stack", "__end_init_task"))
-        .filter(|&n| n.is_power_of_two() && (0x2000..=0x10000).contains(&n))
-        .unwrap_or(0);
-    let syscalls = plan_syscalls(&k.syscalls);
-    if syscalls.is_empty() {
-        bail!("no syscall table in the image");
-    }
-    let compat_syscalls = plan_syscalls(&k.compat_syscalls);
-    Ok(ProbePlan {
-        banner_prefix: format!("Linux version {} ", k.release),
-        kernel_release: k.release.clone(),
-        symbols,
-        offsets,
-        syscalls,
-        compat_syscalls,
-        statedump: crate::statedump_layout::layout(&k.types, &k.symbols),
-        ..ProbePlan::default()
-    })
-}
-
-/// A syscall table as the plan holds it: unimplemented slots
-/// (sys_ni_syscall) are left out; a name is declared once.
-fn plan_syscalls(table: &guest_symbols::SyscallTable) -> Vec<Syscall> {
-    let mut seen = std::collections::HashSet::new();
-    table
-        .entries
-        .iter()
-        .filter(|sc| !sc.name.contains("ni_syscall"))
-        .filter(|sc| seen.insert(syscall_name(&sc.name).to_string()))
-        .map(|sc| {
-            let args = sc.args.as_deref().unwrap_or(&[]);
-            Syscall {
-                nr: sc.nr,
-                name: syscall_name(&sc.name).to_string(),
-                args: args.iter().map(|a| a.name.clone()).collect(),
-                arg_types: args.iter().map(|a| a.type_name.clone()).collect(),
-                string_args: args
-                    .iter()
-                    .enumerate()
-                    .take(6)
-                    .filter(|(_, a)| is_user_string(&a.type_name, &a.name))
-                    .fold(0u8, |m, (i, _)| m | 1 << i),
-            }
-        })
-        .collect()
-}
-
-/// The static-branch sites of a tracepoint, for the planner.
-fn tracepoint_sites(k: &guest_symbols::Kernel, tracepoint: &str) -> Vec<ArgSite> {
-    k.tracepoint_sites
-        .iter()
-        .filter(|t| t.tracepoint == tracepoint)
-        .map(|t| ArgSite {
-            addr: t.addr,
-            // neither known: the planner says so and skips the tracepoint
-            reg: t.first_arg.unwrap_or(u8::MAX),
-            constant: t.first_arg_const,
-        })
-        .collect()
-}
-
-/// Events the TCG engine writes besides lttng-modules' (which
-/// `userprobe` already refuses as probe names).
-const OWN_EVENTS: [&str; 4] = [
-    "x86_irq_vectors_local_timer_entry",
-    "x86_irq_vectors_local_timer_exit",
-    "hvtrace_sample",
-    "hvtrace_trigger",
-];
-
-/// Parses the `--probe` specs (each error names the spec and its fault).
-pub fn parse_probes(specs: &[String]) -> Result<Vec<(String, ProbeSpec)>> {
-    let mut out = Vec::new();
-    for s in specs {
-        let p = ProbeSpec::parse(s).map_err(|e| anyhow!("--probe '{s}': {e}"))?;
-        if OWN_EVENTS.contains(&p.name.as_str()) {
-            bail!(
-                "--probe '{s}': event name `{}` is taken by one of hvtrace's own events",
-                p.name
-            );
-        }
-        if p.fields.iter().any(|f| f.name == "valid") {
-            bail!("--probe '{s}': field name `valid` is reserved: hvtrace adds it to every probe event (bit i set = field i was read)");
-        }
-        out.push((s.clone(), p));
-    }
-    let parsed: Vec<ProbeSpec> = out.iter().map(|(_, p)| p.clone()).collect();
-    check_unique_events(&parsed).map_err(|e| anyhow!("--probe: {e}"))?;
-    Ok(out)
-}
-
-/// Resolves the probes' symbols with the image's kallsyms and puts the
-/// probes in the plan; returns them resolved (link-time addresses).
-pub(crate) fn resolve_probes(
-    kernel: &Path,
-    specs: &[(String, ProbeSpec)],
-    plan: &mut ProbePlan,
-) -> Result<Vec<introspect::userprobe::ResolvedProbe>> {
-    let mut resolved = Vec::new();
-    if specs.is_empty() {
-        return Ok(resolved);
-    }
-    let cache = image_builder::cache::root().join("symbols");
-    let opts = guest_symbols::OpenOptions {
-        cache_dir: Some(&cache),
-        ..Default::default()
-    };
-    let k = guest_symbols::KernelImage::open_with(kernel, &opts)
-        .with_context(|| format!("recovering symbols of {}", kernel.display()))?;
-    for (text, p) in specs {
-        let lookup = |s: &str| k.symbols.addr(s);
-        resolved.push(p.resolve(lookup).map_err(|e| {
-            anyhow!(
-                "--probe '{text}': {e} (not in the kallsyms of {})",
-                kernel.display()
-            )
-        })?);
-        let named = std::iter::once(p.symbol.as_str()).chain(p.fields.iter().filter_map(|f| {
-            match &f.fetch.base {
-                Base::Symbol(s) => Some(s.as_str()),
-                _ => None,
-            }
-        }));
-        for s in named {
-            if let Some(a) = k.symbols.addr(s) {
-                plan.user_probe_symbols.insert(s.to_string(), a);
-            }
-        }
-        plan.user_probes.push(text.clone());
-    }
-    Ok(resolved)
-}
-
-/// The syscall's own name: argument-less syscalls' handlers alias
-/// `__do_sys_<name>`, which guest_symbols may report instead.
-fn syscall_name(name: &str) -> &str {
-    name.strip_prefix("__do_sys_").unwrap_or(name)
-}
-
-/// A NUL-terminated user string argument (paths and names; `buf` of
-/// write-like calls is data, not a string).
-fn is_user_string(type_name: &str, name: &str) -> bool {
-    type_name.contains("const char") && type_name.matches('*').count() == 1 && name != "buf"
-}
-
-fn offsets_from_btf(
-    btf: &guest_symbols::KernelTypes,
-    syms: &guest_symbols::KernelSymbols,
-) -> Result<Offsets> {
-    let m = |s: &str, f: &str| -> Result<u64> {
-        btf.member_offset(s, f)
-            .with_context(|| format!("BTF has no {s}.{f}"))
-    };
-    let (task_state, task_state_size) = match btf.member("task_struct", "__state") {
-        Some(mem) => (mem.offset, mem.size.clamp(4, 8)),
-        None => (m("task_struct", "state")?, 8),
-    };
-    // >= 6.2 (and some backports): pcpu_hot.current_task; else the per-cpu
-    // variable current_task. Per-cpu symbols are offsets in the per-cpu area.
-    let percpu_current_task = match (
-        syms.addr("pcpu_hot"),
-        btf.member_offset("pcpu_hot", "current_task"),
-    ) {
-        (Some(base), Some(off)) => base + off,
-        _ => syms
-            .addr("current_task")
-            .context("neither pcpu_hot nor current_task in kallsyms")?,
-    };
-    Ok(Offsets {
-        task_pid: m("task_struct", "pid")?,
-        task_tgid: m("task_struct", "tgid")?,
-        task_comm: m("task_struct", "comm")?,
-        task_prio: m("task_struct", "prio")?,
-        task_state,
-        task_state_size,
-        task_real_parent: m("task_struct", "real_parent")?,
-        task_tasks: m("task_struct", "tasks")?,
-        task_cpu: m("task_struct", "thread_info.cpu").or_else(|_| m("task_struct", "cpu"))?,
-        percpu_current_task,
-        binprm_filename: m("linux_binprm", "filename")?,
-        irq_desc_irq: m("irq_desc", "irq_data.irq")?,
-        irq_desc_action: m("irq_desc", "action")?,
-        irqaction_name: m("irqaction", "name")?,
-        task_mm: m("task_struct", "mm")?,
-        mm_pgd: m("mm_struct", "pgd")?,
-        ..Offsets::default()
-    })
 }

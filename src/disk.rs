@@ -18,11 +18,7 @@
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-
-use crate::guest::GuestEnd;
 
 /// The options of a disk boot, shared by the commands that boot a guest.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -147,118 +143,10 @@ fn systemd_exec_line(command: &[String]) -> Result<String> {
     Ok(words.join(" "))
 }
 
-/// How a disk boot ended, as hvtrace's exit status: the guest powering
-/// off is the end of a run without command and the success of a command;
-/// rebooting is its failure (`systemd.run_failure_action=reboot`).
-pub fn outcome(end: GuestEnd, limit: (Duration, bool), timeout: Duration) -> Result<i32> {
-    match end {
-        GuestEnd::PoweredOff => Ok(0),
-        GuestEnd::Restarted => {
-            eprintln!("hvtrace: the guest rebooted: its command failed (systemd.run_failure_action); the exact status stays in the guest");
-            Ok(1)
-        }
-        GuestEnd::TimedOut if limit.1 => Ok(0),
-        GuestEnd::Triggered => Ok(0),
-        other => crate::run::outcome(other, timeout),
-    }
-}
-
 /// Where the disk initramfs and its modules live, for `--disk` runs of a
 /// kernel line's default image.
 pub fn default_initrd(line: &str) -> Result<PathBuf> {
     image_builder::disk_initrd::build(line, true).context("building the disk-boot initramfs")
-}
-
-/// When the statedump is taken: at the traced command's exec; in a
-/// `--disk` boot without command, at the exec of the image's init (the
-/// switch from hvtrace's initramfs to the image: pid 1 becomes systemd);
-/// or where `--statedump-at` says.
-pub fn statedump_exec(args: &crate::cmd_record::RecordArgs) -> String {
-    if let Some(at) = &args.statedump_at {
-        return at.clone();
-    }
-    args.command
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "/sbin/init".to_string())
-}
-
-/// Ends a run at the first trigger's snapshot (or at the user's
-/// interrupt): one flag for the console loop, set from either.
-pub struct StopOnSnapshot {
-    stop: Arc<AtomicBool>,
-    fired: Arc<AtomicBool>,
-    interrupt: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StopOnSnapshot {
-    /// For a disk boot without a command, with triggers armed.
-    pub fn wanted(
-        args: &crate::cmd_record::RecordArgs,
-        triggers: Option<&crate::triggers::Armed>,
-        interrupt: &Arc<AtomicBool>,
-    ) -> Option<Self> {
-        let t = triggers?;
-        (args.guest.disk.disk.is_some() && args.command.is_empty())
-            .then(|| Self::start(interrupt, t.snapshots()))
-    }
-
-    pub fn start(interrupt: &Arc<AtomicBool>, snapshots: Arc<AtomicUsize>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let fired = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (stop, fired, done, interrupt) = (
-                Arc::clone(&stop),
-                Arc::clone(&fired),
-                Arc::clone(&done),
-                Arc::clone(interrupt),
-            );
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    if snapshots.load(Ordering::Acquire) > 0 {
-                        fired.store(true, Ordering::Release);
-                        stop.store(true, Ordering::Release);
-                    }
-                    if interrupt.load(Ordering::Acquire) {
-                        stop.store(true, Ordering::Release);
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-            })
-        };
-        StopOnSnapshot {
-            stop,
-            fired,
-            interrupt: Arc::clone(interrupt),
-            done,
-            thread: Some(thread),
-        }
-    }
-
-    /// The flag the console loop watches.
-    pub fn flag(&self) -> &AtomicBool {
-        &self.stop
-    }
-
-    /// How the run ended, with a stop for the snapshot said as such.
-    pub fn finish(mut self, end: GuestEnd) -> GuestEnd {
-        self.done.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let by_trigger =
-            self.fired.load(Ordering::Acquire) && !self.interrupt.load(Ordering::Acquire);
-        match end {
-            GuestEnd::Interrupted if by_trigger => {
-                eprintln!("hvtrace: record: stopped the guest at the first trigger's snapshot");
-                GuestEnd::Triggered
-            }
-            other => other,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use hvtrace_report::latency::{find_reader, Injection, KeyLatency};
 
-use crate::guest::ConsoleDriver;
+use engine::guest::ConsoleDriver;
 
 #[derive(clap::Args, Debug)]
 pub struct LatencyArgs {
@@ -139,7 +139,7 @@ pub fn run(args: LatencyArgs) -> Result<i32> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("hvtrace-latency-{}", std::process::id())),
     };
-    let record = crate::cmd_record::RecordArgs::for_command(
+    let record = crate::record_args::RecordArgs::for_command(
         args.guest.clone(),
         dir.clone(),
         args.command.clone(),

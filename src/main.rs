@@ -1,23 +1,17 @@
 //! hvtrace: a hypervisor-level whole-system tracer for unmodified Linux guests.
 
-mod backend_kvm;
 mod bench_trace;
+mod cmd_bench_exits;
 mod cmd_bench_writer;
 mod cmd_image;
 mod cmd_record;
 mod cmd_report;
 mod cmd_symbols;
 mod disk;
-mod guest;
-mod interrupt;
 mod latency;
-mod record_buffers;
-mod record_kvm;
+mod record_args;
 mod record_relayd;
-mod record_summary;
 mod run;
-mod statedump_layout;
-mod triggers;
 
 use clap::{Parser, Subcommand};
 
@@ -38,7 +32,7 @@ enum Cmd {
     /// Boot a guest and run one command in it; exits with its status.
     Run(run::RunArgs),
     /// Boot a guest, run a command and trace the whole system (CTF).
-    Record(cmd_record::RecordArgs),
+    Record(record_args::RecordArgs),
     /// Type keys on the guest console and follow each through the system.
     Latency(latency::LatencyArgs),
     /// Answer questions from a trace (per-process time, latencies, HTML).
@@ -70,7 +64,7 @@ fn main() {
         Cmd::Report(args) => cmd_report::run(args).map(|()| 0),
         Cmd::Symbols(args) => cmd_symbols::run(args).map(|()| 0),
         Cmd::Bench(BenchCmd::Writer) => cmd_bench_writer::run().map(|()| 0),
-        Cmd::Bench(BenchCmd::Exits) => backend_kvm::bench_exits().map(|()| 0),
+        Cmd::Bench(BenchCmd::Exits) => cmd_bench_exits::run().map(|()| 0),
         Cmd::Bench(BenchCmd::Trace(args)) => bench_trace::run(args).map(|()| 0),
     };
     match result {

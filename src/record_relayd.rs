@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use ltt_writer::relayd::{self, Endpoint, RelaydConfig};
 
-use crate::cmd_record::{BufferMode, RecordArgs};
+use crate::record_args::RecordArgs;
+use engine::buffers::BufferMode;
 
 /// The relayd target of a record, or `None` without `--relayd`. Refuses a
 /// malformed address, names relayd cannot take, and a relayd that does not
@@ -82,29 +83,4 @@ fn machine_hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// Puts the target into the plan the TCG plugin reads.
-pub fn into_plan(cfg: Option<&RelaydConfig>, plan: &mut introspect::ProbePlan) {
-    if let Some(c) = cfg {
-        plan.relayd = c.endpoint.to_string();
-        plan.relayd_session = c.session.clone();
-        plan.relayd_hostname = c.hostname.clone();
-    }
-}
-
-/// Says what the streaming did, from its report as JSON (`ctf.relayd` in
-/// the engines' reports).
-pub fn print(report: &serde_json::Value) {
-    if report.is_null() {
-        return;
-    }
-    let line = report["summary"].as_str().unwrap_or("no report");
-    eprintln!("hvtrace: record: relayd: {line}");
-    for e in report["snapshot_errors"].as_array().into_iter().flatten() {
-        eprintln!(
-            "hvtrace: record: relayd: snapshot not sent: {}",
-            e.as_str().unwrap_or("?")
-        );
-    }
 }

@@ -6,7 +6,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::guest::{self, GuestEnd, GuestRun};
+use engine::guest::{GuestEnd, GuestRun};
+use engine::seam::Engine;
+use engine_kvm::seam::KvmEngine;
+use engine_qemu::qemu;
+use engine_qemu::seam::QemuEngine;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -147,7 +151,7 @@ impl GuestOptions {
             initrd,
             cmdline: match disk {
                 Some(_) => crate::disk::kernel_cmdline(command, &append)?,
-                None => guest::kernel_cmdline(command, &append),
+                None => engine::guest::kernel_cmdline(command, &append),
             },
             vcpus: self.vcpus,
             memory_mib: self.memory,
@@ -191,14 +195,14 @@ impl GuestOptions {
         extra.extend(self.disk.qemu_args());
         if self.time_transparent {
             extra.push("-icount".into());
-            extra.push(format!("shift={},sleep=off", guest::ICOUNT_SHIFT).into());
+            extra.push(format!("shift={},sleep=off", qemu::ICOUNT_SHIFT).into());
         }
         extra
     }
 
     /// The instruction clock's shift of a time-transparent run.
     pub fn instruction_clock_shift(&self) -> Option<u32> {
-        self.time_transparent.then_some(guest::ICOUNT_SHIFT)
+        self.time_transparent.then_some(qemu::ICOUNT_SHIFT)
     }
 
     /// Refuses options the KVM engine cannot honour.
@@ -215,7 +219,8 @@ impl GuestOptions {
 }
 
 impl GuestOptions {
-    /// [`outcome`], or for a `--disk` boot [`crate::disk::outcome`].
+    /// [`engine::outcome::outcome`], or for a `--disk` boot
+    /// [`engine::outcome::disk_outcome`].
     pub fn outcome(
         &self,
         end: GuestEnd,
@@ -223,9 +228,9 @@ impl GuestOptions {
         timeout: Duration,
     ) -> Result<i32> {
         if self.disk.disk.is_some() {
-            crate::disk::outcome(end, limit, timeout)
+            Ok(engine::outcome::disk_outcome(end, limit, timeout)?)
         } else {
-            outcome(end, timeout)
+            Ok(engine::outcome::outcome(end, timeout)?)
         }
     }
 }
@@ -246,57 +251,22 @@ pub fn choose_backend(requested: Backend) -> Result<Backend> {
     }
 }
 
-/// Turns how the guest ended into hvtrace's exit status or an error.
-pub fn outcome(end: GuestEnd, timeout: Duration) -> Result<i32> {
-    match end {
-        GuestEnd::Exited(status) => Ok(status),
-        GuestEnd::Panicked(line) => bail!("the guest kernel panicked: {line}"),
-        GuestEnd::Restarted => bail!(
-            "the guest rebooted (QEMU runs with -no-reboot, so that ends the run) without reporting the command's exit status"
-        ),
-        GuestEnd::NoMarker | GuestEnd::PoweredOff | GuestEnd::Triggered => {
-            bail!("the guest stopped without reporting the command's exit status")
-        }
-        GuestEnd::DiskInitFailed(why) => {
-            bail!("the disk boot's /init could not start the image's init: {why}")
-        }
-        GuestEnd::TimedOut => bail!(
-            "timed out after {} s; the guest was stopped",
-            timeout.as_secs()
-        ),
-        GuestEnd::Interrupted => {
-            // Like a shell: 128 + the signal that stopped the run.
-            let sig = crate::interrupt::received().unwrap_or(libc::SIGINT);
-            eprintln!(
-                "hvtrace: interrupted by {}; the guest was stopped",
-                crate::interrupt::name(sig)
-            );
-            Ok(128 + sig)
-        }
-    }
-}
-
 pub fn run(args: RunArgs) -> Result<i32> {
-    let interrupt = guest::install_interrupt_flag();
+    let interrupt = engine::interrupt::install();
     // The inputs first: a bad image is the same error on every host.
     let run = args.guest.guest_run(&args.command)?;
-    let backend = choose_backend(args.guest.backend)?;
-    match backend {
-        Backend::Qemu => {
-            let cmd = guest::qemu_command(&run, &args.guest.qemu_extra_args());
-            let limit = args.guest.disk.limit(run.timeout);
-            let end = guest::run_qemu(cmd, limit.0, &interrupt, &mut std::io::stderr())?;
-            args.guest.outcome(end, limit, run.timeout)
-        }
+    let mut engine: Box<dyn Engine> = match choose_backend(args.guest.backend)? {
+        Backend::Qemu => Box::new(QemuEngine::new(args.guest.qemu_extra_args())),
         Backend::Kvm => {
             args.guest.check_for_kvm()?;
-            if args.guest.disk.disk.is_none() {
-                return crate::backend_kvm::run(&run);
-            }
-            let limit = args.guest.disk.limit(run.timeout);
-            let end = crate::backend_kvm::run_until(&run.with_timeout(limit.0), None)?;
-            args.guest.outcome(end, limit, run.timeout)
+            // The KVM monitor's `run` writes no --capture file.
+            Box::new(KvmEngine::new(None))
         }
         Backend::Auto => unreachable!("choose_backend resolves auto"),
-    }
+    };
+    let limit = args.guest.disk.limit(run.timeout);
+    let end = engine
+        .run(&run, limit.0, &interrupt)
+        .map_err(anyhow::Error::from_boxed)?;
+    args.guest.outcome(end, limit, run.timeout)
 }

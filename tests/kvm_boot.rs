@@ -5,7 +5,7 @@
 //! (address from `guest-symbols`) must fire exactly once, on vCPU 0.
 //!
 //! At that breakpoint the KVM engine's software page walk
-//! (`introspect::paging::translate`, what `backend_kvm::KvmContext` reads
+//! (`introspect::paging::translate`, what `engine_kvm::context::KvmContext` reads
 //! guest-virtual memory with) runs on the kernel's own page tables (its
 //! CR3): `linux_banner` must translate to the same page as KVM_TRANSLATE
 //! gives and read "Linux version <line>."; an unmapped user address and a

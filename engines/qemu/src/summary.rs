@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::guest::GuestEnd;
+use engine::guest::GuestEnd;
 
 /// A finished run of the QEMU engine.
 pub struct QemuRun<'a> {
@@ -46,8 +46,8 @@ pub fn print_qemu(r: &QemuRun) -> Option<String> {
     for (class, n) in &summary.per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
-    crate::record_buffers::print_discards(&report["ctf"]["discards"], &r.out.join("plugin.json"));
-    crate::record_relayd::print(&report["ctf"]["relayd"]);
+    engine::buffers::print_discards(&report["ctf"]["discards"], &r.out.join("plugin.json"));
+    engine::summary::print_relayd(&report["ctf"]["relayd"]);
     // [deferred, read later, still unreadable] per vCPU (introspect::defer)
     let late = report["cpus"].as_array().map_or([0u64; 3], |c| {
         c.iter().fold([0; 3], |mut acc, cpu| {
@@ -118,19 +118,6 @@ pub struct Summary {
     pub per_class: BTreeMap<&'static str, u64>,
 }
 
-/// The class of an event, by `Record::event_tag`.
-pub(crate) fn class_of_tag(tag: usize) -> &'static str {
-    match tag {
-        0 | 1 | 15 => "syscalls",
-        2 | 3 | 14 | 19 => "sched",
-        7 | 8 | 10 | 11 | 16..=18 => "irq",
-        13 => "probes",
-        9 => "statedump",
-        12 => "samples",
-        _ => "proc",
-    }
-}
-
 /// What the plugin wrote, from its report (`plugin.json`).
 fn summarize(report: &serde_json::Value) -> Summary {
     let mut s = Summary::default();
@@ -147,7 +134,9 @@ fn summarize(report: &serde_json::Value) -> Summary {
         {
             let v = v.as_u64().unwrap_or(0);
             if v > 0 {
-                *s.per_class.entry(class_of_tag(tag)).or_default() += v;
+                *s.per_class
+                    .entry(engine::summary::class_of_tag(tag))
+                    .or_default() += v;
             }
         }
     }

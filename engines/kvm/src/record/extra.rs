@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use introspect::ctx::{read_u64, Reg, VcpuContext};
 use introspect::pt_regs;
 use introspect::triggers::{Condition, TriggerPlan};
@@ -22,19 +21,30 @@ use introspect::ProbeKind;
 use record_ctf::triggers::{FiredAt, Host, Triggers};
 use vmm::VcpuCtx;
 
-use super::sw::Extra;
-use super::Handler;
-use crate::backend_kvm::KvmContext;
+/// Why `--trigger`s cannot run on the monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("reading the trigger plan")]
+    Load(#[source] introspect::triggers::TriggerPlanError),
+    #[error("--trigger syscall=...: on --backend kvm the syscall exits are checked where they are traced: add syscalls to --events")]
+    SyscallsNotTraced,
+    #[error("--trigger: {0}")]
+    Start(String),
+}
 
-/// The trigger plan of `armed` (hvtrace's host side of `--trigger`), if
-/// any; refuses syscall triggers when the syscall exits are not traced.
-pub(super) fn trigger_plan(
-    armed: Option<&crate::triggers::Armed>,
+use super::handler::Handler;
+use super::sw::Extra;
+use crate::context::KvmContext;
+
+/// The trigger plan written at `plan_path` (by the host side of
+/// `--trigger`), if any; refuses syscall triggers when the syscall exits
+/// are not traced.
+pub fn trigger_plan(
+    plan_path: Option<&Path>,
     plan: &introspect::ProbePlan,
-) -> Result<Option<TriggerPlan>> {
-    let Some(a) = armed else { return Ok(None) };
-    let tp =
-        TriggerPlan::load(&a.plan_path().to_string_lossy()).context("reading the trigger plan")?;
+) -> Result<Option<TriggerPlan>, TriggerError> {
+    let Some(p) = plan_path else { return Ok(None) };
+    let tp = TriggerPlan::load(&p.to_string_lossy()).map_err(TriggerError::Load)?;
     let on_syscall = tp.triggers.iter().any(|t| {
         matches!(
             t.cond,
@@ -42,7 +52,7 @@ pub(super) fn trigger_plan(
         )
     });
     if on_syscall && !plan.events.syscalls {
-        bail!("--trigger syscall=...: on --backend kvm the syscall exits are checked where they are traced: add syscalls to --events");
+        return Err(TriggerError::SyscallsNotTraced);
     }
     Ok(Some(tp))
 }
@@ -70,7 +80,7 @@ pub(super) fn start_triggers(
     out: &Path,
     epoch: Instant,
     epoch_unix_ns: u64,
-) -> Result<Arc<Triggers>> {
+) -> Result<Arc<Triggers>, TriggerError> {
     let host = Host {
         now_unix_ns: Box::new(move || {
             epoch_unix_ns.wrapping_add(epoch.elapsed().as_nanos() as u64)
@@ -78,7 +88,7 @@ pub(super) fn start_triggers(
         note: Box::new(|s| eprintln!("hvtrace: record: {s}")),
     };
     Triggers::start(tp, marker, writer.trigger_handle(), out, host)
-        .map_err(|e| anyhow::anyhow!("--trigger: {e}"))
+        .map_err(|e| TriggerError::Start(e.to_string()))
 }
 
 impl Handler {

@@ -17,117 +17,46 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use introspect::plan::ProbePlan;
 use introspect::triggers::{Condition, LogEntry, Trigger, TriggerPlan};
+
+use crate::errno::parse_errno;
 
 /// Kernel functions of the panic/oops paths probed by `--trigger panic`
 /// (present in Debian's 6.1 and 6.12 kernels): `panic` itself, and
 /// `oops_begin`, where x86's `die`, `die_addr` and the page-fault oops start.
 pub const PANIC_SYMBOLS: [&str; 2] = ["panic", "oops_begin"];
 
+/// Why `--trigger`s are refused, or cannot be armed.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// A spec this kernel or these options cannot take; says which.
+    #[error("{0}")]
+    Spec(String),
+    #[error("output path")]
+    OutputPath(#[source] std::ffi::NulError),
+    #[error("creating {}", .0.display())]
+    Fifo(PathBuf, #[source] std::io::Error),
+    #[error("writing {}", .0.display())]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("installing the SIGUSR1 handler")]
+    Signal(#[source] std::io::Error),
+    #[error("starting the trigger thread")]
+    Thread(#[source] std::io::Error),
+    #[error("{}: the output path must be UTF-8", .0.display())]
+    NotUtf8(PathBuf),
+}
+
 const PLAN_FILE: &str = "trigger-plan.json";
 const FIFO_FILE: &str = "trigger.fifo";
 const LOG_FILE: &str = "triggers.log";
-
-/// Linux errno names (x86-64 numbers).
-const ERRNOS: &[(&str, i32)] = &[
-    ("EPERM", libc::EPERM),
-    ("ENOENT", libc::ENOENT),
-    ("ESRCH", libc::ESRCH),
-    ("EINTR", libc::EINTR),
-    ("EIO", libc::EIO),
-    ("ENXIO", libc::ENXIO),
-    ("E2BIG", libc::E2BIG),
-    ("ENOEXEC", libc::ENOEXEC),
-    ("EBADF", libc::EBADF),
-    ("ECHILD", libc::ECHILD),
-    ("EAGAIN", libc::EAGAIN),
-    ("EWOULDBLOCK", libc::EWOULDBLOCK),
-    ("ENOMEM", libc::ENOMEM),
-    ("EACCES", libc::EACCES),
-    ("EFAULT", libc::EFAULT),
-    ("ENOTBLK", libc::ENOTBLK),
-    ("EBUSY", libc::EBUSY),
-    ("EEXIST", libc::EEXIST),
-    ("EXDEV", libc::EXDEV),
-    ("ENODEV", libc::ENODEV),
-    ("ENOTDIR", libc::ENOTDIR),
-    ("EISDIR", libc::EISDIR),
-    ("EINVAL", libc::EINVAL),
-    ("ENFILE", libc::ENFILE),
-    ("EMFILE", libc::EMFILE),
-    ("ENOTTY", libc::ENOTTY),
-    ("ETXTBSY", libc::ETXTBSY),
-    ("EFBIG", libc::EFBIG),
-    ("ENOSPC", libc::ENOSPC),
-    ("ESPIPE", libc::ESPIPE),
-    ("EROFS", libc::EROFS),
-    ("EMLINK", libc::EMLINK),
-    ("EPIPE", libc::EPIPE),
-    ("EDOM", libc::EDOM),
-    ("ERANGE", libc::ERANGE),
-    ("EDEADLK", libc::EDEADLK),
-    ("ENAMETOOLONG", libc::ENAMETOOLONG),
-    ("ENOLCK", libc::ENOLCK),
-    ("ENOSYS", libc::ENOSYS),
-    ("ENOTEMPTY", libc::ENOTEMPTY),
-    ("ELOOP", libc::ELOOP),
-    ("ENOMSG", libc::ENOMSG),
-    ("EIDRM", libc::EIDRM),
-    ("ENODATA", libc::ENODATA),
-    ("ETIME", libc::ETIME),
-    ("EOVERFLOW", libc::EOVERFLOW),
-    ("EILSEQ", libc::EILSEQ),
-    ("ENOTSOCK", libc::ENOTSOCK),
-    ("EDESTADDRREQ", libc::EDESTADDRREQ),
-    ("EMSGSIZE", libc::EMSGSIZE),
-    ("EPROTOTYPE", libc::EPROTOTYPE),
-    ("ENOPROTOOPT", libc::ENOPROTOOPT),
-    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
-    ("EOPNOTSUPP", libc::EOPNOTSUPP),
-    ("ENOTSUP", libc::ENOTSUP),
-    ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
-    ("EADDRINUSE", libc::EADDRINUSE),
-    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
-    ("ENETDOWN", libc::ENETDOWN),
-    ("ENETUNREACH", libc::ENETUNREACH),
-    ("ECONNABORTED", libc::ECONNABORTED),
-    ("ECONNRESET", libc::ECONNRESET),
-    ("ENOBUFS", libc::ENOBUFS),
-    ("EISCONN", libc::EISCONN),
-    ("ENOTCONN", libc::ENOTCONN),
-    ("ETIMEDOUT", libc::ETIMEDOUT),
-    ("ECONNREFUSED", libc::ECONNREFUSED),
-    ("EHOSTUNREACH", libc::EHOSTUNREACH),
-    ("EALREADY", libc::EALREADY),
-    ("EINPROGRESS", libc::EINPROGRESS),
-    ("ESTALE", libc::ESTALE),
-    ("EDQUOT", libc::EDQUOT),
-    ("ECANCELED", libc::ECANCELED),
-    ("EOWNERDEAD", libc::EOWNERDEAD),
-    ("ENOTRECOVERABLE", libc::ENOTRECOVERABLE),
-];
-
-/// An errno given by name (any case) or number.
-pub fn parse_errno(s: &str) -> Option<i32> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        let n = n.abs();
-        return (1..4096).contains(&n).then_some(n);
-    }
-    ERRNOS
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(s))
-        .map(|&(_, n)| n)
-}
 
 /// Triggers of one spec. `symbol` gives a link-time address by name.
 pub fn parse_spec(
     spec: &str,
     plan: &ProbePlan,
     symbol: &mut dyn FnMut(&str) -> Option<u64>,
-) -> Result<Vec<Trigger>> {
+) -> Result<Vec<Trigger>, TriggerError> {
     let trig = |name: &str, cond| Trigger {
         spec: spec.to_string(),
         name: name.to_string(),
@@ -140,13 +69,17 @@ pub fn parse_spec(
                 .filter_map(|&s| symbol(s).map(|link| trig(s, Condition::Enter { link })))
                 .collect();
             if found.is_empty() {
-                bail!("--trigger panic: none of {PANIC_SYMBOLS:?} is in this kernel's symbols");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger panic: none of {PANIC_SYMBOLS:?} is in this kernel's symbols"
+                )));
             }
             Ok(found)
         }
         "signal-exit" => {
             if plan.symbols.do_exit == 0 {
-                bail!("--trigger signal-exit: do_exit is not in this kernel's symbols");
+                return Err(TriggerError::Spec(
+                    "--trigger signal-exit: do_exit is not in this kernel's symbols".into(),
+                ));
             }
             Ok(vec![trig(
                 "signal-exit",
@@ -158,23 +91,31 @@ pub fn parse_spec(
         s => {
             let Some((name, errno)) = s.strip_prefix("syscall=").and_then(|r| r.split_once(':'))
             else {
-                bail!("--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: expected panic, signal-exit or syscall=NAME:ERRNO"
+                )));
             };
             let name = name.trim();
             let native = plan.syscalls.iter().find(|sc| sc.name == name);
             let compat = plan.compat_syscalls.iter().find(|sc| sc.name == name);
             if native.is_none() && compat.is_none() {
-                bail!("--trigger {s}: no syscall `{name}` in this kernel's syscall tables");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: no syscall `{name}` in this kernel's syscall tables"
+                )));
             }
             let Some(errno) = parse_errno(errno) else {
-                bail!("--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number");
+                return Err(TriggerError::Spec(format!(
+                    "--trigger {s}: `{errno}` is not an errno name (e.g. ENOENT) or number"
+                )));
             };
             let ret = -i64::from(errno);
             let mut out = Vec::new();
             // A syscall of both tables fires from 64-bit and 32-bit processes.
             if let Some(sc) = native {
                 if plan.symbols.do_syscall_64 == 0 {
-                    bail!("--trigger {s}: do_syscall_64 is not in this kernel's symbols");
+                    return Err(TriggerError::Spec(format!(
+                        "--trigger {s}: do_syscall_64 is not in this kernel's symbols"
+                    )));
                 }
                 out.push(trig(
                     s,
@@ -196,7 +137,7 @@ pub fn parse_spec(
                 ));
             }
             if out.is_empty() {
-                bail!("--trigger {s}: `{name}` is a compat syscall only, and ia32_sys_call is not in this kernel's symbols");
+                return Err(TriggerError::Spec(format!("--trigger {s}: `{name}` is a compat syscall only, and ia32_sys_call is not in this kernel's symbols")));
             }
             Ok(out)
         }
@@ -231,26 +172,19 @@ fn remove_stale(out: &Path) {
 }
 
 /// A recording's `--trigger`s, parsed and resolved against the kernel
-/// before anything is written: `None` without the flight recorder (which
-/// refuses any `--trigger`).
-pub fn parse_for(
-    args: &crate::cmd_record::RecordArgs,
-    plan: &ProbePlan,
-    kernel: &Path,
-) -> Result<Option<Vec<Trigger>>> {
-    let flight = args.buffer == crate::cmd_record::BufferMode::FlightRecorder;
-    parse(&args.triggers, flight, plan, kernel)
-}
-
-fn parse(
+/// before anything is written: `None` without the flight recorder
+/// (`flight`, which refuses any `--trigger`).
+pub fn parse(
     specs: &[String],
     flight: bool,
     plan: &ProbePlan,
     kernel: &Path,
-) -> Result<Option<Vec<Trigger>>> {
+) -> Result<Option<Vec<Trigger>>, TriggerError> {
     if !flight {
         if !specs.is_empty() {
-            bail!("--trigger needs --buffer flight-recorder");
+            return Err(TriggerError::Spec(
+                "--trigger needs --buffer flight-recorder".into(),
+            ));
         }
         return Ok(None);
     }
@@ -279,17 +213,16 @@ fn parse(
 /// Arms parsed triggers in `out` (absolute, prepared): the request FIFO,
 /// the trigger plan and the SIGUSR1 watcher; without the flight recorder
 /// only clears what an earlier recording left there.
-pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
+pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>, TriggerError> {
     remove_stale(out);
     let Some(triggers) = parsed else {
         return Ok(None);
     };
     let fifo = out.join(FIFO_FILE);
-    let c = CString::new(fifo.as_os_str().as_bytes()).context("output path")?;
+    let c = CString::new(fifo.as_os_str().as_bytes()).map_err(TriggerError::OutputPath)?;
     // SAFETY: mkfifo reads the NUL-terminated path it is given.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating {}", fifo.display()));
+        return Err(TriggerError::Fifo(fifo, std::io::Error::last_os_error()));
     }
     let tp = TriggerPlan {
         triggers,
@@ -298,10 +231,10 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
     };
     let plan_path = out.join(PLAN_FILE);
     std::fs::write(&plan_path, tp.to_json())
-        .with_context(|| format!("writing {}", plan_path.display()))?;
+        .map_err(|e| TriggerError::Write(plan_path.clone(), e))?;
     let usr1 = Arc::new(AtomicBool::new(false));
     let sig = signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
-        .context("installing the SIGUSR1 handler")?;
+        .map_err(TriggerError::Signal)?;
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = Arc::new(AtomicUsize::new(0));
     let thread = {
@@ -310,7 +243,7 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
         std::thread::Builder::new()
             .name("triggers".into())
             .spawn(move || watch(&usr1, &stop, &fifo, &log, &out, &count))
-            .context("starting the trigger thread")?
+            .map_err(TriggerError::Thread)?
     };
     Ok(Some(Armed {
         plan_path,
@@ -322,10 +255,10 @@ pub fn arm(parsed: Option<Vec<Trigger>>, out: &Path) -> Result<Option<Armed>> {
     }))
 }
 
-fn path_string(p: &Path) -> Result<String> {
+fn path_string(p: &Path) -> Result<String, TriggerError> {
     match p.to_str() {
         Some(s) => Ok(s.to_string()),
-        None => bail!("{}: the output path must be UTF-8", p.display()),
+        None => Err(TriggerError::NotUtf8(p.to_path_buf())),
     }
 }
 
@@ -333,17 +266,6 @@ impl Armed {
     /// The trigger plan file the engine runs.
     pub fn plan_path(&self) -> &Path {
         &self.plan_path
-    }
-
-    /// What to append to the plugin's argument list.
-    pub fn plugin_arg(&self) -> Result<String> {
-        match self.plan_path.to_str() {
-            Some(s) if !s.contains(',') => Ok(format!(",triggers={s}")),
-            _ => bail!(
-                "{}: paths given to QEMU must be UTF-8 without commas",
-                self.plan_path.display()
-            ),
-        }
     }
 
     /// The count of snapshots written so far, updated as they are logged.

@@ -14,8 +14,10 @@ use introspect::runtime::{return_sites, Sink, VcpuTracer};
 use introspect::{Kernel, ProbeKind, Record, Task};
 use vmm::{Action, DebugEvent, HwBreakpoint, VcpuCtx};
 
-use super::{ctf, sw, CpuReport, Shared, HW_SLOTS, START_KERNEL_MAP, STATEDUMP_TASKS, UNKNOWN};
-use crate::backend_kvm::KvmContext;
+use super::shared::{CpuReport, Shared, HW_SLOTS, START_KERNEL_MAP, STATEDUMP_TASKS, UNKNOWN};
+use super::sw;
+use crate::context::KvmContext;
+use record_ctf as ctf;
 
 /// The vCPU's ltt-writer producer as the runtime's sink, with its user
 /// probes' values.

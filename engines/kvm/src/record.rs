@@ -12,7 +12,7 @@
 //! `DIR/kvm.json` say which mechanism each probe used and what did not fit.
 //!
 //! The KASLR slide: the monitor boots the bzImage through its own
-//! decompressor (`backend_kvm::KvmBoot`), which randomizes the kernel's
+//! decompressor (`crate::boot::KvmBoot`), which randomizes the kernel's
 //! physical and virtual placement as on a real boot
 //! (`choose_random_location`). The slide is unknown until the running
 //! kernel's page tables map its text: until then no probe is armed, and
@@ -25,149 +25,119 @@
 //! armed at slide 0 from the first instruction and the slide is verified
 //! by the banner all the same.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use introspect::plan::EventClasses;
+use engine::buffers::{BufferMode, Mode};
+use engine::guest::{ConsoleDriver, GuestEnd, GuestRun};
+use engine::seam::RecordOptions;
 use introspect::runtime::{string_table, StatedumpGate};
-use introspect::{ProbeKind, ProbePlan};
+use introspect::triggers::TriggerPlan;
+use introspect::userprobe::ResolvedProbe;
+use introspect::ProbePlan;
 
 mod extra;
 mod handler;
 mod report;
+mod shared;
 mod sw;
-use crate::cmd_record::{BufferMode, Mode, RecordArgs};
-use crate::guest::{self, GuestEnd};
+pub use extra::{trigger_plan, TriggerError};
 use handler::Handler;
+use shared::{Shared, UNKNOWN};
 
-// The record → lttng-modules event mapping both engines share.
-use record_ctf as ctf;
+use crate::boot::{BootError, KvmBoot};
+use crate::monitor::{run_guest, MonitorError};
 
-/// Hardware breakpoints per vCPU.
-const HW_SLOTS: usize = 4;
-/// `__START_KERNEL_map`: kernel text's virtual base, at physical 0 plus
-/// the load offset (0 for the ELF loaded at its own `p_paddr`).
-const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
-/// No slide verified yet.
-const UNKNOWN: u64 = u64::MAX;
 /// How often vCPU 0 looks for the banner on a randomized boot, until found.
 const SLIDE_SEARCH_MS: u64 = 2;
-/// Tasks a statedump can hold without allocating on the trap path.
-const STATEDUMP_TASKS: usize = 4096;
 
-/// What every vCPU's handler shares (read-only or atomics on the trap path).
-struct Shared {
-    plan: ProbePlan,
-    strings: Vec<u8>,
-    gate: StatedumpGate,
-    epoch: Instant,
-    /// The slide the guest's banner was found at (UNKNOWN before).
-    verified_slide: AtomicU64,
-    /// Probe hits, all vCPUs.
-    hits: AtomicU64,
-    /// Filled by each handler when its vCPU thread ends.
-    reports: Mutex<Vec<CpuReport>>,
-    notes: Mutex<Vec<String>>,
-    /// Software breakpoints: used or not, and armed or not yet.
-    sw: sw::SwPhase,
-    /// The kernel is randomized (bzImage boot): nothing is armed before
-    /// the slide is found.
-    randomized: bool,
-    /// Flight-recorder triggers (`--trigger`), and the trace clock's
-    /// origin in Unix time.
-    triggers: Option<Arc<record_ctf::triggers::Triggers>>,
-    epoch_unix_ns: u64,
-    /// Each vCPU's tracer time when the statedump was seen taken (the
-    /// traced command's exec): what came after is the command's share.
-    at_command: std::sync::OnceLock<Vec<vmm::TracerTime>>,
+/// Why a recording on the monitor failed (not how the guest ended).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Open(#[from] image_builder::check::CheckError),
+    #[error("preparing the probe plan")]
+    Plan(#[source] engine::plan::PlanError),
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    #[error("declaring the trace's events")]
+    Catalog(#[source] ltt_writer::catalog::CatalogError),
+    #[error("declaring the trigger marker")]
+    Marker(#[source] ltt_writer::catalog::CatalogError),
+    #[error("creating the trace in {}", .0.display())]
+    Create(PathBuf, #[source] ltt_writer::writer::WriteError),
+    #[error("finishing the trace")]
+    Finish(#[source] ltt_writer::writer::WriteError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
 }
 
-impl Shared {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+/// A kernel made ready for the monitor: how it boots, its probe plan
+/// (from the image alone) and what software traps need of its code.
+pub struct Prepared {
+    pub boot: KvmBoot,
+    pub plan: ProbePlan,
+    facts: sw::CodeFacts,
+}
+
+impl Prepared {
+    /// Decides how `kernel` boots, and plans its probes.
+    pub fn of(kernel: &Path) -> Result<Self, RecordError> {
+        let boot = KvmBoot::prepare(kernel)?;
+        let image = image_builder::check::open_kernel(kernel)?;
+        let plan = engine::plan::plan_of(&image).map_err(RecordError::Plan)?;
+        let facts = sw::CodeFacts::of(&image, &plan);
+        Ok(Prepared { boot, plan, facts })
     }
-
-    /// Off the trap path only (arming, verification).
-    fn note(&self, s: String) {
-        let mut n = self.notes.lock().unwrap_or_else(|e| e.into_inner());
-        if n.len() < 200 && !n.contains(&s) {
-            n.push(s);
-        }
-    }
 }
 
-#[derive(Debug, Clone, Default)]
-struct CpuReport {
-    cpu: u32,
-    events: u64,
-    busy_ns: u64,
-    ctf_errors: u64,
-    by_kind: [u64; introspect::decode::COUNTER_SLOTS],
-    by_event: [u64; introspect::decode::COUNTER_SLOTS],
-    armed: Vec<(u64, ProbeKind)>,
-    /// Syscall entries whose string was deferred / read on a retry.
-    deferred: u64,
-    recovered: u64,
+/// A recording as the CLI prepared it: everything that can be refused is
+/// checked, and the output folder is written.
+pub struct Recording<'a> {
+    pub prepared: Prepared,
+    /// `--probe`s, resolved with the image's kallsyms.
+    pub user: Vec<ResolvedProbe>,
+    /// `--trigger`s ([`trigger_plan`]).
+    pub triggers: Option<TriggerPlan>,
+    /// The run, its timeout the wall-time limit (`--duration`).
+    pub run: &'a GuestRun,
+    /// The output folder as given, and resolved.
+    pub out: &'a Path,
+    pub out_abs: &'a Path,
+    pub options: &'a RecordOptions,
+    pub relayd: Option<ltt_writer::RelaydConfig>,
+    pub capture: Option<&'a Path>,
+    /// Time spent preparing (symbols), for the summary.
+    pub prep: Duration,
 }
 
-/// `hvtrace record --backend kvm`.
-pub fn run(
-    args: &RecordArgs,
-    events: EventClasses,
-    user_probes: &[(String, introspect::userprobe::ProbeSpec)],
+/// `hvtrace record --backend kvm`: runs the recording to its end, writes
+/// the trace and `kvm.json`, prints the summary; returns how the guest
+/// ended.
+pub fn record(
+    r: Recording<'_>,
     interrupt: &AtomicBool,
-    driver: Option<&mut dyn guest::ConsoleDriver>,
-) -> Result<i32> {
-    args.guest.check_for_kvm()?;
-    let full = args.guest.guest_run(&args.command)?;
-    // --duration: the run's wall-time limit, reaching it a normal end.
-    let limit = args.guest.disk.limit(full.timeout);
-    let run = full.with_timeout(limit.0);
-    let out = &args.output;
-    crate::cmd_record::check_output(out, args.force)?;
-    let relayd = crate::record_relayd::check(args)?;
-
-    let t0 = Instant::now();
-    let boot = crate::backend_kvm::KvmBoot::prepare(&run.kernel)?;
-    let image = image_builder::check::open_kernel(&run.kernel)?;
-    let mut plan = crate::cmd_record::plan_of(&image).context("preparing the probe plan")?;
-    let facts = sw::CodeFacts::of(&image, &plan);
-    drop(image);
-    plan.events = events;
-    let user = crate::cmd_record::resolve_probes(&run.kernel, user_probes, &mut plan)?;
-    // Everything that can be refused is checked: now the folder is written.
-    let triggers = crate::triggers::parse_for(args, &plan, &run.kernel)?;
-    let out_abs = crate::cmd_record::prepare_output(out, args.force)?;
-    plan.out_dir = out_abs.to_string_lossy().into_owned();
-    plan.statedump_exec = crate::disk::statedump_exec(args);
-    if args.mode == Mode::Sample {
-        // As on the TCG engine: samples instead of the high-rate classes;
-        // process lifecycle (rare) stays traced so samples can be
-        // attributed. A sample is a kick of every vCPU (signal +
-        // immediate_exit) at --freq from this thread.
-        plan.sample_hz = args.freq;
-        plan.events = EventClasses {
-            proc: true,
-            ..EventClasses::default()
-        };
-    }
-    std::fs::write(out_abs.join("probe-plan.json"), plan.to_json())?;
-    let armed = crate::triggers::arm(triggers, &out_abs)?;
-    let trigger_plan = extra::trigger_plan(armed.as_ref(), &plan)?;
-    let prep = t0.elapsed();
-
-    let baseline = if args.baseline {
+    driver: Option<&mut dyn ConsoleDriver>,
+) -> Result<GuestEnd, RecordError> {
+    let Prepared { boot, plan, facts } = r.prepared;
+    let (run, out, out_abs, prep, o) = (r.run, r.out, r.out_abs, r.prep, r.options);
+    let (trigger_plan, user) = (r.triggers, r.user);
+    let baseline = if o.baseline {
         let t = Instant::now();
-        let (end, _, _) = crate::backend_kvm::run_guest(
-            &run,
+        let (end, _, _) = run_guest(
+            run,
             &boot,
             None,
             None,
             None,
             interrupt,
-            std::time::Duration::from_millis(50),
+            Duration::from_millis(50),
             &mut |_| {},
             None,
         )?;
@@ -175,7 +145,7 @@ pub fn run(
     } else {
         None
     };
-    if args.keep_raw {
+    if o.keep_raw {
         eprintln!(
             "hvtrace: record: --keep-raw is ignored on --backend kvm (no raw record streams)"
         );
@@ -183,29 +153,28 @@ pub fn run(
     let (sw_trap, sw_reason) = sw::decide();
     let origin = ltt_writer::Epoch::now();
     let (epoch, epoch_unix_ns) = (origin.instant, origin.unix_ns);
-    let mut catalog = ctf::catalog_checked(&plan).context("declaring the trace's events")?;
+    let mut catalog = record_ctf::catalog_checked(&plan).map_err(RecordError::Catalog)?;
     let marker = match trigger_plan {
-        Some(_) => Some(
-            record_ctf::triggers::declare_marker(&mut catalog)
-                .context("declaring the trigger marker")?,
-        ),
+        Some(_) => {
+            Some(record_ctf::triggers::declare_marker(&mut catalog).map_err(RecordError::Marker)?)
+        }
         None => None,
     };
     let mut cfg = ltt_writer::TraceConfig::new(run.vcpus, catalog);
     cfg.env.kernel_release = plan.kernel_release.clone();
     cfg.clock_offset_ns = epoch_unix_ns;
-    cfg.packet_size = args.subbuf_size as usize;
-    cfg.packets_per_cpu = args.num_subbuf as usize;
-    cfg.relayd = relayd;
-    cfg.policy = match args.buffer {
+    cfg.packet_size = o.subbuf_size as usize;
+    cfg.packets_per_cpu = o.num_subbuf as usize;
+    cfg.relayd = r.relayd;
+    cfg.policy = match o.buffer {
         BufferMode::Lossless => ltt_writer::Policy::Lossless,
         BufferMode::Discard => ltt_writer::Policy::Discard,
         BufferMode::FlightRecorder => ltt_writer::Policy::FlightRecorder {
-            bytes_per_cpu: ((args.flight_mib << 20) as usize).max(cfg.packet_size * 2),
+            bytes_per_cpu: ((o.flight_mib << 20) as usize).max(cfg.packet_size * 2),
         },
     };
-    let (writer, producers) = ltt_writer::TraceWriter::create(&out_abs, cfg)
-        .with_context(|| format!("creating the trace in {}", out_abs.display()))?;
+    let (writer, producers) = ltt_writer::TraceWriter::create(out_abs, cfg)
+        .map_err(|e| RecordError::Create(out_abs.to_path_buf(), e))?;
     let entry_triggers = trigger_plan
         .as_ref()
         .map(extra::entry_triggers)
@@ -215,7 +184,7 @@ pub fn run(
             tp,
             marker,
             &writer,
-            &out_abs,
+            out_abs,
             epoch,
             epoch_unix_ns,
         )?),
@@ -264,8 +233,8 @@ pub fn run(
     let mut all_kicked = false;
     let mut next_sample = Instant::now();
     let ksh = sh.clone();
-    let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(args.freq.max(1)));
-    let sample = args.mode == Mode::Sample;
+    let period = std::time::Duration::from_nanos(1_000_000_000 / u64::from(o.freq.max(1)));
+    let sample = o.mode == Mode::Sample;
     let search_every = if boot.randomized {
         std::time::Duration::from_millis(SLIDE_SEARCH_MS)
     } else {
@@ -305,10 +274,10 @@ pub fn run(
         }
     };
     let t1 = Instant::now();
-    let (end, vm_exit, sw_out) = crate::backend_kvm::run_guest(
-        &run,
+    let (end, vm_exit, sw_out) = run_guest(
+        run,
         &boot,
-        args.guest.capture.as_deref(),
+        r.capture,
         Some(factory),
         sw_trap,
         interrupt,
@@ -320,7 +289,7 @@ pub fn run(
     if let Some(t) = &sh.triggers {
         t.before_finish();
     }
-    let report = writer.finish().context("finishing the trace")?;
+    let report = writer.finish().map_err(RecordError::Finish)?;
     if let Some(t) = &sh.triggers {
         t.after_finish();
     }
@@ -333,7 +302,7 @@ pub fn run(
     let visible =
         report::GuestVisible::measure(sw_out.tracer_time.clone(), sh.at_command.get().cloned());
     report::write(
-        &out_abs, &cpus, &notes, slide, &sh, &report, &probes, &sw_out, &visible,
+        out_abs, &cpus, &notes, slide, &sh, &report, &probes, &sw_out, &visible,
     )?;
 
     let total: u64 = cpus.iter().map(|c| c.events).sum();
@@ -350,7 +319,7 @@ pub fn run(
         for (tag, &n) in c.by_event.iter().enumerate() {
             if n > 0 {
                 *per_class
-                    .entry(crate::record_summary::class_of_tag(tag))
+                    .entry(engine::summary::class_of_tag(tag))
                     .or_default() += n;
             }
         }
@@ -358,9 +327,9 @@ pub fn run(
     for (class, n) in &per_class {
         eprintln!("hvtrace: record:   {class}: {n}");
     }
-    crate::record_buffers::print_discards(&report.discards_json(), &args.output.join("kvm.json"));
+    engine::buffers::print_discards(&report.discards_json(), &out.join("kvm.json"));
     if let Some(r) = &report.relayd {
-        crate::record_relayd::print(&r.to_json());
+        engine::summary::print_relayd(&r.to_json());
     }
     if total > 0 {
         eprintln!(
@@ -392,22 +361,5 @@ pub fn run(
     if let Some(exit) = &vm_exit {
         eprintln!("hvtrace: record: the VM ended: {exit:?}");
     }
-    if let Some(a) = armed {
-        a.finish();
-    }
-    // How a run may end without being cut short: its command's status, or
-    // for a disk boot without command, power-off or --duration.
-    let normal_end = match &end {
-        GuestEnd::Exited(_) => true,
-        GuestEnd::PoweredOff | GuestEnd::Restarted => args.guest.disk.disk.is_some(),
-        GuestEnd::TimedOut => limit.1,
-        _ => false,
-    };
-    if !normal_end {
-        eprintln!(
-            "hvtrace: record: the run ended early ({end:?}); the trace in {} holds everything up to that point",
-            out.display()
-        );
-    }
-    args.guest.outcome(end, limit, full.timeout)
+    Ok(end)
 }

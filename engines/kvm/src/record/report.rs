@@ -4,11 +4,22 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
-
+use super::shared::{CpuReport, Shared, UNKNOWN};
 use super::sw::SwPhase;
-use super::{CpuReport, Shared, UNKNOWN};
-use crate::backend_kvm::MonitorOutcome;
+use crate::monitor::MonitorOutcome;
+
+/// Why `kvm.json` could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("writing {}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The tracer time the guest could see (the KVM engine is not
 /// time-transparent: its clocks run on while a vCPU is out of KVM_RUN).
@@ -207,7 +218,7 @@ pub(super) fn write(
     rows: &[ProbeRow],
     sw: &MonitorOutcome,
     visible: &GuestVisible,
-) -> Result<()> {
+) -> Result<(), ReportError> {
     let cpus: Vec<serde_json::Value> = cpus
         .iter()
         .map(|c| {
@@ -264,6 +275,7 @@ pub(super) fn write(
         "cpus": cpus,
         "notes": notes,
     });
-    std::fs::write(out.join("kvm.json"), serde_json::to_string_pretty(&v)?)
-        .with_context(|| format!("writing {}", out.join("kvm.json").display()))
+    let path = out.join("kvm.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&v)?)
+        .map_err(|source| ReportError::Write { path, source })
 }

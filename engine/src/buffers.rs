@@ -1,7 +1,40 @@
-//! `record`'s buffer options and its account of what the buffers dropped,
-//! shared by both engines.
+//! `record`'s buffer and mode options and its account of what the buffers
+//! dropped, shared by both engines.
 
 use std::path::Path;
+
+use introspect::plan::{EventClasses, ProbePlan};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every selected event, exact order per vCPU.
+    Trap,
+    /// Statistical sampling at --freq HZ (plus process lifecycle events).
+    Sample,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferMode {
+    /// A full buffer pauses the vCPU: nothing is lost.
+    Lossless,
+    /// A full buffer drops events and counts them.
+    Discard,
+    /// Keep the newest events in memory, write them at the end (and on
+    /// --trigger or SIGUSR1).
+    FlightRecorder,
+}
+
+/// `--mode sample`: samples at `freq` instead of the high-rate classes;
+/// process lifecycle (rare) stays traced so samples can be attributed.
+pub fn apply_mode(plan: &mut ProbePlan, mode: Mode, freq: u32) {
+    if mode == Mode::Sample {
+        plan.sample_hz = freq;
+        plan.events = EventClasses {
+            proc: true,
+            ..EventClasses::default()
+        };
+    }
+}
 
 /// `--subbuf-size`: bytes, or k/M (KiB/MiB); what ltt-writer takes as a
 /// packet size.
