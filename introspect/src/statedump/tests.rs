@@ -292,18 +292,24 @@ fn xarray_two_levels_and_a_node_loop() {
     );
 }
 
-/// A dentry whose name never ends and whose parent is its child: the path
-/// is cut, components at 255 bytes, and the walk ends.
-#[test]
-fn huge_name_and_dentry_cycle_end() {
-    let m = Mem::zeroed();
-    let l = StatedumpLayout {
+/// Dentries with `d_parent` at 0x08, `d_name.name` at 0x10 and
+/// `d_hash.pprev` at 0x18, under a mount whose root is at its offset 0.
+fn dentry_layout() -> StatedumpLayout {
+    StatedumpLayout {
         dentry_parent: 0x08,
         dentry_name: 0x10,
         dentry_hash_pprev: 0x18,
         vfsmount_root: 0x00,
         ..StatedumpLayout::default()
-    };
+    }
+}
+
+/// A dentry whose name never ends and whose parent is its child: the path
+/// is cut, components at 255 bytes, and the walk ends.
+#[test]
+fn huge_name_and_dentry_cycle_end() {
+    let m = Mem::zeroed();
+    let l = dentry_layout();
     let (d1, d2, mnt, name) = (BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x1000);
     m.put_bytes(name, &[b'a'; 0x8000]);
     for d in [d1, d2] {
@@ -321,17 +327,11 @@ fn huge_name_and_dentry_cycle_end() {
 }
 
 /// `d_path()`'s suffix: a dentry that is unhashed and not a root is a file
-/// whose last link is gone; an unhashed root (a pseudo file) is not.
+/// whose last link is gone; the same dentry hashed is not.
 #[test]
 fn unlinked_file_ends_in_deleted() {
     let m = Mem::zeroed();
-    let l = StatedumpLayout {
-        dentry_parent: 0x08,
-        dentry_name: 0x10,
-        dentry_hash_pprev: 0x18,
-        vfsmount_root: 0x00,
-        ..StatedumpLayout::default()
-    };
+    let l = dentry_layout();
     let (root, tmp, gone, mnt) = (BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x400);
     let names = BASE + 0x1000;
     m.put_bytes(names, b"tmp\0gone\0");
