@@ -172,6 +172,56 @@ mod tests {
     }
 
     #[test]
+    fn images_are_checked_before_the_boot() {
+        let dir = std::env::temp_dir().join(format!("hvtrace-disk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(
+            check_image(&dir.join("missing.img")),
+            Err(DiskError::Unreadable { .. })
+        ));
+        assert!(matches!(check_image(&dir), Err(DiskError::NotAFile(_))));
+        let small = dir.join("small.img");
+        std::fs::write(&small, [0u8; 4096]).unwrap();
+        assert!(matches!(
+            check_image(&small),
+            Err(DiskError::TooSmall { len: 4096, .. })
+        ));
+        let comma = dir.join("a,b.img");
+        std::fs::File::create(&comma)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        assert!(matches!(
+            check_image(&comma),
+            Err(DiskError::PathForQemu(_))
+        ));
+        let good = dir.join("good.img");
+        std::fs::File::create(&good)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        check_image(&good).unwrap();
+        let args = qemu_args(&good);
+        assert_eq!(args[0], "-drive");
+        assert!(args[1]
+            .to_str()
+            .unwrap()
+            .ends_with("good.img,format=raw,if=virtio,snapshot=on"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn duration_within_the_timeout_is_the_normal_end() {
+        let t = Duration::from_secs(60);
+        assert_eq!(
+            limit(Some(Duration::from_secs(5)), t),
+            (Duration::from_secs(5), true)
+        );
+        assert_eq!(limit(Some(Duration::from_secs(90)), t), (t, false));
+        assert_eq!(limit(None, t), (t, false));
+    }
+
+    #[test]
     fn no_command_boots_as_is() {
         let line = kernel_cmdline(&[], "systemd.unit=rescue.target").unwrap();
         assert!(!line.contains("systemd.run"));

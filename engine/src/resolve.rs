@@ -165,3 +165,61 @@ impl GuestSpec<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(add: &'a [String], disk: Option<&'a Path>) -> GuestSpec<'a> {
+        GuestSpec {
+            kernel_line: "6.1",
+            kernel: None,
+            initrd: None,
+            vcpus: 1,
+            memory_mib: 512,
+            timeout: Duration::from_secs(10),
+            append: "",
+            time_transparent: false,
+            add,
+            disk,
+        }
+    }
+
+    #[test]
+    fn more_vcpus_than_the_host_runs_are_refused() {
+        let e = check_host_limits(100_000, 64).unwrap_err();
+        assert!(matches!(e, ResolveError::Vcpus { vcpus: 100_000, .. }));
+        assert!(e.to_string().starts_with("--vcpus 100000: this host runs "));
+        check_host_limits(1, 64).unwrap();
+    }
+
+    #[test]
+    fn more_memory_than_the_host_has_is_refused() {
+        if host_memory_mib().is_none() {
+            return;
+        }
+        let e = check_host_limits(1, u32::MAX).unwrap_err();
+        assert!(matches!(e, ResolveError::HostMemory { .. }), "{e}");
+    }
+
+    #[test]
+    fn add_with_disk_is_refused_before_any_build() {
+        let add = vec!["/bin/true".to_string()];
+        let e = spec(&add, Some(Path::new("/nonexistent.img")))
+            .guest_run(&[])
+            .unwrap_err();
+        assert!(matches!(e, ResolveError::AddWithDisk));
+    }
+
+    #[test]
+    fn a_missing_kernel_or_initrd_is_named() {
+        let mut s = spec(&[], None);
+        s.kernel = Some(Path::new("/nonexistent/vmlinuz"));
+        s.initrd = Some(Path::new("/nonexistent/initrd.img"));
+        let e = s.guest_run(&["/bin/true".to_string()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/vmlinuz does not exist or is not a file"
+        );
+    }
+}
