@@ -1,21 +1,7 @@
-//! `--disk IMAGE`: boot a distribution from a raw disk image, untouched.
-//!
-//! The kernel boots with hvtrace's own small initramfs (the kernel
-//! package's virtio and ext4 modules, busybox, an `/init` that mounts
-//! `/dev/vda` and switches to the image's `/sbin/init`); the image gets no
-//! file, unit or agent. QEMU attaches it with `snapshot=on`: the guest sees
-//! a normal writable disk (its journal, machine-id, random seed...) and
-//! every write lands in a temporary overlay QEMU deletes at exit, while
-//! the image file is opened read-only.
-//!
-//! A command after `--` runs through what the image's systemd already
-//! offers on the kernel command line: `systemd.run=` (systemd-run-generator,
-//! a oneshot `kernel-command-line.service` after basic.target), with
-//! `systemd.wants=multi-user.target` so the image's services start as in a
-//! normal boot, and the guest powering off when the command succeeds
-//! (rebooting when it fails, which ends QEMU under `-no-reboot` too).
+//! `--disk IMAGE`: the options of a disk boot (the checks, QEMU's drive
+//! and the kernel command line are `engine::disk`'s).
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,141 +28,21 @@ impl DiskOptions {
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
-        let meta = std::fs::metadata(disk)
-            .with_context(|| format!("--disk {}: cannot read it", disk.display()))?;
-        if !meta.is_file() {
-            bail!("--disk {}: not a file", disk.display());
-        }
-        if meta.len() < 1 << 20 {
-            bail!(
-                "--disk {}: {} bytes is too small for a root file system",
-                disk.display(),
-                meta.len()
-            );
-        }
-        std::fs::File::open(disk)
-            .with_context(|| format!("--disk {}: cannot open it", disk.display()))?;
-        path_for_qemu(disk)?;
+        engine::disk::check_image(disk)?;
         Ok(Some(disk))
     }
 
     /// QEMU's `-drive` for the image: virtio-blk, never written.
     pub fn qemu_args(&self) -> Vec<OsString> {
-        let Some(disk) = &self.disk else {
-            return Vec::new();
-        };
-        let mut spec = OsString::from("file=");
-        spec.push(disk);
-        spec.push(",format=raw,if=virtio,snapshot=on");
-        vec!["-drive".into(), spec]
+        self.disk
+            .as_deref()
+            .map(engine::disk::qemu_args)
+            .unwrap_or_default()
     }
 
     /// The wall-time limit of the run and whether reaching it is the
     /// normal end (--duration) rather than a timeout.
     pub fn limit(&self, timeout: Duration) -> (Duration, bool) {
-        match self.duration.map(Duration::from_secs) {
-            Some(d) if d <= timeout => (d, true),
-            _ => (timeout, false),
-        }
-    }
-}
-
-/// QEMU's option parser splits on commas.
-fn path_for_qemu(p: &Path) -> Result<()> {
-    match p.to_str() {
-        Some(s) if !s.contains(',') => Ok(()),
-        _ => bail!(
-            "--disk {}: the path must be UTF-8 without commas (QEMU's -drive syntax)",
-            p.display()
-        ),
-    }
-}
-
-/// The kernel command line of a disk boot; the command (if any) goes to
-/// the image's systemd as `systemd.run=`.
-pub fn kernel_cmdline(command: &[String], append: &str) -> Result<String> {
-    let mut cmdline = String::from("console=ttyS0 quiet panic=-1 i8042.noaux rw");
-    if !command.is_empty() {
-        cmdline.push_str(" systemd.run=\"");
-        cmdline.push_str(&systemd_exec_line(command)?);
-        cmdline.push_str(
-            "\" systemd.run_success_action=poweroff systemd.run_failure_action=reboot \
-             systemd.wants=multi-user.target",
-        );
-    }
-    if !append.trim().is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(append.trim());
-    }
-    Ok(cmdline)
-}
-
-/// The command as an `ExecStart=` line inside the kernel's double quotes:
-/// an argument with a space is single-quoted (systemd unquotes it); what
-/// neither the kernel nor systemd could carry unchanged is refused.
-fn systemd_exec_line(command: &[String]) -> Result<String> {
-    let mut words = Vec::new();
-    for arg in command {
-        if arg.is_empty()
-            || arg
-                .chars()
-                .any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '%' | ';') || c.is_control())
-        {
-            bail!(
-                "with --disk the command goes to the image's systemd on the kernel command line \
-                 (systemd.run=), which cannot carry the argument {arg:?} unchanged: arguments must \
-                 be non-empty and hold none of \" ' \\ $ % ; or control characters"
-            );
-        }
-        if arg.contains(' ') {
-            words.push(format!("'{arg}'"));
-        } else {
-            words.push(arg.clone());
-        }
-    }
-    if !command[0].starts_with('/') {
-        bail!(
-            "with --disk the command runs as a systemd service: give its absolute path in the image (not {:?})",
-            command[0]
-        );
-    }
-    Ok(words.join(" "))
-}
-
-/// Where the disk initramfs and its modules live, for `--disk` runs of a
-/// kernel line's default image.
-pub fn default_initrd(line: &str) -> Result<PathBuf> {
-    image_builder::disk_initrd::build(line, true).context("building the disk-boot initramfs")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_goes_to_systemd_run_quoted() {
-        let argv: Vec<String> = ["/bin/sh", "-c", "sleep 1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let line = kernel_cmdline(&argv, "").unwrap();
-        assert!(line.contains("systemd.run=\"/bin/sh -c 'sleep 1'\" "));
-        assert!(line.contains("systemd.run_success_action=poweroff"));
-    }
-
-    #[test]
-    fn unquotable_arguments_are_refused() {
-        for bad in ["a\"b", "it's", "$HOME", "%n", ""] {
-            let argv = vec!["/bin/echo".to_string(), bad.to_string()];
-            assert!(kernel_cmdline(&argv, "").is_err(), "{bad:?}");
-        }
-        assert!(kernel_cmdline(&["echo".to_string()], "").is_err());
-    }
-
-    #[test]
-    fn no_command_boots_as_is() {
-        let line = kernel_cmdline(&[], "systemd.unit=rescue.target").unwrap();
-        assert!(!line.contains("systemd.run"));
-        assert!(line.ends_with("rw systemd.unit=rescue.target"));
+        engine::disk::limit(self.duration.map(Duration::from_secs), timeout)
     }
 }

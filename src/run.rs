@@ -1,12 +1,13 @@
 //! `hvtrace run`: boot the image, run one command in the guest, exit with
 //! its status.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use engine::guest::{GuestEnd, GuestRun};
+use engine::resolve::GuestSpec;
 use engine::seam::Engine;
 use engine_kvm::seam::KvmEngine;
 use engine_qemu::qemu;
@@ -70,17 +71,6 @@ pub struct GuestOptions {
     pub disk: crate::disk::DiskOptions,
 }
 
-/// vCPUs allowed per host CPU (`--vcpus`), on both engines.
-const MAX_VCPUS_PER_HOST_CPU: u32 = 4;
-
-/// MemTotal of /proc/meminfo in MiB.
-fn host_memory_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
-
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -93,94 +83,20 @@ pub struct RunArgs {
 impl GuestOptions {
     /// Resolves the image (building it when needed) into a run description.
     pub fn guest_run(&self, command: &[String]) -> Result<GuestRun> {
-        self.check_host_limits()?;
-        let disk = self.disk.image()?;
-        if disk.is_some() && !self.add.is_empty() {
-            // The disk boot's initramfs hands over to the image's own root:
-            // added files would vanish, and the image must stay untouched.
-            bail!("--add cannot be used with --disk: the image's root replaces the initramfs, and hvtrace adds nothing to the image");
-        }
-        let (kernel, initrd, opened) = match (&self.kernel, &self.initrd) {
-            (Some(k), Some(i)) => {
-                for p in [k, i] {
-                    if !p.is_file() {
-                        bail!("{} does not exist or is not a file", p.display());
-                    }
-                }
-                // Refused here, not by QEMU or a guest that never boots.
-                let opened = image_builder::check::open_kernel(k)?;
-                image_builder::check::check_initrd(i)?;
-                (k.clone(), i.clone(), Some(opened))
-            }
-            _ => {
-                let dir = image_builder::build(&self.kernel_line, true)
-                    .context("building the default guest image")?;
-                let initrd = match disk {
-                    Some(_) => crate::disk::default_initrd(&self.kernel_line)?,
-                    None => dir.join("initrd.img"),
-                };
-                (dir.join("vmlinuz"), initrd, None)
-            }
-        };
-        let image = match opened {
-            Some(k) => k,
-            // The image build recovered its symbols: a read of the cache.
-            None => image_builder::check::open_kernel(&kernel)?,
-        };
-        let (floor, why) = image_builder::check::memory_floor_mib(&image, &initrd)?;
-        if u64::from(self.memory) < floor {
-            bail!(
-                "--memory {} MiB: this kernel and initramfs need at least {floor} MiB ({why})",
-                self.memory
-            );
-        }
-        // The added layer has its own bound (add.rs), which counts the base too.
-        let initrd = if self.add.is_empty() {
-            initrd
-        } else {
-            image_builder::add::combined_initrd(&initrd, &self.add, self.memory)?
-        };
-        let mut append = self.append.clone();
-        if self.time_transparent {
-            // An idle vCPU must not halt: QEMU would jump guest time to the
-            // next timer, a jump the instruction count cannot see.
-            append.push_str(" idle=poll");
-        }
-        Ok(GuestRun {
-            kernel,
-            initrd,
-            cmdline: match disk {
-                Some(_) => crate::disk::kernel_cmdline(command, &append)?,
-                None => engine::guest::kernel_cmdline(command, &append),
-            },
+        engine::resolve::check_host_limits(self.vcpus, self.memory)?;
+        let spec = GuestSpec {
+            kernel_line: &self.kernel_line,
+            kernel: self.kernel.as_deref(),
+            initrd: self.initrd.as_deref(),
             vcpus: self.vcpus,
             memory_mib: self.memory,
             timeout: Duration::from_secs(self.timeout),
-            disk: disk.map(Path::to_path_buf),
-        })
-    }
-
-    /// Refuses what this host cannot run, before anything is prepared:
-    /// more vCPUs than [`MAX_VCPUS_PER_HOST_CPU`] per host CPU, more guest
-    /// memory than the host has.
-    fn check_host_limits(&self) -> Result<()> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        if self.vcpus > cpus * MAX_VCPUS_PER_HOST_CPU {
-            bail!(
-                "--vcpus {}: this host runs {cpus} CPU(s); at most {} vCPUs ({MAX_VCPUS_PER_HOST_CPU} per host CPU: each vCPU is a host thread, and more only time-slice)",
-                self.vcpus,
-                cpus * MAX_VCPUS_PER_HOST_CPU
-            );
-        }
-        if let Some(total) = host_memory_mib() {
-            if u64::from(self.memory) > total {
-                bail!(
-                    "--memory {} MiB: this host has {total} MiB (MemTotal in /proc/meminfo)",
-                    self.memory
-                );
-            }
-        }
-        Ok(())
+            append: &self.append,
+            time_transparent: self.time_transparent,
+            add: &self.add,
+            disk: self.disk.image()?,
+        };
+        Ok(spec.guest_run(command)?)
     }
 
     /// QEMU arguments that follow from these options beyond [`GuestRun`].

@@ -5,6 +5,7 @@
 //! is described and how it ended. It knows neither engine.
 
 pub mod buffers;
+pub mod disk;
 pub mod errno;
 pub mod guest;
 pub mod interrupt;
@@ -12,6 +13,7 @@ pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod probes;
+pub mod resolve;
 pub mod seam;
 pub mod statedump_layout;
 pub mod stop;

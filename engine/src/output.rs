@@ -83,3 +83,58 @@ pub fn check_output(out: &Path, force: bool) -> Result<(), OutputError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hvtrace-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_file_in_the_folder_s_place_is_refused() {
+        let dir = scratch("file");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("out");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_output(&file, true).unwrap_err();
+        assert!(matches!(e, OutputError::NotAFolder(_)));
+        assert!(prepare_output(&file, true).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_earlier_trace_needs_force_and_is_then_cleared() {
+        let dir = scratch("trace");
+        std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        std::fs::create_dir_all(dir.join("raw")).unwrap();
+        std::fs::write(dir.join("kernel/metadata"), b"/* CTF 1.8 */").unwrap();
+        std::fs::write(dir.join("plugin.json"), b"{}").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        let e = prepare_output(&dir, false).unwrap_err();
+        assert!(matches!(e, OutputError::HoldsATrace(_)));
+        assert!(e
+            .to_string()
+            .ends_with("pass --force to replace it, or choose another folder"));
+        let abs = prepare_output(&dir, true).unwrap();
+        assert!(abs.is_absolute());
+        assert!(!dir.join("kernel").exists() && !dir.join("raw").exists());
+        assert!(!dir.join("plugin.json").exists());
+        // What the recording does not write stays.
+        assert!(dir.join("notes.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_folder_is_created() {
+        let dir = scratch("new").join("a/b");
+        let abs = prepare_output(&dir, false).unwrap();
+        assert!(abs.is_dir());
+        assert!(!abs.join(".hvtrace-write-test").exists());
+        std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap()).unwrap();
+    }
+}

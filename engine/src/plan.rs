@@ -178,3 +178,50 @@ fn offsets_from_btf(
         ..Offsets::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A default image's kernel in the cache folder (`HVTRACE_CACHE`), if
+    /// one was built; the test says so and passes without one.
+    fn cached_kernel() -> Option<std::path::PathBuf> {
+        let images = image_builder::cache::root().join("images");
+        let mut found: Vec<_> = std::fs::read_dir(images)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("vmlinuz"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found.into_iter().next()
+    }
+
+    #[test]
+    fn plan_of_a_real_kernel_image() {
+        let Some(kernel) = cached_kernel() else {
+            eprintln!("no cached image under HVTRACE_CACHE: skipped");
+            return;
+        };
+        let plan = build_plan(&kernel).unwrap();
+        assert!(plan.symbols.linux_banner != 0);
+        assert!(plan.symbols.do_syscall_64 != 0);
+        assert!(plan.symbols.switch_to != 0);
+        assert!(plan.symbols.init_task != 0);
+        assert!(
+            plan.syscalls.len() > 300,
+            "{} syscalls",
+            plan.syscalls.len()
+        );
+        assert!(plan.syscalls.iter().any(|s| s.name == "openat"));
+        assert!(!plan.kernel_release.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_no_kernel_gives_no_plan() {
+        let path = std::env::temp_dir().join(format!("hvtrace-plan-{}", std::process::id()));
+        std::fs::write(&path, b"not a kernel").unwrap();
+        assert!(matches!(build_plan(&path), Err(PlanError::Open(_))));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -489,5 +489,5 @@ pub(crate) mod tests;
 
 #[cfg(test)]
 pub(crate) mod tests_support {
-    pub(crate) use super::tests::sample;
+    pub(crate) use crate::btf::tests::sample;
 }

@@ -4,9 +4,9 @@
 //! `tests/fuzz_targets.rs` runs them on stable in CI for a bounded time.
 //! Each must return on any input; a panic is a bug.
 
+use crate::btf::{KernelTypes, INTROSPECTION_LAYOUT};
 use crate::bzimage::{decompress, payload, Compression};
 use crate::elf::{build_id_from_notes, KernelElf};
-use crate::{KernelTypes, INTROSPECTION_LAYOUT};
 
 /// A target's body: must return on any input.
 pub type Target = fn(&[u8]);
@@ -61,7 +61,7 @@ pub fn elf(data: &[u8]) {
 /// The whole pipeline: format detection, decompression, ELF or raw image,
 /// kallsyms, exports, BTF, syscalls.
 pub fn image(data: &[u8]) {
-    let _ = crate::KernelImage::from_bytes(data);
+    let _ = crate::image::KernelImage::from_bytes(data);
 }
 
 /// kallsyms table recovery on arbitrary bytes.
@@ -72,7 +72,7 @@ pub fn kallsyms(data: &[u8]) {
 /// System.map / /proc/kallsyms text parsing.
 pub fn system_map(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok(t) = crate::KernelSymbols::parse_system_map(s) {
+        if let Ok(t) = crate::symbols::KernelSymbols::parse_system_map(s) {
             let _ = t.by_addr(0xffff_ffff_8100_0000);
         }
     }

@@ -8,8 +8,10 @@
 
 use record_ctf as ctf;
 mod clock;
+mod resolved;
 mod sample;
 mod slots;
+mod state;
 mod triggers;
 mod user;
 mod vcpu;
@@ -33,52 +35,11 @@ use qemu_plugin::{
 };
 
 use slots::{Slot, TraceSink, VcpuRuntime};
+use state::{chain, note, now_ns, Global, G};
 use vcpu::QemuVcpu;
-
-/// Read-only after install, shared by all vCPU threads.
-struct Global {
-    plan: ProbePlan,
-    kernel: OnceLock<Kernel>,
-    strings: Vec<u8>,
-    slots: Box<[Slot]>,
-    statedump: StatedumpGate,
-    clock: clock::TraceClock,
-    /// Wall time at the trace clock's zero.
-    epoch_unix_ns: u64,
-    hits: AtomicU64,
-    reg_names: Mutex<Vec<String>>,
-    notes: Mutex<Vec<String>>,
-    writer: Mutex<Option<ltt_writer::TraceWriter>>,
-    producers: Mutex<Vec<Option<ltt_writer::Producer>>>,
-    sampler: Option<sample::Sampler>,
-}
-
-static G: OnceLock<Global> = OnceLock::new();
 
 /// Tasks a statedump holds without allocating on the trap path.
 const STATEDUMP_TASKS: usize = 4096;
-
-/// `e` and its sources, as anyhow's `{:#}` prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn note(s: String) {
-    if let Some(g) = G.get() {
-        if let Ok(mut n) = g.notes.lock() {
-            if n.len() < 200 {
-                n.push(s);
-            }
-        }
-    }
-}
 
 /// Translation-time state (under the qemu-plugin crate's lock).
 #[derive(Default)]
@@ -112,10 +73,6 @@ impl Hv {
             self.user_sites.entry(addr).or_default().push(i);
         }
     }
-}
-
-fn now_ns(g: &Global) -> u64 {
-    g.clock.now_ns()
 }
 
 fn on_hit(kind: ProbeKind, vcpu: VCPUIndex) {

@@ -83,7 +83,7 @@ impl Sink for TraceSink {
     fn emit_external(&mut self, n: usize) {
         let res = self
             .user
-            .write_held(self.producer.as_mut(), crate::user::probes(), n);
+            .write_held(self.producer.as_mut(), crate::resolved::probes(), n);
         self.ctf_result(res);
     }
 
@@ -121,9 +121,13 @@ impl VcpuRuntime {
             Some(n) => self.sink.user.hold(n, index, ts, task),
             None => {
                 let s = &mut self.sink;
-                let res =
-                    s.user
-                        .write(s.producer.as_mut(), crate::user::probes(), index, ts, &task);
+                let res = s.user.write(
+                    s.producer.as_mut(),
+                    crate::resolved::probes(),
+                    index,
+                    ts,
+                    &task,
+                );
                 s.ctf_result(res);
             }
         }

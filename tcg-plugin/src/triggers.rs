@@ -33,12 +33,17 @@ pub(crate) fn declare(args: &Args, catalog: &mut Catalog) {
     let plan = match TriggerPlan::load(path) {
         Ok(p) => p,
         Err(e) => {
-            crate::note(format!("triggers: {}", crate::chain(&e)));
+            crate::state::note(format!("triggers: {}", crate::state::chain(&e)));
             return;
         }
     };
     let marker = record_ctf::triggers::declare_marker(catalog)
-        .map_err(|e| crate::note(format!("triggers: marker event: {}", crate::chain(&e))))
+        .map_err(|e| {
+            crate::state::note(format!(
+                "triggers: marker event: {}",
+                crate::state::chain(&e)
+            ))
+        })
         .ok();
     let _ = PLAN.set((plan, marker));
 }
@@ -50,7 +55,7 @@ pub(crate) fn start(writer: Option<&TraceWriter>, out: &str) {
     };
     let host = Host {
         now_unix_ns: Box::new(trace_unix_ns),
-        note: Box::new(crate::note),
+        note: Box::new(crate::state::note),
     };
     match Triggers::start(
         plan.clone(),
@@ -62,14 +67,14 @@ pub(crate) fn start(writer: Option<&TraceWriter>, out: &str) {
         Ok(t) => {
             let _ = STATE.set(t);
         }
-        Err(e) => crate::note(format!("triggers: {e}")),
+        Err(e) => crate::state::note(format!("triggers: {e}")),
     }
 }
 
 fn trace_unix_ns() -> u64 {
-    crate::G
+    crate::state::G
         .get()
-        .map(|g| g.epoch_unix_ns.wrapping_add(crate::now_ns(g)))
+        .map(|g| g.epoch_unix_ns.wrapping_add(crate::state::now_ns(g)))
         .unwrap_or(0)
 }
 
@@ -168,7 +173,7 @@ fn on_return(vcpu: VCPUIndex) {
 /// value; the number is in the task's own `pt_regs`).
 fn on_compat_return(vcpu: VCPUIndex) {
     let Some(st) = STATE.get() else { return };
-    let Some(k) = crate::G.get().and_then(|g| g.kernel.get()) else {
+    let Some(k) = crate::state::G.get().and_then(|g| g.kernel.get()) else {
         return;
     };
     with_vcpu(vcpu, |rt| {
@@ -183,7 +188,9 @@ fn on_compat_return(vcpu: VCPUIndex) {
 }
 
 fn with_vcpu(vcpu: VCPUIndex, f: impl FnOnce(&mut crate::slots::VcpuRuntime)) {
-    let Some(g) = crate::G.get() else { return };
+    let Some(g) = crate::state::G.get() else {
+        return;
+    };
     let Some(slot) = g.slots.get(vcpu as usize) else {
         return;
     };
@@ -197,10 +204,12 @@ fn with_vcpu(vcpu: VCPUIndex, f: impl FnOnce(&mut crate::slots::VcpuRuntime)) {
 
 /// The trap path of a trigger that holds.
 fn fire(st: &Triggers, index: u32, rt: &mut crate::slots::VcpuRuntime, detail: i64) {
-    let Some(g) = crate::G.get() else { return };
+    let Some(g) = crate::state::G.get() else {
+        return;
+    };
     let Some(k) = g.kernel.get() else { return };
     let task = introspect::task::current_task(&rt.ctx, k);
-    let ts = crate::now_ns(g);
+    let ts = crate::state::now_ns(g);
     // Records the vCPU still holds back go first.
     rt.flush();
     let at = FiredAt {

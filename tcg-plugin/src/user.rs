@@ -5,21 +5,14 @@
 //! own name.
 
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
 use std::time::Instant;
 
-use introspect::userprobe::{ProbeSpec, ResolvedProbe};
+use introspect::userprobe::ProbeSpec;
 use introspect::ProbePlan;
 use qemu_plugin::VCPUIndex;
 
-/// The run's user probes, relocated by the KASLR slide (set once, when the
-/// running kernel is found).
-static PROBES: OnceLock<Vec<ResolvedProbe>> = OnceLock::new();
-
-/// The run's user probes (empty until the kernel is found).
-pub fn probes() -> &'static [ResolvedProbe] {
-    PROBES.get().map(Vec::as_slice).unwrap_or(&[])
-}
+use crate::resolved::{probes, PROBES};
+use crate::state::{chain, note, now_ns, G};
 
 /// Parses and resolves the plan's probes for `slide`; returns the
 /// (runtime address, probe index) pairs to arm.
@@ -29,7 +22,7 @@ pub fn arm(plan: &ProbePlan, slide: u64) -> Vec<(u64, usize)> {
         let lookup = |s: &str| plan.user_probe_symbols.get(s).copied();
         match ProbeSpec::parse(spec).and_then(|p| p.resolve(lookup)) {
             Ok(p) => list.push(p.with_slide(slide)),
-            Err(e) => crate::note(format!("--probe {spec:?}: {}", crate::chain(&e))),
+            Err(e) => note(format!("--probe {spec:?}: {}", chain(&e))),
         }
     }
     let sites = list
@@ -43,7 +36,7 @@ pub fn arm(plan: &ProbePlan, slide: u64) -> Vec<(u64, usize)> {
 
 /// Execution callback of user probe `index` on vCPU `vcpu`.
 pub fn on_hit(index: usize, vcpu: VCPUIndex) {
-    let Some(g) = crate::G.get() else { return };
+    let Some(g) = G.get() else { return };
     let Some(k) = g.kernel.get() else { return };
     let Some(probe) = probes().get(index) else {
         return;
@@ -57,6 +50,6 @@ pub fn on_hit(index: usize, vcpu: VCPUIndex) {
     };
     g.hits.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
-    rt.user_hit(index, probe, k, crate::now_ns(g));
+    rt.user_hit(index, probe, k, now_ns(g));
     rt.busy_ns += t0.elapsed().as_nanos() as u64;
 }

@@ -22,7 +22,7 @@ use crate::vstate::control::VcpuCtx;
 pub enum BenchError {
     /// Building the VM.
     #[error(transparent)]
-    Build(#[from] crate::BuildError),
+    Build(#[from] crate::builder::BuildError),
     /// A KVM call or an unexpected exit.
     #[error("bare loop: {0}")]
     Bare(String),

@@ -135,7 +135,7 @@ pub struct VmConfig {
     pub sw_breakpoints: bool,
     /// The traps' encoding: `int3` (vCPUs then run with USE_SW_BP) or the
     /// 2-byte port write that every KVM hands to user space.
-    pub sw_trap: crate::TrapKind,
+    pub sw_trap: crate::vstate::swbp::TrapKind,
     /// A raw disk image the guest sees as a virtio block device (PCI
     /// 00:01.0); opened read-only, the guest's writes kept in memory.
     pub disk: Option<PathBuf>,
@@ -158,7 +158,7 @@ impl VmConfig {
             console2: None,
             handlers: None,
             sw_breakpoints: false,
-            sw_trap: crate::TrapKind::Int3,
+            sw_trap: crate::vstate::swbp::TrapKind::Int3,
             disk: None,
         }
     }
@@ -175,7 +175,7 @@ impl VmConfig {
             console2: None,
             handlers: None,
             sw_breakpoints: false,
-            sw_trap: crate::TrapKind::Int3,
+            sw_trap: crate::vstate::swbp::TrapKind::Int3,
             disk: None,
         }
     }
@@ -393,7 +393,7 @@ impl Vm {
                 exit: self.exit.clone(),
                 handler: self.handlers.as_mut().map(|f| f(i as u32)),
                 dbg: DebugState::with_vm_sw(
-                    self.sw.enabled() && self.sw.trap() == crate::TrapKind::Int3,
+                    self.sw.enabled() && self.sw.trap() == crate::vstate::swbp::TrapKind::Int3,
                 ),
                 cache: RegCache::default(),
                 rf: false,

@@ -2,8 +2,10 @@
 //! plugin (`tcg-plugin/`), which traces inside QEMU. `qemu` spawns QEMU,
 //! watches its console and always reaps it; `plugin` finds the plugin and
 //! hands it the probe plan file; `summary` says what the plugin's report
-//! (`plugin.json`) says after a run.
+//! (`plugin.json`) says after a run; `bench` is `hvtrace bench trace`'s
+//! measurement (both engines against untraced runs, and the gdbstub peer).
 
+pub mod bench;
 pub mod plugin;
 pub mod qemu;
 pub mod seam;

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use super::error::RelaydError;
 use super::wire::{self, Index, WireError};
-use super::RelaydError;
 
 /// Where a relayd listens.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use super::config::{RelaydConfig, RelaydReport};
 use super::conn::Connection;
+use super::error::{chain, RelaydError};
 use super::wire::Index;
-use super::{chain, RelaydConfig, RelaydError, RelaydReport};
 use crate::packet::{read_packet_header, PacketInfo};
 
 struct Item {

@@ -1,7 +1,7 @@
 //! A minimal i8042 keyboard controller: enough for Linux to probe it and for
 //! `reboot=k` (command 0xfe, pulse the reset line) to end the VM.
 
-use super::IoAction;
+use super::io::IoAction;
 use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT};
 
 const CMD_READ_CTR: u8 = 0x20;

@@ -2,24 +2,17 @@
 //! i8042) and, for a disk, a PCI segment with a virtio block device.
 
 pub mod i8042;
+pub mod io;
 pub mod pci;
 pub mod serial;
 pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
-use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL2_PORT_BASE, SERIAL_PORT_BASE};
+pub(crate) use io::lock;
+pub use io::IoAction;
 
-/// What a port write asked the monitor to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IoAction {
-    /// Nothing beyond the device's own effect.
-    None,
-    /// The guest asked for a reset through the i8042 (reboot=k).
-    Reset,
-    /// A device failed (the VM cannot go on correctly).
-    Failed(String),
-}
+use crate::layout::{I8042_COMMAND_PORT, I8042_DATA_PORT, SERIAL2_PORT_BASE, SERIAL_PORT_BASE};
 
 /// Port-I/O devices of a VM, shared by its vCPU threads.
 pub struct PioBus {
@@ -100,9 +93,4 @@ impl PioBus {
 
 fn is_com2(port: u16, len: usize) -> bool {
     (SERIAL2_PORT_BASE..SERIAL2_PORT_BASE + 8).contains(&port) && len == 1
-}
-
-/// Locks a device, recovering from a panic on another vCPU thread.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::control::VcpuCtx;
 use super::control::{Shared, VcpuState, Want};
-use crate::VcpuHandle;
+use crate::vstate::control::VcpuHandle;
 
 /// How long to wait for each other vCPU to park.
 pub(crate) const PAUSE_WAIT: Duration = Duration::from_secs(10);

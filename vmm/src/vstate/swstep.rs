@@ -66,7 +66,7 @@ impl Runner {
                 }
                 None
             }
-            Err(e) => Some(End::Vm(crate::VmExit::Error {
+            Err(e) => Some(End::Vm(crate::vstate::vcpu::VmExit::Error {
                 vcpu: self.shared.index,
                 message: e,
             })),
@@ -297,7 +297,7 @@ impl VcpuCtx<'_> {
     }
 }
 
-impl crate::Vm {
+impl crate::builder::Vm {
     /// The VM-wide software-breakpoint list (insert from any thread with
     /// the guest-physical address of the byte).
     pub fn sw_breakpoints(&self) -> &SwBreakpoints {

@@ -98,7 +98,7 @@ impl ExitState {
             }
         }
         for v in self.vcpus.get().into_iter().flatten() {
-            crate::VcpuHandle { shared: v.clone() }.stop();
+            crate::vstate::control::VcpuHandle { shared: v.clone() }.stop();
         }
         self.cond.notify_all();
     }

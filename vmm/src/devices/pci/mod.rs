@@ -15,7 +15,7 @@ use kvm_ioctls::VmFd;
 
 use self::config::{PciConfig, PciId};
 use self::msix::MsiMessage;
-use crate::devices::lock;
+use crate::devices::io::lock;
 use crate::layout::{PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_DATA_PORT};
 
 /// Errors of the PCI segment.
