@@ -4,6 +4,7 @@
 
 pub mod boot_params;
 pub mod cpuid;
+pub mod emulate;
 pub mod mptable;
 pub mod msr;
 pub mod regs;

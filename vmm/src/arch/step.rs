@@ -193,7 +193,7 @@ pub fn reg64(r: &kvm_regs, reg: u8) -> u64 {
 }
 
 /// Sets register `reg` (ModRM order) of `r`.
-fn set_reg64(r: &mut kvm_regs, reg: u8, v: u64) {
+pub(crate) fn set_reg64(r: &mut kvm_regs, reg: u8, v: u64) {
     let slot = match reg {
         0 => &mut r.rax,
         1 => &mut r.rcx,
