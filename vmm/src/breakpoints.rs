@@ -31,6 +31,9 @@ pub enum DebugError {
     /// The vCPU is gone.
     #[error("vCPU {0} has stopped")]
     VcpuGone(u32),
+    /// The vCPU's thread did not take a request in time.
+    #[error("vCPU {0} did not answer within {1:?}")]
+    VcpuBusy(u32, std::time::Duration),
 }
 
 /// DR6.BS: the #DB is a single-step trap.

@@ -2,7 +2,8 @@
 //! the encoding for a KVM that delivers neither int3 nor int1 (KVM nested
 //! in QEMU's TCG): exact hit counts on two vCPUs running the same probed
 //! code at once, emulated step-over of one instruction and of a 1-byte
-//! `push` with the next, the single-step fallback out of a trap covering
+//! `push` with the next, of loads, stores and compares by the monitor's
+//! wider emulator, the single-step fallback out of a trap covering
 //! two instructions (the other vCPU paused), the guest's own writes to the
 //! port passed on untouched, and every byte back after removal. Port I/O
 //! exits reach user space on every KVM (KVM-PVM included), so this runs
@@ -13,6 +14,7 @@ mod hits;
 use std::time::Duration;
 
 use hits::{counting, read_u64, Hits};
+use iced_x86::Code;
 use vmm::{StepInsn, StepOver, TrapKind, VmConfig, VmExit};
 
 const BASE: u64 = vmm::layout::RAW_CODE_START;
@@ -73,6 +75,31 @@ fn port_io_traps_count_exactly_on_two_vcpus_and_restore_every_byte() {
         &[0x48, 0xff, 0x04, 0xfd, 0x00, 0x60, 0, 0],
         StepOver::SingleStep,
     );
+    // add qword [0x6400+rdi*8], 3: a read-modify-write emulated by the
+    // monitor (arch::emulate).
+    site(
+        &mut c,
+        &[0x48, 0x83, 0x04, 0xfd, 0x00, 0x64, 0, 0, 0x03],
+        StepOver::Interpreted(Code::Add_rm64_imm8, None),
+    );
+    // push rbx; mov rax, [0x6500+rdi*8] under one trap: a push and a load.
+    site(
+        &mut c,
+        &[0x53, 0x48, 0x8b, 0x04, 0xfd, 0x00, 0x65, 0, 0],
+        StepOver::Interpreted(Code::Push_r64, Some(Code::Mov_r64_rm64)),
+    );
+    c.push(0x5b); // pop rbx
+    c.extend_from_slice(&[0x48, 0xff, 0xc0]); // inc rax
+    c.extend_from_slice(&[0x48, 0x89, 0x04, 0xfd, 0x00, 0x65, 0, 0]); // mov [0x6500+rdi*8], rax
+                                                                      // cmp rbx, 1: its flags, set by the monitor, are what sete sees.
+    site(
+        &mut c,
+        &[0x48, 0x83, 0xfb, 0x01],
+        StepOver::Interpreted(Code::Cmp_rm64_imm8, None),
+    );
+    c.extend_from_slice(&[0x0f, 0x94, 0xc0]); // sete al
+    c.extend_from_slice(&[0x48, 0x0f, 0xb6, 0xc0]); // movzx rax, al
+    c.extend_from_slice(&[0x48, 0x01, 0x04, 0xfd, 0x00, 0x66, 0, 0]); // add [0x6600+rdi*8], rax
     c.extend_from_slice(&[0xff, 0xc9, 0x75]); // dec ecx; jnz L
     c.push((lp as i64 - (c.len() as i64 + 1)) as u8);
     c.extend_from_slice(&[0x4c, 0x89, 0x04, 0xfd, 0x00, 0x61, 0, 0]); // mov [0x6100+rdi*8], r8
@@ -119,12 +146,19 @@ fn port_io_traps_count_exactly_on_two_vcpus_and_restore_every_byte() {
             "push rbx / pop rax stepped exactly once per hit"
         );
         assert_eq!(read_u64(&vm, 0x6300 + 8 * i), 0x1234, "push r15 / pop r15");
+        assert_eq!(
+            read_u64(&vm, 0x6400 + 8 * i),
+            3 * u64::from(N),
+            "add [mem], 3"
+        );
+        assert_eq!(read_u64(&vm, 0x6500 + 8 * i), u64::from(N), "push; load");
+        assert_eq!(read_u64(&vm, 0x6600 + 8 * i), u64::from(N), "cmp's ZF");
     }
     let s = &vm.sw_breakpoints().stats;
     let n = u64::from(N) * 2;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(load(&s.hits), n * sites.len() as u64);
-    assert_eq!(load(&s.emulated), n * 3);
+    assert_eq!(load(&s.emulated), n * 6);
     assert_eq!(load(&s.single_stepped), n * 2);
     assert_eq!(load(&s.reinjected), 0);
     let mut now = vec![0u8; c.len()];

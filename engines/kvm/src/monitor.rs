@@ -195,9 +195,10 @@ pub fn run_guest(
             // progress by itself, or a monitor thread that blocked.
             for h in vm.vcpus() {
                 eprintln!(
-                    "hvtrace: at the timeout, vCPU {} was {}",
+                    "hvtrace: at the timeout, vCPU {} was {}{}",
                     h.index(),
-                    h.activity()
+                    h.activity(),
+                    guest_position(&h)
                 );
             }
             break GuestEnd::TimedOut;
@@ -244,4 +245,23 @@ pub fn run_guest(
             .count(),
     };
     Ok((outcome, vm_exit, sw))
+}
+
+/// Where a vCPU's guest stands, for the timeout's report: its RIP and RSP,
+/// and whether its page tables map the RIP at all (a guest executing
+/// unmapped memory is broken, not slow).
+fn guest_position(h: &vmm::VcpuHandle) -> String {
+    let at = h.run_on_within(Duration::from_secs(2), |ctx| {
+        let r = ctx.regs().ok()?;
+        let mapped = ctx.translate(r.rip).ok()?.is_some();
+        Some((r.rip, r.rsp, mapped))
+    });
+    match at {
+        Ok(Some((rip, rsp, true))) => format!("; the guest at RIP {rip:#x}, RSP {rsp:#x}"),
+        Ok(Some((rip, rsp, false))) => format!(
+            "; the guest at RIP {rip:#x}, RSP {rsp:#x}: its page tables do not map that RIP (the guest's state is broken)"
+        ),
+        Ok(None) => "; its registers could not be read".into(),
+        Err(e) => format!("; {e}"),
+    }
 }

@@ -236,6 +236,30 @@ impl VcpuHandle {
         &self,
         f: impl FnOnce(&mut VcpuCtx<'_>) -> R + Send + 'static,
     ) -> Result<R, DebugError> {
+        self.request(f)?
+            .recv()
+            .map_err(|_| DebugError::VcpuGone(self.shared.index))
+    }
+
+    /// [`Self::run_on`], giving up after `timeout` (a vCPU thread that is
+    /// stuck: the request then runs at its next exit, if any, unseen).
+    pub fn run_on_within<R: Send + 'static>(
+        &self,
+        timeout: std::time::Duration,
+        f: impl FnOnce(&mut VcpuCtx<'_>) -> R + Send + 'static,
+    ) -> Result<R, DebugError> {
+        self.request(f)?.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => DebugError::VcpuBusy(self.shared.index, timeout),
+            mpsc::RecvTimeoutError::Disconnected => DebugError::VcpuGone(self.shared.index),
+        })
+    }
+
+    /// Queues `f` for the vCPU thread and kicks it; the receiver of its
+    /// result.
+    fn request<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut VcpuCtx<'_>) -> R + Send + 'static,
+    ) -> Result<mpsc::Receiver<R>, DebugError> {
         let (tx, rx) = mpsc::channel();
         {
             let mut c = lock(&self.shared.control);
@@ -249,8 +273,7 @@ impl VcpuHandle {
             self.shared.cond.notify_all();
         }
         self.shared.signal();
-        rx.recv()
-            .map_err(|_| DebugError::VcpuGone(self.shared.index))
+        Ok(rx)
     }
 
     /// General registers (see [`Self::run_on`]).

@@ -13,9 +13,11 @@
 //!
 //! Resuming past ours: when the covered instruction is one of the small set
 //! in [`crate::arch::step`] (the NOP family incl. ftrace's 5-byte NOP,
-//! `endbr64`, `push r64`, `mov %rsp,%rbp`), the monitor emulates it, so the
-//! int3 never leaves memory and no hit on another vCPU can be lost. Any
-//! other instruction takes the slow, correct path: pause every other vCPU,
+//! `endbr64`, `push r64`, `mov %rsp,%rbp`) or of the wider one in
+//! [`crate::arch::emulate`] (loads, stores, `lea`, compares and logic with
+//! their flags), the monitor emulates it, so the trap never leaves memory
+//! and no hit on another vCPU can be lost. Any other instruction (or an
+//! operand that is not plain RAM) takes the slow path: pause every other vCPU,
 //! restore the byte, single-step this vCPU (interrupts blocked where KVM
 //! offers `KVM_GUESTDBG_BLOCKIRQ`), put the int3 back, resume the others.
 //! Costs two vCPU round trips per other vCPU per hit: fine for rare
@@ -40,6 +42,7 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::arch::emulate;
 use crate::arch::step::{self, StepInsn, MAX_INSN};
 use crate::breakpoints::DebugError;
 use crate::devices::lock;
@@ -86,6 +89,9 @@ pub enum StepOver {
     /// The two covered instructions are emulated (a 2-byte trap over a
     /// 1-byte instruction and the next).
     EmulatedPair(StepInsn, StepInsn),
+    /// The covered instruction (or a 1-byte one and the next) in
+    /// [`crate::arch::emulate`]'s wider set, by their iced-x86 codes.
+    Interpreted(iced_x86::Code, Option<iced_x86::Code>),
     /// Other vCPUs paused, bytes restored, single steps out of the
     /// covered bytes, re-inserted.
     SingleStep,
@@ -109,6 +115,8 @@ impl std::fmt::Display for StepOver {
             StepOver::EmulatedPair(a, b) => {
                 write!(f, "emulated {}; {}", insn_name(*a), insn_name(*b))
             }
+            StepOver::Interpreted(a, None) => write!(f, "emulated {a:?}"),
+            StepOver::Interpreted(a, Some(b)) => write!(f, "emulated {a:?}; {b:?}"),
             StepOver::SingleStep => write!(f, "single-step (other vCPUs paused)"),
         }
     }
@@ -169,6 +177,39 @@ fn read_bytes(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> Result<[u8; 2], De
     mem.read_slice(&mut b[..len], GuestAddress(gpa))
         .map_err(|_| DebugError::Memory(gpa, len))?;
     Ok(b)
+}
+
+/// How a trap of `len` bytes over `code` is stepped over: by the prologue
+/// set of [`step`] where it covers the instruction(s), else by adding
+/// [`emulate`]'s wider set, else single steps.
+fn step_over(code: &[u8], len: usize) -> StepOver {
+    if let Some(i) = step::decode(code) {
+        let at = usize::from(i.length());
+        if at >= len {
+            return StepOver::Emulated(i);
+        }
+        if let Some(j) = step::decode(&code[at..]) {
+            return StepOver::EmulatedPair(i, j);
+        }
+    }
+    // Either set, by iced-x86's name.
+    let one = |b: &[u8]| match step::decode(b) {
+        Some(i) => {
+            let d = iced_x86::Decoder::new(64, b, iced_x86::DecoderOptions::NONE).decode();
+            (usize::from(i.length()) == d.len()).then(|| (d.code(), i.length()))
+        }
+        None => emulate::supported(b),
+    };
+    let Some((first, n)) = one(code) else {
+        return StepOver::SingleStep;
+    };
+    if usize::from(n) >= len {
+        return StepOver::Interpreted(first, None);
+    }
+    match one(&code[usize::from(n)..]) {
+        Some((second, _)) => StepOver::Interpreted(first, Some(second)),
+        None => StepOver::SingleStep,
+    }
 }
 
 /// Up to [`MAX_INSN`] bytes at `gpa`, not crossing its page.
@@ -276,17 +317,7 @@ impl SwBreakpoints {
         if b[..len].contains(&0xcc) {
             return Err(DebugError::SwBreakpoint(gva, "the guest has an int3 there"));
         }
-        let step = match step::decode(&b[..n]) {
-            Some(i) if u64::from(i.length()) >= len as u64 => StepOver::Emulated(i),
-            Some(i) => {
-                let at = usize::from(i.length());
-                match step::decode(&b[at..n]) {
-                    Some(j) => StepOver::EmulatedPair(i, j),
-                    None => StepOver::SingleStep,
-                }
-            }
-            None => StepOver::SingleStep,
-        };
+        let step = step_over(&b[..n], len);
         let mut orig = [0u8; 2];
         orig[..len].copy_from_slice(&b[..len]);
         let e = SwEntry {
@@ -300,6 +331,18 @@ impl SwBreakpoints {
         self.publish(&t);
         write_bytes(mem, gpa, &trap[..len])?;
         Ok(step)
+    }
+
+    /// How a trap at guest-physical `gpa` would be stepped over, from the
+    /// bytes there now (nothing is written).
+    pub fn classify(&self, mem: &GuestMemoryMmap, gpa: u64) -> Result<StepOver, DebugError> {
+        let (_, len) = self.trap_bytes();
+        let mut b = [0u8; MAX_INSN];
+        let n = insn_bytes(mem, gpa, &mut b);
+        if n < len {
+            return Err(DebugError::Memory(gpa, len));
+        }
+        Ok(step_over(&b[..n], len))
     }
 
     /// Whether `e`'s trap is in memory as written.

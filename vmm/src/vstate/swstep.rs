@@ -5,11 +5,12 @@
 
 use std::sync::atomic::Ordering;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::control::VcpuCtx;
 use super::swbp::{insn_bytes, StepOver, SwBreakpoints, SwEntry, TrapKind};
 use super::vcpu::{End, Runner};
+use crate::arch::emulate;
 use crate::arch::step::{self, MAX_INSN};
 use crate::breakpoints::{DebugError, DR6_BS};
 use crate::debug::DebugEvent;
@@ -73,8 +74,9 @@ impl Runner {
         }
     }
 
-    /// Emulates the instruction(s) under our trap at `pc`; false if one is
-    /// not in the emulated set (or a store cannot be done here).
+    /// Emulates the instruction(s) under our trap at `pc` (the prologue
+    /// set of [`step`], else [`emulate`]'s); false if one is in neither,
+    /// or an operand or store is not plain RAM here: then the CPU runs it.
     fn emulate_over(&mut self, pc: u64, e: &SwEntry) -> Result<bool, String> {
         let mut b = [0u8; MAX_INSN];
         let n = insn_bytes(&self.mem, e.gpa, &mut b);
@@ -83,19 +85,6 @@ impl Runner {
             return Ok(false);
         }
         b[..len].copy_from_slice(&e.orig[..len]);
-        let Some(insn) = step::decode(&b[..n]) else {
-            return Ok(false);
-        };
-        // A 2-byte trap over a 1-byte instruction covers the next one too.
-        let next = if usize::from(insn.length()) < len {
-            let at = usize::from(insn.length());
-            match step::decode(&b[at..n]) {
-                Some(j) => Some(j),
-                None => return Ok(false),
-            }
-        } else {
-            None
-        };
         let regs = match self.cache.regs {
             Some(r) => r,
             None => self
@@ -106,55 +95,88 @@ impl Runner {
         if regs.rip != pc {
             return Ok(false);
         }
-        if insn.needs_long_mode() || next.is_some_and(|j| j.needs_long_mode()) {
-            let s = self
-                .fd
-                .get_sregs()
-                .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
-            if s.cs.l == 0 || s.efer & (1 << 10) == 0 {
-                return Ok(false);
-            }
-        }
-        let Some(st) = step::emulate(insn, &regs) else {
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        // Every emulated form is decoded as 64-bit code.
+        if sregs.cs.l == 0 || sregs.efer & (1 << 10) == 0 {
             return Ok(false);
+        }
+        let mut view = VcpuView {
+            fd: &self.fd,
+            mem: &self.mem,
+            sregs: &sregs,
+            pending: Vec::new(),
         };
-        let (regs_after, second_write) = match next {
-            Some(j) => match step::emulate(j, &st.regs) {
-                Some(st2) => (st2.regs, st2.write),
+        let mut now = regs;
+        let mut done = 0usize;
+        // A 2-byte trap over a 1-byte instruction covers the next one too.
+        while done < len {
+            let code = &b[done..n];
+            let (after, store) = match step::decode(code) {
+                Some(insn) => match step::emulate(insn, &now) {
+                    Some(st) => (st.regs, st.write.map(|(gva, data)| (gva, data, 8))),
+                    None => return Ok(false),
+                },
+                None => match emulate::emulate(code, &now, &view) {
+                    Some(fx) => (
+                        fx.regs,
+                        fx.store.map(|s| (s.gva, s.bytes, usize::from(s.len))),
+                    ),
+                    None => return Ok(false),
+                },
+            };
+            done = after.rip.wrapping_sub(pc) as usize;
+            now = after;
+            view.pending.extend(store);
+        }
+        // Every store's bytes are found writable before any is written.
+        let mut writes = Vec::with_capacity(2);
+        for &(gva, data, l) in &view.pending {
+            match self.writable(gva, l) {
+                Some(parts) => writes.push((parts, data)),
                 None => return Ok(false),
-            },
-            None => (st.regs, None),
-        };
-        for (gva, data) in [st.write, second_write].into_iter().flatten() {
-            if !self.store(gva, &data) {
-                return Ok(false);
             }
         }
-        self.cache.regs = Some(regs_after);
+        for (parts, data) in writes {
+            for (gpa, from, to) in parts.into_iter().flatten() {
+                if self
+                    .mem
+                    .write_slice(&data[from..to], GuestAddress(gpa))
+                    .is_err()
+                {
+                    return Err(format!("guest memory at {gpa:#x} vanished during a store"));
+                }
+            }
+        }
+        self.cache.regs = Some(now);
         self.cache.dirty = true;
         Ok(true)
     }
 
-    /// Stores `data` at guest-virtual `gva` through this vCPU's page
-    /// tables, if every byte is mapped writable RAM.
-    fn store(&self, gva: u64, data: &[u8; 8]) -> bool {
-        let split = (0x1000 - (gva & 0xfff)).min(8) as usize;
-        let mut parts = [
-            (gva, 0usize, split),
-            (gva.wrapping_add(split as u64), split, 8),
-        ];
-        let n = if split == 8 { 1 } else { 2 };
-        for p in parts.iter_mut().take(n) {
-            match self.fd.translate_gva(p.0) {
-                Ok(t) if t.valid != 0 && t.writeable != 0 => p.0 = t.physical_address,
-                _ => return false,
-            }
+    /// Where `len` bytes at guest-virtual `gva` are in guest-physical
+    /// memory (at most two pages), if every byte is mapped writable RAM.
+    fn writable(&self, gva: u64, len: usize) -> Option<[Option<(u64, usize, usize)>; 2]> {
+        let split = ((0x1000 - (gva & 0xfff)) as usize).min(len);
+        let mut parts = [Some((gva, 0, split)), None];
+        if split < len {
+            parts[1] = Some((gva.wrapping_add(split as u64), split, len));
         }
-        parts.iter().take(n).all(|&(gpa, from, to)| {
-            self.mem
-                .write_slice(&data[from..to], GuestAddress(gpa))
-                .is_ok()
-        })
+        for p in parts.iter_mut().flatten() {
+            let t = self.fd.translate_gva(p.0).ok()?;
+            if t.valid == 0 || t.writeable == 0 {
+                return None;
+            }
+            let in_ram = self
+                .mem
+                .address_in_range(GuestAddress(t.physical_address + (p.2 - p.1) as u64 - 1));
+            if !in_ram {
+                return None;
+            }
+            p.0 = t.physical_address;
+        }
+        Some(parts)
     }
 
     /// A write to [`crate::layout::TRAP_PORT`]: one of our port-I/O traps
@@ -291,6 +313,15 @@ impl VcpuCtx<'_> {
         self.sw.insert(self.mem, addr, gpa)
     }
 
+    /// How a VM-wide software breakpoint at guest-virtual `addr` would be
+    /// stepped over (nothing is written).
+    pub fn classify_vm_sw_breakpoint(&self, addr: u64) -> Result<StepOver, DebugError> {
+        let gpa = self
+            .translate(addr)?
+            .ok_or(DebugError::SwBreakpoint(addr, "not mapped"))?;
+        self.sw.classify(self.mem, gpa)
+    }
+
     /// Removes a VM-wide software breakpoint, restoring its byte.
     pub fn remove_vm_sw_breakpoint(&self, addr: u64) -> Result<(), DebugError> {
         self.sw.remove(self.mem, addr)
@@ -312,5 +343,54 @@ impl crate::builder::Vm {
     /// Removes a VM-wide software breakpoint, restoring its byte.
     pub fn remove_sw_breakpoint(&self, gva: u64) -> Result<(), DebugError> {
         self.sw.remove(&self.mem, gva)
+    }
+}
+
+/// The guest as [`emulate`] reads it from a vCPU stopped at a trap: its
+/// page tables and segment bases; reads overlapping a store still to be
+/// made (the first of two covered instructions) are refused.
+struct VcpuView<'a> {
+    fd: &'a kvm_ioctls::VcpuFd,
+    mem: &'a vm_memory::GuestMemoryMmap,
+    sregs: &'a kvm_bindings::kvm_sregs,
+    pending: Vec<(u64, [u8; 8], usize)>,
+}
+
+impl emulate::GuestView for VcpuView<'_> {
+    fn read(&self, gva: u64, buf: &mut [u8]) -> bool {
+        let end = gva.wrapping_add(buf.len() as u64);
+        if self
+            .pending
+            .iter()
+            .any(|&(at, _, l)| gva < at.wrapping_add(l as u64) && at < end)
+        {
+            return false;
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = gva.wrapping_add(done as u64);
+            let n = ((0x1000 - (at & 0xfff)) as usize).min(buf.len() - done);
+            let gpa = match self.fd.translate_gva(at) {
+                Ok(t) if t.valid != 0 => t.physical_address,
+                _ => return false,
+            };
+            if self
+                .mem
+                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
+                .is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    fn fs_base(&self) -> Option<u64> {
+        Some(self.sregs.fs.base)
+    }
+
+    fn gs_base(&self) -> Option<u64> {
+        Some(self.sregs.gs.base)
     }
 }

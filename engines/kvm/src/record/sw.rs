@@ -19,9 +19,13 @@
 //! the function's start; no call, branch or `lock`; no branch of the
 //! function lands inside, except from the static branch's own out-of-line
 //! block). Skipped instructions change no state, so the state at the trap
-//! is the state at the probe. Step-over: emulated for the common prologue
-//! instructions (push, mov %rsp,%rbp, endbr64), else single steps with the
-//! other vCPUs paused (`vmm`'s list).
+//! is the state at the probe. Step-over: emulated by the monitor (the
+//! prologue instructions, and `vmm::arch::emulate`'s loads, stores,
+//! compares and logic), else single steps with the other vCPUs paused
+//! (`vmm`'s list). Port-I/O traps are never placed where that fallback
+//! would be needed: on a KVM nested in QEMU's TCG it broke the guest
+//! (`Inserter::insert`); such a probe keeps a hardware breakpoint if one
+//! is left, and the summary says which are not covered.
 //!
 //! When: not at the kernel's first instruction. At boot the kernel still
 //! rewrites its own text (ftrace turns each `call __fentry__` into its NOP;
@@ -322,12 +326,11 @@ impl SwPhase {
         trap: TrapKind,
         slide: u64,
         placed: Vec<(Probe, u64, String)>,
-        unplaced: Vec<(u64, ProbeKind)>,
+        mut unplaced: Vec<(u64, ProbeKind)>,
         mut probes: Vec<SwProbe>,
         mut notes: Vec<String>,
         rips: &[u64],
     ) -> Vec<String> {
-        let _ = self.unplaced.set(unplaced);
         let mut sites = HashMap::new();
         for (p, site, _) in &placed {
             sites.entry(*site).or_insert(p.kind);
@@ -352,8 +355,8 @@ impl SwPhase {
                     format!("software, {trap} at {what}, {step}")
                 }
                 Err(e) => {
-                    notes.push(format!("not covered: {:?} at {:#x}: {e}", p.kind, p.addr));
-                    format!("none ({e})")
+                    unplaced.push((p.addr, p.kind));
+                    format!("no trap ({e}): a hardware breakpoint if a slot is left")
                 }
             };
             probes.push(SwProbe {
@@ -362,6 +365,7 @@ impl SwPhase {
                 mechanism,
             });
         }
+        let _ = self.unplaced.set(unplaced);
         let live: std::collections::HashSet<u64> = covered.values().copied().collect();
         let _ = self.covered.set(covered);
         let ins = Inserter { ctx, trap, rips };
@@ -586,6 +590,21 @@ impl Inserter<'_, '_> {
             return Err(format!(
                 "a vCPU stood inside its bytes (at {r:#x}) when it was to go in"
             ));
+        }
+        // Port-I/O traps are for KVMs that never see the guest's #BP, such
+        // as one nested in QEMU's TCG; there, single-stepping the guest
+        // with the other vCPUs paused broke it (its state ended up holding
+        // the L1 hypervisor's RIP and RSP), so only sites whose
+        // instructions the monitor emulates get a trap.
+        let step = self
+            .ctx
+            .classify_vm_sw_breakpoint(site)
+            .map_err(|e| e.to_string())?;
+        if self.trap == TrapKind::PortIo && step == vmm::StepOver::SingleStep {
+            return Err(
+                "its instructions are not in the emulated set, and port-I/O traps are never single-stepped"
+                    .into(),
+            );
         }
         self.ctx
             .insert_vm_sw_breakpoint(site)
