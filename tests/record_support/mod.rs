@@ -297,13 +297,23 @@ pub fn record_on(
         (out, console)
     };
     let (mut out, mut console) = run(&mut hvtrace);
-    // Issue 16: a nested L2 guest with several vCPUs sometimes triple-faults
-    // under the KVM monitor's software traps (cause not found yet). Said
-    // and retried once; the retry must pass in full.
-    if backend == "kvm" && vcpus > 1 && console.contains("the VM ended: TripleFault") {
+    // Issue 16: in the stock-KVM harness (KVM nested in QEMU's TCG), an L2
+    // vCPU's saved state sometimes comes back holding the L1 hypervisor's
+    // RIP and RSP (after VMRUN in kvm_amd, on an L1 stack) under the exit
+    // load of tracing: the guest then triple-faults or spins in a page
+    // fault on an unmapped RIP, which the timeout reports. Not hvtrace's
+    // doing; said and retried once, and the retry must pass in full.
+    let broken = |c: &str| {
+        c.contains("the VM ended: TripleFault") || c.contains("the guest's state is broken")
+    };
+    if backend == "kvm" && vcpus > 1 && broken(&console) {
         eprintln!(
-            "record_on: the guest triple-faulted (known intermittent, issue 16); retrying once:\n{}",
-            console.lines().filter(|l| l.contains("TripleFault")).collect::<Vec<_>>().join("\n")
+            "record_on: the nested guest broke (known intermittent, issue 16); retrying once:\n{}",
+            console
+                .lines()
+                .filter(|l| broken(l))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         (out, console) = run(&mut hvtrace);
     }
