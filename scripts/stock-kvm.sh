@@ -39,6 +39,8 @@ options:
   --rw DIR                one more host folder L1 may write (repeatable); always
                           writable: the current folder, the cache folder, $TMPDIR or /tmp
   --console FILE          keep L1's serial console log in FILE
+  --tcg-thread single|multi
+                          QEMU's TCG threading (default multi: one host thread per L1 vCPU)
   --net                   give L1 a NIC on QEMU's user-mode network: L1 is
                           10.0.2.15, and 10.0.2.2 reaches this host's loopback
                           (e.g. an lttng-relayd listening on 127.0.0.1)
@@ -56,6 +58,7 @@ memory=4096
 timeout=900
 console_keep=""
 net=0
+tcg_thread=multi
 hvtrace="$repo/target/release/hvtrace"
 rw=("$PWD")
 while [ $# -gt 0 ]; do
@@ -67,6 +70,7 @@ while [ $# -gt 0 ]; do
         --rw) rw+=("$(cd "${2:?}" && pwd)") || die "--rw $2: no such folder"; shift 2 ;;
         --console) console_keep=${2:?}; shift 2 ;;
         --net) net=1; shift ;;
+        --tcg-thread) tcg_thread=${2:?}; shift 2 ;;
         --hvtrace) hvtrace=${2:?}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; break ;;
@@ -74,6 +78,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -gt 0 ] || { usage >&2; die "no command given after --"; }
+case "$tcg_thread" in single|multi) ;; *) die "--tcg-thread takes single or multi" ;; esac
 case "$smp$memory$timeout" in *[!0-9]*) die "--smp, --memory and --timeout take whole numbers" ;; esac
 [ "$smp" -ge 1 ] && [ "$memory" -ge 512 ] && [ "$timeout" -ge 1 ] ||
     die "--smp must be >= 1, --memory >= 512, --timeout >= 1"
@@ -194,7 +199,7 @@ for d in "${rw[@]}"; do
     shares+=("$d")
 done
 qemu_args=(-nodefaults -display none -no-reboot
-    -accel tcg,thread=multi -cpu max -smp "$smp" -m "$memory"
+    -accel tcg,thread=$tcg_thread -cpu max -smp "$smp" -m "$memory"
     -kernel "$l1dir/vmlinux" -initrd "$l1dir/initrd.img"
     -serial "file:$run/console.log"
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on")

@@ -153,3 +153,17 @@ pub enum MachineGuard {
     Shared(std::sync::RwLockReadGuard<'static, ()>),
     Exclusive(std::sync::RwLockWriteGuard<'static, ()>),
 }
+
+/// `text` (a guest console and hvtrace's stderr in one stream) without
+/// hvtrace's own lines, which may land in the middle of a console line
+/// (seen: "s<hvtrace: record: trigger ...>tatus=137").
+pub fn without_hvtrace_lines(text: &str) -> String {
+    let mut console = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("hvtrace: ") {
+        console.push_str(&rest[..at]);
+        rest = rest[at..].split_once('\n').map_or("", |(_, after)| after);
+    }
+    console.push_str(rest);
+    console
+}

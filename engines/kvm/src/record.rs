@@ -43,6 +43,7 @@ mod handler;
 mod report;
 mod shared;
 mod sw;
+mod trap;
 pub use extra::{trigger_plan, TriggerError};
 use handler::Handler;
 use shared::{Shared, UNKNOWN};

@@ -24,7 +24,7 @@
 //! compares and logic), else single steps with the other vCPUs paused
 //! (`vmm`'s list). Port-I/O traps are never placed where that fallback
 //! would be needed: on a KVM nested in QEMU's TCG it broke the guest
-//! (`Inserter::insert`); such a probe keeps a hardware breakpoint if one
+//! (`trap::Inserter::insert`); such a probe keeps a hardware breakpoint if one
 //! is left, and the summary says which are not covered.
 //!
 //! When: not at the kernel's first instruction. At boot the kernel still
@@ -50,6 +50,9 @@ use introspect::userprobe::ResolvedProbe;
 use introspect::ProbeKind;
 use vmm::arch::trap_site;
 use vmm::{TrapKind, VcpuCtx};
+
+pub(super) use super::trap::decide;
+use super::trap::Inserter;
 
 /// Longest function whose code is decoded to place a trap.
 const MAX_FUNCTION: u64 = 64 << 10;
@@ -552,62 +555,4 @@ pub(super) fn read_code(ctx: &VcpuCtx<'_>, va: u64, len: u64) -> Option<Vec<u8>>
         done += n;
     }
     Some(out)
-}
-
-/// Which software trap to use on this host, and why.
-pub(super) fn decide() -> (Option<TrapKind>, String) {
-    let port = "traps are `out %al,$0xe9` port writes (2 bytes), which every KVM hands to user space; return sites are hardware breakpoints";
-    match vmm::probe_sw_breakpoints() {
-        Ok(true) => (
-            Some(TrapKind::Int3),
-            "KVM delivers software breakpoints (#BP exits): every entry probe is an int3, return sites are hardware breakpoints".into(),
-        ),
-        Ok(false) => (
-            Some(TrapKind::PortIo),
-            format!("KVM does not deliver int3 here (no #BP exit: a KVM nested in QEMU's TCG, or one that emulates guest code such as KVM-PVM), so {port}"),
-        ),
-        Err(e) => (
-            Some(TrapKind::PortIo),
-            format!("software breakpoints could not be probed ({e}), so {port}"),
-        ),
-    }
-}
-
-/// Where traps go in: this vCPU's context, the trap, and the RIPs of the
-/// other vCPUs, parked meanwhile.
-struct Inserter<'a, 'b> {
-    ctx: &'a VcpuCtx<'b>,
-    trap: TrapKind,
-    rips: &'a [u64],
-}
-
-impl Inserter<'_, '_> {
-    /// Inserts the trap at `site` unless a parked vCPU stands inside its
-    /// bytes (past the first: it would resume in the trap's second byte).
-    fn insert(&self, site: u64) -> Result<vmm::StepOver, String> {
-        let end = site + self.trap.length();
-        if let Some(r) = self.rips.iter().find(|&&r| r > site && r < end) {
-            return Err(format!(
-                "a vCPU stood inside its bytes (at {r:#x}) when it was to go in"
-            ));
-        }
-        // Port-I/O traps are for KVMs that never see the guest's #BP, such
-        // as one nested in QEMU's TCG; there, single-stepping the guest
-        // with the other vCPUs paused broke it (its state ended up holding
-        // the L1 hypervisor's RIP and RSP), so only sites whose
-        // instructions the monitor emulates get a trap.
-        let step = self
-            .ctx
-            .classify_vm_sw_breakpoint(site)
-            .map_err(|e| e.to_string())?;
-        if self.trap == TrapKind::PortIo && step == vmm::StepOver::SingleStep {
-            return Err(
-                "its instructions are not in the emulated set, and port-I/O traps are never single-stepped"
-                    .into(),
-            );
-        }
-        self.ctx
-            .insert_vm_sw_breakpoint(site)
-            .map_err(|e| e.to_string())
-    }
 }
