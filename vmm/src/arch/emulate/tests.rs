@@ -271,3 +271,75 @@ fn outside_the_set_is_refused() {
     assert_eq!(emulate(&[0x89, 0xd9], &tf, &page), None);
     assert_eq!(supported(&[0x89, 0xd9]), Some((Code::Mov_rm32_r32, 2)));
 }
+
+/// Any bytes at a trap and any register values (an untrusted guest) give
+/// an effect or None, never a panic; an effect moves RIP forward by at
+/// most one instruction's length.
+#[test]
+fn arbitrary_bytes_and_registers_never_panic() {
+    struct Noise(u64);
+    impl GuestView for Noise {
+        fn read(&self, gva: u64, buf: &mut [u8]) -> bool {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (gva.wrapping_add(i as u64) ^ self.0).wrapping_mul(0x9e37_79b9) as u8;
+            }
+            gva & 0x100 == 0
+        }
+        fn fs_base(&self) -> Option<u64> {
+            Some(self.0)
+        }
+        fn gs_base(&self) -> Option<u64> {
+            (self.0 & 1 == 0).then_some(!self.0)
+        }
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut emulated = 0;
+    for _ in 0..200_000 {
+        let mut bytes = [0u8; MAX_INSN];
+        for b in bytes.iter_mut() {
+            *b = next() as u8;
+        }
+        // Often one of the handled opcodes, with a random ModRM and rest.
+        const OPS: [u8; 12] = [
+            0x01, 0x09, 0x21, 0x29, 0x31, 0x39, 0x85, 0x89, 0x8b, 0x8d, 0x83, 0xc7,
+        ];
+        if next() % 2 == 0 {
+            bytes[1] = OPS[(next() % OPS.len() as u64) as usize];
+            bytes[0] = [0x48, 0x65, 0x66, 0x41, 0x4c][(next() % 5) as usize];
+        }
+        let regs = kvm_regs {
+            rax: next(),
+            rbx: next(),
+            rcx: next(),
+            rdx: next(),
+            rsi: next(),
+            rdi: next(),
+            rbp: next(),
+            rsp: next(),
+            r8: next(),
+            r13: next(),
+            r15: next(),
+            rip: next(),
+            rflags: next() & !TF,
+            ..Default::default()
+        };
+        let len = (next() % (MAX_INSN as u64 + 1)) as usize;
+        if let Some(fx) = emulate(&bytes[..len], &regs, &Noise(next())) {
+            emulated += 1;
+            let moved = fx.regs.rip.wrapping_sub(regs.rip);
+            assert!(
+                (1..=MAX_INSN as u64).contains(&moved),
+                "{:02x?}",
+                &bytes[..len]
+            );
+            assert!(moved as usize <= len, "{:02x?}", &bytes[..len]);
+        }
+    }
+    assert!(emulated > 10_000, "only {emulated} emulated");
+}
