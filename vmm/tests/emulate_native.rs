@@ -29,13 +29,7 @@ const REGION_LEN: usize = BUF_OFF + BUF_LEN;
 const FLAGS_SLOT: usize = 16;
 const RSP: usize = 4;
 
-const CF: u64 = 1;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const OF: u64 = 1 << 11;
-const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
+use vmm::arch::emulate::{AF, ARITH_FLAGS as ARITH, CF, OF, PF, SF, ZF};
 /// Bit 1 and IF: what user-mode `popfq` keeps whatever it is given.
 const FIXED_FLAGS: u64 = 0x202;
 

@@ -66,14 +66,22 @@ enum Op {
     Test,
 }
 
-const CF: u64 = 1;
-const PF: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const TF: u64 = 1 << 8;
-const OF: u64 = 1 << 11;
-const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
+/// RFLAGS.CF.
+pub const CF: u64 = 1;
+/// RFLAGS.PF.
+pub const PF: u64 = 1 << 2;
+/// RFLAGS.AF.
+pub const AF: u64 = 1 << 4;
+/// RFLAGS.ZF.
+pub const ZF: u64 = 1 << 6;
+/// RFLAGS.SF.
+pub const SF: u64 = 1 << 7;
+/// RFLAGS.TF.
+pub const TF: u64 = 1 << 8;
+/// RFLAGS.OF.
+pub const OF: u64 = 1 << 11;
+/// The six flags an arithmetic instruction sets.
+pub const ARITH_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
 
 fn decode(bytes: &[u8], ip: u64) -> Option<Instruction> {
     let n = bytes.len().min(MAX_INSN);
