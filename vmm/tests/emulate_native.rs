@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::ptr;
 use std::time::Instant;
 
-use vmm::arch::emulate::{emulate, supported, GuestView};
+use vmm::arch::emulate::{
+    emulate, supported, GuestView, AF, ARITH_FLAGS as ARITH, CF, OF, PF, SF, ZF,
+};
 use vmm::kvm_regs;
 use x86_forms::{reg, target_off, value, Addr, Gen, Insn, Kind, Sweep, XorShift, BUF_LEN, EDGES};
 
@@ -29,7 +31,6 @@ const REGION_LEN: usize = BUF_OFF + BUF_LEN;
 const FLAGS_SLOT: usize = 16;
 const RSP: usize = 4;
 
-use vmm::arch::emulate::{AF, ARITH_FLAGS as ARITH, CF, OF, PF, SF, ZF};
 /// Bit 1 and IF: what user-mode `popfq` keeps whatever it is given.
 const FIXED_FLAGS: u64 = 0x202;
 
