@@ -185,9 +185,9 @@ fn storm_in_discard_mode_reports_exactly_what_it_dropped() {
 /// The same on hvtrace's own monitor, in the stock-KVM harness here, with
 /// as many vCPUs as the harness's L1 has (2). Ignored: in that harness (a
 /// KVM nested in QEMU 10's TCG) an L2 vCPU's saved state intermittently
-/// comes back holding the L1 hypervisor's own RIP and RSP (the address
-/// after VMRUN in L1's kvm_amd, and an L1 kernel stack): the L2 guest then
-/// spins on a page fault at an unmapped RIP or triple-faults. Run it with
+/// comes back holding the L1 hypervisor's own RIP and RSP (an address in
+/// L1's kvm_amd, likely after VMRUN, and an L1 kernel stack): the L2
+/// guest then spins on a page fault at an unmapped RIP or triple-faults. Run it with
 /// `cargo test --release --test storm -- --ignored`.
 ///
 /// 2026-12-06 (issue 16): a per-vCPU trail of exits (a throwaway

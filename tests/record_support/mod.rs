@@ -299,7 +299,7 @@ pub fn record_on(
     let (mut out, mut console) = run(&mut hvtrace);
     // Issue 16: in the stock-KVM harness (KVM nested in QEMU's TCG), an L2
     // vCPU's saved state sometimes comes back holding the L1 hypervisor's
-    // RIP and RSP (after VMRUN in kvm_amd, on an L1 stack) under the exit
+    // RIP and RSP (in kvm_amd, likely after VMRUN; an L1 stack) under the exit
     // load of tracing: the guest then triple-faults or spins in a page
     // fault on an unmapped RIP, which the timeout reports. Not hvtrace's
     // doing; said and retried once, and the retry must pass in full.
