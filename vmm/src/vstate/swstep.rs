@@ -107,12 +107,16 @@ impl Runner {
             fd: &self.fd,
             mem: &self.mem,
             sregs: &sregs,
-            pending: Vec::new(),
+            pending: [None; 2],
         };
         let mut now = regs;
         let mut done = 0usize;
-        // A 2-byte trap over a 1-byte instruction covers the next one too.
-        while done < len {
+        // A 2-byte trap over a 1-byte instruction covers the next one too
+        // (at most two instructions: a trap is at most 2 bytes).
+        for slot in 0..2 {
+            if done >= len {
+                break;
+            }
             let code = &b[done..n];
             let (after, store) = match step::decode(code) {
                 Some(insn) => match step::emulate(insn, &now) {
@@ -129,17 +133,21 @@ impl Runner {
             };
             done = after.rip.wrapping_sub(pc) as usize;
             now = after;
-            view.pending.extend(store);
+            view.pending[slot] = store;
         }
-        // Every store's bytes are found writable before any is written.
-        let mut writes = Vec::with_capacity(2);
-        for &(gva, data, l) in &view.pending {
+        if done < len {
+            return Ok(false);
+        }
+        // Every store's bytes are found writable before any is written
+        // (no allocation: this is the trap path).
+        let mut writes = [None; 2];
+        for (w, &(gva, data, l)) in writes.iter_mut().zip(view.pending.iter().flatten()) {
             match self.writable(gva, l) {
-                Some(parts) => writes.push((parts, data)),
+                Some(parts) => *w = Some((parts, data)),
                 None => return Ok(false),
             }
         }
-        for (parts, data) in writes {
+        for (parts, data) in writes.into_iter().flatten() {
             for (gpa, from, to) in parts.into_iter().flatten() {
                 if self
                     .mem
@@ -353,8 +361,11 @@ struct VcpuView<'a> {
     fd: &'a kvm_ioctls::VcpuFd,
     mem: &'a vm_memory::GuestMemoryMmap,
     sregs: &'a kvm_bindings::kvm_sregs,
-    pending: Vec<(u64, [u8; 8], usize)>,
+    pending: [Option<PendingStore>; 2],
 }
+
+/// A store an emulated instruction makes: address, bytes, length.
+type PendingStore = (u64, [u8; 8], usize);
 
 impl emulate::GuestView for VcpuView<'_> {
     fn read(&self, gva: u64, buf: &mut [u8]) -> bool {
@@ -362,6 +373,7 @@ impl emulate::GuestView for VcpuView<'_> {
         if self
             .pending
             .iter()
+            .flatten()
             .any(|&(at, _, l)| gva < at.wrapping_add(l as u64) && at < end)
         {
             return false;
